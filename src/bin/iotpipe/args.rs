@@ -1,0 +1,152 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
+use iotpipe::io::cluster::ClusterConfig;
+
+/// iotpipe: IoT telemetry on timely and differential dataflow.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole dataflow over a recorded file as fast as it goes.
+    #[command(disable_help_flag = true)]
+    Replay(ReplayArgs),
+    /// Run a simulated fleet through the dataflow in real time, with a live view.
+    #[command(disable_help_flag = true)]
+    Demo(DemoArgs),
+}
+
+/// Timely's cluster flags (`-h` is the host file, as in timely; help is `--help`).
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in the cluster.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// File listing one host:port per process.
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl ClusterArgs {
+    /// The cluster configuration these flags describe.
+    pub fn config(&self) -> ClusterConfig {
+        ClusterConfig {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}
+
+/// Pipeline semantics flags.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Window length in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub window_ms: u64,
+    /// Allowed lateness behind the largest valid event time, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub lateness_ms: u64,
+    /// Largest allowed clock skew ahead of the largest valid event time, in milliseconds.
+    #[arg(long, default_value_t = 600_000)]
+    pub max_skew_ms: u64,
+    /// Directory of schema files (default: the schemas built into iotpipe).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+}
+
+impl PipelineArgs {
+    /// The pipeline configuration, or an error naming the flag.
+    pub fn config(&self) -> Result<PipelineConfig, String> {
+        if self.window_ms == 0 {
+            return Err("--window-ms must be at least 1 (default 60000)".into());
+        }
+        Ok(PipelineConfig {
+            event_time: EventTimeConfig {
+                allowed_lateness_ms: self.lateness_ms,
+                max_clock_skew_ms: self.max_skew_ms,
+            },
+            window: WindowConfig {
+                length_ms: self.window_ms,
+            },
+        })
+    }
+
+    /// The schemas to decode with.
+    pub fn schemas(&self) -> Result<iotpipe::dataflow::schema::SchemaSet, String> {
+        match &self.schemas {
+            None => Ok(iotpipe::dataflow::schema::SchemaSet::embedded()),
+            Some(dir) => iotpipe::io::schemas::load_schema_dir(dir).map_err(|e| format!("--schemas: {e}")),
+        }
+    }
+}
+
+/// `iotpipe replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Recorded messages, JSON Lines in arrival order.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Device registry changelog, JSON Lines.
+    #[arg(long)]
+    pub registry: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Bytes of the events file each worker decodes at a time.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub chunk_bytes: u64,
+    /// Pipeline semantics.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Cluster shape.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `iotpipe demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 2_000)]
+    pub devices: usize,
+    /// Messages per second per device.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Random seed of the fleet.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one summary line per second instead of redrawing the screen.
+    #[arg(long)]
+    pub plain: bool,
+    /// Pipeline semantics.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Cluster shape.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}

@@ -1,0 +1,34 @@
+//! `iotpipe`: the command-line entry point. Parses arguments and wires them to `io` and
+//! `dataflow`; no pipeline logic lives here.
+
+mod args;
+mod demo;
+mod replay;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IOTPIPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => replay::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iotpipe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The iotpipe dataflow: pure stages from validated messages to windows, rollups and side outputs.
+//!
+//! ```text
+//!  source (per partition, in src/io)                      registry changelog
+//!  decode ─ registered? ─ watermark stamp                         │
+//!        │ dead letters          │ TimedMessage @ watermark        ▼
+//!        │                       ▼                        ArrangeRegistry
+//!        │                   SplitLate ──► late readings           │
+//!        │                       │ on time                         │
+//!        │                       ▼                                 │
+//!        │                    Enrich ◄─── as-of lookup ────────────┘
+//!        │                       │ ├──► dead letters (unknown device)
+//!        │                       ▼
+//!        │               AggregateWindows ──► window aggregates
+//!        │                       ▼
+//!        │                  RollupSites ──► site rollups
+//!        ▼
+//!   dead letters
+//! ```
+//!
+//! Event time is timely time. A message enters at the watermark of its partition (see
+//! [`event_time`]); windows close when the frontier, the least watermark over all partitions,
+//! reaches their last millisecond. Decoding lives here ([`schema`]) but runs in the source,
+//! because a message's timely time is its watermark, which only its decoded readings can tell.
+//!
+//! Nothing here opens a socket, a file or reads a clock: `src/io` adapts the world to these
+//! streams, and `src/bin` wires configuration to both.
+
+pub mod enrich;
+pub mod event_time;
+pub mod ingest;
+pub mod model;
+pub mod registry;
+pub mod rollup;
+pub mod schema;
+pub mod split_late;
+pub mod window;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::operators::Concat;
+
+pub use enrich::{ArrangeRegistry, Enrich, RegistryUpdate};
+pub use event_time::EventTimeConfig;
+pub use rollup::RollupSites;
+pub use split_late::SplitLate;
+pub use window::{AggregateWindows, WindowConfig};
+
+use model::{DeadLetter, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate};
+
+/// Semantics of the pipeline, the same for every source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Watermark lateness and the clock-skew guard.
+    #[serde(default)]
+    pub event_time: EventTimeConfig,
+    /// Window geometry.
+    #[serde(default)]
+    pub window: WindowConfig,
+}
+
+/// What the pipeline consumes.
+pub struct PipelineInputs<'scope> {
+    /// Validated messages of registered devices, at their partition's watermark.
+    pub messages: Stream<'scope, TimeMs, Vec<TimedMessage>>,
+    /// Messages the source already rejected.
+    pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
+    /// The registry changelog.
+    pub registry: Stream<'scope, TimeMs, Vec<RegistryUpdate>>,
+}
+
+/// What the pipeline produces.
+pub struct PipelineOutputs<'scope> {
+    /// Closed windows per device, metric and site.
+    pub aggregates: Stream<'scope, TimeMs, Vec<WindowAggregate>>,
+    /// Closed windows per site and metric.
+    pub site_rollups: Stream<'scope, TimeMs, Vec<SiteRollup>>,
+    /// Readings that arrived after their window closed.
+    pub late: Stream<'scope, TimeMs, Vec<LateReading>>,
+    /// Every dead letter: the source's and the pipeline's own.
+    pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
+}
+
+/// Builds the pipeline.
+pub fn pipeline<'scope>(inputs: PipelineInputs<'scope>, config: PipelineConfig) -> PipelineOutputs<'scope> {
+    let registry = inputs.registry.arrange_registry();
+    let (on_time, late) = inputs.messages.split_late(config.window);
+    let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
+    let aggregates = enriched.aggregate_windows(config.window);
+    let site_rollups = aggregates.clone().rollup_sites();
+    PipelineOutputs {
+        aggregates,
+        site_rollups,
+        late,
+        dead_letters: inputs.dead_letters.concat(unknown_devices),
+    }
+}

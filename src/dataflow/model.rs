@@ -1,0 +1,322 @@
+//! The records that flow through the dataflow.
+//!
+//! Every type here crosses worker boundaries, so each is `serde`-serialisable (timely encodes
+//! it with its own bincode 1.3) and cheap to clone where it is cloned on a hot path.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Event time and watermarks: milliseconds since the Unix epoch. It is also the dataflow's
+/// timely timestamp, so progress tracking *is* the watermark.
+pub type TimeMs = u64;
+
+/// A metric's index in the [`MetricCatalog`](crate::dataflow::schema::MetricCatalog).
+///
+/// Metrics are interned at decode time so that readings carry two bytes instead of a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MetricId(pub u16);
+
+/// One normalised sensor value, in the metric's canonical unit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// What was measured.
+    pub metric: MetricId,
+    /// When it was measured (event time).
+    pub ts_ms: TimeMs,
+    /// The value, converted to the metric's canonical unit.
+    pub value: f64,
+}
+
+/// A message that decoded into readings: one device, one or more readings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceMessage {
+    /// The sending device.
+    pub device_id: String,
+    /// The message's own time: the latest event time among its readings. The registry is
+    /// consulted as of this time.
+    pub ts_ms: TimeMs,
+    /// The readings that passed the physical-range check, in message order.
+    pub readings: Vec<Reading>,
+}
+
+/// A reading stamped with the watermark in force when it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StampedReading {
+    /// The reading itself.
+    pub reading: Reading,
+    /// The source's watermark just before this reading: the largest valid event time seen
+    /// earlier, minus the allowed lateness. Lateness is decided against it.
+    pub watermark_ms: TimeMs,
+}
+
+/// A validated message on its way into the dataflow, its readings stamped with watermarks.
+///
+/// Its timely time is the watermark of its first reading, which is the least of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimedMessage {
+    /// The sending device.
+    pub device_id: String,
+    /// The message's time (latest reading), at which the registry is consulted.
+    pub ts_ms: TimeMs,
+    /// The readings with their watermarks.
+    pub readings: Vec<StampedReading>,
+}
+
+/// Why a message became a dead letter. The code is stable: dashboards and alerts key on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// Not a JSON object (not JSON at all, truncated, or another JSON type).
+    InvalidJson,
+    /// The object matches no declared schema variant.
+    NoMatchingSchema,
+    /// No non-empty device id where the schema says it is.
+    MissingDeviceId,
+    /// A timestamp of the wrong type or format.
+    BadTimestamp,
+    /// A metric value that is not a JSON number.
+    WrongValueType,
+    /// A unit that the catalog cannot convert to the metric's canonical unit.
+    UnknownUnit,
+    /// A metric that the catalog does not declare.
+    UnknownMetric,
+    /// The device is not in the registry at the message's time.
+    UnknownDevice,
+    /// A reading stamped too far ahead of the watermark (a device with a wrong clock).
+    FutureTimestamp,
+}
+
+impl DeadLetterReason {
+    /// Every reason, in a stable order (for reports).
+    pub const ALL: [DeadLetterReason; 9] = [
+        Self::InvalidJson,
+        Self::NoMatchingSchema,
+        Self::MissingDeviceId,
+        Self::BadTimestamp,
+        Self::WrongValueType,
+        Self::UnknownUnit,
+        Self::UnknownMetric,
+        Self::UnknownDevice,
+        Self::FutureTimestamp,
+    ];
+
+    /// The reason's stable snake_case code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::NoMatchingSchema => "no_matching_schema",
+            Self::MissingDeviceId => "missing_device_id",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::WrongValueType => "wrong_value_type",
+            Self::UnknownUnit => "unknown_unit",
+            Self::UnknownMetric => "unknown_metric",
+            Self::UnknownDevice => "unknown_device",
+            Self::FutureTimestamp => "future_timestamp",
+        }
+    }
+}
+
+/// A message that could not become readings, kept whole with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: DeadLetterReason,
+    /// A human-readable detail (which field, what was expected).
+    pub detail: String,
+    /// The message as received (invalid UTF-8 replaced).
+    pub raw: String,
+}
+
+/// A registry threshold: readings outside `[min, max]` are threshold breaches.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Threshold {
+    /// Lowest normal value, inclusive.
+    pub min: f64,
+    /// Highest normal value, inclusive.
+    pub max: f64,
+}
+
+impl Threshold {
+    /// Whether `value` lies outside the normal band.
+    pub fn is_breached_by(&self, value: f64) -> bool {
+        value < self.min || value > self.max
+    }
+}
+
+// Thresholds live inside arranged registry values, which must be totally ordered.
+impl PartialEq for Threshold {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Threshold {}
+impl PartialOrd for Threshold {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Threshold {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.min
+            .total_cmp(&other.min)
+            .then(self.max.total_cmp(&other.max))
+    }
+}
+
+/// What the registry knows about a device.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// thermostat, power_meter, ...
+    pub device_type: String,
+    /// Firmware version last reported to the registry.
+    pub firmware: String,
+    /// Schema variant name last reported to the registry.
+    pub schema: String,
+    /// Owning organisation.
+    pub org: String,
+    /// Site within the organisation.
+    pub site: String,
+    /// Building within the site.
+    pub building: String,
+    /// Hardware model.
+    pub model: String,
+    /// Alert thresholds per metric, sorted by metric.
+    pub thresholds: Vec<(MetricId, Threshold)>,
+}
+
+impl DeviceInfo {
+    /// The threshold for `metric`, if the registry sets one.
+    pub fn threshold(&self, metric: MetricId) -> Option<&Threshold> {
+        self.thresholds
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map(|(_, t)| t)
+    }
+}
+
+/// Registry values are shared, not copied, between the arrangement and enriched messages.
+pub type SharedDeviceInfo = Arc<DeviceInfo>;
+
+/// A message joined with the registry entry in force at its time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrichedMessage {
+    /// The sending device.
+    pub device_id: String,
+    /// Its registry entry as of the message's time.
+    pub device: SharedDeviceInfo,
+    /// The readings, on time ones only.
+    pub readings: Vec<StampedReading>,
+}
+
+/// An exact, order-independent sum of values, in units of 10^-9.
+///
+/// Floating-point addition is not associative, so a plain `f64` sum would depend on the order in
+/// which workers' readings interleave. Fixed point makes every worker count give the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExactSum(pub i128);
+
+impl ExactSum {
+    const SCALE: f64 = 1e9;
+
+    /// Adds one value.
+    pub fn add(&mut self, value: f64) {
+        self.0 += (value * Self::SCALE).round() as i128;
+    }
+
+    /// Adds another sum.
+    pub fn merge(&mut self, other: ExactSum) {
+        self.0 += other.0;
+    }
+
+    /// The mean of `count` values summing to this.
+    pub fn mean(&self, count: u64) -> f64 {
+        (self.0 as f64 / Self::SCALE) / count as f64
+    }
+}
+
+/// One closed event-time window of one device's metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowAggregate {
+    /// The device.
+    pub device_id: String,
+    /// The metric.
+    pub metric: MetricId,
+    /// Window start, inclusive.
+    pub window_start_ms: TimeMs,
+    /// The device's site for these readings (a device moved mid-window has one row per site).
+    pub site: String,
+    /// Readings aggregated.
+    pub count: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Exact sum of values.
+    pub sum: ExactSum,
+    /// Readings outside the registry thresholds.
+    pub threshold_breaches: u64,
+}
+
+impl WindowAggregate {
+    /// The mean value.
+    pub fn mean(&self) -> f64 {
+        self.sum.mean(self.count)
+    }
+}
+
+/// One closed event-time window of one metric over all devices of a site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteRollup {
+    /// The site.
+    pub site: String,
+    /// The metric.
+    pub metric: MetricId,
+    /// Window start, inclusive.
+    pub window_start_ms: TimeMs,
+    /// Readings over all devices.
+    pub count: u64,
+    /// Exact sum of values.
+    pub sum: ExactSum,
+}
+
+impl SiteRollup {
+    /// The mean value.
+    pub fn mean(&self) -> f64 {
+        self.sum.mean(self.count)
+    }
+}
+
+/// A reading that arrived after its window closed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LateReading {
+    /// The device.
+    pub device_id: String,
+    /// The metric.
+    pub metric: MetricId,
+    /// Event time.
+    pub ts_ms: TimeMs,
+    /// Value in canonical units.
+    pub value: f64,
+}
+
+/// Counts from the edge of the dataflow, where messages are decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestCounts {
+    /// Messages received.
+    pub messages: u64,
+    /// Readings in messages that decoded (before the range check).
+    pub readings: u64,
+    /// Readings dropped one by one for lying outside their metric's physical range.
+    pub out_of_range: u64,
+}
+
+impl IngestCounts {
+    /// Adds another set of counts.
+    pub fn merge(&mut self, other: &IngestCounts) {
+        self.messages += other.messages;
+        self.readings += other.readings;
+        self.out_of_range += other.out_of_range;
+    }
+}

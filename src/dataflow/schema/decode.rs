@@ -1,0 +1,306 @@
+//! Raw bytes to readings, or a dead letter with its reason.
+
+use serde_json::{Map, Value};
+
+use super::{Layout, SchemaSet, TimeFormat, Variant};
+use crate::dataflow::model::{DeadLetter, DeadLetterReason, DeviceMessage, MetricId, Reading};
+
+/// A message that decoded, with what the range check dropped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// The device's message, holding only in-range readings.
+    pub message: DeviceMessage,
+    /// Readings the message carried, before the range check.
+    pub readings_seen: u32,
+    /// Readings dropped for lying outside their metric's physical range.
+    pub out_of_range: u32,
+}
+
+/// A rejection before the raw bytes are attached.
+type Reject = (DeadLetterReason, String);
+
+impl SchemaSet {
+    /// Decodes one raw message.
+    ///
+    /// The checks run in a fixed order, so a message with several faults always gets the same
+    /// reason: JSON object, variant, device id, timestamp(s), then each metric value and unit.
+    pub fn decode(&self, raw: &[u8]) -> Result<Decoded, DeadLetter> {
+        self.decode_inner(raw).map_err(|(reason, detail)| DeadLetter {
+            reason,
+            detail,
+            raw: String::from_utf8_lossy(raw).into_owned(),
+        })
+    }
+
+    fn decode_inner(&self, raw: &[u8]) -> Result<Decoded, Reject> {
+        let value: Value = serde_json::from_slice(raw)
+            .map_err(|e| (DeadLetterReason::InvalidJson, e.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err((DeadLetterReason::InvalidJson, "not a JSON object".into()));
+        };
+        let variant = self
+            .variants
+            .iter()
+            .find(|v| v.match_keys.iter().all(|k| object.contains_key(k)))
+            .ok_or_else(|| {
+                (
+                    DeadLetterReason::NoMatchingSchema,
+                    "no variant's match_keys are all present".into(),
+                )
+            })?;
+        let device_id = match object.get(&variant.device_id) {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => {
+                return Err((
+                    DeadLetterReason::MissingDeviceId,
+                    format!("{}: no non-empty string `{}`", variant.name, variant.device_id),
+                ));
+            }
+        };
+        let header_ts = read_time(&object, &variant.timestamp_field, variant.timestamp_format)
+            .map_err(|detail| (DeadLetterReason::BadTimestamp, format!("{}: {detail}", variant.name)))?;
+        let mut out = ReadingSink::new(self, header_ts);
+        self.read_metrics(variant, &object, &mut out)?;
+        Ok(out.finish(device_id))
+    }
+
+    fn read_metrics(
+        &self,
+        variant: &Variant,
+        object: &Map<String, Value>,
+        out: &mut ReadingSink<'_>,
+    ) -> Result<(), Reject> {
+        match &variant.layout {
+            Layout::Flat { fields } => {
+                for (key, value) in object {
+                    if let Some(&metric) = fields.get(key) {
+                        let value = number(value, key)?;
+                        out.push(metric, out.header_ts, value);
+                    }
+                }
+                Ok(())
+            }
+            Layout::Nested {
+                field,
+                value_key,
+                unit_key,
+            } => {
+                let metrics = as_object(object.get(field), field)?;
+                let ts = out.header_ts;
+                self.read_nested(metrics, value_key, unit_key, ts, out)
+            }
+            Layout::Batch {
+                field,
+                time_field,
+                time_format,
+                metrics_field,
+                value_key,
+                unit_key,
+            } => {
+                let Some(Value::Array(entries)) = object.get(field) else {
+                    return Err((DeadLetterReason::WrongValueType, format!("`{field}` is not an array")));
+                };
+                for entry in entries {
+                    let entry = as_object(Some(entry), field)?;
+                    let ts = read_time(entry, time_field, *time_format)
+                        .map_err(|detail| (DeadLetterReason::BadTimestamp, format!("{field}[]: {detail}")))?;
+                    let metrics = as_object(entry.get(metrics_field), metrics_field)?;
+                    self.read_nested(metrics, value_key, unit_key, ts, out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn read_nested(
+        &self,
+        metrics: &Map<String, Value>,
+        value_key: &str,
+        unit_key: &str,
+        ts_ms: u64,
+        out: &mut ReadingSink<'_>,
+    ) -> Result<(), Reject> {
+        for (name, entry) in metrics {
+            let metric_id = self.catalog.id(name).ok_or_else(|| {
+                (DeadLetterReason::UnknownMetric, format!("metric `{name}` is not in the catalog"))
+            })?;
+            let entry = as_object(Some(entry), name)?;
+            let value = match entry.get(value_key) {
+                Some(v) => number(v, name)?,
+                None => {
+                    return Err((DeadLetterReason::WrongValueType, format!("{name}: no `{value_key}`")));
+                }
+            };
+            let metric = self.catalog.get(metric_id);
+            let value = match entry.get(unit_key) {
+                None => value,
+                Some(Value::String(unit)) => metric.to_canonical(value, unit).ok_or_else(|| {
+                    (
+                        DeadLetterReason::UnknownUnit,
+                        format!("{name}: no conversion from `{unit}` to `{}`", metric.unit),
+                    )
+                })?,
+                Some(_) => {
+                    return Err((DeadLetterReason::UnknownUnit, format!("{name}: unit is not a string")));
+                }
+            };
+            out.push(metric_id, ts_ms, value);
+        }
+        Ok(())
+    }
+}
+
+/// Collects readings, applying the physical-range check.
+struct ReadingSink<'a> {
+    schemas: &'a SchemaSet,
+    header_ts: u64,
+    max_ts: u64,
+    readings: Vec<Reading>,
+    seen: u32,
+    out_of_range: u32,
+}
+
+impl<'a> ReadingSink<'a> {
+    fn new(schemas: &'a SchemaSet, header_ts: u64) -> Self {
+        Self {
+            schemas,
+            header_ts,
+            max_ts: header_ts,
+            readings: Vec::new(),
+            seen: 0,
+            out_of_range: 0,
+        }
+    }
+
+    fn push(&mut self, metric: MetricId, ts_ms: u64, value: f64) {
+        self.seen += 1;
+        self.max_ts = self.max_ts.max(ts_ms);
+        if self.schemas.catalog.get(metric).in_range(value) {
+            self.readings.push(Reading { metric, ts_ms, value });
+        } else {
+            self.out_of_range += 1;
+        }
+    }
+
+    fn finish(self, device_id: String) -> Decoded {
+        Decoded {
+            message: DeviceMessage {
+                device_id,
+                ts_ms: self.max_ts,
+                readings: self.readings,
+            },
+            readings_seen: self.seen,
+            out_of_range: self.out_of_range,
+        }
+    }
+}
+
+fn read_time(object: &Map<String, Value>, field: &str, format: TimeFormat) -> Result<u64, String> {
+    match object.get(field) {
+        None => Err(format!("no `{field}`")),
+        Some(value) => format
+            .parse(value)
+            .ok_or_else(|| format!("`{field}` = {value} is not {format:?}")),
+    }
+}
+
+fn number(value: &Value, name: &str) -> Result<f64, Reject> {
+    value
+        .as_f64()
+        .ok_or_else(|| (DeadLetterReason::WrongValueType, format!("{name}: {value} is not a number")))
+}
+
+fn as_object<'v>(value: Option<&'v Value>, name: &str) -> Result<&'v Map<String, Value>, Reject> {
+    match value {
+        Some(Value::Object(map)) => Ok(map),
+        _ => Err((DeadLetterReason::WrongValueType, format!("`{name}` is not an object"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(line: &str) -> Result<Decoded, DeadLetter> {
+        SchemaSet::embedded().decode(line.as_bytes())
+    }
+
+    fn metric(name: &str) -> MetricId {
+        SchemaSet::embedded().catalog().id(name).unwrap()
+    }
+
+    fn reason(line: &str) -> DeadLetterReason {
+        decode(line).unwrap_err().reason
+    }
+
+    #[test]
+    fn v1_flat_renames_short_fields() {
+        let d = decode(r#"{"device_id":"dev-000068","ts":1704067200065,"rms":1.05,"pk":3.64,"t":37.53,"fw":"1.2.3"}"#).unwrap();
+        assert_eq!(d.message.device_id, "dev-000068");
+        assert_eq!(d.message.ts_ms, 1_704_067_200_065);
+        let mut got: Vec<_> = d.message.readings.iter().map(|r| (r.metric, r.value)).collect();
+        got.sort_by_key(|(m, _)| *m);
+        let mut want = vec![
+            (metric("vibration_rms"), 1.05),
+            (metric("vibration_peak"), 3.64),
+            (metric("temperature"), 37.53),
+        ];
+        want.sort_by_key(|(m, _)| *m);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn v2_nested_reads_value_and_unit() {
+        let d = decode(r#"{"id":"dev-000844","time":"2024-01-01T00:00:00.001Z","fw":"2.8.5","metrics":{"temperature":{"value":38.82,"unit":"C"},"humidity":{"value":40.1,"unit":"%"}}}"#).unwrap();
+        assert_eq!(d.message.ts_ms, 1_704_067_200_001);
+        assert_eq!(d.readings_seen, 2);
+        assert!(d.message.readings.contains(&Reading { metric: metric("temperature"), ts_ms: 1_704_067_200_001, value: 38.82 }));
+    }
+
+    #[test]
+    fn v3_batch_converts_fahrenheit_and_keeps_per_reading_times() {
+        let d = decode(r#"{"id":"dev-1","time":"2024-01-01T00:00:01.000Z","fw":"3.1.1","batch":[{"time":"2024-01-01T00:00:00.500Z","metrics":{"temperature":{"value":100.4,"unit":"F"}}},{"time":"2024-01-01T00:00:01.000Z","metrics":{"temperature":{"value":212,"unit":"F"}}}]}"#).unwrap();
+        let r = &d.message.readings;
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].ts_ms, 1_704_067_200_500);
+        assert_eq!(r[0].value, (100.4 - 32.0) * 5.0 / 9.0);
+        assert_eq!(r[1].value, 100.0);
+        assert_eq!(d.message.ts_ms, 1_704_067_201_000);
+    }
+
+    #[test]
+    fn out_of_range_readings_are_dropped_one_by_one() {
+        let d = decode(r#"{"device_id":"d","ts":5,"temp":999.0,"hum":50}"#).unwrap();
+        assert_eq!((d.readings_seen, d.out_of_range, d.message.readings.len()), (2, 1, 1));
+        assert_eq!(d.message.readings[0].metric, metric("humidity"));
+    }
+
+    #[test]
+    fn each_dead_letter_reason() {
+        use DeadLetterReason::*;
+        assert_eq!(reason(r#"{"device_id":"d","ts":5,"te"#), InvalidJson);
+        assert_eq!(reason("[1,2]"), InvalidJson);
+        assert_eq!(reason(r#"{"device_id":"d","when":5}"#), NoMatchingSchema);
+        assert_eq!(reason(r#"{"ts":5,"temp":20}"#), MissingDeviceId);
+        assert_eq!(reason(r#"{"device_id":"","ts":5}"#), MissingDeviceId);
+        assert_eq!(reason(r#"{"device_id":"d","ts":"2024-01-01T00:00:00.000Z"}"#), BadTimestamp);
+        assert_eq!(reason(r#"{"id":"d","time":1704067200000,"metrics":{}}"#), BadTimestamp);
+        assert_eq!(reason(r#"{"id":"d","time":"yesterday","batch":[]}"#), BadTimestamp);
+        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","batch":[{"time":"x","metrics":{}}]}"#), BadTimestamp);
+        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":"ERR"}"#), WrongValueType);
+        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":true}"#), WrongValueType);
+        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":null}"#), WrongValueType);
+        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":"21.5"}"#), WrongValueType);
+        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":{"raw":5},"unit":"ppm"}}}"#), WrongValueType);
+        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":5,"unit":"furlongs"}}}"#), UnknownUnit);
+        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"radon":{"value":5,"unit":"Bq"}}}"#), UnknownMetric);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_raw_bytes() {
+        let raw = b"{\"device_id\":\"d\",\xff}";
+        let dl = SchemaSet::embedded().decode(raw).unwrap_err();
+        assert_eq!(dl.reason, DeadLetterReason::InvalidJson);
+        assert_eq!(dl.raw, String::from_utf8_lossy(raw));
+    }
+}

@@ -1,0 +1,43 @@
+//! Handing a stream's records to the outside world, complete time by complete time.
+
+use std::collections::BTreeMap;
+
+use timely::ExchangeData;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::dataflow::model::TimeMs;
+
+/// Delivers a stream to one place, in time order.
+pub trait DeliverInOrder<T> {
+    /// Gathers the stream on worker 0 and calls `deliver` once per timely time, in time order,
+    /// with all of that time's records, as soon as the frontier has passed it. The order of
+    /// records within a time is not defined (sort them where it matters).
+    fn deliver_in_order<F>(self, name: &str, deliver: F)
+    where
+        F: FnMut(TimeMs, Vec<T>) + 'static;
+}
+
+impl<T: ExchangeData> DeliverInOrder<T> for Stream<'_, TimeMs, Vec<T>> {
+    fn deliver_in_order<F>(self, name: &str, mut deliver: F)
+    where
+        F: FnMut(TimeMs, Vec<T>) + 'static,
+    {
+        let mut pending: BTreeMap<TimeMs, Vec<T>> = BTreeMap::new();
+        self.sink(Exchange::new(|_: &T| 0), name, move |(input, frontier)| {
+            input.for_each(|cap, data| {
+                if let Some(time) = cap.least() {
+                    pending.entry(*time).or_default().append(data);
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let time = *entry.key();
+                deliver(time, entry.remove());
+            }
+        });
+    }
+}

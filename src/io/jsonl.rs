@@ -1,0 +1,92 @@
+//! The JSON Lines shapes of iotpipe's outputs.
+
+use serde::Serialize;
+
+use crate::dataflow::model::{DeadLetter, LateReading, SiteRollup, WindowAggregate};
+use crate::dataflow::schema::MetricCatalog;
+
+#[derive(Serialize)]
+struct AggregateLine<'a> {
+    device_id: &'a str,
+    metric: &'a str,
+    window_start_ms: u64,
+    site: &'a str,
+    count: u64,
+    min: f64,
+    max: f64,
+    mean: f64,
+    threshold_breaches: u64,
+}
+
+#[derive(Serialize)]
+struct RollupLine<'a> {
+    site: &'a str,
+    metric: &'a str,
+    window_start_ms: u64,
+    count: u64,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    reason: &'a str,
+    detail: &'a str,
+    raw: &'a str,
+}
+
+#[derive(Serialize)]
+struct LateLine<'a> {
+    device_id: &'a str,
+    metric: &'a str,
+    ts_ms: u64,
+    value: f64,
+}
+
+fn line<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("output lines serialise")
+}
+
+/// `aggregates.jsonl`: `device_id, metric, window_start_ms, site, count, min, max, mean, threshold_breaches`.
+pub fn aggregate_line(a: &WindowAggregate, catalog: &MetricCatalog) -> String {
+    line(&AggregateLine {
+        device_id: &a.device_id,
+        metric: catalog.name(a.metric),
+        window_start_ms: a.window_start_ms,
+        site: &a.site,
+        count: a.count,
+        min: a.min,
+        max: a.max,
+        mean: a.mean(),
+        threshold_breaches: a.threshold_breaches,
+    })
+}
+
+/// `site_rollups.jsonl`: `site, metric, window_start_ms, count, mean`.
+pub fn rollup_line(r: &SiteRollup, catalog: &MetricCatalog) -> String {
+    line(&RollupLine {
+        site: &r.site,
+        metric: catalog.name(r.metric),
+        window_start_ms: r.window_start_ms,
+        count: r.count,
+        mean: r.mean(),
+    })
+}
+
+/// `dead_letters.jsonl`: `reason, detail, raw`.
+pub fn dead_letter_line(d: &DeadLetter) -> String {
+    line(&DeadLetterLine {
+        reason: d.reason.code(),
+        detail: &d.detail,
+        raw: &d.raw,
+    })
+}
+
+/// `late.jsonl`: `device_id, metric, ts_ms, value`.
+pub fn late_line(l: &LateReading, catalog: &MetricCatalog) -> String {
+    line(&LateLine {
+        device_id: &l.device_id,
+        metric: catalog.name(l.metric),
+        ts_ms: l.ts_ms,
+        value: l.value,
+    })
+}

@@ -1,0 +1,9 @@
+//! Adapters between the world and the pure dataflow: files, the simulated fleet, the terminal.
+
+pub mod cluster;
+pub mod deliver;
+pub mod jsonl;
+pub mod replay;
+pub mod schemas;
+pub mod source;
+pub mod summary;

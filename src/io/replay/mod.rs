@@ -1,0 +1,281 @@
+//! `iotpipe replay`: the whole dataflow over a recorded file, as fast as it goes.
+//!
+//! The file is one partition in arrival order, but it is decoded by all workers at once: it is
+//! cut into chunks of whole lines, worker `w` decodes chunks `w, w + peers, ...`, and the only
+//! sequential step is the cheap scan that stamps watermarks, which needs the largest valid event
+//! time of all earlier chunks. Workers pass that prefix along through a small *ledger* dataflow
+//! (chunk `k` publishes the prefix through `k`), so the scan of chunk `k` starts as soon as chunk
+//! `k - 1` is scanned, while every worker is already decoding its next chunk.
+
+mod chunks;
+mod output;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Input, Inspect};
+use timely::dataflow::InputHandle;
+
+pub use chunks::{Chunk, ChunkedFile};
+pub use output::ReplayFiles;
+
+use crate::dataflow::event_time::{Watermarker, watermark_after};
+use crate::dataflow::ingest::Ingestor;
+use crate::dataflow::model::TimeMs;
+use crate::dataflow::registry::{RegistryChange, RegistryHistory};
+use crate::dataflow::schema::SchemaSet;
+use crate::dataflow::{PipelineConfig, PipelineInputs, RegistryUpdate, pipeline};
+use crate::io::cluster::{ClusterConfig, ClusterError};
+use crate::io::deliver::DeliverInOrder;
+use crate::io::source::{SourceInputs, VecInput};
+use crate::io::summary::RunSummary;
+
+/// Everything a replay needs.
+#[derive(Clone)]
+pub struct ReplayJob {
+    /// The recorded messages, JSON Lines in arrival order.
+    pub events: PathBuf,
+    /// The registry changelog.
+    pub registry: Arc<Vec<RegistryChange>>,
+    /// Where the outputs go (written by process 0).
+    pub out: PathBuf,
+    /// Message schemas.
+    pub schemas: SchemaSet,
+    /// Pipeline semantics.
+    pub pipeline: PipelineConfig,
+    /// Bytes per chunk of the events file.
+    pub chunk_bytes: u64,
+}
+
+/// A replay that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The cluster shape is wrong.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Timely could not start (e.g. a cluster peer is unreachable).
+    #[error("timely: {0}")]
+    Timely(String),
+    /// A worker failed.
+    #[error("worker failed: {0}")]
+    Worker(String),
+}
+
+/// Runs a replay; returns the summary on process 0, `None` on the others.
+pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSummary>, ReplayError> {
+    let started = Instant::now();
+    let timely_config = cluster.to_timely()?;
+    let io_error = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| ReplayError::Io { path, source }
+    };
+    // Fail before starting workers if the input is unreadable.
+    ChunkedFile::open(&job.events, job.chunk_bytes).map_err(io_error(&job.events))?;
+    let files = if cluster.is_leader() {
+        Some(ReplayFiles::create(&job.out, job.schemas.catalog().clone()).map_err(io_error(&job.out))?)
+    } else {
+        None
+    };
+    let files = Arc::new(Mutex::new(files));
+    let history = Arc::new(RegistryHistory::new(&job.registry));
+    let worker_files = Arc::clone(&files);
+    let guards = timely::execute(timely_config, move |worker| {
+        let leader_files = if worker.index() == 0 {
+            worker_files.lock().expect("not poisoned").take()
+        } else {
+            None
+        };
+        run_worker(worker, &job, &history, leader_files)
+    })
+    .map_err(ReplayError::Timely)?;
+    let mut summary = None;
+    for result in guards.join() {
+        match result {
+            Ok(Some(Ok(s))) => summary = Some(s),
+            Ok(Some(Err((path, source)))) => return Err(ReplayError::Io { path, source }),
+            Ok(None) => {}
+            Err(e) => return Err(ReplayError::Worker(e)),
+        }
+    }
+    Ok(summary.map(|mut s| {
+        s.elapsed_s = started.elapsed().as_secs_f64();
+        s
+    }))
+}
+
+type WorkerResult = Option<Result<RunSummary, (PathBuf, std::io::Error)>>;
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    job: &ReplayJob,
+    history: &Arc<RegistryHistory>,
+    files: Option<ReplayFiles>,
+) -> WorkerResult {
+    let index = worker.index();
+    let peers = worker.peers();
+    let files = files.map(|f| Rc::new(RefCell::new(f)));
+
+    // The ledger: chunk k's prefix (largest valid event time through chunk k), seen by all.
+    let prefixes: Rc<RefCell<HashMap<u64, Option<TimeMs>>>> = Rc::default();
+    let mut ledger: VecInput<u64, (u64, Option<TimeMs>)> = InputHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let seen = Rc::clone(&prefixes);
+        scope
+            .input_from(&mut ledger)
+            .broadcast()
+            .inspect(move |(k, prefix)| {
+                seen.borrow_mut().insert(*k, *prefix);
+            });
+    });
+
+    let mut source = SourceInputs::new();
+    let mut registry: VecInput<TimeMs, RegistryUpdate> = InputHandle::new();
+    let config = job.pipeline;
+    worker.dataflow::<TimeMs, _, _>(|scope| {
+        let streams = source.to_streams(scope);
+        let outputs = pipeline(
+            PipelineInputs {
+                messages: streams.messages,
+                dead_letters: streams.dead_letters,
+                registry: registry.to_stream(scope),
+            },
+            config,
+        );
+        let deliver = |f: &Option<Rc<RefCell<ReplayFiles>>>| f.clone();
+        let f = deliver(&files);
+        outputs.aggregates.deliver_in_order("WriteAggregates", move |_, r| {
+            if let Some(f) = &f {
+                f.borrow_mut().aggregates(r)
+            }
+        });
+        let f = deliver(&files);
+        outputs.site_rollups.deliver_in_order("WriteSiteRollups", move |_, r| {
+            if let Some(f) = &f {
+                f.borrow_mut().site_rollups(r)
+            }
+        });
+        let f = deliver(&files);
+        outputs.dead_letters.deliver_in_order("WriteDeadLetters", move |_, r| {
+            if let Some(f) = &f {
+                f.borrow_mut().dead_letters(r)
+            }
+        });
+        let f = deliver(&files);
+        outputs.late.deliver_in_order("WriteLate", move |_, r| {
+            if let Some(f) = &f {
+                f.borrow_mut().late(r)
+            }
+        });
+        let f = deliver(&files);
+        streams.counts.deliver_in_order("CountIngest", move |_, r| {
+            if let Some(f) = &f {
+                f.borrow_mut().counts(r)
+            }
+        });
+    });
+
+    // The registry is known up front: worker 0 loads it whole and closes its input, so the
+    // arrangement is complete for every time.
+    if index == 0 {
+        for change in job.registry.iter() {
+            registry.send((change.device_id.clone(), change.info.clone(), change.effective_ms));
+        }
+    }
+    drop(registry);
+
+    let result = feed_chunks(worker, job, history, &mut source, &mut ledger, &prefixes, index, peers);
+    drop(source);
+    drop(ledger);
+    while worker.has_dataflows() {
+        worker.step_or_park(None);
+    }
+    if let Err(e) = result {
+        return Some(Err((job.events.clone(), e)));
+    }
+    files.map(|f| {
+        Rc::try_unwrap(f)
+            .ok()
+            .expect("the dataflow has finished with the files")
+            .into_inner()
+            .finish()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn feed_chunks(
+    worker: &mut timely::worker::Worker,
+    job: &ReplayJob,
+    history: &Arc<RegistryHistory>,
+    source: &mut SourceInputs,
+    ledger: &mut VecInput<u64, (u64, Option<TimeMs>)>,
+    prefixes: &Rc<RefCell<HashMap<u64, Option<TimeMs>>>>,
+    index: usize,
+    peers: usize,
+) -> std::io::Result<()> {
+    let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
+    let chunk_count = file.chunk_count();
+    let event_time = job.pipeline.event_time;
+    let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time);
+    let decode = |chunk: &Chunk| -> Vec<_> {
+        (0..chunk.lines.len()).map(|i| job.schemas.decode(chunk.line(i))).collect()
+    };
+    let mut k = index as u64;
+    let mut current = if k < chunk_count {
+        let chunk = file.read(k)?;
+        let decoded = decode(&chunk);
+        Some((chunk, decoded))
+    } else {
+        None
+    };
+    while let Some((chunk, decoded)) = current.take() {
+        // Decode our next chunk before waiting, so the wait overlaps work.
+        let next_k = k + peers as u64;
+        let next = if next_k < chunk_count {
+            let chunk = file.read(next_k)?;
+            let decoded = decode(&chunk);
+            Some((chunk, decoded))
+        } else {
+            None
+        };
+        let prefix = if k == 0 {
+            None
+        } else {
+            loop {
+                if let Some(prefix) = prefixes.borrow().get(&(k - 1)) {
+                    break *prefix;
+                }
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        };
+        ingestor.set_watermarker(Watermarker::resume(event_time, prefix));
+        let mut batch = ingestor.start_batch();
+        for (i, decoded) in decoded.into_iter().enumerate() {
+            ingestor.admit(chunk.line(i), decoded, &mut batch);
+        }
+        let prefix_after = ingestor.watermarker().max_valid_ms();
+        ledger.send((k, prefix_after));
+        ledger.advance_to(next_k);
+        ledger.flush();
+        source.send(&mut batch);
+        source.advance_to(watermark_after(event_time, prefix_after));
+        source.flush();
+        prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
+        worker.step();
+        k = next_k;
+        current = next;
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Loading schemas and the registry from files.
+
+use std::path::{Path, PathBuf};
+
+use crate::dataflow::registry::{RegistryChange, RegistryError, parse_registry};
+use crate::dataflow::schema::{SchemaError, SchemaSet};
+
+/// A file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A schema file is wrong.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A registry line is wrong.
+    #[error("{path}: {source}")]
+    Registry {
+        /// The file.
+        path: PathBuf,
+        /// Which line and why.
+        source: RegistryError,
+    },
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads `catalog.toml` and every other `*.toml` of a schema directory.
+pub fn load_schema_dir(dir: &Path) -> Result<SchemaSet, LoadError> {
+    let catalog = read(&dir.join("catalog.toml"))?;
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut variants = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.ends_with(".toml") && name != "catalog.toml" {
+            variants.push((name, read(&path)?));
+        }
+    }
+    variants.sort();
+    Ok(SchemaSet::from_toml(&catalog, &variants)?)
+}
+
+/// Loads a registry changelog file.
+pub fn load_registry(path: &Path, schemas: &SchemaSet) -> Result<Vec<RegistryChange>, LoadError> {
+    parse_registry(&read(path)?, schemas.catalog()).map_err(|source| LoadError::Registry {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,64 @@
+//! The counts a run reports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::model::{DeadLetterReason, IngestCounts};
+
+/// What a run saw and produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Messages, readings and out-of-range readings at the source.
+    pub ingest: IngestCounts,
+    /// Dead letters by reason.
+    pub dead_letters: BTreeMap<DeadLetterReason, u64>,
+    /// Late readings.
+    pub late: u64,
+    /// Device windows closed.
+    pub windows: u64,
+    /// Site rollups closed.
+    pub site_rollups: u64,
+    /// Readings aggregated into windows.
+    pub aggregated_readings: u64,
+    /// Aggregated readings outside registry thresholds.
+    pub threshold_breaches: u64,
+    /// Wall-clock seconds of the run.
+    pub elapsed_s: f64,
+}
+
+impl RunSummary {
+    /// Dead letters over all reasons.
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// Messages per second of wall-clock time.
+    pub fn messages_per_s(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.ingest.messages as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "messages          {}", self.ingest.messages)?;
+        writeln!(f, "readings          {}", self.ingest.readings)?;
+        writeln!(f, "  aggregated      {}", self.aggregated_readings)?;
+        writeln!(f, "  late            {}", self.late)?;
+        writeln!(f, "  out of range    {}", self.ingest.out_of_range)?;
+        writeln!(f, "  over threshold  {}", self.threshold_breaches)?;
+        writeln!(f, "dead letters      {}", self.dead_letter_total())?;
+        for (reason, count) in &self.dead_letters {
+            writeln!(f, "  {:<20}{count}", reason.code())?;
+        }
+        writeln!(f, "windows           {}", self.windows)?;
+        writeln!(f, "site rollups      {}", self.site_rollups)?;
+        writeln!(f, "elapsed           {:.3} s", self.elapsed_s)?;
+        write!(f, "throughput        {:.0} messages/s", self.messages_per_s())
+    }
+}
