@@ -12,11 +12,11 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::cursor_list;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::trace::{Cursor, TraceReader};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, OkErr};
-use timely::dataflow::Stream;
-use timely::container::CapacityContainerBuilder;
 use timely::progress::Antichain;
 
 use crate::dataflow::model::{

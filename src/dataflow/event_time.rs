@@ -80,13 +80,13 @@ impl Watermarker {
     ///
     /// A message with no valid readings is admitted (its readings are none) and moves nothing.
     pub fn admit(&mut self, message: DeviceMessage) -> Result<TimedMessage, TooFarAhead> {
-        if let Some(max_valid_ms) = self.max_valid_ms {
-            if message.ts_ms > max_valid_ms.saturating_add(self.config.max_clock_skew_ms) {
-                return Err(TooFarAhead {
-                    ts_ms: message.ts_ms,
-                    max_valid_ms,
-                });
-            }
+        if let Some(max_valid_ms) = self.max_valid_ms
+            && message.ts_ms > max_valid_ms.saturating_add(self.config.max_clock_skew_ms)
+        {
+            return Err(TooFarAhead {
+                ts_ms: message.ts_ms,
+                max_valid_ms,
+            });
         }
         let mut readings = Vec::with_capacity(message.readings.len());
         for reading in message.readings {
@@ -94,7 +94,10 @@ impl Watermarker {
                 reading,
                 watermark_ms: self.watermark_ms(),
             });
-            self.max_valid_ms = Some(self.max_valid_ms.map_or(reading.ts_ms, |m| m.max(reading.ts_ms)));
+            self.max_valid_ms = Some(
+                self.max_valid_ms
+                    .map_or(reading.ts_ms, |m| m.max(reading.ts_ms)),
+            );
         }
         Ok(TimedMessage {
             device_id: message.device_id,
@@ -120,7 +123,11 @@ mod tests {
             ts_ms: *ts.iter().max().unwrap(),
             readings: ts
                 .iter()
-                .map(|&ts_ms| Reading { metric: MetricId(0), ts_ms, value: 1.0 })
+                .map(|&ts_ms| Reading {
+                    metric: MetricId(0),
+                    ts_ms,
+                    value: 1.0,
+                })
                 .collect(),
         }
     }

@@ -36,7 +36,11 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// An ingestor at the start of a partition.
-    pub fn new(schemas: SchemaSet, registry: Arc<RegistryHistory>, event_time: EventTimeConfig) -> Self {
+    pub fn new(
+        schemas: SchemaSet,
+        registry: Arc<RegistryHistory>,
+        event_time: EventTimeConfig,
+    ) -> Self {
         Self {
             schemas,
             registry,
@@ -69,7 +73,12 @@ impl Ingestor {
     }
 
     /// Admits a message decoded earlier (sources may decode in parallel and admit in order).
-    pub fn admit(&mut self, raw: &[u8], decoded: Result<Decoded, DeadLetter>, batch: &mut IngestBatch) {
+    pub fn admit(
+        &mut self,
+        raw: &[u8],
+        decoded: Result<Decoded, DeadLetter>,
+        batch: &mut IngestBatch,
+    ) {
         batch.counts.messages += 1;
         let decoded = match decoded {
             Ok(decoded) => decoded,
@@ -84,9 +93,18 @@ impl Ingestor {
             detail,
             raw: String::from_utf8_lossy(raw).into_owned(),
         };
-        if self.registry.at(&message.device_id, message.ts_ms).is_none() {
-            let detail = format!("{} is not registered at {} ms", message.device_id, message.ts_ms);
-            batch.dead_letters.push(reject(DeadLetterReason::UnknownDevice, detail));
+        if self
+            .registry
+            .at(&message.device_id, message.ts_ms)
+            .is_none()
+        {
+            let detail = format!(
+                "{} is not registered at {} ms",
+                message.device_id, message.ts_ms
+            );
+            batch
+                .dead_letters
+                .push(reject(DeadLetterReason::UnknownDevice, detail));
             return;
         }
         match self.watermarker.admit(message) {
@@ -102,7 +120,9 @@ impl Ingestor {
                     "stamped {} ms, more than the allowed skew ahead of {} ms",
                     ahead.ts_ms, ahead.max_valid_ms
                 );
-                batch.dead_letters.push(reject(DeadLetterReason::FutureTimestamp, detail));
+                batch
+                    .dead_letters
+                    .push(reject(DeadLetterReason::FutureTimestamp, detail));
             }
         }
     }

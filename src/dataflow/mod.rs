@@ -83,7 +83,10 @@ pub struct PipelineOutputs<'scope> {
 }
 
 /// Builds the pipeline.
-pub fn pipeline<'scope>(inputs: PipelineInputs<'scope>, config: PipelineConfig) -> PipelineOutputs<'scope> {
+pub fn pipeline<'scope>(
+    inputs: PipelineInputs<'scope>,
+    config: PipelineConfig,
+) -> PipelineOutputs<'scope> {
     let registry = inputs.registry.arrange_registry();
     let (on_time, late) = inputs.messages.split_late(config.window);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);

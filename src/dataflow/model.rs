@@ -214,7 +214,9 @@ pub struct EnrichedMessage {
 ///
 /// Floating-point addition is not associative, so a plain `f64` sum would depend on the order in
 /// which workers' readings interleave. Fixed point makes every worker count give the same bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ExactSum(pub i128);
 
 impl ExactSum {

@@ -74,8 +74,7 @@ pub fn parse_registry_line(
     catalog: &MetricCatalog,
 ) -> Result<RegistryChange, RegistryError> {
     let error = |message: String| RegistryError { line, message };
-    let entry: RegistryLine =
-        serde_json::from_str(text).map_err(|e| error(format!("{e}")))?;
+    let entry: RegistryLine = serde_json::from_str(text).map_err(|e| error(format!("{e}")))?;
     if entry.device_id.is_empty() {
         return Err(error("device_id is empty".into()));
     }
@@ -92,9 +91,17 @@ pub fn parse_registry_line(
     let mut thresholds = Vec::with_capacity(entry.thresholds.len());
     for (metric, t) in entry.thresholds {
         let id = catalog.id(&metric).ok_or_else(|| {
-            error(format!("thresholds.{metric}: no such metric in the schema catalog"))
+            error(format!(
+                "thresholds.{metric}: no such metric in the schema catalog"
+            ))
         })?;
-        thresholds.push((id, Threshold { min: t.min, max: t.max }));
+        thresholds.push((
+            id,
+            Threshold {
+                min: t.min,
+                max: t.max,
+            },
+        ));
     }
     thresholds.sort_by_key(|(m, _)| *m);
     let info = DeviceInfo {
@@ -115,7 +122,10 @@ pub fn parse_registry_line(
 }
 
 /// Parses a whole changelog, skipping blank lines.
-pub fn parse_registry(text: &str, catalog: &MetricCatalog) -> Result<Vec<RegistryChange>, RegistryError> {
+pub fn parse_registry(
+    text: &str,
+    catalog: &MetricCatalog,
+) -> Result<Vec<RegistryChange>, RegistryError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -136,7 +146,8 @@ impl RegistryHistory {
     /// Two changes to a device at the same time resolve as the arrangement resolves them: the
     /// greater `Option<DeviceInfo>` wins (an entry over a delete).
     pub fn new(changes: &[RegistryChange]) -> Self {
-        let mut devices: FxHashMap<String, Vec<(TimeMs, Option<SharedDeviceInfo>)>> = FxHashMap::default();
+        let mut devices: FxHashMap<String, Vec<(TimeMs, Option<SharedDeviceInfo>)>> =
+            FxHashMap::default();
         for change in changes {
             devices
                 .entry(change.device_id.clone())
@@ -181,7 +192,9 @@ mod tests {
     #[test]
     fn history_answers_as_of_a_time() {
         let catalog = SchemaSet::embedded().catalog().clone();
-        let moved = LINE.replace("site-0001", "site-0002").replace("{\"device_id\"", "{\"effective_ms\":1000,\"device_id\"");
+        let moved = LINE
+            .replace("site-0001", "site-0002")
+            .replace("{\"device_id\"", "{\"effective_ms\":1000,\"device_id\"");
         let deleted = r#"{"device_id":"dev-1","effective_ms":2000,"deleted":true}"#;
         let changes = parse_registry(&format!("{LINE}\n{moved}\n\n{deleted}\n"), &catalog).unwrap();
         let history = RegistryHistory::new(&changes);
@@ -194,7 +207,8 @@ mod tests {
     #[test]
     fn bad_lines_name_the_line_and_field() {
         let catalog = SchemaSet::embedded().catalog().clone();
-        let err = parse_registry(&format!("{LINE}\n{{\"device_id\":\"x\"}}"), &catalog).unwrap_err();
+        let err =
+            parse_registry(&format!("{LINE}\n{{\"device_id\":\"x\"}}"), &catalog).unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("device_type"), "{err}");
     }

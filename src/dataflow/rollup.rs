@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 
 use differential_dataflow::Hashable;
 use rustc_hash::FxHashMap;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
 
 use crate::dataflow::model::{ExactSum, MetricId, SiteRollup, TimeMs, WindowAggregate};
+
+/// Running (count, sum) per (site, metric, window start).
+type SiteSums = FxHashMap<(String, MetricId, TimeMs), (u64, ExactSum)>;
 
 /// Rolls device windows up per site.
 pub trait RollupSites<'scope> {
@@ -23,9 +26,7 @@ impl<'scope> RollupSites<'scope> for Stream<'scope, TimeMs, Vec<WindowAggregate>
     fn rollup_sites(self) -> Stream<'scope, TimeMs, Vec<SiteRollup>> {
         let by_site = Exchange::new(|a: &WindowAggregate| a.site.hashed());
         self.unary_frontier(by_site, "RollupSites", |_cap, _info| {
-            type Key = (String, MetricId, TimeMs);
-            let mut pending: BTreeMap<TimeMs, (Capability<TimeMs>, FxHashMap<Key, (u64, ExactSum)>)> =
-                BTreeMap::new();
+            let mut pending: BTreeMap<TimeMs, (Capability<TimeMs>, SiteSums)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let Some(time) = cap.least().copied() else {
@@ -49,13 +50,15 @@ impl<'scope> RollupSites<'scope> for Stream<'scope, TimeMs, Vec<WindowAggregate>
                     let (cap, sums) = entry.remove();
                     let mut rollups: Vec<SiteRollup> = sums
                         .into_iter()
-                        .map(|((site, metric, window_start_ms), (count, sum))| SiteRollup {
-                            site,
-                            metric,
-                            window_start_ms,
-                            count,
-                            sum,
-                        })
+                        .map(
+                            |((site, metric, window_start_ms), (count, sum))| SiteRollup {
+                                site,
+                                metric,
+                                window_start_ms,
+                                count,
+                                sum,
+                            },
+                        )
                         .collect();
                     output.session(&cap).give_container(&mut rollups);
                 }

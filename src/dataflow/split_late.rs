@@ -1,8 +1,8 @@
 //! Separating late readings from on-time ones.
 
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::OkErr;
 use timely::dataflow::Stream;
+use timely::dataflow::operators::OkErr;
+use timely::dataflow::operators::vec::Map;
 
 use crate::dataflow::model::{LateReading, TimeMs, TimedMessage};
 use crate::dataflow::window::WindowConfig;

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
 
 use crate::dataflow::model::{EnrichedMessage, ExactSum, MetricId, TimeMs, WindowAggregate};
 
@@ -67,11 +67,17 @@ pub trait AggregateWindows<'scope> {
     ///
     /// The input must be partitioned by device (as [`Enrich`](crate::dataflow::enrich::Enrich)
     /// leaves it), and carry only on-time readings.
-    fn aggregate_windows(self, config: WindowConfig) -> Stream<'scope, TimeMs, Vec<WindowAggregate>>;
+    fn aggregate_windows(
+        self,
+        config: WindowConfig,
+    ) -> Stream<'scope, TimeMs, Vec<WindowAggregate>>;
 }
 
 impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMessage>> {
-    fn aggregate_windows(self, config: WindowConfig) -> Stream<'scope, TimeMs, Vec<WindowAggregate>> {
+    fn aggregate_windows(
+        self,
+        config: WindowConfig,
+    ) -> Stream<'scope, TimeMs, Vec<WindowAggregate>> {
         self.unary_frontier(Pipeline, "AggregateWindows", move |_cap, _info| {
             let mut open: FxHashMap<String, Vec<OpenWindow>> = FxHashMap::default();
             // One capability per pending close time.

@@ -68,12 +68,18 @@ impl ClusterConfig {
         if self.process >= self.processes {
             return Err(invalid(
                 "process",
-                format!("is {} but must be below processes ({})", self.process, self.processes),
+                format!(
+                    "is {} but must be below processes ({})",
+                    self.process, self.processes
+                ),
             ));
         }
         let communication = if self.processes > 1 {
             let path = self.hostfile.clone().ok_or_else(|| {
-                invalid("hostfile", "is required with more than one process (-h hosts.txt)".into())
+                invalid(
+                    "hostfile",
+                    "is required with more than one process (-h hosts.txt)".into(),
+                )
             })?;
             let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::Hostfile {
                 path: path.clone(),
@@ -89,7 +95,12 @@ impl ClusterConfig {
             if addresses.len() < self.processes {
                 return Err(invalid(
                     "hostfile",
-                    format!("{} lists {} addresses but processes is {}", path.display(), addresses.len(), self.processes),
+                    format!(
+                        "{} lists {} addresses but processes is {}",
+                        path.display(),
+                        addresses.len(),
+                        self.processes
+                    ),
                 ));
             }
             timely::CommunicationConfig::Cluster {

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod deliver;
+pub mod fleet;
 pub mod jsonl;
 pub mod replay;
 pub mod schemas;

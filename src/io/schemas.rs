@@ -51,7 +51,11 @@ pub fn load_schema_dir(dir: &Path) -> Result<SchemaSet, LoadError> {
                 source,
             })?
             .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if name.ends_with(".toml") && name != "catalog.toml" {
             variants.push((name, read(&path)?));
         }

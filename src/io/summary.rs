@@ -59,6 +59,10 @@ impl fmt::Display for RunSummary {
         writeln!(f, "windows           {}", self.windows)?;
         writeln!(f, "site rollups      {}", self.site_rollups)?;
         writeln!(f, "elapsed           {:.3} s", self.elapsed_s)?;
-        write!(f, "throughput        {:.0} messages/s", self.messages_per_s())
+        write!(
+            f,
+            "throughput        {:.0} messages/s",
+            self.messages_per_s()
+        )
     }
 }

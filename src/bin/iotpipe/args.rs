@@ -97,7 +97,9 @@ impl PipelineArgs {
     pub fn schemas(&self) -> Result<iotpipe::dataflow::schema::SchemaSet, String> {
         match &self.schemas {
             None => Ok(iotpipe::dataflow::schema::SchemaSet::embedded()),
-            Some(dir) => iotpipe::io::schemas::load_schema_dir(dir).map_err(|e| format!("--schemas: {e}")),
+            Some(dir) => {
+                iotpipe::io::schemas::load_schema_dir(dir).map_err(|e| format!("--schemas: {e}"))
+            }
         }
     }
 }

@@ -1,1 +1,3 @@
-pub fn run(_args: crate::args::DemoArgs) -> Result<(), String> { Err("demo: not yet".into()) }
+pub fn run(_args: crate::args::DemoArgs) -> Result<(), String> {
+    Err("demo: not yet".into())
+}

@@ -14,7 +14,8 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     if args.chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1 (default 4194304)".into());
     }
-    let registry = load_registry(&args.registry, &schemas).map_err(|e| format!("--registry {e}"))?;
+    let registry =
+        load_registry(&args.registry, &schemas).map_err(|e| format!("--registry {e}"))?;
     let job = ReplayJob {
         events: args.events,
         registry: Arc::new(registry),
@@ -25,7 +26,11 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     };
     if let Some(summary) = replay(job, &args.cluster.config()).map_err(|e| e.to_string())? {
         println!("{summary}");
-        println!("outputs           {} ({})", args.out.display(), ReplayFiles::names().join(", "));
+        println!(
+            "outputs           {} ({})",
+            args.out.display(),
+            ReplayFiles::names().join(", ")
+        );
     }
     Ok(())
 }

@@ -25,11 +25,12 @@ impl SchemaSet {
     /// The checks run in a fixed order, so a message with several faults always gets the same
     /// reason: JSON object, variant, device id, timestamp(s), then each metric value and unit.
     pub fn decode(&self, raw: &[u8]) -> Result<Decoded, DeadLetter> {
-        self.decode_inner(raw).map_err(|(reason, detail)| DeadLetter {
-            reason,
-            detail,
-            raw: String::from_utf8_lossy(raw).into_owned(),
-        })
+        self.decode_inner(raw)
+            .map_err(|(reason, detail)| DeadLetter {
+                reason,
+                detail,
+                raw: String::from_utf8_lossy(raw).into_owned(),
+            })
     }
 
     fn decode_inner(&self, raw: &[u8]) -> Result<Decoded, Reject> {
@@ -53,12 +54,20 @@ impl SchemaSet {
             _ => {
                 return Err((
                     DeadLetterReason::MissingDeviceId,
-                    format!("{}: no non-empty string `{}`", variant.name, variant.device_id),
+                    format!(
+                        "{}: no non-empty string `{}`",
+                        variant.name, variant.device_id
+                    ),
                 ));
             }
         };
         let header_ts = read_time(&object, &variant.timestamp_field, variant.timestamp_format)
-            .map_err(|detail| (DeadLetterReason::BadTimestamp, format!("{}: {detail}", variant.name)))?;
+            .map_err(|detail| {
+                (
+                    DeadLetterReason::BadTimestamp,
+                    format!("{}: {detail}", variant.name),
+                )
+            })?;
         let mut out = ReadingSink::new(self, header_ts);
         self.read_metrics(variant, &object, &mut out)?;
         Ok(out.finish(device_id))
@@ -98,12 +107,19 @@ impl SchemaSet {
                 unit_key,
             } => {
                 let Some(Value::Array(entries)) = object.get(field) else {
-                    return Err((DeadLetterReason::WrongValueType, format!("`{field}` is not an array")));
+                    return Err((
+                        DeadLetterReason::WrongValueType,
+                        format!("`{field}` is not an array"),
+                    ));
                 };
                 for entry in entries {
                     let entry = as_object(Some(entry), field)?;
-                    let ts = read_time(entry, time_field, *time_format)
-                        .map_err(|detail| (DeadLetterReason::BadTimestamp, format!("{field}[]: {detail}")))?;
+                    let ts = read_time(entry, time_field, *time_format).map_err(|detail| {
+                        (
+                            DeadLetterReason::BadTimestamp,
+                            format!("{field}[]: {detail}"),
+                        )
+                    })?;
                     let metrics = as_object(entry.get(metrics_field), metrics_field)?;
                     self.read_nested(metrics, value_key, unit_key, ts, out)?;
                 }
@@ -122,13 +138,19 @@ impl SchemaSet {
     ) -> Result<(), Reject> {
         for (name, entry) in metrics {
             let metric_id = self.catalog.id(name).ok_or_else(|| {
-                (DeadLetterReason::UnknownMetric, format!("metric `{name}` is not in the catalog"))
+                (
+                    DeadLetterReason::UnknownMetric,
+                    format!("metric `{name}` is not in the catalog"),
+                )
             })?;
             let entry = as_object(Some(entry), name)?;
             let value = match entry.get(value_key) {
                 Some(v) => number(v, name)?,
                 None => {
-                    return Err((DeadLetterReason::WrongValueType, format!("{name}: no `{value_key}`")));
+                    return Err((
+                        DeadLetterReason::WrongValueType,
+                        format!("{name}: no `{value_key}`"),
+                    ));
                 }
             };
             let metric = self.catalog.get(metric_id);
@@ -141,7 +163,10 @@ impl SchemaSet {
                     )
                 })?,
                 Some(_) => {
-                    return Err((DeadLetterReason::UnknownUnit, format!("{name}: unit is not a string")));
+                    return Err((
+                        DeadLetterReason::UnknownUnit,
+                        format!("{name}: unit is not a string"),
+                    ));
                 }
             };
             out.push(metric_id, ts_ms, value);
@@ -176,7 +201,11 @@ impl<'a> ReadingSink<'a> {
         self.seen += 1;
         self.max_ts = self.max_ts.max(ts_ms);
         if self.schemas.catalog.get(metric).in_range(value) {
-            self.readings.push(Reading { metric, ts_ms, value });
+            self.readings.push(Reading {
+                metric,
+                ts_ms,
+                value,
+            });
         } else {
             self.out_of_range += 1;
         }
@@ -205,15 +234,21 @@ fn read_time(object: &Map<String, Value>, field: &str, format: TimeFormat) -> Re
 }
 
 fn number(value: &Value, name: &str) -> Result<f64, Reject> {
-    value
-        .as_f64()
-        .ok_or_else(|| (DeadLetterReason::WrongValueType, format!("{name}: {value} is not a number")))
+    value.as_f64().ok_or_else(|| {
+        (
+            DeadLetterReason::WrongValueType,
+            format!("{name}: {value} is not a number"),
+        )
+    })
 }
 
 fn as_object<'v>(value: Option<&'v Value>, name: &str) -> Result<&'v Map<String, Value>, Reject> {
     match value {
         Some(Value::Object(map)) => Ok(map),
-        _ => Err((DeadLetterReason::WrongValueType, format!("`{name}` is not an object"))),
+        _ => Err((
+            DeadLetterReason::WrongValueType,
+            format!("`{name}` is not an object"),
+        )),
     }
 }
 
@@ -238,7 +273,12 @@ mod tests {
         let d = decode(r#"{"device_id":"dev-000068","ts":1704067200065,"rms":1.05,"pk":3.64,"t":37.53,"fw":"1.2.3"}"#).unwrap();
         assert_eq!(d.message.device_id, "dev-000068");
         assert_eq!(d.message.ts_ms, 1_704_067_200_065);
-        let mut got: Vec<_> = d.message.readings.iter().map(|r| (r.metric, r.value)).collect();
+        let mut got: Vec<_> = d
+            .message
+            .readings
+            .iter()
+            .map(|r| (r.metric, r.value))
+            .collect();
         got.sort_by_key(|(m, _)| *m);
         let mut want = vec![
             (metric("vibration_rms"), 1.05),
@@ -254,7 +294,11 @@ mod tests {
         let d = decode(r#"{"id":"dev-000844","time":"2024-01-01T00:00:00.001Z","fw":"2.8.5","metrics":{"temperature":{"value":38.82,"unit":"C"},"humidity":{"value":40.1,"unit":"%"}}}"#).unwrap();
         assert_eq!(d.message.ts_ms, 1_704_067_200_001);
         assert_eq!(d.readings_seen, 2);
-        assert!(d.message.readings.contains(&Reading { metric: metric("temperature"), ts_ms: 1_704_067_200_001, value: 38.82 }));
+        assert!(d.message.readings.contains(&Reading {
+            metric: metric("temperature"),
+            ts_ms: 1_704_067_200_001,
+            value: 38.82
+        }));
     }
 
     #[test]
@@ -271,7 +315,10 @@ mod tests {
     #[test]
     fn out_of_range_readings_are_dropped_one_by_one() {
         let d = decode(r#"{"device_id":"d","ts":5,"temp":999.0,"hum":50}"#).unwrap();
-        assert_eq!((d.readings_seen, d.out_of_range, d.message.readings.len()), (2, 1, 1));
+        assert_eq!(
+            (d.readings_seen, d.out_of_range, d.message.readings.len()),
+            (2, 1, 1)
+        );
         assert_eq!(d.message.readings[0].metric, metric("humidity"));
     }
 
@@ -283,17 +330,58 @@ mod tests {
         assert_eq!(reason(r#"{"device_id":"d","when":5}"#), NoMatchingSchema);
         assert_eq!(reason(r#"{"ts":5,"temp":20}"#), MissingDeviceId);
         assert_eq!(reason(r#"{"device_id":"","ts":5}"#), MissingDeviceId);
-        assert_eq!(reason(r#"{"device_id":"d","ts":"2024-01-01T00:00:00.000Z"}"#), BadTimestamp);
-        assert_eq!(reason(r#"{"id":"d","time":1704067200000,"metrics":{}}"#), BadTimestamp);
-        assert_eq!(reason(r#"{"id":"d","time":"yesterday","batch":[]}"#), BadTimestamp);
-        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","batch":[{"time":"x","metrics":{}}]}"#), BadTimestamp);
-        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":"ERR"}"#), WrongValueType);
-        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":true}"#), WrongValueType);
-        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":null}"#), WrongValueType);
-        assert_eq!(reason(r#"{"device_id":"d","ts":5,"temp":"21.5"}"#), WrongValueType);
-        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":{"raw":5},"unit":"ppm"}}}"#), WrongValueType);
-        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":5,"unit":"furlongs"}}}"#), UnknownUnit);
-        assert_eq!(reason(r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"radon":{"value":5,"unit":"Bq"}}}"#), UnknownMetric);
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":"2024-01-01T00:00:00.000Z"}"#),
+            BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"id":"d","time":1704067200000,"metrics":{}}"#),
+            BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"id":"d","time":"yesterday","batch":[]}"#),
+            BadTimestamp
+        );
+        assert_eq!(
+            reason(
+                r#"{"id":"d","time":"2024-01-01T00:00:00Z","batch":[{"time":"x","metrics":{}}]}"#
+            ),
+            BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":5,"temp":"ERR"}"#),
+            WrongValueType
+        );
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":5,"temp":true}"#),
+            WrongValueType
+        );
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":5,"temp":null}"#),
+            WrongValueType
+        );
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":5,"temp":"21.5"}"#),
+            WrongValueType
+        );
+        assert_eq!(
+            reason(
+                r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":{"raw":5},"unit":"ppm"}}}"#
+            ),
+            WrongValueType
+        );
+        assert_eq!(
+            reason(
+                r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"co2":{"value":5,"unit":"furlongs"}}}"#
+            ),
+            UnknownUnit
+        );
+        assert_eq!(
+            reason(
+                r#"{"id":"d","time":"2024-01-01T00:00:00Z","metrics":{"radon":{"value":5,"unit":"Bq"}}}"#
+            ),
+            UnknownMetric
+        );
     }
 
     #[test]

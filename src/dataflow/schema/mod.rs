@@ -148,9 +148,18 @@ pub struct SchemaSet {
 /// The schemas shipped in `datasets/schemas/`, built into the binary.
 const EMBEDDED_CATALOG: &str = include_str!("../../../datasets/schemas/catalog.toml");
 const EMBEDDED_VARIANTS: [(&str, &str); 3] = [
-    ("v1_flat.toml", include_str!("../../../datasets/schemas/v1_flat.toml")),
-    ("v2_nested.toml", include_str!("../../../datasets/schemas/v2_nested.toml")),
-    ("v3_batch.toml", include_str!("../../../datasets/schemas/v3_batch.toml")),
+    (
+        "v1_flat.toml",
+        include_str!("../../../datasets/schemas/v1_flat.toml"),
+    ),
+    (
+        "v2_nested.toml",
+        include_str!("../../../datasets/schemas/v2_nested.toml"),
+    ),
+    (
+        "v3_batch.toml",
+        include_str!("../../../datasets/schemas/v3_batch.toml"),
+    ),
 ];
 
 impl SchemaSet {
@@ -169,10 +178,11 @@ impl SchemaSet {
         let mut compiled = Vec::with_capacity(variants.len());
         for (file, text) in variants {
             let file = file.as_ref();
-            let def: VariantFile = toml::from_str(text.as_ref()).map_err(|e| SchemaError::Parse {
-                file: file.into(),
-                message: e.to_string(),
-            })?;
+            let def: VariantFile =
+                toml::from_str(text.as_ref()).map_err(|e| SchemaError::Parse {
+                    file: file.into(),
+                    message: e.to_string(),
+                })?;
             compiled.push(compile_variant(file, def, &catalog)?);
         }
         if compiled.is_empty() {
@@ -299,8 +309,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_a_variant_are_rejected() {
-        let variant = EMBEDDED_VARIANTS[0].1.replace("device_id = ", "devce = \"x\"\ndevice_id = ");
-        let err = SchemaSet::from_toml(EMBEDDED_CATALOG, &[("v1.toml", variant.as_str())]).unwrap_err();
+        let variant = EMBEDDED_VARIANTS[0]
+            .1
+            .replace("device_id = ", "devce = \"x\"\ndevice_id = ");
+        let err =
+            SchemaSet::from_toml(EMBEDDED_CATALOG, &[("v1.toml", variant.as_str())]).unwrap_err();
         assert!(err.to_string().contains("devce"), "{err}");
     }
 }

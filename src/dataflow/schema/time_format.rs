@@ -42,7 +42,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
         }
         Some(n)
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':'
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }
@@ -124,11 +128,26 @@ mod tests {
 
     #[test]
     fn parses_workload_timestamps() {
-        assert_eq!(parse_rfc3339_ms("2024-01-01T00:00:00.001Z"), Some(1_704_067_200_001));
-        assert_eq!(parse_rfc3339_ms("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
-        assert_eq!(parse_rfc3339_ms("2024-02-29T12:30:15.5Z"), Some(1_709_209_815_500));
-        assert_eq!(parse_rfc3339_ms("2024-01-01T01:00:00.000+01:00"), Some(1_704_067_200_000));
-        assert_eq!(parse_rfc3339_ms("2024-01-01T00:00:00.123456Z"), Some(1_704_067_200_123));
+        assert_eq!(
+            parse_rfc3339_ms("2024-01-01T00:00:00.001Z"),
+            Some(1_704_067_200_001)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-01-01T00:00:00Z"),
+            Some(1_704_067_200_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T12:30:15.5Z"),
+            Some(1_709_209_815_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-01-01T01:00:00.000+01:00"),
+            Some(1_704_067_200_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-01-01T00:00:00.123456Z"),
+            Some(1_704_067_200_123)
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ impl ChunkedFile {
             if trimmed > line_start && bytes[trimmed - 1] == b'\r' {
                 trimmed -= 1;
             }
-            if !bytes[line_start..trimmed].iter().all(u8::is_ascii_whitespace) {
+            if !bytes[line_start..trimmed]
+                .iter()
+                .all(u8::is_ascii_whitespace)
+            {
                 lines.push(line_start..trimmed);
             }
             line_start = line_end + 1;
@@ -110,7 +113,9 @@ mod tests {
     #[test]
     fn every_line_lands_in_exactly_one_chunk() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        let lines: Vec<String> = (0..500).map(|i| format!("{{\"n\":{}}}", "x".repeat(i % 37) + &i.to_string())).collect();
+        let lines: Vec<String> = (0..500)
+            .map(|i| format!("{{\"n\":{}}}", "x".repeat(i % 37) + &i.to_string()))
+            .collect();
         write!(file, "{}\n\n", lines.join("\n")).unwrap();
         for chunk_bytes in [1, 7, 64, 1000, 1 << 20] {
             let mut chunked = ChunkedFile::open(file.path(), chunk_bytes).unwrap();

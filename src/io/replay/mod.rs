@@ -17,9 +17,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Inspect};
-use timely::dataflow::InputHandle;
 
 pub use chunks::{Chunk, ChunkedFile};
 pub use output::ReplayFiles;
@@ -85,7 +85,10 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
     // Fail before starting workers if the input is unreadable.
     ChunkedFile::open(&job.events, job.chunk_bytes).map_err(io_error(&job.events))?;
     let files = if cluster.is_leader() {
-        Some(ReplayFiles::create(&job.out, job.schemas.catalog().clone()).map_err(io_error(&job.out))?)
+        Some(
+            ReplayFiles::create(&job.out, job.schemas.catalog().clone())
+                .map_err(io_error(&job.out))?,
+        )
     } else {
         None
     };
@@ -156,23 +159,29 @@ fn run_worker(
         );
         let deliver = |f: &Option<Rc<RefCell<ReplayFiles>>>| f.clone();
         let f = deliver(&files);
-        outputs.aggregates.deliver_in_order("WriteAggregates", move |_, r| {
-            if let Some(f) = &f {
-                f.borrow_mut().aggregates(r)
-            }
-        });
+        outputs
+            .aggregates
+            .deliver_in_order("WriteAggregates", move |_, r| {
+                if let Some(f) = &f {
+                    f.borrow_mut().aggregates(r)
+                }
+            });
         let f = deliver(&files);
-        outputs.site_rollups.deliver_in_order("WriteSiteRollups", move |_, r| {
-            if let Some(f) = &f {
-                f.borrow_mut().site_rollups(r)
-            }
-        });
+        outputs
+            .site_rollups
+            .deliver_in_order("WriteSiteRollups", move |_, r| {
+                if let Some(f) = &f {
+                    f.borrow_mut().site_rollups(r)
+                }
+            });
         let f = deliver(&files);
-        outputs.dead_letters.deliver_in_order("WriteDeadLetters", move |_, r| {
-            if let Some(f) = &f {
-                f.borrow_mut().dead_letters(r)
-            }
-        });
+        outputs
+            .dead_letters
+            .deliver_in_order("WriteDeadLetters", move |_, r| {
+                if let Some(f) = &f {
+                    f.borrow_mut().dead_letters(r)
+                }
+            });
         let f = deliver(&files);
         outputs.late.deliver_in_order("WriteLate", move |_, r| {
             if let Some(f) = &f {
@@ -191,12 +200,25 @@ fn run_worker(
     // arrangement is complete for every time.
     if index == 0 {
         for change in job.registry.iter() {
-            registry.send((change.device_id.clone(), change.info.clone(), change.effective_ms));
+            registry.send((
+                change.device_id.clone(),
+                change.info.clone(),
+                change.effective_ms,
+            ));
         }
     }
     drop(registry);
 
-    let result = feed_chunks(worker, job, history, &mut source, &mut ledger, &prefixes, index, peers);
+    let result = feed_chunks(
+        worker,
+        job,
+        history,
+        &mut source,
+        &mut ledger,
+        &prefixes,
+        index,
+        peers,
+    );
     drop(source);
     drop(ledger);
     while worker.has_dataflows() {
@@ -230,7 +252,9 @@ fn feed_chunks(
     let event_time = job.pipeline.event_time;
     let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time);
     let decode = |chunk: &Chunk| -> Vec<_> {
-        (0..chunk.lines.len()).map(|i| job.schemas.decode(chunk.line(i))).collect()
+        (0..chunk.lines.len())
+            .map(|i| job.schemas.decode(chunk.line(i)))
+            .collect()
     };
     let mut k = index as u64;
     let mut current = if k < chunk_count {

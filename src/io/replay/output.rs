@@ -23,7 +23,10 @@ pub struct ReplayFiles {
 }
 
 fn create(dir: &Path, name: &str) -> std::io::Result<BufWriter<File>> {
-    Ok(BufWriter::with_capacity(1 << 20, File::create(dir.join(name))?))
+    Ok(BufWriter::with_capacity(
+        1 << 20,
+        File::create(dir.join(name))?,
+    ))
 }
 
 impl ReplayFiles {
@@ -43,14 +46,26 @@ impl ReplayFiles {
 
     /// The paths written, for messages.
     pub fn names() -> [&'static str; 4] {
-        ["aggregates.jsonl", "site_rollups.jsonl", "dead_letters.jsonl", "late.jsonl"]
+        [
+            "aggregates.jsonl",
+            "site_rollups.jsonl",
+            "dead_letters.jsonl",
+            "late.jsonl",
+        ]
     }
 
     /// Writes one time's lines sorted, so the file is the same for any number of workers.
-    fn write_sorted(out: &mut BufWriter<File>, mut lines: Vec<String>, error: &mut Option<std::io::Error>) {
+    fn write_sorted(
+        out: &mut BufWriter<File>,
+        mut lines: Vec<String>,
+        error: &mut Option<std::io::Error>,
+    ) {
         lines.sort_unstable();
         for line in lines {
-            if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")) {
+            if let Err(e) = out
+                .write_all(line.as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+            {
                 error.get_or_insert(e);
             }
         }
@@ -63,14 +78,20 @@ impl ReplayFiles {
             self.summary.aggregated_readings += a.count;
             self.summary.threshold_breaches += a.threshold_breaches;
         }
-        let lines = records.iter().map(|a| jsonl::aggregate_line(a, &self.catalog)).collect();
+        let lines = records
+            .iter()
+            .map(|a| jsonl::aggregate_line(a, &self.catalog))
+            .collect();
         Self::write_sorted(&mut self.aggregates, lines, &mut self.error);
     }
 
     /// Writes closed site rollups.
     pub fn site_rollups(&mut self, records: Vec<SiteRollup>) {
         self.summary.site_rollups += records.len() as u64;
-        let lines = records.iter().map(|r| jsonl::rollup_line(r, &self.catalog)).collect();
+        let lines = records
+            .iter()
+            .map(|r| jsonl::rollup_line(r, &self.catalog))
+            .collect();
         Self::write_sorted(&mut self.site_rollups, lines, &mut self.error);
     }
 
@@ -86,7 +107,10 @@ impl ReplayFiles {
     /// Writes late readings.
     pub fn late(&mut self, records: Vec<LateReading>) {
         self.summary.late += records.len() as u64;
-        let lines = records.iter().map(|l| jsonl::late_line(l, &self.catalog)).collect();
+        let lines = records
+            .iter()
+            .map(|l| jsonl::late_line(l, &self.catalog))
+            .collect();
         Self::write_sorted(&mut self.late, lines, &mut self.error);
     }
 
@@ -99,7 +123,12 @@ impl ReplayFiles {
 
     /// Flushes everything; the first write error, if any, is returned.
     pub fn finish(mut self) -> Result<RunSummary, (PathBuf, std::io::Error)> {
-        for out in [&mut self.aggregates, &mut self.site_rollups, &mut self.dead_letters, &mut self.late] {
+        for out in [
+            &mut self.aggregates,
+            &mut self.site_rollups,
+            &mut self.dead_letters,
+            &mut self.late,
+        ] {
             if let Err(e) = out.flush() {
                 self.error.get_or_insert(e);
             }

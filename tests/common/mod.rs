@@ -1,0 +1,111 @@
+//! Shared test fixtures: a generated dataset with a registry that changes mid-stream, and a
+//! plain batch computation of SPEC.md to hold the dataflow's outputs against.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+
+use iotpipe::io::fleet::{Fleet, FleetConfig};
+use serde_json::{Value, json};
+
+/// Event time of the first message.
+pub const START_MS: u64 = 1_704_067_200_000;
+
+/// A dataset on disk.
+pub struct Dataset {
+    pub dir: tempfile::TempDir,
+    pub events: PathBuf,
+    pub registry: PathBuf,
+}
+
+/// Writes `seconds` of a `devices`-device fleet with raised bad, late and future rates, and a
+/// registry changelog that moves, deletes, adds and re-thresholds devices mid-stream.
+pub fn dataset(devices: usize, seconds: u64) -> Dataset {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FleetConfig {
+        devices,
+        seed: 7,
+        start_ms: START_MS,
+        bad_rate: 0.02,
+        delayed_rate: 0.05,
+        // Straddles the 30 s lateness bound, so lateness is decided close to the line.
+        delayed_ms: (5_000, 90_000),
+        late_rate: 0.005,
+        future_rate: 0.001,
+        ..FleetConfig::default()
+    };
+    let mut fleet = Fleet::new(config);
+    let mut lines = Vec::new();
+    // Everything sent during `seconds` arrives within the 5 minutes after.
+    fleet.advance_to(START_MS + seconds * 1000, &mut lines);
+    let events = dir.path().join("events.jsonl");
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(&events, text).unwrap();
+
+    let mut registry: Vec<Value> = fleet
+        .registry_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mid = START_MS + seconds * 1000 / 2;
+    // dev-000001 moves to another site mid-window (not on a window boundary).
+    let mut moved = registry[1].clone();
+    moved["site"] = json!("site-moved");
+    moved["effective_ms"] = json!(mid + 12_345);
+    // dev-000002 leaves the registry; its later messages are unknown devices.
+    let deleted = json!({"device_id": "dev-000002", "deleted": true, "effective_ms": mid});
+    // dev-000003 joins only mid-stream; its earlier messages are unknown devices.
+    registry[3]["effective_ms"] = json!(mid - 30_000);
+    // dev-000004 gets thresholds so tight that every reading breaches them.
+    let mut tightened = registry[4].clone();
+    for (_, t) in tightened["thresholds"].as_object_mut().unwrap() {
+        *t = json!({"min": 1e9, "max": 1e9});
+    }
+    tightened["effective_ms"] = json!(mid);
+    registry.extend([moved, deleted, tightened]);
+    let registry_path = dir.path().join("registry.jsonl");
+    let text: String = registry.iter().map(|v| format!("{v}\n")).collect();
+    std::fs::write(&registry_path, text).unwrap();
+    Dataset {
+        dir,
+        events,
+        registry: registry_path,
+    }
+}
+
+/// Reads a JSON Lines file into sorted lines.
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The `(reason, raw)` pairs of a dead-letter file, sorted.
+pub fn dead_letter_pairs(path: &Path) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = sorted_lines(path)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["reason"].as_str().unwrap().to_owned(),
+                v["raw"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

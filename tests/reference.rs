@@ -1,0 +1,181 @@
+//! Reference tests: the dataflow's outputs equal a plain batch computation of SPEC.md, for any
+//! number of workers and processes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use iotpipe::dataflow::PipelineConfig;
+use iotpipe::dataflow::schema::SchemaSet;
+use iotpipe::io::cluster::ClusterConfig;
+use iotpipe::io::replay::{ReplayJob, replay};
+use iotpipe::io::schemas::load_registry;
+
+use common::reference::{Expected, compute};
+use common::{Dataset, dead_letter_pairs, sorted_lines};
+
+fn expected(data: &Dataset) -> Expected {
+    let schemas = SchemaSet::embedded();
+    let changes = load_registry(&data.registry, &schemas).unwrap();
+    let expected = compute(&data.events, &changes, &schemas, PipelineConfig::default());
+    // The data must exercise what the test claims to check.
+    let reasons: std::collections::BTreeSet<&str> = expected
+        .dead_letters
+        .iter()
+        .map(|(r, _)| r.as_str())
+        .collect();
+    for reason in [
+        "invalid_json",
+        "missing_device_id",
+        "bad_timestamp",
+        "wrong_value_type",
+        "unknown_device",
+        "future_timestamp",
+    ] {
+        assert!(
+            reasons.contains(reason),
+            "the dataset has no {reason} dead letters"
+        );
+    }
+    assert!(
+        expected.late.len() > 10,
+        "the dataset has too few late readings"
+    );
+    assert!(expected.out_of_range > 0);
+    assert!(
+        expected
+            .aggregates
+            .iter()
+            .any(|l| l.contains("\"site-moved\"")),
+        "no window after the site move"
+    );
+    assert!(
+        expected
+            .aggregates
+            .iter()
+            .any(|l| l.contains("\"dev-000001\"") && !l.contains("site-moved")),
+        "no window before the site move"
+    );
+    expected
+}
+
+fn assert_outputs_equal(out: &Path, expected: &Expected, what: &str) {
+    let check = |file: &str, want: &Vec<String>| {
+        let got = sorted_lines(&out.join(file));
+        assert_eq!(got.len(), want.len(), "{what}: {file} line count");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g, w, "{what}: {file} differs");
+        }
+    };
+    check("aggregates.jsonl", &expected.aggregates);
+    check("site_rollups.jsonl", &expected.site_rollups);
+    check("late.jsonl", &expected.late);
+    assert_eq!(
+        dead_letter_pairs(&out.join("dead_letters.jsonl")),
+        expected.dead_letters,
+        "{what}: dead letters"
+    );
+}
+
+fn replay_in_process(
+    data: &Dataset,
+    workers: usize,
+    out: &Path,
+) -> iotpipe::io::summary::RunSummary {
+    let schemas = SchemaSet::embedded();
+    let registry = load_registry(&data.registry, &schemas).unwrap();
+    let job = ReplayJob {
+        events: data.events.clone(),
+        registry: Arc::new(registry),
+        out: out.to_owned(),
+        schemas,
+        pipeline: PipelineConfig::default(),
+        // Small chunks: many hand-offs of the watermark prefix between workers.
+        chunk_bytes: 64 * 1024,
+    };
+    let cluster = ClusterConfig {
+        workers,
+        ..ClusterConfig::default()
+    };
+    replay(job, &cluster).unwrap().expect("process 0 reports")
+}
+
+#[test]
+fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
+    let data = common::dataset(200, 420);
+    let expected = expected(&data);
+    for workers in [1, 2, 4] {
+        let out = data.dir.path().join(format!("out-w{workers}"));
+        let summary = replay_in_process(&data, workers, &out);
+        assert_outputs_equal(&out, &expected, &format!("{workers} workers"));
+        assert_eq!(summary.ingest.messages, expected.messages);
+        assert_eq!(summary.ingest.out_of_range, expected.out_of_range);
+        assert_eq!(summary.late as usize, expected.late.len());
+    }
+}
+
+#[test]
+fn dataflow_equals_batch_computation_for_2_processes() {
+    let data = common::dataset(120, 400);
+    let expected = expected(&data);
+    let hosts = data.dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1:{}\n127.0.0.1:{}\n",
+            common::free_port(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let out = data.dir.path().join("out-p2");
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+                .args(["replay", "--events"])
+                .arg(&data.events)
+                .arg("--registry")
+                .arg(&data.registry)
+                .arg("--out")
+                .arg(&out)
+                .args([
+                    "--chunk-bytes",
+                    "65536",
+                    "-w",
+                    "2",
+                    "-n",
+                    "2",
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                ])
+                .arg(&hosts)
+                .output_spawn()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_outputs_equal(&out, &expected, "2 processes x 2 workers");
+}
+
+/// Spawning with captured output.
+trait OutputSpawn {
+    fn output_spawn(&mut self) -> std::process::Child;
+}
+
+impl OutputSpawn for Command {
+    fn output_spawn(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
