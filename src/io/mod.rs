@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod deliver;
 pub mod fleet;
 pub mod jsonl;
+pub mod live;
 pub mod replay;
 pub mod schemas;
 pub mod source;

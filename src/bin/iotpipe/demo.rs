@@ -1,3 +1,144 @@
-pub fn run(_args: crate::args::DemoArgs) -> Result<(), String> {
-    Err("demo: not yet".into())
+//! `iotpipe demo`: the simulated fleet through the dataflow in real time, with a live view.
+
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use iotpipe::dataflow::ingest::Ingestor;
+use iotpipe::dataflow::registry::{RegistryHistory, parse_registry};
+use iotpipe::dataflow::{PipelineInputs, RegistryUpdate, pipeline};
+use iotpipe::io::deliver::DeliverInOrder;
+use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::live::LiveStats;
+use iotpipe::io::source::{SourceInputs, VecInput};
+
+use crate::args::DemoArgs;
+
+/// How often each worker moves the fleet's clock forward.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the demo until Ctrl-C or `--duration`.
+pub fn run(args: DemoArgs) -> Result<(), String> {
+    let pipeline_config = args.pipeline.config()?;
+    let schemas = args.pipeline.schemas()?;
+    if args.devices == 0 {
+        return Err("--devices must be at least 1 (default 2000)".into());
+    }
+    if !(args.rate > 0.0 && args.rate <= 1000.0) {
+        return Err("--rate must be above 0 and at most 1000 messages/s per device (default 1)".into());
+    }
+    let cluster = args.cluster.config();
+    let timely_config = cluster.to_timely().map_err(|e| e.to_string())?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
+    let fleet_config = FleetConfig {
+        devices: args.devices,
+        rate_per_device: args.rate,
+        seed: args.seed,
+        start_ms: now_ms,
+        ..FleetConfig::default()
+    };
+    let registry_text = Fleet::new(fleet_config.clone()).registry_lines().join("\n");
+    let registry = parse_registry(&registry_text, schemas.catalog()).map_err(|e| e.to_string())?;
+    let history = Arc::new(RegistryHistory::new(&registry));
+    let registry = Arc::new(registry);
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)).map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let plain = args.plain || !std::io::stdout().is_terminal();
+    let devices = args.devices;
+
+    let guards = timely::execute(timely_config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let mut fleet = Fleet::share(fleet_config.clone(), index, peers);
+        let mut ingestor = Ingestor::new(schemas.clone(), Arc::clone(&history), pipeline_config.event_time);
+        let stats = Rc::new(RefCell::new(LiveStats::new()));
+        let started = Instant::now();
+        let mut source = SourceInputs::new();
+        let mut registry_input: VecInput<u64, RegistryUpdate> = VecInput::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let streams = source.to_streams(scope);
+            let outputs = pipeline(
+                PipelineInputs {
+                    messages: streams.messages,
+                    dead_letters: streams.dead_letters,
+                    registry: registry_input.to_stream(scope),
+                },
+                pipeline_config,
+            );
+            let s = Rc::clone(&stats);
+            streams.counts.deliver_in_order("ViewCounts", move |_, c| {
+                s.borrow_mut().counts(started.elapsed().as_secs(), &c)
+            });
+            let s = Rc::clone(&stats);
+            outputs.aggregates.deliver_in_order("ViewAggregates", move |_, a| s.borrow_mut().aggregates(&a));
+            let s = Rc::clone(&stats);
+            outputs.site_rollups.deliver_in_order("ViewRollups", move |_, r| s.borrow_mut().site_rollups(&r));
+            let s = Rc::clone(&stats);
+            outputs.dead_letters.deliver_in_order("ViewDeadLetters", move |_, d| s.borrow_mut().dead_letters(&d));
+            let s = Rc::clone(&stats);
+            outputs.late.deliver_in_order("ViewLate", move |_, l| s.borrow_mut().late(&l));
+        });
+        if index == 0 {
+            for change in registry.iter() {
+                registry_input.send((change.device_id.clone(), change.info.clone(), change.effective_ms));
+            }
+        }
+        drop(registry_input);
+
+        let mut lines = Vec::new();
+        let mut next_render = started + Duration::from_secs(1);
+        let mut stdout = std::io::stdout();
+        while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+            let event_now = now_ms + started.elapsed().as_millis() as u64;
+            lines.clear();
+            fleet.advance_to(event_now, &mut lines);
+            let mut batch = ingestor.start_batch();
+            for (_, line) in &lines {
+                ingestor.ingest(line.as_bytes(), &mut batch);
+            }
+            source.send(&mut batch);
+            source.advance_to(ingestor.watermarker().watermark_ms());
+            source.flush();
+            let tick_end = Instant::now() + TICK;
+            while Instant::now() < tick_end {
+                worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
+            }
+            if index == 0 && Instant::now() >= next_render {
+                next_render += Duration::from_secs(1);
+                let stats = stats.borrow();
+                let elapsed = started.elapsed().as_secs_f64();
+                if plain {
+                    println!("{}", stats.line(elapsed));
+                } else {
+                    // Clear the screen and draw from the top.
+                    let _ = write!(stdout, "\x1b[2J\x1b[H{}", stats.screen(elapsed, devices));
+                    let _ = stdout.flush();
+                }
+            }
+        }
+        // Close the source: the frontier empties and every open window is emitted.
+        drop(source);
+        while worker.has_dataflows() {
+            worker.step_or_park(None);
+        }
+        (index == 0).then(|| {
+            let mut totals = stats.borrow().totals.clone();
+            totals.elapsed_s = started.elapsed().as_secs_f64();
+            totals
+        })
+    })
+    .map_err(|e| format!("timely: {e}"))?;
+    for result in guards.join() {
+        match result {
+            Ok(Some(totals)) => println!("\nfinal\n{totals}"),
+            Ok(None) => {}
+            Err(e) => return Err(format!("worker failed: {e}")),
+        }
+    }
+    Ok(())
 }

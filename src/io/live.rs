@@ -1,0 +1,144 @@
+//! Live statistics of a running pipeline and their terminal view.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+
+use crate::dataflow::model::{DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate};
+use crate::io::summary::RunSummary;
+
+/// What the view shows, accumulated from the pipeline's outputs.
+#[derive(Debug)]
+pub struct LiveStats {
+    /// Totals since the start.
+    pub totals: RunSummary,
+    /// (wall second, messages ingested) for the throughput over the last seconds.
+    recent: VecDeque<(u64, u64)>,
+    /// Readings per site in the latest closed window.
+    busiest: BTreeMap<String, u64>,
+    busiest_window_ms: u64,
+    /// The latest closed window start, and the event-time lag of the frontier behind the clock.
+    pub last_window_ms: Option<u64>,
+}
+
+impl Default for LiveStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LiveStats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        Self {
+            totals: RunSummary::default(),
+            recent: VecDeque::new(),
+            busiest: BTreeMap::new(),
+            busiest_window_ms: 0,
+            last_window_ms: None,
+        }
+    }
+
+    /// Adds ingest counts seen at wall second `second`.
+    pub fn counts(&mut self, second: u64, counts: &[IngestCounts]) {
+        let messages: u64 = counts.iter().map(|c| c.messages).sum();
+        for c in counts {
+            self.totals.ingest.merge(c);
+        }
+        match self.recent.back_mut() {
+            Some((s, n)) if *s == second => *n += messages,
+            _ => self.recent.push_back((second, messages)),
+        }
+        while self.recent.len() > 11 {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Adds closed windows.
+    pub fn aggregates(&mut self, aggregates: &[WindowAggregate]) {
+        for a in aggregates {
+            self.totals.windows += 1;
+            self.totals.aggregated_readings += a.count;
+            self.totals.threshold_breaches += a.threshold_breaches;
+            self.last_window_ms = self.last_window_ms.max(Some(a.window_start_ms));
+        }
+    }
+
+    /// Adds closed site rollups.
+    pub fn site_rollups(&mut self, rollups: &[SiteRollup]) {
+        for r in rollups {
+            self.totals.site_rollups += 1;
+            if r.window_start_ms > self.busiest_window_ms {
+                self.busiest_window_ms = r.window_start_ms;
+                self.busiest.clear();
+            }
+            if r.window_start_ms == self.busiest_window_ms {
+                *self.busiest.entry(r.site.clone()).or_default() += r.count;
+            }
+        }
+    }
+
+    /// Adds dead letters.
+    pub fn dead_letters(&mut self, dead: &[DeadLetter]) {
+        for d in dead {
+            *self.totals.dead_letters.entry(d.reason).or_default() += 1;
+        }
+    }
+
+    /// Adds late readings.
+    pub fn late(&mut self, late: &[LateReading]) {
+        self.totals.late += late.len() as u64;
+    }
+
+    /// Messages per second over the last complete seconds.
+    pub fn messages_per_s(&self) -> f64 {
+        let complete: Vec<u64> = self.recent.iter().rev().skip(1).map(|(_, n)| *n).collect();
+        if complete.is_empty() {
+            0.0
+        } else {
+            complete.iter().sum::<u64>() as f64 / complete.len() as f64
+        }
+    }
+
+    /// One status line.
+    pub fn line(&self, elapsed_s: f64) -> String {
+        format!(
+            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={}",
+            self.totals.ingest.messages,
+            self.messages_per_s(),
+            self.totals.windows,
+            self.totals.dead_letter_total(),
+            self.totals.late,
+            self.totals.threshold_breaches,
+        )
+    }
+
+    /// The full-screen view.
+    pub fn screen(&self, elapsed_s: f64, devices: usize) -> String {
+        let t = &self.totals;
+        let mut s = String::new();
+        let _ = writeln!(s, "iotpipe demo: {devices} simulated devices, {elapsed_s:.0} s (Ctrl-C to stop)\n");
+        let _ = writeln!(s, "  throughput        {:>10.0} messages/s", self.messages_per_s());
+        let _ = writeln!(s, "  messages          {:>10}", t.ingest.messages);
+        let _ = writeln!(s, "  readings          {:>10}", t.ingest.readings);
+        let _ = writeln!(s, "  windows closed    {:>10}", t.windows);
+        let _ = writeln!(s, "  late readings     {:>10}", t.late);
+        let _ = writeln!(s, "  out of range      {:>10}", t.ingest.out_of_range);
+        let _ = writeln!(s, "  threshold breaches{:>10}", t.threshold_breaches);
+        let _ = writeln!(s, "\n  dead letters      {:>10}", t.dead_letter_total());
+        for reason in DeadLetterReason::ALL {
+            if let Some(n) = t.dead_letters.get(&reason) {
+                let _ = writeln!(s, "    {:<20}{n:>8}", reason.code());
+            }
+        }
+        let mut sites: Vec<(&String, &u64)> = self.busiest.iter().collect();
+        sites.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let _ = writeln!(s, "\n  busiest sites (readings in the last closed window)");
+        if sites.is_empty() {
+            let _ = writeln!(s, "    (the first window closes a minute and the lateness bound after the start)");
+        }
+        for (site, n) in sites.into_iter().take(5) {
+            let _ = writeln!(s, "    {site:<20}{n:>8}");
+        }
+        s
+    }
+}
