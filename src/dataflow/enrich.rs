@@ -110,7 +110,7 @@ impl<'scope> Enrich<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
                                 std::mem::take(messages).into_iter().partition(is_ready);
                             *messages = waiting;
                             // Cursors seek forward only: visit devices in key order.
-                            ready.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+                            ready.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
                             cursor.rewind_keys(&storage);
                             let mut session = output.session(cap);
                             for message in ready {

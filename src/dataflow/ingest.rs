@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::dataflow::event_time::{EventTimeConfig, Watermarker};
 use crate::dataflow::model::{DeadLetter, DeadLetterReason, IngestCounts, TimeMs, TimedMessage};
 use crate::dataflow::registry::RegistryHistory;
-use crate::dataflow::schema::{Decoded, SchemaSet};
+use crate::dataflow::schema::{Decoded, Decoder, SchemaSet};
 
 /// Messages admitted together, and what was rejected among them.
 #[derive(Clone, Debug, Default)]
@@ -27,9 +27,9 @@ pub struct IngestBatch {
 }
 
 /// One partition's admission logic.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Ingestor {
-    schemas: SchemaSet,
+    decoder: Decoder,
     registry: Arc<RegistryHistory>,
     watermarker: Watermarker,
 }
@@ -42,7 +42,7 @@ impl Ingestor {
         event_time: EventTimeConfig,
     ) -> Self {
         Self {
-            schemas,
+            decoder: schemas.decoder(),
             registry,
             watermarker: Watermarker::new(event_time),
         }
@@ -68,7 +68,7 @@ impl Ingestor {
 
     /// Decodes and admits one raw message into `batch`.
     pub fn ingest(&mut self, raw: &[u8], batch: &mut IngestBatch) {
-        let decoded = self.schemas.decode(raw);
+        let decoded = self.decoder.decode(raw);
         self.admit(raw, decoded, batch);
     }
 

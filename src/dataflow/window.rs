@@ -1,6 +1,7 @@
 //! Tumbling event-time windows per device and metric, closed by the frontier.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,9 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::dataflow::model::{EnrichedMessage, ExactSum, MetricId, TimeMs, WindowAggregate};
+use crate::dataflow::model::{
+    EnrichedMessage, ExactSum, MetricId, SharedDeviceInfo, TimeMs, WindowAggregate,
+};
 
 /// Window geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +53,8 @@ impl WindowConfig {
 struct OpenWindow {
     metric: MetricId,
     start_ms: TimeMs,
-    site: String,
+    /// The registry entry of the readings (its site keys the window).
+    device: SharedDeviceInfo,
     count: u64,
     min: f64,
     max: f64,
@@ -92,13 +96,15 @@ impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMes
                         for stamped in &message.readings {
                             let r = stamped.reading;
                             let start_ms = config.start_of(r.ts_ms);
-                            let site = &message.device.site;
                             let breach = message
                                 .device
                                 .threshold(r.metric)
                                 .is_some_and(|t| t.is_breached_by(r.value));
                             let window = match windows.iter_mut().position(|w| {
-                                w.metric == r.metric && w.start_ms == start_ms && w.site == *site
+                                w.metric == r.metric
+                                    && w.start_ms == start_ms
+                                    && (Arc::ptr_eq(&w.device, &message.device)
+                                        || w.device.site == message.device.site)
                             }) {
                                 Some(i) => &mut windows[i],
                                 None => {
@@ -109,7 +115,7 @@ impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMes
                                     windows.push(OpenWindow {
                                         metric: r.metric,
                                         start_ms,
-                                        site: site.clone(),
+                                        device: Arc::clone(&message.device),
                                         count: 0,
                                         min: f64::INFINITY,
                                         max: f64::NEG_INFINITY,
@@ -149,7 +155,7 @@ impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMes
                             device_id: device_id.clone(),
                             metric: w.metric,
                             window_start_ms: w.start_ms,
-                            site: w.site.clone(),
+                            site: w.device.site.clone(),
                             count: w.count,
                             min: w.min,
                             max: w.max,

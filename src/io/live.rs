@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
-use crate::dataflow::model::{DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate};
+use crate::dataflow::model::{
+    DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate,
+};
 use crate::io::summary::RunSummary;
 
 /// What the view shows, accumulated from the pipeline's outputs.
@@ -116,8 +118,15 @@ impl LiveStats {
     pub fn screen(&self, elapsed_s: f64, devices: usize) -> String {
         let t = &self.totals;
         let mut s = String::new();
-        let _ = writeln!(s, "iotpipe demo: {devices} simulated devices, {elapsed_s:.0} s (Ctrl-C to stop)\n");
-        let _ = writeln!(s, "  throughput        {:>10.0} messages/s", self.messages_per_s());
+        let _ = writeln!(
+            s,
+            "iotpipe demo: {devices} simulated devices, {elapsed_s:.0} s (Ctrl-C to stop)\n"
+        );
+        let _ = writeln!(
+            s,
+            "  throughput        {:>10.0} messages/s",
+            self.messages_per_s()
+        );
         let _ = writeln!(s, "  messages          {:>10}", t.ingest.messages);
         let _ = writeln!(s, "  readings          {:>10}", t.ingest.readings);
         let _ = writeln!(s, "  windows closed    {:>10}", t.windows);
@@ -134,7 +143,10 @@ impl LiveStats {
         sites.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let _ = writeln!(s, "\n  busiest sites (readings in the last closed window)");
         if sites.is_empty() {
-            let _ = writeln!(s, "    (the first window closes a minute and the lateness bound after the start)");
+            let _ = writeln!(
+                s,
+                "    (the first window closes a minute and the lateness bound after the start)"
+            );
         }
         for (site, n) in sites.into_iter().take(5) {
             let _ = writeln!(s, "    {site:<20}{n:>8}");

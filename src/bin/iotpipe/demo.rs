@@ -28,11 +28,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         return Err("--devices must be at least 1 (default 2000)".into());
     }
     if !(args.rate > 0.0 && args.rate <= 1000.0) {
-        return Err("--rate must be above 0 and at most 1000 messages/s per device (default 1)".into());
+        return Err(
+            "--rate must be above 0 and at most 1000 messages/s per device (default 1)".into(),
+        );
     }
     let cluster = args.cluster.config();
     let timely_config = cluster.to_timely().map_err(|e| e.to_string())?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
     let fleet_config = FleetConfig {
         devices: args.devices,
         rate_per_device: args.rate,
@@ -46,7 +51,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let registry = Arc::new(registry);
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)).map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("Ctrl-C handler: {e}"))?;
     let duration = args.duration.map(Duration::from_secs_f64);
     let plain = args.plain || !std::io::stdout().is_terminal();
     let devices = args.devices;
@@ -55,7 +61,11 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
         let mut fleet = Fleet::share(fleet_config.clone(), index, peers);
-        let mut ingestor = Ingestor::new(schemas.clone(), Arc::clone(&history), pipeline_config.event_time);
+        let mut ingestor = Ingestor::new(
+            schemas.clone(),
+            Arc::clone(&history),
+            pipeline_config.event_time,
+        );
         let stats = Rc::new(RefCell::new(LiveStats::new()));
         let started = Instant::now();
         let mut source = SourceInputs::new();
@@ -75,17 +85,31 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 s.borrow_mut().counts(started.elapsed().as_secs(), &c)
             });
             let s = Rc::clone(&stats);
-            outputs.aggregates.deliver_in_order("ViewAggregates", move |_, a| s.borrow_mut().aggregates(&a));
+            outputs
+                .aggregates
+                .deliver_in_order("ViewAggregates", move |_, a| s.borrow_mut().aggregates(&a));
             let s = Rc::clone(&stats);
-            outputs.site_rollups.deliver_in_order("ViewRollups", move |_, r| s.borrow_mut().site_rollups(&r));
+            outputs
+                .site_rollups
+                .deliver_in_order("ViewRollups", move |_, r| s.borrow_mut().site_rollups(&r));
             let s = Rc::clone(&stats);
-            outputs.dead_letters.deliver_in_order("ViewDeadLetters", move |_, d| s.borrow_mut().dead_letters(&d));
+            outputs
+                .dead_letters
+                .deliver_in_order("ViewDeadLetters", move |_, d| {
+                    s.borrow_mut().dead_letters(&d)
+                });
             let s = Rc::clone(&stats);
-            outputs.late.deliver_in_order("ViewLate", move |_, l| s.borrow_mut().late(&l));
+            outputs
+                .late
+                .deliver_in_order("ViewLate", move |_, l| s.borrow_mut().late(&l));
         });
         if index == 0 {
             for change in registry.iter() {
-                registry_input.send((change.device_id.clone(), change.info.clone(), change.effective_ms));
+                registry_input.send((
+                    change.device_id.clone(),
+                    change.info.clone(),
+                    change.effective_ms,
+                ));
             }
         }
         drop(registry_input);

@@ -1,6 +1,11 @@
 //! `iotpipe`: the command-line entry point. Parses arguments and wires them to `io` and
 //! `dataflow`; no pipeline logic lives here.
 
+/// glibc malloc spends a quarter of the pipeline's time on its arenas and consolidation;
+/// mimalloc's thread-local free lists do not (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod args;
 mod demo;
 mod replay;

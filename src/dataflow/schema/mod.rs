@@ -11,6 +11,7 @@
 
 mod catalog;
 mod decode;
+pub mod json;
 mod time_format;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use catalog::{Metric, MetricCatalog};
-pub use decode::Decoded;
+pub use decode::{Decoded, Decoder};
 pub use time_format::{TimeFormat, parse_rfc3339_ms};
 
 use crate::dataflow::model::MetricId;

@@ -1,7 +1,7 @@
 //! Timestamp formats a schema can declare.
 
+use super::json::Node;
 use serde::Deserialize;
-use serde_json::Value;
 
 /// How a timestamp is written in a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -17,11 +17,11 @@ pub enum TimeFormat {
 
 impl TimeFormat {
     /// Reads a timestamp in this format, in epoch milliseconds.
-    pub fn parse(self, value: &Value) -> Option<u64> {
+    pub fn parse(self, value: Node<'_>) -> Option<u64> {
         match self {
             TimeFormat::EpochMs => value.as_u64(),
             TimeFormat::EpochS => value.as_u64().and_then(|s| s.checked_mul(1000)),
-            TimeFormat::Rfc3339 => value.as_str().and_then(parse_rfc3339_ms),
+            TimeFormat::Rfc3339 => value.as_str().and_then(|s| parse_rfc3339_ms(&s)),
         }
     }
 }
