@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::model::{DeviceMessage, StampedReading, TimeMs, TimedMessage};
+use crate::dataflow::model::{DeviceMessage, TimeMs, TimedMessage};
 
 /// How far event time may run behind or ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +75,8 @@ impl Watermarker {
         watermark_after(self.config, self.max_valid_ms)
     }
 
-    /// Admits a decoded message from a registered device, stamping each reading with the
-    /// watermark before it; refuses it whole if it is stamped too far ahead.
+    /// Admits a decoded message from a registered device, stamping it with the watermark before
+    /// its first reading; refuses it whole if it is stamped too far ahead.
     ///
     /// A message with no valid readings is admitted (its readings are none) and moves nothing.
     pub fn admit(&mut self, message: DeviceMessage) -> Result<TimedMessage, TooFarAhead> {
@@ -88,21 +88,15 @@ impl Watermarker {
                 max_valid_ms,
             });
         }
-        let mut readings = Vec::with_capacity(message.readings.len());
-        for reading in message.readings {
-            readings.push(StampedReading {
-                reading,
-                watermark_ms: self.watermark_ms(),
-            });
-            self.max_valid_ms = Some(
-                self.max_valid_ms
-                    .map_or(reading.ts_ms, |m| m.max(reading.ts_ms)),
-            );
+        let watermark_ms = self.watermark_ms();
+        if let Some(latest) = message.readings.iter().map(|r| r.ts_ms).max() {
+            self.max_valid_ms = Some(self.max_valid_ms.map_or(latest, |m| m.max(latest)));
         }
         Ok(TimedMessage {
             device_id: message.device_id,
             ts_ms: message.ts_ms,
-            readings,
+            watermark_ms,
+            readings: message.readings,
         })
     }
 }
@@ -136,8 +130,8 @@ mod tests {
     fn watermark_trails_the_largest_valid_time_reading_by_reading() {
         let mut w = Watermarker::new(EventTimeConfig::default());
         let m = w.admit(message(&[100_000, 140_000])).unwrap();
-        assert_eq!(m.readings[0].watermark_ms, 0);
-        assert_eq!(m.readings[1].watermark_ms, 70_000);
+        let stamps: Vec<u64> = m.stamped(30_000).map(|(_, w)| w).collect();
+        assert_eq!(stamps, [0, 70_000]);
         assert_eq!(w.watermark_ms(), 110_000);
         // An older reading does not move it back.
         w.admit(message(&[50_000])).unwrap();

@@ -88,7 +88,7 @@ pub fn pipeline<'scope>(
     config: PipelineConfig,
 ) -> PipelineOutputs<'scope> {
     let registry = inputs.registry.arrange_registry();
-    let (on_time, late) = inputs.messages.split_late(config.window);
+    let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
     let aggregates = enriched.aggregate_windows(config.window);
     let site_rollups = aggregates.clone().rollup_sites();

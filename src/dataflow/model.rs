@@ -41,27 +41,33 @@ pub struct DeviceMessage {
     pub readings: Vec<Reading>,
 }
 
-/// A reading stamped with the watermark in force when it arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StampedReading {
-    /// The reading itself.
-    pub reading: Reading,
-    /// The source's watermark just before this reading: the largest valid event time seen
-    /// earlier, minus the allowed lateness. Lateness is decided against it.
-    pub watermark_ms: TimeMs,
-}
-
-/// A validated message on its way into the dataflow, its readings stamped with watermarks.
+/// A validated message on its way into the dataflow, stamped with its partition's watermark.
 ///
-/// Its timely time is the watermark of its first reading, which is the least of them.
+/// Its timely time is at most `watermark_ms`. Each reading's own watermark follows from it: the
+/// readings before it in the message are valid readings too, so reading `i` is judged against
+/// `max(watermark_ms, max(ts of readings 0..i) - allowed lateness)` (see [`Self::stamped`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimedMessage {
     /// The sending device.
     pub device_id: String,
     /// The message's time (latest reading), at which the registry is consulted.
     pub ts_ms: TimeMs,
-    /// The readings with their watermarks.
-    pub readings: Vec<StampedReading>,
+    /// The partition's watermark just before the message's first reading.
+    pub watermark_ms: TimeMs,
+    /// The readings, in message order.
+    pub readings: Vec<Reading>,
+}
+
+impl TimedMessage {
+    /// Each reading with the watermark in force just before it.
+    pub fn stamped(&self, allowed_lateness_ms: u64) -> impl Iterator<Item = (Reading, TimeMs)> + '_ {
+        let mut watermark_ms = self.watermark_ms;
+        self.readings.iter().map(move |r| {
+            let before = watermark_ms;
+            watermark_ms = watermark_ms.max(r.ts_ms.saturating_sub(allowed_lateness_ms));
+            (*r, before)
+        })
+    }
 }
 
 /// Why a message became a dead letter. The code is stable: dashboards and alerts key on it.
@@ -207,7 +213,7 @@ pub struct EnrichedMessage {
     /// Its registry entry as of the message's time.
     pub device: SharedDeviceInfo,
     /// The readings, on time ones only.
-    pub readings: Vec<StampedReading>,
+    pub readings: Vec<Reading>,
 }
 
 /// An exact, order-independent sum of values, in units of 10^-9.

@@ -1,9 +1,12 @@
 //! Separating late readings from on-time ones.
 
 use timely::dataflow::Stream;
-use timely::dataflow::operators::OkErr;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::progress::operate::FrontierInterest;
 
+use crate::dataflow::event_time::EventTimeConfig;
 use crate::dataflow::model::{LateReading, TimeMs, TimedMessage};
 use crate::dataflow::window::WindowConfig;
 
@@ -11,10 +14,11 @@ use crate::dataflow::window::WindowConfig;
 pub trait SplitLate<'scope> {
     /// Returns the messages with only their on-time readings (messages left with none are
     /// dropped) and, separately, every late reading. Lateness is decided per reading against
-    /// the watermark it was stamped with, so the split is the same for any number of workers.
+    /// the watermark it arrived under, so the split is the same for any number of workers.
     fn split_late(
         self,
         window: WindowConfig,
+        event_time: EventTimeConfig,
     ) -> (
         Stream<'scope, TimeMs, Vec<TimedMessage>>,
         Stream<'scope, TimeMs, Vec<LateReading>>,
@@ -25,31 +29,54 @@ impl<'scope> SplitLate<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
     fn split_late(
         self,
         window: WindowConfig,
+        event_time: EventTimeConfig,
     ) -> (
         Stream<'scope, TimeMs, Vec<TimedMessage>>,
         Stream<'scope, TimeMs, Vec<LateReading>>,
     ) {
-        self.flat_map(move |mut message: TimedMessage| {
-            let mut late = Vec::new();
-            message.readings.retain(|stamped| {
-                let r = stamped.reading;
-                if window.is_late(r.ts_ms, stamped.watermark_ms) {
-                    late.push(Err(LateReading {
-                        device_id: message.device_id.clone(),
-                        metric: r.metric,
-                        ts_ms: r.ts_ms,
-                        value: r.value,
-                    }));
-                    false
-                } else {
-                    true
-                }
-            });
-            if !message.readings.is_empty() {
-                late.push(Ok(message));
+        let mut builder = OperatorBuilder::new("SplitLate".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Pipeline);
+        builder.set_notify_for(0, FrontierInterest::Never);
+        let (on_time, on_time_stream) = builder.new_output();
+        let (late, late_stream) = builder.new_output();
+        let mut on_time = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<TimedMessage>>>::from(on_time);
+        let mut late = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<LateReading>>>::from(late);
+        let lateness = event_time.allowed_lateness_ms;
+        builder.build(move |_| {
+            move |_frontiers| {
+                let mut on_time = on_time.activate();
+                let mut late = late.activate();
+                input.for_each_stamp(|cap, data| {
+                    let mut on_time = on_time.session(&cap);
+                    let mut late = late.session(&cap);
+                    for mut message in data.flat_map(|d| d.drain(..)) {
+                        // The common case, nothing late, keeps the message as it is.
+                        if message.stamped(lateness).all(|(r, w)| !window.is_late(r.ts_ms, w)) {
+                            on_time.give(message);
+                            continue;
+                        }
+                        let keep: Vec<bool> = message.stamped(lateness).map(|(r, w)| !window.is_late(r.ts_ms, w)).collect();
+                        let mut index = 0;
+                        message.readings.retain(|r| {
+                            let keep = keep[index];
+                            index += 1;
+                            if !keep {
+                                late.give(LateReading {
+                                    device_id: message.device_id.clone(),
+                                    metric: r.metric,
+                                    ts_ms: r.ts_ms,
+                                    value: r.value,
+                                });
+                            }
+                            keep
+                        });
+                        if !message.readings.is_empty() {
+                            on_time.give(message);
+                        }
+                    }
+                });
             }
-            late
-        })
-        .ok_err(|split| split)
+        });
+        (on_time_stream, late_stream)
     }
 }

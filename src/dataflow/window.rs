@@ -93,8 +93,7 @@ impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMes
                             Some(w) => w,
                             None => open.entry(message.device_id.clone()).or_default(),
                         };
-                        for stamped in &message.readings {
-                            let r = stamped.reading;
+                        for &r in &message.readings {
                             let start_ms = config.start_of(r.ts_ms);
                             let breach = message
                                 .device

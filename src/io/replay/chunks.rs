@@ -46,15 +46,17 @@ impl ChunkedFile {
         self.len.div_ceil(self.chunk_bytes)
     }
 
-    /// Reads chunk `k`.
-    pub fn read(&mut self, k: u64) -> std::io::Result<Chunk> {
+    /// Reads chunk `k` into `chunk`, reusing its memory.
+    pub fn read_into(&mut self, k: u64, chunk: &mut Chunk) -> std::io::Result<()> {
         let start = k * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(self.len);
         // One byte before the range tells whether a line starts exactly at `start`.
         let read_from = start.saturating_sub(1);
-        let mut bytes = vec![0; (end - read_from) as usize];
+        let bytes = &mut chunk.bytes;
+        bytes.clear();
+        bytes.resize((end - read_from) as usize, 0);
         self.file.seek(SeekFrom::Start(read_from))?;
-        self.file.read_exact(&mut bytes)?;
+        self.file.read_exact(bytes)?;
         // Extend past `end` until the line that started before `end` is complete.
         let mut pos = end;
         while pos < self.len && bytes.last() != Some(&b'\n') {
@@ -82,7 +84,8 @@ impl ChunkedFile {
         };
         // Lines starting at or beyond `end` belong to the next chunk.
         let limit = (end - read_from) as usize;
-        let mut lines = Vec::new();
+        let lines = &mut chunk.lines;
+        lines.clear();
         let mut line_start = first;
         while line_start < bytes.len() && line_start < limit {
             let line_end = bytes[line_start..]
@@ -101,7 +104,7 @@ impl ChunkedFile {
             }
             line_start = line_end + 1;
         }
-        Ok(Chunk { bytes, lines })
+        Ok(())
     }
 }
 
@@ -120,8 +123,9 @@ mod tests {
         for chunk_bytes in [1, 7, 64, 1000, 1 << 20] {
             let mut chunked = ChunkedFile::open(file.path(), chunk_bytes).unwrap();
             let mut seen = Vec::new();
+            let mut chunk = Chunk::default();
             for k in 0..chunked.chunk_count() {
-                let chunk = chunked.read(k).unwrap();
+                chunked.read_into(k, &mut chunk).unwrap();
                 for i in 0..chunk.lines.len() {
                     seen.push(String::from_utf8(chunk.line(i).to_vec()).unwrap());
                 }

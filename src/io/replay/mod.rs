@@ -26,7 +26,8 @@ pub use output::ReplayFiles;
 
 use crate::dataflow::event_time::{Watermarker, watermark_after};
 use crate::dataflow::ingest::Ingestor;
-use crate::dataflow::model::TimeMs;
+use crate::dataflow::model::{DeadLetter, TimeMs};
+use crate::dataflow::schema::Decoded;
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
 use crate::dataflow::schema::SchemaSet;
 use crate::dataflow::{PipelineConfig, PipelineInputs, RegistryUpdate, pipeline};
@@ -247,30 +248,31 @@ fn feed_chunks(
     index: usize,
     peers: usize,
 ) -> std::io::Result<()> {
+    type DecodedChunk = (Chunk, Vec<Result<Decoded, DeadLetter>>);
     let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
     let chunk_count = file.chunk_count();
     let event_time = job.pipeline.event_time;
     let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time);
-    let decode = |chunk: &Chunk| -> Vec<_> {
-        (0..chunk.lines.len())
-            .map(|i| job.schemas.decode(chunk.line(i)))
-            .collect()
+    let mut decoder = job.schemas.decoder();
+    // Two chunks are alive at a time (one scanned, one decoded ahead); their buffers are reused.
+    let mut read_and_decode = |k: u64, (mut chunk, mut decoded): DecodedChunk| -> std::io::Result<DecodedChunk> {
+        file.read_into(k, &mut chunk)?;
+        decoded.clear();
+        decoded.extend((0..chunk.lines.len()).map(|i| decoder.decode(chunk.line(i))));
+        Ok((chunk, decoded))
     };
     let mut k = index as u64;
+    let mut spare = DecodedChunk::default();
     let mut current = if k < chunk_count {
-        let chunk = file.read(k)?;
-        let decoded = decode(&chunk);
-        Some((chunk, decoded))
+        Some(read_and_decode(k, DecodedChunk::default())?)
     } else {
         None
     };
-    while let Some((chunk, decoded)) = current.take() {
+    while let Some((chunk, mut decoded)) = current.take() {
         // Decode our next chunk before waiting, so the wait overlaps work.
         let next_k = k + peers as u64;
         let next = if next_k < chunk_count {
-            let chunk = file.read(next_k)?;
-            let decoded = decode(&chunk);
-            Some((chunk, decoded))
+            Some(read_and_decode(next_k, std::mem::take(&mut spare))?)
         } else {
             None
         };
@@ -286,8 +288,8 @@ fn feed_chunks(
         };
         ingestor.set_watermarker(Watermarker::resume(event_time, prefix));
         let mut batch = ingestor.start_batch();
-        for (i, decoded) in decoded.into_iter().enumerate() {
-            ingestor.admit(chunk.line(i), decoded, &mut batch);
+        for (i, result) in decoded.drain(..).enumerate() {
+            ingestor.admit(chunk.line(i), result, &mut batch);
         }
         let prefix_after = ingestor.watermarker().max_valid_ms();
         ledger.send((k, prefix_after));
@@ -298,6 +300,7 @@ fn feed_chunks(
         source.flush();
         prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
         worker.step();
+        spare = (chunk, decoded);
         k = next_k;
         current = next;
     }
