@@ -20,15 +20,15 @@ use timely::dataflow::operators::{Capability, OkErr};
 use timely::progress::Antichain;
 
 use crate::dataflow::model::{
-    DeadLetter, DeadLetterReason, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
+    DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
 use crate::dataflow::window::WindowConfig;
 
 /// A registry change as the dataflow takes it: `(device_id, entry or delete, effective time)`.
-pub type RegistryUpdate = (String, Option<SharedDeviceInfo>, TimeMs);
+pub type RegistryUpdate = (DeviceId, Option<SharedDeviceInfo>, TimeMs);
 
 /// The trace behind the arranged registry.
-pub type RegistryTrace = TraceAgent<ValSpine<String, SharedDeviceInfo, TimeMs, isize>>;
+pub type RegistryTrace = TraceAgent<ValSpine<DeviceId, SharedDeviceInfo, TimeMs, isize>>;
 
 /// The registry, arranged by device id.
 pub type RegistryArrangement<'scope> = Arranged<'scope, RegistryTrace>;
@@ -42,9 +42,9 @@ pub trait ArrangeRegistry<'scope> {
 impl<'scope> ArrangeRegistry<'scope> for Stream<'scope, TimeMs, Vec<RegistryUpdate>> {
     fn arrange_registry(self) -> RegistryArrangement<'scope> {
         arrange_from_upsert::<
-            ValBuilder<String, SharedDeviceInfo, TimeMs, isize>,
-            ValSpine<String, SharedDeviceInfo, TimeMs, isize>,
-            String,
+            ValBuilder<DeviceId, SharedDeviceInfo, TimeMs, isize>,
+            ValSpine<DeviceId, SharedDeviceInfo, TimeMs, isize>,
+            DeviceId,
             SharedDeviceInfo,
         >(self, "ArrangeRegistry")
     }

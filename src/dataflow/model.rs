@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// timely timestamp, so progress tracking *is* the watermark.
 pub type TimeMs = u64;
 
+/// A device id. Ids are short: they live inline (up to 24 bytes), so cloning, hashing and
+/// comparing one touches no heap memory.
+pub type DeviceId = compact_str::CompactString;
+
 /// A metric's index in the [`MetricCatalog`](crate::dataflow::schema::MetricCatalog).
 ///
 /// Metrics are interned at decode time so that readings carry two bytes instead of a name.
@@ -33,7 +37,7 @@ pub struct Reading {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceMessage {
     /// The sending device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The message's own time: the latest event time among its readings. The registry is
     /// consulted as of this time.
     pub ts_ms: TimeMs,
@@ -49,7 +53,7 @@ pub struct DeviceMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimedMessage {
     /// The sending device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The message's time (latest reading), at which the registry is consulted.
     pub ts_ms: TimeMs,
     /// The partition's watermark just before the message's first reading.
@@ -60,7 +64,10 @@ pub struct TimedMessage {
 
 impl TimedMessage {
     /// Each reading with the watermark in force just before it.
-    pub fn stamped(&self, allowed_lateness_ms: u64) -> impl Iterator<Item = (Reading, TimeMs)> + '_ {
+    pub fn stamped(
+        &self,
+        allowed_lateness_ms: u64,
+    ) -> impl Iterator<Item = (Reading, TimeMs)> + '_ {
         let mut watermark_ms = self.watermark_ms;
         self.readings.iter().map(move |r| {
             let before = watermark_ms;
@@ -209,7 +216,7 @@ pub type SharedDeviceInfo = Arc<DeviceInfo>;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EnrichedMessage {
     /// The sending device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Its registry entry as of the message's time.
     pub device: SharedDeviceInfo,
     /// The readings, on time ones only.
@@ -248,7 +255,7 @@ impl ExactSum {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowAggregate {
     /// The device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The metric.
     pub metric: MetricId,
     /// Window start, inclusive.
@@ -300,7 +307,7 @@ impl SiteRollup {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LateReading {
     /// The device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The metric.
     pub metric: MetricId,
     /// Event time.

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
-use crate::dataflow::model::{DeviceInfo, SharedDeviceInfo, Threshold, TimeMs};
+use crate::dataflow::model::{DeviceId, DeviceInfo, SharedDeviceInfo, Threshold, TimeMs};
 use crate::dataflow::schema::MetricCatalog;
 
 /// One registry change: from `effective_ms` on, the device is `info` (or absent if `None`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RegistryChange {
     /// The device.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Event time from which the change holds.
     pub effective_ms: TimeMs,
     /// The new entry, or `None` for a delete.
@@ -80,7 +80,7 @@ pub fn parse_registry_line(
     }
     if entry.deleted {
         return Ok(RegistryChange {
-            device_id: entry.device_id,
+            device_id: entry.device_id.into(),
             effective_ms: entry.effective_ms,
             info: None,
         });
@@ -115,7 +115,7 @@ pub fn parse_registry_line(
         thresholds,
     };
     Ok(RegistryChange {
-        device_id: entry.device_id,
+        device_id: entry.device_id.into(),
         effective_ms: entry.effective_ms,
         info: Some(Arc::new(info)),
     })
@@ -137,7 +137,7 @@ pub fn parse_registry(
 #[derive(Clone, Debug, Default)]
 pub struct RegistryHistory {
     /// Per device, changes sorted by time; one per time.
-    devices: FxHashMap<String, Vec<(TimeMs, Option<SharedDeviceInfo>)>>,
+    devices: FxHashMap<DeviceId, Vec<(TimeMs, Option<SharedDeviceInfo>)>>,
 }
 
 impl RegistryHistory {
@@ -146,7 +146,7 @@ impl RegistryHistory {
     /// Two changes to a device at the same time resolve as the arrangement resolves them: the
     /// greater `Option<DeviceInfo>` wins (an entry over a delete).
     pub fn new(changes: &[RegistryChange]) -> Self {
-        let mut devices: FxHashMap<String, Vec<(TimeMs, Option<SharedDeviceInfo>)>> =
+        let mut devices: FxHashMap<DeviceId, Vec<(TimeMs, Option<SharedDeviceInfo>)>> =
             FxHashMap::default();
         for change in changes {
             devices

@@ -39,8 +39,14 @@ impl<'scope> SplitLate<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
         builder.set_notify_for(0, FrontierInterest::Never);
         let (on_time, on_time_stream) = builder.new_output();
         let (late, late_stream) = builder.new_output();
-        let mut on_time = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<TimedMessage>>>::from(on_time);
-        let mut late = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<LateReading>>>::from(late);
+        let mut on_time = OutputBuilder::<
+            _,
+            timely::container::CapacityContainerBuilder<Vec<TimedMessage>>,
+        >::from(on_time);
+        let mut late = OutputBuilder::<
+            _,
+            timely::container::CapacityContainerBuilder<Vec<LateReading>>,
+        >::from(late);
         let lateness = event_time.allowed_lateness_ms;
         builder.build(move |_| {
             move |_frontiers| {
@@ -51,11 +57,17 @@ impl<'scope> SplitLate<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
                     let mut late = late.session(&cap);
                     for mut message in data.flat_map(|d| d.drain(..)) {
                         // The common case, nothing late, keeps the message as it is.
-                        if message.stamped(lateness).all(|(r, w)| !window.is_late(r.ts_ms, w)) {
+                        if message
+                            .stamped(lateness)
+                            .all(|(r, w)| !window.is_late(r.ts_ms, w))
+                        {
                             on_time.give(message);
                             continue;
                         }
-                        let keep: Vec<bool> = message.stamped(lateness).map(|(r, w)| !window.is_late(r.ts_ms, w)).collect();
+                        let keep: Vec<bool> = message
+                            .stamped(lateness)
+                            .map(|(r, w)| !window.is_late(r.ts_ms, w))
+                            .collect();
                         let mut index = 0;
                         message.readings.retain(|r| {
                             let keep = keep[index];

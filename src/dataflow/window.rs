@@ -11,7 +11,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::dataflow::model::{
-    EnrichedMessage, ExactSum, MetricId, SharedDeviceInfo, TimeMs, WindowAggregate,
+    DeviceId, EnrichedMessage, ExactSum, MetricId, SharedDeviceInfo, TimeMs, WindowAggregate,
 };
 
 /// Window geometry.
@@ -83,7 +83,7 @@ impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMes
         config: WindowConfig,
     ) -> Stream<'scope, TimeMs, Vec<WindowAggregate>> {
         self.unary_frontier(Pipeline, "AggregateWindows", move |_cap, _info| {
-            let mut open: FxHashMap<String, Vec<OpenWindow>> = FxHashMap::default();
+            let mut open: FxHashMap<DeviceId, Vec<OpenWindow>> = FxHashMap::default();
             // One capability per pending close time.
             let mut closes: BTreeMap<TimeMs, Capability<TimeMs>> = BTreeMap::new();
             move |(input, frontier), output| {

@@ -59,8 +59,14 @@ impl SourceInputs {
     /// Sends a batch at its time (which must not be before [`time`](Self::time)).
     pub fn send(&mut self, batch: &mut IngestBatch) {
         self.advance_to(batch.time_ms);
-        self.messages.send_batch(&mut batch.messages);
-        self.dead_letters.send_batch(&mut batch.dead_letters);
+        // Record by record: the input ships containers of its own size, whose memory is reused,
+        // rather than one chunk-sized allocation per batch.
+        for message in batch.messages.drain(..) {
+            self.messages.send(message);
+        }
+        for dead in batch.dead_letters.drain(..) {
+            self.dead_letters.send(dead);
+        }
         self.counts.send(batch.counts);
         batch.counts = IngestCounts::default();
     }

@@ -16,7 +16,7 @@ use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::io::jsonl;
 
 /// (device, metric, window start, site)
-type WindowKey = (String, MetricId, u64, String);
+type WindowKey = (DeviceId, MetricId, u64, String);
 /// (count, min, max, sum, breaches)
 type WindowState = (u64, f64, f64, ExactSum, u64);
 

@@ -2,7 +2,9 @@
 
 use super::json::{Node, Tape};
 use super::{Layout, SchemaSet, TimeFormat, Variant};
-use crate::dataflow::model::{DeadLetter, DeadLetterReason, DeviceMessage, MetricId, Reading};
+use crate::dataflow::model::{
+    DeadLetter, DeadLetterReason, DeviceId, DeviceMessage, MetricId, Reading,
+};
 
 /// A message that decoded, with what the range check dropped.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,7 +89,7 @@ impl SchemaSet {
                 )
             })?;
         let device_id = match object.get(&variant.device_id).and_then(|n| n.as_str()) {
-            Some(id) if !id.is_empty() => id.into_owned(),
+            Some(id) if !id.is_empty() => DeviceId::from(id.as_ref()),
             _ => {
                 return Err((
                     DeadLetterReason::MissingDeviceId,
@@ -255,7 +257,7 @@ impl<'a> ReadingSink<'a> {
         }
     }
 
-    fn finish(self, device_id: String) -> Decoded {
+    fn finish(self, device_id: DeviceId) -> Decoded {
         Decoded {
             message: DeviceMessage {
                 device_id,

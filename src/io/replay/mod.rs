@@ -27,8 +27,8 @@ pub use output::ReplayFiles;
 use crate::dataflow::event_time::{Watermarker, watermark_after};
 use crate::dataflow::ingest::Ingestor;
 use crate::dataflow::model::{DeadLetter, TimeMs};
-use crate::dataflow::schema::Decoded;
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
+use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
 use crate::dataflow::{PipelineConfig, PipelineInputs, RegistryUpdate, pipeline};
 use crate::io::cluster::{ClusterConfig, ClusterError};
@@ -255,12 +255,13 @@ fn feed_chunks(
     let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time);
     let mut decoder = job.schemas.decoder();
     // Two chunks are alive at a time (one scanned, one decoded ahead); their buffers are reused.
-    let mut read_and_decode = |k: u64, (mut chunk, mut decoded): DecodedChunk| -> std::io::Result<DecodedChunk> {
-        file.read_into(k, &mut chunk)?;
-        decoded.clear();
-        decoded.extend((0..chunk.lines.len()).map(|i| decoder.decode(chunk.line(i))));
-        Ok((chunk, decoded))
-    };
+    let mut read_and_decode =
+        |k: u64, (mut chunk, mut decoded): DecodedChunk| -> std::io::Result<DecodedChunk> {
+            file.read_into(k, &mut chunk)?;
+            decoded.clear();
+            decoded.extend((0..chunk.lines.len()).map(|i| decoder.decode(chunk.line(i))));
+            Ok((chunk, decoded))
+        };
     let mut k = index as u64;
     let mut spare = DecodedChunk::default();
     let mut current = if k < chunk_count {
