@@ -9,7 +9,7 @@ use std::path::Path;
 
 use iotpipe::dataflow::PipelineConfig;
 use iotpipe::dataflow::model::{
-    DeadLetterReason, ExactSum, LateReading, MetricId, SiteRollup, WindowAggregate,
+    DeadLetterReason, DeviceId, ExactSum, LateReading, MetricId, SiteRollup, WindowAggregate,
 };
 use iotpipe::dataflow::registry::RegistryChange;
 use iotpipe::dataflow::schema::SchemaSet;
