@@ -11,7 +11,8 @@ use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::cursor_list;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use differential_dataflow::trace::{Cursor, TraceReader};
+use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
+use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -88,6 +89,9 @@ impl<'scope> Enrich<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
             "Enrich",
             move |_cap, _info| {
                 let mut stash: Vec<(Capability<TimeMs>, Vec<TimedMessage>)> = Vec::new();
+                // Each looked-up device's history, read from the trace once and kept until a
+                // registry batch changes the device: the hot path is one hash lookup.
+                let mut histories: FxHashMap<DeviceId, History> = FxHashMap::default();
                 let mut upper = Antichain::new();
                 move |(input, frontier), (registry_batches, _), output| {
                     input.for_each(|cap, data| {
@@ -95,54 +99,65 @@ impl<'scope> Enrich<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
                             stash.push((cap, std::mem::take(data)));
                         }
                     });
-                    // The batches are read through the trace; the stream only wakes us up.
-                    registry_batches.for_each(|_, _| {});
+                    // A registry batch makes the cached histories of its devices stale.
+                    registry_batches.for_each(|_, spans| {
+                        for span in spans.iter() {
+                            if let Some(batch) = &span.inner {
+                                let mut cursor = batch.cursor();
+                                while let Some(key) = cursor.get_key(batch) {
+                                    histories.remove(key);
+                                    cursor.step_key(batch);
+                                }
+                            }
+                        }
+                    });
 
                     trace.read_upper(&mut upper);
                     let is_ready = |m: &TimedMessage| !upper.less_equal(&m.ts_ms);
-                    if stash.iter().any(|(_, ms)| ms.iter().any(is_ready)) {
-                        let batches = trace
-                            .batches_through(Antichain::new().borrow())
-                            .expect("the registry trace is readable from our compaction frontier");
-                        let (mut cursor, storage) = cursor_list(batches);
-                        for (cap, messages) in stash.iter_mut() {
-                            let (mut ready, waiting): (Vec<_>, Vec<_>) =
-                                std::mem::take(messages).into_iter().partition(is_ready);
-                            *messages = waiting;
-                            // Cursors seek forward only: visit devices in key order.
-                            ready.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
-                            cursor.rewind_keys(&storage);
-                            let mut session = output.session(cap);
-                            for message in ready {
-                                cursor.seek_key(&storage, &message.device_id);
-                                let mut found: Option<SharedDeviceInfo> = None;
-                                if cursor.get_key(&storage) == Some(&message.device_id) {
-                                    while let Some(info) = cursor.get_val(&storage) {
-                                        let mut count = 0isize;
-                                        cursor.map_times(&storage, |time, diff| {
-                                            if *time <= message.ts_ms {
-                                                count += *diff;
-                                            }
-                                        });
-                                        if count > 0 {
-                                            found = Some(info.clone());
-                                        }
-                                        cursor.step_val(&storage);
-                                    }
-                                    cursor.rewind_vals(&storage);
-                                }
-                                session.give(match found {
-                                    Some(device) => Ok(EnrichedMessage {
-                                        device_id: message.device_id,
-                                        device,
-                                        readings: message.readings,
-                                    }),
-                                    None => Err(unknown_device(&message)),
-                                });
-                            }
+                    let mut trace_cursor = None;
+                    for (cap, messages) in stash.iter_mut() {
+                        if !messages.iter().any(is_ready) {
+                            continue;
                         }
-                        stash.retain(|(_, messages)| !messages.is_empty());
+                        let (ready, waiting): (Vec<_>, Vec<_>) =
+                            std::mem::take(messages).into_iter().partition(is_ready);
+                        *messages = waiting;
+                        let mut session = output.session(cap);
+                        for message in ready {
+                            let history = match histories.get(&message.device_id) {
+                                Some(history) => history,
+                                None => {
+                                    let (cursor, storage) = trace_cursor.get_or_insert_with(|| {
+                                        let batches = trace
+                                            .batches_through(Antichain::new().borrow())
+                                            .expect("the registry trace is readable from our compaction frontier");
+                                        cursor_list(batches)
+                                    });
+                                    cursor.rewind_keys(storage);
+                                    cursor.seek_key(storage, &message.device_id);
+                                    let mut changes = Vec::new();
+                                    if cursor.get_key(storage) == Some(&message.device_id) {
+                                        while let Some(info) = cursor.get_val(storage) {
+                                            cursor.map_times(storage, |time, diff| changes.push((*time, *diff, info.clone())));
+                                            cursor.step_val(storage);
+                                        }
+                                    }
+                                    histories.entry(message.device_id.clone()).or_insert(history_of(changes))
+                                }
+                            };
+                            let at = history.partition_point(|(t, _)| *t <= message.ts_ms);
+                            let found = history[..at].last().and_then(|(_, info)| info.clone());
+                            session.give(match found {
+                                Some(device) => Ok(EnrichedMessage {
+                                    device_id: message.device_id,
+                                    device,
+                                    readings: message.readings,
+                                }),
+                                None => Err(unknown_device(&message)),
+                            });
+                        }
                     }
+                    stash.retain(|(_, messages)| !messages.is_empty());
 
                     // Keep the registry readable as far back as any message may still look.
                     let oldest = frontier
@@ -162,6 +177,37 @@ impl<'scope> Enrich<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
         )
         .ok_err(|joined: Joined| joined)
     }
+}
+
+/// A device's registry history: from each time on, its entry (or none). Sorted by time.
+type History = Vec<(TimeMs, Option<SharedDeviceInfo>)>;
+
+/// Turns a key's `(time, diff, value)` updates into its history.
+fn history_of(mut changes: Vec<(TimeMs, isize, SharedDeviceInfo)>) -> History {
+    changes.sort_by_key(|(t, _, _)| *t);
+    let mut counts: Vec<(SharedDeviceInfo, isize)> = Vec::new();
+    let mut history: History = Vec::new();
+    let mut i = 0;
+    while i < changes.len() {
+        let time = changes[i].0;
+        while i < changes.len() && changes[i].0 == time {
+            let (_, diff, info) = &changes[i];
+            match counts.iter_mut().find(|(v, _)| v == info) {
+                Some((_, count)) => *count += diff,
+                None => counts.push((info.clone(), *diff)),
+            }
+            i += 1;
+        }
+        counts.retain(|(_, count)| *count != 0);
+        let current = counts
+            .iter()
+            .find(|(_, count)| *count > 0)
+            .map(|(v, _)| v.clone());
+        if history.last().map(|(_, v)| v) != Some(&current) {
+            history.push((time, current));
+        }
+    }
+    history
 }
 
 /// The dead letter for a message whose device the arrangement does not hold at its time.

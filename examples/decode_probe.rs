@@ -1,0 +1,40 @@
+//! Decode cost on a recorded file, without the dataflow: `cargo run --release --example
+//! decode_probe -- FILE` (used for the profile in docs/benchmarks.md).
+use iotpipe::dataflow::schema::SchemaSet;
+use iotpipe::dataflow::schema::json::Tape;
+use std::time::Instant;
+
+fn main() {
+    let path = std::env::args().nth(1).expect("usage: decode_probe FILE");
+    let text = std::fs::read_to_string(path).expect("readable file");
+    let lines: Vec<&str> = text.lines().take(400_000).collect();
+    let bytes: usize = lines.iter().map(|l| l.len()).sum();
+    let report = |what: &str, started: Instant, ok: usize| {
+        let e = started.elapsed();
+        println!(
+            "{what:<8}{:>6.0} ns/message {:>6.0} MB/s ({ok} ok)",
+            e.as_nanos() as f64 / lines.len() as f64,
+            bytes as f64 / e.as_secs_f64() / 1e6
+        );
+    };
+    let mut tape = Tape::default();
+    let started = Instant::now();
+    let ok = lines
+        .iter()
+        .filter(|l| tape.parse(l.as_bytes()).is_ok())
+        .count();
+    report("tape", started, ok);
+    let mut decoder = SchemaSet::embedded().decoder();
+    let started = Instant::now();
+    let ok = lines
+        .iter()
+        .filter(|l| decoder.decode(l.as_bytes()).is_ok())
+        .count();
+    report("decode", started, ok);
+    let started = Instant::now();
+    let ok = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    report("serde", started, ok);
+}
