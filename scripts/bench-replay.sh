@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The replay benchmark of docs/benchmarks.md: a 2,000,000-message W1 file
+# (--devices 10000 --seconds 200 --seed 42) through `iotpipe replay` at -w 1 and -w 2,
+# three runs each, with messages/s, readings/s and peak RSS.
+#
+#   scripts/bench-replay.sh [path/to/shared/workload]   (default: ../shared/workload)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workload=${1:-../shared/workload}
+data=target/bench/w1
+mkdir -p "$data"
+if [ ! -s "$data/events.jsonl" ]; then
+    python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
+        --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
+fi
+cargo build --release --quiet
+for workers in 1 2; do
+    for run in 1 2 3; do
+        out=$(/usr/bin/time -f "rss_kb=%M" ./target/release/iotpipe replay \
+            --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
+            --out "$data/out-w$workers" -w "$workers" 2>&1)
+        messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
+        readings=$(grep '^readings' <<<"$out" | awk '{print $2}')
+        elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
+        rss=$(grep -o 'rss_kb=[0-9]*' <<<"$out" | cut -d= -f2)
+        awk -v w="$workers" -v r="$run" -v m="$messages" -v n="$readings" -v e="$elapsed" -v k="$rss" \
+            'BEGIN { printf "workers=%d run=%d elapsed_s=%.2f messages_per_s=%.0f readings_per_s=%.0f peak_rss_mib=%.0f\n", w, r, e, m / e, n / e, k / 1024 }'
+    done
+done

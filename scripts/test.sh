@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests need (when missing) and runs the whole test suite.
+#
+# The core tests need only the Rust toolchain: every server a test uses is started by the test
+# itself, on 127.0.0.1, and this script is where the packages behind them get installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+if ! need cargo; then
+    echo "test.sh: cargo is missing: install Rust (rustup) first" >&2
+    exit 1
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+# Library, binaries, integration tests, and the benches once each in test mode.
+cargo test --lib --bins --tests --benches --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo "iotpipe: $passed passed, $failed failed"
+exit "$status"
