@@ -14,12 +14,12 @@ use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
 use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, OkErr};
 use timely::progress::Antichain;
 
+use crate::dataflow::EventStream;
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
@@ -40,7 +40,7 @@ pub trait ArrangeRegistry<'scope> {
     fn arrange_registry(self) -> RegistryArrangement<'scope>;
 }
 
-impl<'scope> ArrangeRegistry<'scope> for Stream<'scope, TimeMs, Vec<RegistryUpdate>> {
+impl<'scope> ArrangeRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
     fn arrange_registry(self) -> RegistryArrangement<'scope> {
         arrange_from_upsert::<
             ValBuilder<DeviceId, SharedDeviceInfo, TimeMs, isize>,
@@ -64,19 +64,19 @@ pub trait Enrich<'scope> {
         registry: &RegistryArrangement<'scope>,
         window: WindowConfig,
     ) -> (
-        Stream<'scope, TimeMs, Vec<EnrichedMessage>>,
-        Stream<'scope, TimeMs, Vec<DeadLetter>>,
+        EventStream<'scope, EnrichedMessage>,
+        EventStream<'scope, DeadLetter>,
     );
 }
 
-impl<'scope> Enrich<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
+impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
     fn enrich(
         self,
         registry: &RegistryArrangement<'scope>,
         window: WindowConfig,
     ) -> (
-        Stream<'scope, TimeMs, Vec<EnrichedMessage>>,
-        Stream<'scope, TimeMs, Vec<DeadLetter>>,
+        EventStream<'scope, EnrichedMessage>,
+        EventStream<'scope, DeadLetter>,
     ) {
         let mut trace = registry.trace.clone();
         // The arrangement is partitioned by the same hash, so each lookup is local.

@@ -127,3 +127,49 @@ impl Ingestor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::registry::parse_registry;
+
+    fn ingestor() -> Ingestor {
+        let schemas = SchemaSet::embedded();
+        let registry = r#"{"device_id":"dev-1","device_type":"thermostat","firmware":"1","schema":"v1","org":"o","site":"s","building":"b","model":"m"}"#;
+        let changes = parse_registry(registry, schemas.catalog()).unwrap();
+        Ingestor::new(
+            schemas,
+            Arc::new(RegistryHistory::new(&changes)),
+            EventTimeConfig::default(),
+        )
+    }
+
+    #[test]
+    fn unknown_devices_and_future_stamps_are_dead_letters_that_do_not_move_the_watermark() {
+        let mut ingestor = ingestor();
+        let mut batch = ingestor.start_batch();
+        ingestor.ingest(
+            br#"{"device_id":"dev-1","ts":1000000,"temp":20}"#,
+            &mut batch,
+        );
+        ingestor.ingest(
+            br#"{"device_id":"dev-9","ts":5000000,"temp":20}"#,
+            &mut batch,
+        );
+        ingestor.ingest(
+            br#"{"device_id":"dev-1","ts":1600001,"temp":20}"#,
+            &mut batch,
+        );
+        let reasons: Vec<_> = batch.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                DeadLetterReason::UnknownDevice,
+                DeadLetterReason::FutureTimestamp
+            ]
+        );
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(ingestor.watermarker().max_valid_ms(), Some(1_000_000));
+        assert_eq!(batch.counts.messages, 3);
+    }
+}

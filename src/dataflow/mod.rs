@@ -48,6 +48,9 @@ pub use window::{AggregateWindows, WindowConfig};
 
 use model::{DeadLetter, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate};
 
+/// A stream of `D` records whose timely time is event time (ms).
+pub type EventStream<'scope, D> = Stream<'scope, TimeMs, Vec<D>>;
+
 /// Semantics of the pipeline, the same for every source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,23 +66,23 @@ pub struct PipelineConfig {
 /// What the pipeline consumes.
 pub struct PipelineInputs<'scope> {
     /// Validated messages of registered devices, at their partition's watermark.
-    pub messages: Stream<'scope, TimeMs, Vec<TimedMessage>>,
+    pub messages: EventStream<'scope, TimedMessage>,
     /// Messages the source already rejected.
-    pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
+    pub dead_letters: EventStream<'scope, DeadLetter>,
     /// The registry changelog.
-    pub registry: Stream<'scope, TimeMs, Vec<RegistryUpdate>>,
+    pub registry: EventStream<'scope, RegistryUpdate>,
 }
 
 /// What the pipeline produces.
 pub struct PipelineOutputs<'scope> {
     /// Closed windows per device, metric and site.
-    pub aggregates: Stream<'scope, TimeMs, Vec<WindowAggregate>>,
+    pub aggregates: EventStream<'scope, WindowAggregate>,
     /// Closed windows per site and metric.
-    pub site_rollups: Stream<'scope, TimeMs, Vec<SiteRollup>>,
+    pub site_rollups: EventStream<'scope, SiteRollup>,
     /// Readings that arrived after their window closed.
-    pub late: Stream<'scope, TimeMs, Vec<LateReading>>,
+    pub late: EventStream<'scope, LateReading>,
     /// Every dead letter: the source's and the pipeline's own.
-    pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
+    pub dead_letters: EventStream<'scope, DeadLetter>,
 }
 
 /// Builds the pipeline.

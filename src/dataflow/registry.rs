@@ -31,6 +31,13 @@ pub struct RegistryChange {
     pub info: Option<SharedDeviceInfo>,
 }
 
+impl RegistryChange {
+    /// The change as the dataflow's registry input takes it.
+    pub fn to_update(&self) -> crate::dataflow::RegistryUpdate {
+        (self.device_id.clone(), self.info.clone(), self.effective_ms)
+    }
+}
+
 /// A registry line that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("registry line {line}: {message}")]

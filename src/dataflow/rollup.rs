@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use differential_dataflow::Hashable;
 use rustc_hash::FxHashMap;
-use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::dataflow::EventStream;
 use crate::dataflow::model::{ExactSum, MetricId, SiteRollup, TimeMs, WindowAggregate};
 
 /// Running (count, sum) per (site, metric, window start).
@@ -19,11 +19,11 @@ pub trait RollupSites<'scope> {
     /// Sums each site's device aggregates per (metric, window) and emits the rollup once the
     /// frontier passes the windows' close time. Sums are exact, so the rollup is the same
     /// whichever workers the devices lived on.
-    fn rollup_sites(self) -> Stream<'scope, TimeMs, Vec<SiteRollup>>;
+    fn rollup_sites(self) -> EventStream<'scope, SiteRollup>;
 }
 
-impl<'scope> RollupSites<'scope> for Stream<'scope, TimeMs, Vec<WindowAggregate>> {
-    fn rollup_sites(self) -> Stream<'scope, TimeMs, Vec<SiteRollup>> {
+impl<'scope> RollupSites<'scope> for EventStream<'scope, WindowAggregate> {
+    fn rollup_sites(self) -> EventStream<'scope, SiteRollup> {
         let by_site = Exchange::new(|a: &WindowAggregate| a.site.hashed());
         self.unary_frontier(by_site, "RollupSites", |_cap, _info| {
             let mut pending: BTreeMap<TimeMs, (Capability<TimeMs>, SiteSums)> = BTreeMap::new();

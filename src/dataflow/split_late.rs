@@ -1,13 +1,13 @@
 //! Separating late readings from on-time ones.
 
-use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 
+use crate::dataflow::EventStream;
 use crate::dataflow::event_time::EventTimeConfig;
-use crate::dataflow::model::{LateReading, TimeMs, TimedMessage};
+use crate::dataflow::model::{LateReading, TimedMessage};
 use crate::dataflow::window::WindowConfig;
 
 /// Splits late readings off a stream of timed messages.
@@ -20,19 +20,19 @@ pub trait SplitLate<'scope> {
         window: WindowConfig,
         event_time: EventTimeConfig,
     ) -> (
-        Stream<'scope, TimeMs, Vec<TimedMessage>>,
-        Stream<'scope, TimeMs, Vec<LateReading>>,
+        EventStream<'scope, TimedMessage>,
+        EventStream<'scope, LateReading>,
     );
 }
 
-impl<'scope> SplitLate<'scope> for Stream<'scope, TimeMs, Vec<TimedMessage>> {
+impl<'scope> SplitLate<'scope> for EventStream<'scope, TimedMessage> {
     fn split_late(
         self,
         window: WindowConfig,
         event_time: EventTimeConfig,
     ) -> (
-        Stream<'scope, TimeMs, Vec<TimedMessage>>,
-        Stream<'scope, TimeMs, Vec<LateReading>>,
+        EventStream<'scope, TimedMessage>,
+        EventStream<'scope, LateReading>,
     ) {
         let mut builder = OperatorBuilder::new("SplitLate".to_owned(), self.scope());
         let mut input = builder.new_input(self, Pipeline);

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::dataflow::EventStream;
 use crate::dataflow::model::{
     DeviceId, EnrichedMessage, ExactSum, MetricId, SharedDeviceInfo, TimeMs, WindowAggregate,
 };
@@ -71,17 +71,11 @@ pub trait AggregateWindows<'scope> {
     ///
     /// The input must be partitioned by device (as [`Enrich`](crate::dataflow::enrich::Enrich)
     /// leaves it), and carry only on-time readings.
-    fn aggregate_windows(
-        self,
-        config: WindowConfig,
-    ) -> Stream<'scope, TimeMs, Vec<WindowAggregate>>;
+    fn aggregate_windows(self, config: WindowConfig) -> EventStream<'scope, WindowAggregate>;
 }
 
-impl<'scope> AggregateWindows<'scope> for Stream<'scope, TimeMs, Vec<EnrichedMessage>> {
-    fn aggregate_windows(
-        self,
-        config: WindowConfig,
-    ) -> Stream<'scope, TimeMs, Vec<WindowAggregate>> {
+impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
+    fn aggregate_windows(self, config: WindowConfig) -> EventStream<'scope, WindowAggregate> {
         self.unary_frontier(Pipeline, "AggregateWindows", move |_cap, _info| {
             let mut open: FxHashMap<DeviceId, Vec<OpenWindow>> = FxHashMap::default();
             // One capability per pending close time.

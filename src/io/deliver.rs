@@ -1,6 +1,8 @@
 //! Handing a stream's records to the outside world, complete time by complete time.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use timely::ExchangeData;
 use timely::dataflow::Stream;
@@ -39,5 +41,23 @@ impl<T: ExchangeData> DeliverInOrder<T> for Stream<'_, TimeMs, Vec<T>> {
                 deliver(time, entry.remove());
             }
         });
+    }
+}
+
+/// A `deliver` function that hands each time's records to `apply` on a shared target, if this
+/// worker has one (only the worker that records go to needs it).
+pub fn to_shared<S, T>(
+    target: &Option<Rc<RefCell<S>>>,
+    apply: fn(&mut S, Vec<T>),
+) -> impl FnMut(TimeMs, Vec<T>) + 'static
+where
+    S: 'static,
+    T: 'static,
+{
+    let target = target.clone();
+    move |_, records| {
+        if let Some(target) = &target {
+            apply(&mut target.borrow_mut(), records);
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate,
@@ -11,6 +12,7 @@ use crate::io::summary::RunSummary;
 /// What the view shows, accumulated from the pipeline's outputs.
 #[derive(Debug)]
 pub struct LiveStats {
+    started: Instant,
     /// Totals since the start.
     pub totals: RunSummary,
     /// (wall second, messages ingested) for the throughput over the last seconds.
@@ -32,6 +34,7 @@ impl LiveStats {
     /// Empty statistics.
     pub fn new() -> Self {
         Self {
+            started: Instant::now(),
             totals: RunSummary::default(),
             recent: VecDeque::new(),
             busiest: BTreeMap::new(),
@@ -40,10 +43,11 @@ impl LiveStats {
         }
     }
 
-    /// Adds ingest counts seen at wall second `second`.
-    pub fn counts(&mut self, second: u64, counts: &[IngestCounts]) {
+    /// Adds ingest counts, as of now.
+    pub fn counts(&mut self, counts: Vec<IngestCounts>) {
+        let second = self.started.elapsed().as_secs();
         let messages: u64 = counts.iter().map(|c| c.messages).sum();
-        for c in counts {
+        for c in &counts {
             self.totals.ingest.merge(c);
         }
         match self.recent.back_mut() {
@@ -56,8 +60,8 @@ impl LiveStats {
     }
 
     /// Adds closed windows.
-    pub fn aggregates(&mut self, aggregates: &[WindowAggregate]) {
-        for a in aggregates {
+    pub fn aggregates(&mut self, aggregates: Vec<WindowAggregate>) {
+        for a in &aggregates {
             self.totals.windows += 1;
             self.totals.aggregated_readings += a.count;
             self.totals.threshold_breaches += a.threshold_breaches;
@@ -66,7 +70,7 @@ impl LiveStats {
     }
 
     /// Adds closed site rollups.
-    pub fn site_rollups(&mut self, rollups: &[SiteRollup]) {
+    pub fn site_rollups(&mut self, rollups: Vec<SiteRollup>) {
         for r in rollups {
             self.totals.site_rollups += 1;
             if r.window_start_ms > self.busiest_window_ms {
@@ -74,20 +78,20 @@ impl LiveStats {
                 self.busiest.clear();
             }
             if r.window_start_ms == self.busiest_window_ms {
-                *self.busiest.entry(r.site.clone()).or_default() += r.count;
+                *self.busiest.entry(r.site).or_default() += r.count;
             }
         }
     }
 
     /// Adds dead letters.
-    pub fn dead_letters(&mut self, dead: &[DeadLetter]) {
-        for d in dead {
+    pub fn dead_letters(&mut self, dead: Vec<DeadLetter>) {
+        for d in &dead {
             *self.totals.dead_letters.entry(d.reason).or_default() += 1;
         }
     }
 
     /// Adds late readings.
-    pub fn late(&mut self, late: &[LateReading]) {
+    pub fn late(&mut self, late: Vec<LateReading>) {
         self.totals.late += late.len() as u64;
     }
 

@@ -5,6 +5,10 @@ use timely::dataflow::{InputHandle, Scope, Stream};
 
 use crate::dataflow::ingest::IngestBatch;
 use crate::dataflow::model::{DeadLetter, IngestCounts, TimeMs, TimedMessage};
+use crate::dataflow::registry::RegistryChange;
+use crate::dataflow::{
+    EventStream, PipelineConfig, PipelineInputs, PipelineOutputs, RegistryUpdate, pipeline,
+};
 
 /// An input handle of vectors of `D`, at event time.
 pub type VecInput<T, D> = InputHandle<T, CapacityContainerBuilder<Vec<D>>>;
@@ -85,5 +89,58 @@ impl SourceInputs {
         self.messages.flush();
         self.dead_letters.flush();
         self.counts.flush();
+    }
+}
+
+/// A worker's inputs into the pipeline: its share of the messages and the registry changelog.
+pub struct PipelineSources {
+    /// Admitted messages, dead letters and counts.
+    pub source: SourceInputs,
+    registry: Option<VecInput<TimeMs, RegistryUpdate>>,
+}
+
+impl Default for PipelineSources {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PipelineSources {
+    /// Fresh inputs.
+    pub fn new() -> Self {
+        Self {
+            source: SourceInputs::new(),
+            registry: Some(VecInput::new()),
+        }
+    }
+
+    /// Builds the pipeline over these inputs; returns its outputs and the ingest counts.
+    pub fn build<'scope>(
+        &mut self,
+        scope: Scope<'scope, TimeMs>,
+        config: PipelineConfig,
+    ) -> (PipelineOutputs<'scope>, EventStream<'scope, IngestCounts>) {
+        let streams = self.source.to_streams(scope);
+        let registry = self
+            .registry
+            .as_mut()
+            .expect("the pipeline is built before the registry is closed")
+            .to_stream(scope);
+        let inputs = PipelineInputs {
+            messages: streams.messages,
+            dead_letters: streams.dead_letters,
+            registry,
+        };
+        (pipeline(inputs, config), streams.counts)
+    }
+
+    /// Sends a registry changelog known up front and closes the registry input, so the
+    /// arrangement is complete for every time. Every worker calls it; one passes the changes.
+    pub fn load_registry_and_close(&mut self, changes: &[RegistryChange]) {
+        if let Some(mut input) = self.registry.take() {
+            for change in changes {
+                input.send(change.to_update());
+            }
+        }
     }
 }

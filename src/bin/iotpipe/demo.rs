@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use iotpipe::dataflow::ingest::Ingestor;
-use iotpipe::dataflow::registry::{RegistryHistory, parse_registry};
-use iotpipe::dataflow::{PipelineInputs, RegistryUpdate, pipeline};
-use iotpipe::io::deliver::DeliverInOrder;
+use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
+use iotpipe::io::deliver::{DeliverInOrder, to_shared};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
 use iotpipe::io::live::LiveStats;
-use iotpipe::io::source::{SourceInputs, VecInput};
+use iotpipe::io::source::PipelineSources;
 
 use crate::args::DemoArgs;
 
@@ -67,52 +66,28 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             pipeline_config.event_time,
         );
         let stats = Rc::new(RefCell::new(LiveStats::new()));
+        let view = Some(Rc::clone(&stats));
         let started = Instant::now();
-        let mut source = SourceInputs::new();
-        let mut registry_input: VecInput<u64, RegistryUpdate> = VecInput::new();
+        let mut sources = PipelineSources::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams = source.to_streams(scope);
-            let outputs = pipeline(
-                PipelineInputs {
-                    messages: streams.messages,
-                    dead_letters: streams.dead_letters,
-                    registry: registry_input.to_stream(scope),
-                },
-                pipeline_config,
-            );
-            let s = Rc::clone(&stats);
-            streams.counts.deliver_in_order("ViewCounts", move |_, c| {
-                s.borrow_mut().counts(started.elapsed().as_secs(), &c)
-            });
-            let s = Rc::clone(&stats);
+            let (outputs, counts) = sources.build(scope, pipeline_config);
+            counts.deliver_in_order("ViewCounts", to_shared(&view, LiveStats::counts));
             outputs
                 .aggregates
-                .deliver_in_order("ViewAggregates", move |_, a| s.borrow_mut().aggregates(&a));
-            let s = Rc::clone(&stats);
+                .deliver_in_order("ViewAggregates", to_shared(&view, LiveStats::aggregates));
             outputs
                 .site_rollups
-                .deliver_in_order("ViewRollups", move |_, r| s.borrow_mut().site_rollups(&r));
-            let s = Rc::clone(&stats);
+                .deliver_in_order("ViewRollups", to_shared(&view, LiveStats::site_rollups));
             outputs
                 .dead_letters
-                .deliver_in_order("ViewDeadLetters", move |_, d| {
-                    s.borrow_mut().dead_letters(&d)
-                });
-            let s = Rc::clone(&stats);
+                .deliver_in_order("ViewDeadLetters", to_shared(&view, LiveStats::dead_letters));
             outputs
                 .late
-                .deliver_in_order("ViewLate", move |_, l| s.borrow_mut().late(&l));
+                .deliver_in_order("ViewLate", to_shared(&view, LiveStats::late));
         });
-        if index == 0 {
-            for change in registry.iter() {
-                registry_input.send((
-                    change.device_id.clone(),
-                    change.info.clone(),
-                    change.effective_ms,
-                ));
-            }
-        }
-        drop(registry_input);
+        let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
+        sources.load_registry_and_close(changes);
+        let mut source = sources.source;
 
         let mut lines = Vec::new();
         let mut next_render = started + Duration::from_secs(1);

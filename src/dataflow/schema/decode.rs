@@ -128,23 +128,13 @@ impl SchemaSet {
                 }
                 Ok(())
             }
-            Layout::Nested {
-                field,
-                value_key,
-                unit_key,
-            } => {
-                let metrics = as_object(object.get(field), field)?;
+            Layout::Nested(nested) => {
+                let metrics = as_object(object.get(&nested.field), &nested.field)?;
                 let ts = out.header_ts;
-                self.read_nested(metrics, value_key, unit_key, ts, out)
+                self.read_nested(metrics, &nested.value_key, &nested.unit_key, ts, out)
             }
-            Layout::Batch {
-                field,
-                time_field,
-                time_format,
-                metrics_field,
-                value_key,
-                unit_key,
-            } => {
+            Layout::Batch(batch) => {
+                let field = &batch.field;
                 let entries = match object.get(field) {
                     Some(list) if list.type_name() == "an array" => list,
                     _ => {
@@ -156,14 +146,16 @@ impl SchemaSet {
                 };
                 for entry in entries.elements() {
                     let entry = as_object(Some(entry), field)?;
-                    let ts = read_time(entry, time_field, *time_format).map_err(|detail| {
-                        (
-                            DeadLetterReason::BadTimestamp,
-                            format!("{field}[]: {detail}"),
-                        )
-                    })?;
-                    let metrics = as_object(entry.get(metrics_field), metrics_field)?;
-                    self.read_nested(metrics, value_key, unit_key, ts, out)?;
+                    let ts = read_time(entry, &batch.time_field, batch.time_format).map_err(
+                        |detail| {
+                            (
+                                DeadLetterReason::BadTimestamp,
+                                format!("{field}[]: {detail}"),
+                            )
+                        },
+                    )?;
+                    let metrics = as_object(entry.get(&batch.metrics_field), &batch.metrics_field)?;
+                    self.read_nested(metrics, &batch.value_key, &batch.unit_key, ts, out)?;
                 }
                 Ok(())
             }

@@ -59,7 +59,7 @@ struct VariantFile {
     /// Where the message timestamp is.
     timestamp: TimestampDef,
     /// Where the metrics are.
-    metrics: MetricsDef,
+    metrics: MetricsDef<String>,
 }
 
 /// Where a timestamp is and how it is written.
@@ -72,61 +72,54 @@ struct TimestampDef {
     format: TimeFormat,
 }
 
-/// The layouts metrics come in.
+/// The layouts metrics come in; `M` names a metric (a catalog name as written, a
+/// [`MetricId`] once compiled).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "layout", rename_all = "snake_case")]
-enum MetricsDef {
+enum MetricsDef<M> {
     /// Metrics are top-level numeric fields in canonical units, under their own names.
     Flat {
-        /// Top-level field name -> catalog metric name. Other fields are ignored.
-        fields: BTreeMap<String, String>,
+        /// Top-level field name -> metric. Other fields are ignored.
+        fields: BTreeMap<String, M>,
     },
     /// Metrics are an object of `{name: {value, unit}}`.
-    Nested {
-        /// Top-level key of the metrics object.
-        field: String,
-        /// Key of the value inside each metric object.
-        value_key: String,
-        /// Key of the unit inside each metric object (absent unit = canonical).
-        unit_key: String,
-    },
+    Nested(NestedLayout),
     /// An array of readings, each with its own time and a nested metrics object.
-    Batch {
-        /// Top-level key of the array.
-        field: String,
-        /// Key of each element's time.
-        time_field: String,
-        /// Format of each element's time.
-        time_format: TimeFormat,
-        /// Key of each element's metrics object.
-        metrics_field: String,
-        /// Key of the value inside each metric object.
-        value_key: String,
-        /// Key of the unit inside each metric object.
-        unit_key: String,
-    },
+    Batch(BatchLayout),
+}
+
+/// Where nested metrics are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NestedLayout {
+    /// Top-level key of the metrics object.
+    field: String,
+    /// Key of the value inside each metric object.
+    value_key: String,
+    /// Key of the unit inside each metric object (absent unit = canonical).
+    unit_key: String,
+}
+
+/// Where a batch of readings is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLayout {
+    /// Top-level key of the array.
+    field: String,
+    /// Key of each element's time.
+    time_field: String,
+    /// Format of each element's time.
+    time_format: TimeFormat,
+    /// Key of each element's metrics object.
+    metrics_field: String,
+    /// Key of the value inside each metric object.
+    value_key: String,
+    /// Key of the unit inside each metric object.
+    unit_key: String,
 }
 
 /// Compiled metric layout.
-#[derive(Debug)]
-enum Layout {
-    Flat {
-        fields: BTreeMap<String, MetricId>,
-    },
-    Nested {
-        field: String,
-        value_key: String,
-        unit_key: String,
-    },
-    Batch {
-        field: String,
-        time_field: String,
-        time_format: TimeFormat,
-        metrics_field: String,
-        value_key: String,
-        unit_key: String,
-    },
-}
+type Layout = MetricsDef<MetricId>;
 
 /// A compiled variant.
 #[derive(Debug)]
@@ -244,30 +237,8 @@ fn compile_variant(
             }
             Layout::Flat { fields: compiled }
         }
-        MetricsDef::Nested {
-            field,
-            value_key,
-            unit_key,
-        } => Layout::Nested {
-            field,
-            value_key,
-            unit_key,
-        },
-        MetricsDef::Batch {
-            field,
-            time_field,
-            time_format,
-            metrics_field,
-            value_key,
-            unit_key,
-        } => Layout::Batch {
-            field,
-            time_field,
-            time_format,
-            metrics_field,
-            value_key,
-            unit_key,
-        },
+        MetricsDef::Nested(nested) => Layout::Nested(nested),
+        MetricsDef::Batch(batch) => Layout::Batch(batch),
     };
     Ok(Variant {
         name: def.name,

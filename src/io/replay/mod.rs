@@ -24,16 +24,16 @@ use timely::dataflow::operators::{Input, Inspect};
 pub use chunks::{Chunk, ChunkedFile};
 pub use output::ReplayFiles;
 
+use crate::dataflow::PipelineConfig;
 use crate::dataflow::event_time::{Watermarker, watermark_after};
 use crate::dataflow::ingest::Ingestor;
 use crate::dataflow::model::{DeadLetter, TimeMs};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
 use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
-use crate::dataflow::{PipelineConfig, PipelineInputs, RegistryUpdate, pipeline};
 use crate::io::cluster::{ClusterConfig, ClusterError};
-use crate::io::deliver::DeliverInOrder;
-use crate::io::source::{SourceInputs, VecInput};
+use crate::io::deliver::{DeliverInOrder, to_shared};
+use crate::io::source::{PipelineSources, SourceInputs, VecInput};
 use crate::io::summary::RunSummary;
 
 /// Everything a replay needs.
@@ -145,82 +145,41 @@ fn run_worker(
             });
     });
 
-    let mut source = SourceInputs::new();
-    let mut registry: VecInput<TimeMs, RegistryUpdate> = InputHandle::new();
-    let config = job.pipeline;
+    let mut sources = PipelineSources::new();
     worker.dataflow::<TimeMs, _, _>(|scope| {
-        let streams = source.to_streams(scope);
-        let outputs = pipeline(
-            PipelineInputs {
-                messages: streams.messages,
-                dead_letters: streams.dead_letters,
-                registry: registry.to_stream(scope),
-            },
-            config,
+        let (outputs, counts) = sources.build(scope, job.pipeline);
+        outputs.aggregates.deliver_in_order(
+            "WriteAggregates",
+            to_shared(&files, ReplayFiles::aggregates),
         );
-        let deliver = |f: &Option<Rc<RefCell<ReplayFiles>>>| f.clone();
-        let f = deliver(&files);
+        outputs.site_rollups.deliver_in_order(
+            "WriteSiteRollups",
+            to_shared(&files, ReplayFiles::site_rollups),
+        );
+        outputs.dead_letters.deliver_in_order(
+            "WriteDeadLetters",
+            to_shared(&files, ReplayFiles::dead_letters),
+        );
         outputs
-            .aggregates
-            .deliver_in_order("WriteAggregates", move |_, r| {
-                if let Some(f) = &f {
-                    f.borrow_mut().aggregates(r)
-                }
-            });
-        let f = deliver(&files);
-        outputs
-            .site_rollups
-            .deliver_in_order("WriteSiteRollups", move |_, r| {
-                if let Some(f) = &f {
-                    f.borrow_mut().site_rollups(r)
-                }
-            });
-        let f = deliver(&files);
-        outputs
-            .dead_letters
-            .deliver_in_order("WriteDeadLetters", move |_, r| {
-                if let Some(f) = &f {
-                    f.borrow_mut().dead_letters(r)
-                }
-            });
-        let f = deliver(&files);
-        outputs.late.deliver_in_order("WriteLate", move |_, r| {
-            if let Some(f) = &f {
-                f.borrow_mut().late(r)
-            }
-        });
-        let f = deliver(&files);
-        streams.counts.deliver_in_order("CountIngest", move |_, r| {
-            if let Some(f) = &f {
-                f.borrow_mut().counts(r)
-            }
-        });
+            .late
+            .deliver_in_order("WriteLate", to_shared(&files, ReplayFiles::late));
+        counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
     });
-
-    // The registry is known up front: worker 0 loads it whole and closes its input, so the
-    // arrangement is complete for every time.
-    if index == 0 {
-        for change in job.registry.iter() {
-            registry.send((
-                change.device_id.clone(),
-                change.info.clone(),
-                change.effective_ms,
-            ));
-        }
-    }
-    drop(registry);
+    // The registry is known up front: worker 0 loads it whole, every worker closes its input.
+    let changes: &[RegistryChange] = if index == 0 { &job.registry } else { &[] };
+    sources.load_registry_and_close(changes);
 
     let result = feed_chunks(
         worker,
         job,
         history,
-        &mut source,
+        &mut sources.source,
         &mut ledger,
         &prefixes,
         index,
         peers,
     );
-    drop(source);
+    drop(sources);
     drop(ledger);
     while worker.has_dataflows() {
         worker.step_or_park(None);

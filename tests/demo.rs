@@ -1,0 +1,80 @@
+//! The main job: `iotpipe demo` runs a simulated fleet through the dataflow and reports.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
+    let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args([
+            "demo",
+            "--devices",
+            "300",
+            "--duration",
+            "3",
+            "--plain",
+            "-w",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One status line a second while running.
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("t=")).count() >= 2,
+        "{stdout}"
+    );
+    let total = |label: &str| -> u64 {
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` in\n{stdout}"))
+    };
+    // 300 devices at 1 message/s for 3 s, less those still in flight (up to 2 s of delay).
+    let messages = total("messages");
+    assert!(
+        (600..=1200).contains(&messages),
+        "{messages} messages\n{stdout}"
+    );
+    // Shutting down closes every open window.
+    assert!(total("windows") >= 300, "{stdout}");
+    assert!(total("  aggregated") > 0, "{stdout}");
+}
+
+#[test]
+fn bad_arguments_get_one_clear_error_naming_the_flag() {
+    for (args, flag) in [
+        (vec!["demo", "--devices", "0"], "--devices"),
+        (vec!["demo", "--window-ms", "0"], "--window-ms"),
+        (vec!["demo", "-n", "2", "-p", "0"], "hostfile"),
+        (vec!["demo", "-n", "2", "-p", "5"], "process"),
+        (
+            vec![
+                "replay",
+                "--events",
+                "/nonexistent",
+                "--registry",
+                "/nonexistent",
+                "--out",
+                "/tmp/x",
+            ],
+            "--registry",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
