@@ -51,6 +51,12 @@ impl<'scope> ArrangeRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
     }
 }
 
+/// Enriched messages and dead letters for unregistered devices.
+pub type EnrichedAndUnknown<'scope> = (
+    EventStream<'scope, EnrichedMessage>,
+    EventStream<'scope, DeadLetter>,
+);
+
 /// Joins messages with the registry.
 pub trait Enrich<'scope> {
     /// Looks each message's device up in `registry` as of the message's time, once the registry
@@ -63,10 +69,7 @@ pub trait Enrich<'scope> {
         self,
         registry: &RegistryArrangement<'scope>,
         window: WindowConfig,
-    ) -> (
-        EventStream<'scope, EnrichedMessage>,
-        EventStream<'scope, DeadLetter>,
-    );
+    ) -> EnrichedAndUnknown<'scope>;
 }
 
 impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
@@ -74,10 +77,7 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
         self,
         registry: &RegistryArrangement<'scope>,
         window: WindowConfig,
-    ) -> (
-        EventStream<'scope, EnrichedMessage>,
-        EventStream<'scope, DeadLetter>,
-    ) {
+    ) -> EnrichedAndUnknown<'scope> {
         let mut trace = registry.trace.clone();
         // The arrangement is partitioned by the same hash, so each lookup is local.
         let by_device = Exchange::new(|m: &TimedMessage| m.device_id.hashed());

@@ -10,19 +10,19 @@ use crate::dataflow::event_time::EventTimeConfig;
 use crate::dataflow::model::{LateReading, TimedMessage};
 use crate::dataflow::window::WindowConfig;
 
+/// On-time messages and late readings.
+pub type OnTimeAndLate<'scope> = (
+    EventStream<'scope, TimedMessage>,
+    EventStream<'scope, LateReading>,
+);
+
 /// Splits late readings off a stream of timed messages.
 pub trait SplitLate<'scope> {
     /// Returns the messages with only their on-time readings (messages left with none are
     /// dropped) and, separately, every late reading. Lateness is decided per reading against
     /// the watermark it arrived under, so the split is the same for any number of workers.
-    fn split_late(
-        self,
-        window: WindowConfig,
-        event_time: EventTimeConfig,
-    ) -> (
-        EventStream<'scope, TimedMessage>,
-        EventStream<'scope, LateReading>,
-    );
+    fn split_late(self, window: WindowConfig, event_time: EventTimeConfig)
+    -> OnTimeAndLate<'scope>;
 }
 
 impl<'scope> SplitLate<'scope> for EventStream<'scope, TimedMessage> {
@@ -30,10 +30,7 @@ impl<'scope> SplitLate<'scope> for EventStream<'scope, TimedMessage> {
         self,
         window: WindowConfig,
         event_time: EventTimeConfig,
-    ) -> (
-        EventStream<'scope, TimedMessage>,
-        EventStream<'scope, LateReading>,
-    ) {
+    ) -> OnTimeAndLate<'scope> {
         let mut builder = OperatorBuilder::new("SplitLate".to_owned(), self.scope());
         let mut input = builder.new_input(self, Pipeline);
         builder.set_notify_for(0, FrontierInterest::Never);

@@ -55,6 +55,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let duration = args.duration.map(Duration::from_secs_f64);
     let plain = args.plain || !std::io::stdout().is_terminal();
     let devices = args.devices;
+    tracing::info!(
+        devices,
+        rate = args.rate,
+        workers = cluster.workers,
+        "demo starting"
+    );
 
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();

@@ -421,48 +421,35 @@ impl<'t> Node<'t> {
         }
     }
 
-    /// The object's entries (empty if this is not an object).
-    pub fn entries(self) -> impl Iterator<Item = (Node<'t>, Node<'t>)> {
+    /// The direct children of a container of `kind` (none for anything else). An object's
+    /// children alternate key, value: a key is one token, so stepping by `next` walks both.
+    fn children(self, kind: Kind) -> impl Iterator<Item = Node<'t>> {
         let doc = self.doc;
         let t = self.token();
-        let end = if t.kind == Kind::Object {
+        let end = if t.kind == kind {
             t.next as usize
         } else {
             self.index + 1
         };
         let mut index = self.index + 1;
         std::iter::from_fn(move || {
-            if index >= end {
-                return None;
-            }
-            let key = Node { doc, index };
-            let value = Node {
-                doc,
-                index: index + 1,
-            };
-            index = doc.tokens[index + 1].next as usize;
-            Some((key, value))
+            (index < end).then(|| {
+                let node = Node { doc, index };
+                index = doc.tokens[index].next as usize;
+                node
+            })
         })
+    }
+
+    /// The object's entries (empty if this is not an object).
+    pub fn entries(self) -> impl Iterator<Item = (Node<'t>, Node<'t>)> {
+        let mut children = self.children(Kind::Object);
+        std::iter::from_fn(move || Some((children.next()?, children.next()?)))
     }
 
     /// The array's elements (empty if this is not an array).
     pub fn elements(self) -> impl Iterator<Item = Node<'t>> {
-        let doc = self.doc;
-        let t = self.token();
-        let end = if t.kind == Kind::Array {
-            t.next as usize
-        } else {
-            self.index + 1
-        };
-        let mut index = self.index + 1;
-        std::iter::from_fn(move || {
-            if index >= end {
-                return None;
-            }
-            let node = Node { doc, index };
-            index = doc.tokens[index].next as usize;
-            Some(node)
-        })
+        self.children(Kind::Array)
     }
 
     /// The value under `key`, if this is an object that has it (the last one, if repeated).

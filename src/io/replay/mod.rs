@@ -84,7 +84,17 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
         move |source| ReplayError::Io { path, source }
     };
     // Fail before starting workers if the input is unreadable.
-    ChunkedFile::open(&job.events, job.chunk_bytes).map_err(io_error(&job.events))?;
+    let chunks = ChunkedFile::open(&job.events, job.chunk_bytes)
+        .map_err(io_error(&job.events))?
+        .chunk_count();
+    tracing::info!(
+        events = %job.events.display(),
+        chunks,
+        workers = cluster.workers,
+        processes = cluster.processes,
+        process = cluster.process,
+        "replay starting"
+    );
     let files = if cluster.is_leader() {
         Some(
             ReplayFiles::create(&job.out, job.schemas.catalog().clone())
@@ -116,6 +126,13 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
     }
     Ok(summary.map(|mut s| {
         s.elapsed_s = started.elapsed().as_secs_f64();
+        tracing::info!(
+            messages = s.ingest.messages,
+            windows = s.windows,
+            dead_letters = s.dead_letter_total(),
+            elapsed_s = s.elapsed_s,
+            "replay finished"
+        );
         s
     }))
 }
@@ -252,6 +269,13 @@ fn feed_chunks(
             ingestor.admit(chunk.line(i), result, &mut batch);
         }
         let prefix_after = ingestor.watermarker().max_valid_ms();
+        tracing::debug!(
+            chunk = k,
+            messages = batch.counts.messages,
+            dead_letters = batch.dead_letters.len(),
+            watermark_ms = batch.time_ms,
+            "chunk admitted"
+        );
         ledger.send((k, prefix_after));
         ledger.advance_to(next_k);
         ledger.flush();
