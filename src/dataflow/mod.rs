@@ -26,6 +26,7 @@
 //! Nothing here opens a socket, a file or reads a clock: `src/io` adapts the world to these
 //! streams, and `src/bin` wires configuration to both.
 
+pub mod anomaly;
 pub mod enrich;
 pub mod event_time;
 pub mod ingest;
