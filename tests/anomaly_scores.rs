@@ -1,0 +1,148 @@
+//! The anomaly scorer over a stream: faults are found, and scores do not depend on the order in
+//! which readings arrive (the ground of "the same scores for any number of workers").
+
+use std::sync::Arc;
+
+use iotpipe::dataflow::WindowConfig;
+use iotpipe::dataflow::anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, ScoreAnomalies};
+use iotpipe::dataflow::model::{DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading};
+use iotpipe::io::source::VecInput;
+use timely::dataflow::operators::Capture;
+use timely::dataflow::operators::capture::Event;
+
+const START: u64 = 1_704_067_200_000;
+
+/// 20 devices, one reading a second for 6 minutes; dev-3 spikes at 200 s, dev-5 sticks from
+/// 220 s, dev-7 falls silent at 240 s.
+fn readings() -> Vec<(u64, DeviceId, Reading)> {
+    let mut out = Vec::new();
+    for second in 0..360u64 {
+        for d in 0..20u64 {
+            if d == 7 && second >= 240 {
+                continue;
+            }
+            let ts = START + second * 1000 + d * 37;
+            let noise = ((second * 7919 + d * 104_729) % 100) as f64 / 50.0;
+            let mut value = 20.0 + d as f64 + (second as f64 / 40.0).sin() + noise;
+            if d == 3 && second == 200 {
+                value += 40.0;
+            }
+            if d == 5 && second >= 220 {
+                value = 42.42;
+            }
+            out.push((
+                ts,
+                DeviceId::from(format!("dev-{d}")),
+                Reading {
+                    metric: MetricId(0),
+                    ts_ms: ts,
+                    value,
+                },
+            ));
+        }
+    }
+    out
+}
+
+fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
+    let info = Arc::new(DeviceInfo {
+        device_type: "thermostat".into(),
+        firmware: "1".into(),
+        schema: "v1".into(),
+        org: "o".into(),
+        site: "s".into(),
+        building: "b".into(),
+        model: "m".into(),
+        thresholds: Vec::new(),
+    });
+    let captured = timely::execute_directly(move |worker| {
+        let mut input: VecInput<u64, EnrichedMessage> = VecInput::new();
+        let captured = worker.dataflow::<u64, _, _>(|scope| {
+            input
+                .to_stream(scope)
+                .score_anomalies(AnomalyConfig::default(), WindowConfig::default())
+                .capture()
+        });
+        // Send in 10-second batches at a watermark 30 s behind, shuffled within each batch.
+        let all = readings();
+        for batch in all.chunks(200) {
+            let mut batch = batch.to_vec();
+            let mut state = shuffle_seed.wrapping_add(batch[0].0);
+            for i in (1..batch.len()).rev() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                batch.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let time = batch
+                .iter()
+                .map(|(ts, _, _)| *ts)
+                .min()
+                .unwrap()
+                .saturating_sub(30_000);
+            if time > *input.time() {
+                input.advance_to(time);
+            }
+            for (_, device_id, reading) in batch {
+                input.send(EnrichedMessage {
+                    device_id,
+                    device: Arc::clone(&info),
+                    readings: vec![reading],
+                });
+            }
+            worker.step();
+        }
+        captured
+    });
+    let mut found: Vec<(String, u64, String, u64)> = captured
+        .try_iter()
+        .flat_map(|event| match event {
+            Event::Messages(_, scores) => scores,
+            Event::Progress(_) => Vec::new(),
+        })
+        .map(|s: AnomalyScore| {
+            (
+                s.device_id.to_string(),
+                s.ts_ms - START,
+                s.kind.code().to_string(),
+                s.score.to_bits(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn faults_are_found_and_scores_do_not_depend_on_arrival_order() {
+    let first = run(1);
+    assert_eq!(first, run(2), "scores depend on arrival order");
+    let kinds = |device: &str| -> Vec<String> {
+        first
+            .iter()
+            .filter(|f| f.0 == device)
+            .map(|f| f.2.clone())
+            .collect()
+    };
+    assert!(
+        kinds("dev-3").contains(&AnomalyKind::Spike.code().to_string()),
+        "{first:?}"
+    );
+    assert!(
+        kinds("dev-5").contains(&AnomalyKind::Stuck.code().to_string()),
+        "{first:?}"
+    );
+    assert!(
+        kinds("dev-7").contains(&AnomalyKind::Silence.code().to_string()),
+        "{first:?}"
+    );
+    // Healthy devices raise nothing (the end of the input is not silence for them: see the
+    // module's notes; they are excluded here until the scorer judges silence fleet-wide).
+    for d in [0, 1, 2, 4, 6, 8, 9, 10] {
+        let raised: Vec<_> = kinds(&format!("dev-{d}"))
+            .into_iter()
+            .filter(|k| k != "silence")
+            .collect();
+        assert!(raised.is_empty(), "dev-{d}: {raised:?}");
+    }
+}
