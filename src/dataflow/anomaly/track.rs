@@ -14,8 +14,6 @@
 //! and "latest readings" are the top readings by event time, not by arrival. So scores are the
 //! same for any number of workers and for a replay of the same input.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::model::{ExactSum, Reading, TimeMs};
@@ -33,19 +31,27 @@ pub struct ScorerParams {
     /// Distance of the last window's mean from the baseline beyond which an anomalous reading
     /// near that mean is a level shift rather than a spike.
     pub shift_z: f64,
-    /// Readings the baseline must have learnt before readings are scored against it.
-    pub warmup_readings: u64,
+    /// Closed windows the baseline must have learnt before readings are scored against it.
+    pub warmup_windows: u32,
     /// Weight of each closed window in the baseline.
     pub alpha: f64,
     /// Weight of a window that itself looks anomalous (slow, so a shift is not learnt away).
     pub alpha_anomalous: f64,
+    /// How many windows' worth of drift a reading may be ahead of the baseline: the scale
+    /// grows by this times the typical change of the mean from one window to the next.
+    pub drift_windows: f64,
     /// Smallest scale, absolute, in the metric's unit.
     pub min_scale: f64,
     /// Smallest scale, relative to the baseline mean.
     pub min_scale_relative: f64,
-    /// This many latest readings all equal, on a sensor that normally varies, is a stuck value.
-    pub stuck_run: usize,
-    /// Event time past a track's last reading after which it is silent.
+    /// Windows are summarised in buckets of this much event time: stuck values and gaps are
+    /// found bucket by bucket, so state per window is a few numbers whatever the rate.
+    pub bucket_ms: u64,
+    /// A bucket whose readings are all one value, at least this many of them, on a sensor that
+    /// normally varies, is a stuck value.
+    pub stuck_min_readings: u32,
+    /// A gap in a track's readings at least this long (event time) is silence; gaps shorter
+    /// than two buckets may go unseen.
     pub silence_timeout_ms: u64,
     /// A track silent this long is forgotten (bounded state for decommissioned devices).
     pub forget_after_ms: u64,
@@ -58,12 +64,14 @@ impl Default for ScorerParams {
             z_mid: 6.0,
             z_slope: 1.5,
             shift_z: 3.0,
-            warmup_readings: 30,
+            warmup_windows: 2,
             alpha: 0.3,
             alpha_anomalous: 0.02,
+            drift_windows: 2.5,
             min_scale: 0.05,
             min_scale_relative: 0.005,
-            stuck_run: 10,
+            bucket_ms: 10_000,
+            stuck_min_readings: 5,
             silence_timeout_ms: 20_000,
             forget_after_ms: 3_600_000,
         }
@@ -106,71 +114,112 @@ struct Moments {
     variance: f64,
 }
 
-/// An open window's accumulator.
+/// A bucket of an open window: enough to find gaps and constant runs in any arrival order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    count: u32,
+    min_ts: TimeMs,
+    max_ts: TimeMs,
+    min: f64,
+    max: f64,
+}
+
+/// An open window's summary.
 #[derive(Clone, Debug, Default)]
 struct WindowAcc {
+    start_ms: TimeMs,
     count: u64,
     sum: ExactSum,
     sum_squares: ExactSum,
-    max_ts: TimeMs,
-    /// The latest readings by (event time, value bits), at most `stuck_run` of them.
-    latest: Vec<(TimeMs, u64)>,
+    buckets: Vec<Bucket>,
 }
 
-/// Mean and sample variance of accumulated values, from exact sums.
-fn moments(acc: &WindowAcc) -> Moments {
-    let mean = acc.sum.mean(acc.count);
-    let variance = if acc.count > 1 {
-        ((acc.sum_squares.mean(1) - acc.sum.mean(1) * mean) / (acc.count as f64 - 1.0)).max(0.0)
-    } else {
-        0.0
-    };
-    Moments { mean, variance }
+impl WindowAcc {
+    fn moments(&self) -> Moments {
+        let n = self.count;
+        let mean = self.sum.mean(n);
+        let variance = if n > 1 {
+            ((self.sum_squares.mean(1) - self.sum.mean(1) * mean) / (n as f64 - 1.0)).max(0.0)
+        } else {
+            0.0
+        };
+        Moments { mean, variance }
+    }
 }
 
-/// A stuck run found when a window closed.
+/// A stuck run or a silence found when windows closed.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StuckRun {
-    /// Event time of the latest reading of the run.
+pub struct Finding {
+    /// Stuck: the run's last reading. Silence: the moment the timeout passed.
     pub ts_ms: TimeMs,
-    /// The repeated value.
-    pub value: f64,
+    /// Stuck: the repeated value. Silence: none.
+    pub value: Option<f64>,
+    /// [`AnomalyKind::Stuck`] or [`AnomalyKind::Silence`].
+    pub kind: AnomalyKind,
 }
 
 /// One (device, metric)'s state.
 #[derive(Clone, Debug, Default)]
 pub struct Track {
     baseline: Option<Moments>,
-    /// Readings learnt into the baseline so far.
-    learnt: u64,
-    /// Until `warmup_readings` are learnt, the baseline is the pooled moments of all windows.
-    warmup: WindowAcc,
+    /// Typical change of the window mean from one window to the next (exponentially weighted).
+    drift: f64,
     last_window: Option<Moments>,
-    open: BTreeMap<TimeMs, WindowAcc>,
+    learnt_windows: u32,
+    /// Open windows, by start (one or two at a time).
+    open: Vec<WindowAcc>,
+    /// The value of the stuck run being reported, so a run is reported once.
+    stuck_value: Option<u64>,
     /// Latest event time among readings of closed windows.
     closed_max_ts: Option<TimeMs>,
-    silent: bool,
+    /// The reading after which a silence was last reported (each silence is reported once).
+    silence_reported_after: Option<TimeMs>,
 }
 
 impl Track {
     /// Adds a reading of the window starting at `window_start_ms`.
     pub fn observe(&mut self, reading: &Reading, window_start_ms: TimeMs, params: &ScorerParams) {
-        let acc = self.open.entry(window_start_ms).or_default();
+        let index = match self.open.iter().position(|w| w.start_ms == window_start_ms) {
+            Some(i) => i,
+            None => {
+                let acc = WindowAcc {
+                    start_ms: window_start_ms,
+                    ..WindowAcc::default()
+                };
+                let at = self.open.partition_point(|w| w.start_ms < window_start_ms);
+                self.open.insert(at, acc);
+                at
+            }
+        };
+        let acc = &mut self.open[index];
         acc.count += 1;
         acc.sum.add(reading.value);
         acc.sum_squares.add(reading.value * reading.value);
-        acc.max_ts = acc.max_ts.max(reading.ts_ms);
-        let key = (reading.ts_ms, reading.value.to_bits());
-        let at = acc.latest.partition_point(|k| *k < key);
-        acc.latest.insert(at, key);
-        if acc.latest.len() > params.stuck_run.max(1) {
-            acc.latest.remove(0);
+        let b = ((reading.ts_ms - window_start_ms) / params.bucket_ms.max(1)) as usize;
+        if acc.buckets.len() <= b {
+            acc.buckets.resize(b + 1, Bucket::default());
+        }
+        let bucket = &mut acc.buckets[b];
+        if bucket.count == 0 {
+            *bucket = Bucket {
+                count: 1,
+                min_ts: reading.ts_ms,
+                max_ts: reading.ts_ms,
+                min: reading.value,
+                max: reading.value,
+            };
+        } else {
+            bucket.count += 1;
+            bucket.min_ts = bucket.min_ts.min(reading.ts_ms);
+            bucket.max_ts = bucket.max_ts.max(reading.ts_ms);
+            bucket.min = bucket.min.min(reading.value);
+            bucket.max = bucket.max.max(reading.value);
         }
     }
 
     fn scale(&self, baseline: Moments, params: &ScorerParams) -> f64 {
-        baseline
-            .variance
+        let drift = params.drift_windows * self.drift;
+        (baseline.variance + drift * drift)
             .sqrt()
             .max(params.min_scale)
             .max(params.min_scale_relative * baseline.mean.abs())
@@ -180,7 +229,7 @@ impl Track {
     pub fn score(&self, reading: &Reading, params: &ScorerParams) -> (f64, AnomalyKind) {
         let Some(baseline) = self
             .baseline
-            .filter(|_| self.learnt >= params.warmup_readings)
+            .filter(|_| self.learnt_windows >= params.warmup_windows)
         else {
             return (0.0, AnomalyKind::None);
         };
@@ -207,97 +256,139 @@ impl Track {
         )
     }
 
-    /// Closes the window starting at `window_start_ms` (and any earlier one still open):
-    /// learns it into the baseline and reports a stuck run at its end.
-    pub fn close(&mut self, window_start_ms: TimeMs, params: &ScorerParams) -> Option<StuckRun> {
-        let mut stuck = None;
-        while let Some(entry) = self.open.first_entry() {
-            if *entry.key() > window_start_ms {
-                break;
-            }
-            let acc = entry.remove();
-            stuck = self.learn(acc, params);
+    /// Closes every open window starting at or before `window_start_ms`: finds stuck runs and
+    /// silent gaps inside them, and learns them into the baseline.
+    pub fn close(
+        &mut self,
+        window_start_ms: TimeMs,
+        params: &ScorerParams,
+        findings: &mut Vec<Finding>,
+    ) {
+        while self
+            .open
+            .first()
+            .is_some_and(|w| w.start_ms <= window_start_ms)
+        {
+            let acc = self.open.remove(0);
+            let before = findings.len();
+            self.find_gaps_and_runs(&acc, params, findings);
+            let stuck = findings[before..]
+                .iter()
+                .any(|f| f.kind == AnomalyKind::Stuck);
+            self.learn(&acc, params, stuck);
         }
-        stuck
     }
 
-    fn learn(&mut self, acc: WindowAcc, params: &ScorerParams) -> Option<StuckRun> {
-        let Moments { mean, variance } = moments(&acc);
-        let window = Moments { mean, variance };
-        let mut stuck = None;
-        if self.learnt < params.warmup_readings {
-            self.warmup.count += acc.count;
-            self.warmup.sum.merge(acc.sum);
-            self.warmup.sum_squares.merge(acc.sum_squares);
-            self.baseline = Some(moments(&self.warmup));
-        } else if let Some(baseline) = self.baseline {
-            let scale = self.scale(baseline, params);
-            let varies = baseline.variance.sqrt() > params.min_scale;
-            let (first, last) = (acc.latest.first(), acc.latest.last());
-            if let (Some(first), Some(last)) = (first, last)
-                && varies
-                && acc.latest.len() >= params.stuck_run
-                && acc.latest.iter().all(|(_, bits)| *bits == first.1)
+    fn varies(&self, params: &ScorerParams) -> bool {
+        self.baseline
+            .is_some_and(|b| b.variance.sqrt() > params.min_scale)
+    }
+
+    fn find_gaps_and_runs(
+        &mut self,
+        acc: &WindowAcc,
+        params: &ScorerParams,
+        findings: &mut Vec<Finding>,
+    ) {
+        let can_stick = self.varies(params) && self.learnt_windows >= params.warmup_windows;
+        for bucket in acc.buckets.iter().filter(|b| b.count > 0) {
+            if let Some(p) = self.closed_max_ts
+                && p + params.silence_timeout_ms <= bucket.min_ts
+                && self.silence_reported_after != Some(p)
             {
-                stuck = Some(StuckRun {
-                    ts_ms: last.0,
-                    value: f64::from_bits(last.1),
+                self.silence_reported_after = Some(p);
+                findings.push(Finding {
+                    ts_ms: p + params.silence_timeout_ms,
+                    value: None,
+                    kind: AnomalyKind::Silence,
                 });
             }
-            // Exponentially weighted mean and variance over windows: the variance counts both
-            // the spread within windows and the drift of their means. A window that looks
-            // anomalous only nudges the mean, so a fault is not learnt as normal.
-            let drift = mean - baseline.mean;
-            let anomalous = drift.abs() / scale > params.z_mid || stuck.is_some();
-            self.baseline = Some(if anomalous {
-                Moments {
-                    mean: baseline.mean + params.alpha_anomalous * drift,
-                    variance: baseline.variance,
-                }
-            } else {
-                let alpha = params.alpha;
-                Moments {
-                    mean: baseline.mean + alpha * drift,
-                    variance: (1.0 - alpha) * (baseline.variance + alpha * drift * drift)
-                        + alpha * variance,
-                }
-            });
+            self.closed_max_ts = Some(
+                self.closed_max_ts
+                    .map_or(bucket.max_ts, |p| p.max(bucket.max_ts)),
+            );
+            let constant = bucket.min == bucket.max && bucket.count >= params.stuck_min_readings;
+            if !constant {
+                self.stuck_value = None;
+            } else if can_stick && self.stuck_value != Some(bucket.min.to_bits()) {
+                self.stuck_value = Some(bucket.min.to_bits());
+                findings.push(Finding {
+                    ts_ms: bucket.max_ts,
+                    value: Some(bucket.min),
+                    kind: AnomalyKind::Stuck,
+                });
+            }
         }
-        self.learnt += acc.count;
-        self.last_window = Some(window);
-        if self.closed_max_ts.is_none_or(|t| acc.max_ts > t) {
-            self.closed_max_ts = Some(acc.max_ts);
-            self.silent = false;
-        }
-        stuck
     }
 
-    /// With every window before `complete_until_ms` closed: the time at which the track fell
-    /// silent, the first time it is found so. `None` also when it is not silent.
+    fn learn(&mut self, acc: &WindowAcc, params: &ScorerParams, stuck: bool) {
+        if acc.count == 0 {
+            return;
+        }
+        let window = acc.moments();
+        match self.baseline {
+            None => self.baseline = Some(window),
+            Some(baseline) => {
+                let drift = window.mean - baseline.mean;
+                let step = self
+                    .last_window
+                    .map_or(0.0, |last| (window.mean - last.mean).abs());
+                let warming = self.learnt_windows < params.warmup_windows;
+                let anomalous = !warming
+                    && (drift.abs() / self.scale(baseline, params) > params.z_mid || stuck);
+                // Exponentially weighted mean and variance over windows; a window that looks
+                // anomalous only nudges the mean, so a fault is not learnt as normal.
+                self.baseline = Some(if anomalous {
+                    Moments {
+                        mean: baseline.mean + params.alpha_anomalous * drift,
+                        variance: baseline.variance,
+                    }
+                } else {
+                    let alpha = if warming { 0.5 } else { params.alpha };
+                    self.drift = if warming && self.learnt_windows <= 1 {
+                        step
+                    } else {
+                        self.drift + alpha * (step - self.drift)
+                    };
+                    Moments {
+                        mean: baseline.mean + alpha * drift,
+                        variance: (1.0 - alpha) * baseline.variance + alpha * window.variance,
+                    }
+                });
+            }
+        }
+        self.last_window = Some(window);
+        self.learnt_windows += 1;
+    }
+
+    /// With the fleet's event time at `fleet_latest_ms`: a silence if the track's last reading
+    /// is at least the timeout behind, reported once.
     pub fn check_silence(
         &mut self,
-        complete_until_ms: TimeMs,
+        fleet_latest_ms: TimeMs,
         params: &ScorerParams,
-    ) -> Option<TimeMs> {
+    ) -> Option<Finding> {
         let last = self.closed_max_ts?;
         let silent_at = last + params.silence_timeout_ms;
-        if self.silent || silent_at > complete_until_ms {
+        if self.silence_reported_after == Some(last) || silent_at > fleet_latest_ms {
             return None;
         }
-        self.silent = true;
-        Some(silent_at)
+        self.silence_reported_after = Some(last);
+        Some(Finding {
+            ts_ms: silent_at,
+            value: None,
+            kind: AnomalyKind::Silence,
+        })
     }
 
     /// Whether the track has been silent so long it can be forgotten.
-    pub fn forgettable(&self, complete_until_ms: TimeMs, params: &ScorerParams) -> bool {
-        self.silent
-            && self.open.is_empty()
+    pub fn forgettable(&self, fleet_latest_ms: TimeMs, params: &ScorerParams) -> bool {
+        self.open.is_empty()
             && self
                 .closed_max_ts
-                .is_some_and(|t| t + params.forget_after_ms <= complete_until_ms)
+                .is_some_and(|t| t + params.forget_after_ms <= fleet_latest_ms)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,20 +404,25 @@ mod tests {
         }
     }
 
+    fn noise(s: u64, w: u64) -> f64 {
+        ((s * 7919 + w * 104_729) % 100) as f64 / 100.0 - 0.5
+    }
+
     /// A track that has learnt `windows` minutes of a noisy signal around 20.
     fn trained(windows: u64) -> (Track, ScorerParams) {
         let params = ScorerParams::default();
         let mut track = Track::default();
         for w in 0..windows {
             for s in 0..60 {
-                let noise = ((s * 7919 + w * 104_729) % 100) as f64 / 100.0 - 0.5;
                 track.observe(
-                    &reading(w * MINUTE + s * 1000, 20.0 + noise),
+                    &reading(w * MINUTE + s * 1000, 20.0 + noise(s, w)),
                     w * MINUTE,
                     &params,
                 );
             }
-            assert_eq!(track.close(w * MINUTE, &params), None);
+            let mut findings = Vec::new();
+            track.close(w * MINUTE, &params, &mut findings);
+            assert_eq!(findings, []);
         }
         (track, params)
     }
@@ -341,6 +437,15 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_scored_during_warm_up() {
+        let (track, params) = trained(1);
+        assert_eq!(
+            track.score(&reading(MINUTE, 60.0), &params),
+            (0.0, AnomalyKind::None)
+        );
+    }
+
+    #[test]
     fn a_level_shift_is_named_once_a_window_has_shifted() {
         let (mut track, params) = trained(3);
         for s in 0..60 {
@@ -350,7 +455,7 @@ mod tests {
                 &params,
             );
         }
-        track.close(3 * MINUTE, &params);
+        track.close(3 * MINUTE, &params, &mut Vec::new());
         let (score, kind) = track.score(&reading(4 * MINUTE, 32.1), &params);
         assert!(
             score > 0.99 && kind == AnomalyKind::LevelShift,
@@ -359,17 +464,17 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_value_is_stuck_whatever_the_arrival_order() {
+    fn a_run_of_one_value_inside_a_window_is_stuck_whatever_the_arrival_order() {
         let (mut track, params) = trained(3);
-        // Normal first half, then the same value; readings arrive out of order.
+        // Normal, then 20 s of one value, then normal again; readings arrive out of order.
         let mut readings: Vec<Reading> = (0..60)
             .map(|s| {
                 reading(
                     3 * MINUTE + s * 1000,
-                    if s < 30 {
-                        20.0 + (s % 5) as f64 * 0.1
-                    } else {
+                    if (15..35).contains(&s) {
                         21.37
+                    } else {
+                        20.0 + noise(s, 3)
                     },
                 )
             })
@@ -378,35 +483,52 @@ mod tests {
         for r in &readings {
             track.observe(r, 3 * MINUTE, &params);
         }
+        let mut findings = Vec::new();
+        track.close(3 * MINUTE, &params, &mut findings);
+        // The first constant bucket reports the run, once.
         assert_eq!(
-            track.close(3 * MINUTE, &params),
-            Some(StuckRun {
-                ts_ms: 3 * MINUTE + 59_000,
-                value: 21.37
-            })
+            findings,
+            [Finding {
+                ts_ms: 3 * MINUTE + 29_000,
+                value: Some(21.37),
+                kind: AnomalyKind::Stuck
+            }]
         );
     }
 
     #[test]
-    fn silence_is_found_once_event_time_passes_the_timeout() {
-        let (mut track, params) = trained(2);
-        let last = MINUTE + 59_000;
-        assert_eq!(track.check_silence(last + 10_000, &params), None);
+    fn a_gap_inside_a_window_is_silence_and_so_is_an_ongoing_one_reported_once() {
+        let (mut track, params) = trained(3);
+        for s in (0..10).chain(40..60) {
+            track.observe(
+                &reading(3 * MINUTE + s * 1000, 20.0 + noise(s, 3)),
+                3 * MINUTE,
+                &params,
+            );
+        }
+        let mut findings = Vec::new();
+        track.close(3 * MINUTE, &params, &mut findings);
         assert_eq!(
-            track.check_silence(3 * MINUTE, &params),
-            Some(last + params.silence_timeout_ms)
+            findings,
+            [Finding {
+                ts_ms: 3 * MINUTE + 9_000 + 20_000,
+                value: None,
+                kind: AnomalyKind::Silence
+            }]
         );
+        let last = 3 * MINUTE + 59_000;
+        assert_eq!(track.check_silence(last + 10_000, &params), None);
+        let silent = track.check_silence(5 * MINUTE, &params).unwrap();
+        assert_eq!(silent.ts_ms, last + params.silence_timeout_ms);
         assert_eq!(
-            track.check_silence(4 * MINUTE, &params),
+            track.check_silence(6 * MINUTE, &params),
             None,
             "reported once"
         );
-        track.observe(&reading(5 * MINUTE, 20.0), 5 * MINUTE, &params);
-        track.close(5 * MINUTE, &params);
-        assert_eq!(
-            track.check_silence(5 * MINUTE + 10_000, &params),
-            None,
-            "speaking again"
-        );
+        // Speaking again does not report the same gap a second time.
+        track.observe(&reading(6 * MINUTE, 20.0), 6 * MINUTE, &params);
+        let mut findings = Vec::new();
+        track.close(6 * MINUTE, &params, &mut findings);
+        assert_eq!(findings, []);
     }
 }
