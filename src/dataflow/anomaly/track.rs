@@ -33,6 +33,9 @@ pub struct ScorerParams {
     pub shift_z: f64,
     /// Closed windows the baseline must have learnt before readings are scored against it.
     pub warmup_windows: u32,
+    /// Windows with fewer readings than this are not learnt (devices slower than this per
+    /// minute need a lower value for their type).
+    pub min_window_readings: u64,
     /// Weight of each closed window in the baseline.
     pub alpha: f64,
     /// Weight of a window that itself looks anomalous (slow, so a shift is not learnt away).
@@ -47,6 +50,9 @@ pub struct ScorerParams {
     /// Windows are summarised in buckets of this much event time: stuck values and gaps are
     /// found bucket by bucket, so state per window is a few numbers whatever the rate.
     pub bucket_ms: u64,
+    /// A jump between consecutive bucket means this many times the typical jump is a level shift
+    /// (a step, unlike the smooth drift of a periodic signal).
+    pub shift_jumps: f64,
     /// A bucket whose readings are all one value, at least this many of them, on a sensor that
     /// normally varies, is a stuck value.
     pub stuck_min_readings: u32,
@@ -61,16 +67,18 @@ impl Default for ScorerParams {
     fn default() -> Self {
         Self {
             report_threshold: 0.9,
-            z_mid: 6.0,
+            z_mid: 10.0,
             z_slope: 1.5,
             shift_z: 3.0,
             warmup_windows: 2,
+            min_window_readings: 10,
             alpha: 0.3,
             alpha_anomalous: 0.02,
             drift_windows: 2.5,
             min_scale: 0.05,
             min_scale_relative: 0.005,
             bucket_ms: 10_000,
+            shift_jumps: 12.0,
             stuck_min_readings: 5,
             silence_timeout_ms: 20_000,
             forget_after_ms: 3_600_000,
@@ -118,6 +126,7 @@ struct Moments {
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
     count: u32,
+    sum: ExactSum,
     min_ts: TimeMs,
     max_ts: TimeMs,
     min: f64,
@@ -164,6 +173,10 @@ pub struct Track {
     baseline: Option<Moments>,
     /// Typical change of the window mean from one window to the next (exponentially weighted).
     drift: f64,
+    /// The last closed bucket's mean, and the typical jump between consecutive bucket means
+    /// (exponentially weighted): a jump many times the typical one is a level shift.
+    last_bucket_mean: Option<f64>,
+    bucket_jump: Option<f64>,
     last_window: Option<Moments>,
     learnt_windows: u32,
     /// Open windows, by start (one or two at a time).
@@ -202,19 +215,20 @@ impl Track {
         let bucket = &mut acc.buckets[b];
         if bucket.count == 0 {
             *bucket = Bucket {
-                count: 1,
+                count: 0,
+                sum: ExactSum::default(),
                 min_ts: reading.ts_ms,
                 max_ts: reading.ts_ms,
                 min: reading.value,
                 max: reading.value,
             };
-        } else {
-            bucket.count += 1;
-            bucket.min_ts = bucket.min_ts.min(reading.ts_ms);
-            bucket.max_ts = bucket.max_ts.max(reading.ts_ms);
-            bucket.min = bucket.min.min(reading.value);
-            bucket.max = bucket.max.max(reading.value);
         }
+        bucket.count += 1;
+        bucket.sum.add(reading.value);
+        bucket.min_ts = bucket.min_ts.min(reading.ts_ms);
+        bucket.max_ts = bucket.max_ts.max(reading.ts_ms);
+        bucket.min = bucket.min.min(reading.value);
+        bucket.max = bucket.max.max(reading.value);
     }
 
     fn scale(&self, baseline: Moments, params: &ScorerParams) -> f64 {
@@ -307,6 +321,26 @@ impl Track {
                 self.closed_max_ts
                     .map_or(bucket.max_ts, |p| p.max(bucket.max_ts)),
             );
+            let mean = bucket.sum.mean(bucket.count as u64);
+            if let Some(previous) = self.last_bucket_mean {
+                let jump = (mean - previous).abs();
+                match self.bucket_jump {
+                    Some(typical)
+                        if can_stick
+                            && jump > params.shift_jumps * typical.max(params.min_scale) =>
+                    {
+                        findings.push(Finding {
+                            ts_ms: bucket.min_ts,
+                            value: Some(mean),
+                            kind: AnomalyKind::LevelShift,
+                        });
+                    }
+                    // Learn only from ordinary jumps, so a shift does not teach itself.
+                    Some(typical) => self.bucket_jump = Some(typical + 0.1 * (jump - typical)),
+                    None => self.bucket_jump = Some(jump),
+                }
+            }
+            self.last_bucket_mean = Some(mean);
             let constant = bucket.min == bucket.max && bucket.count >= params.stuck_min_readings;
             if !constant {
                 self.stuck_value = None;
@@ -322,7 +356,9 @@ impl Track {
     }
 
     fn learn(&mut self, acc: &WindowAcc, params: &ScorerParams, stuck: bool) {
-        if acc.count == 0 {
+        // A window with few readings (a partial first window, a batch reaching back across a
+        // boundary) says too little about the signal to learn from.
+        if acc.count < params.min_window_readings {
             return;
         }
         let window = acc.moments();
@@ -336,20 +372,26 @@ impl Track {
                 let warming = self.learnt_windows < params.warmup_windows;
                 let anomalous = !warming
                     && (drift.abs() / self.scale(baseline, params) > params.z_mid || stuck);
-                // Exponentially weighted mean and variance over windows; a window that looks
-                // anomalous only nudges the mean, so a fault is not learnt as normal.
+                // A window that looks anomalous only nudges the mean and the typical step
+                // between windows, so a fault is not learnt as normal (yet a signal that moves
+                // faster than first seen is eventually learnt).
+                let alpha = if warming { 0.5 } else { params.alpha };
+                let drift_alpha = if anomalous {
+                    params.alpha_anomalous
+                } else {
+                    alpha
+                };
+                self.drift = if warming && self.learnt_windows <= 1 {
+                    step
+                } else {
+                    self.drift + drift_alpha * (step - self.drift)
+                };
                 self.baseline = Some(if anomalous {
                     Moments {
                         mean: baseline.mean + params.alpha_anomalous * drift,
                         variance: baseline.variance,
                     }
                 } else {
-                    let alpha = if warming { 0.5 } else { params.alpha };
-                    self.drift = if warming && self.learnt_windows <= 1 {
-                        step
-                    } else {
-                        self.drift + alpha * (step - self.drift)
-                    };
                     Moments {
                         mean: baseline.mean + alpha * drift,
                         variance: (1.0 - alpha) * baseline.variance + alpha * window.variance,
@@ -472,7 +514,7 @@ mod tests {
                 reading(
                     3 * MINUTE + s * 1000,
                     if (15..35).contains(&s) {
-                        21.37
+                        20.01
                     } else {
                         20.0 + noise(s, 3)
                     },
@@ -490,7 +532,7 @@ mod tests {
             findings,
             [Finding {
                 ts_ms: 3 * MINUTE + 29_000,
-                value: Some(21.37),
+                value: Some(20.01),
                 kind: AnomalyKind::Stuck
             }]
         );
