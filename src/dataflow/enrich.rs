@@ -92,8 +92,7 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                 // Each looked-up device's history, read from the trace once and kept until a
                 // registry batch changes the device: the hot path is one hash lookup.
                 let mut histories: FxHashMap<DeviceId, History> = FxHashMap::default();
-                let mut upper = Antichain::new();
-                move |(input, frontier), (registry_batches, _), output| {
+                move |(input, frontier), (registry_batches, registry_frontier), output| {
                     input.for_each(|cap, data| {
                         if let Some(cap) = cap.retain_least(0) {
                             stash.push((cap, std::mem::take(data)));
@@ -112,8 +111,11 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                         }
                     });
 
-                    trace.read_upper(&mut upper);
-                    let is_ready = |m: &TimedMessage| !upper.less_equal(&m.ts_ms);
+                    // A message is answered once every registry batch with updates at or before
+                    // its time has reached this operator: the batch stream's frontier, not the
+                    // trace's upper, which can run ahead of the batches (and of the invalidations
+                    // above) that this operator has seen.
+                    let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
                     let mut trace_cursor = None;
                     for (cap, messages) in stash.iter_mut() {
                         if !messages.iter().any(is_ready) {
