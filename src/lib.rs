@@ -3,5 +3,7 @@
 //! - [`dataflow`]: the pure pipeline, streams in and streams out.
 //! - [`io`]: sources and sinks that adapt files, devices and servers to it.
 
+#![warn(missing_docs)]
+
 pub mod dataflow;
 pub mod io;

@@ -3,7 +3,8 @@
 //! `datasets/schemas/` holds a `catalog.toml` (metrics, canonical units, physical ranges, unit
 //! conversions) and one file per message variant (where the device id, the timestamp and the
 //! metrics are). A new firmware variant is a new file, not new code. [`SchemaSet`] compiles them
-//! once; [`SchemaSet::decode`] turns raw bytes into a [`DeviceMessage`] or a [`DeadLetter`].
+//! once; [`SchemaSet::decode`] turns raw bytes into a [`DeviceMessage`](crate::dataflow::model::DeviceMessage) or a
+//! [`DeadLetter`](crate::dataflow::model::DeadLetter).
 //!
 //! Variant matching is by key presence: each variant names top-level keys that identify it
 //! (`match_keys`), and the first variant, most specific first, whose keys are all present wins.
