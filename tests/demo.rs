@@ -78,3 +78,39 @@ fn bad_arguments_get_one_clear_error_naming_the_flag() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_worker_without_devices_does_not_hold_windows_back() {
+    // One device, two workers: one worker simulates nothing. Windows must still close while the
+    // demo runs, not only when it stops.
+    let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args([
+            "demo",
+            "--devices",
+            "1",
+            "-w",
+            "2",
+            "--duration",
+            "6",
+            "--plain",
+        ])
+        .args(["--window-ms", "1000", "--lateness-ms", "500"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let running_windows = stdout
+        .lines()
+        .filter(|l| l.starts_with("t="))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("windows="))
+        })
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        running_windows > 0,
+        "no window closed while running:\n{stdout}"
+    );
+}

@@ -93,22 +93,26 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);
-        let mut source = sources.source;
+        // A worker with no devices (more workers than devices) closes its input at once, so
+        // it does not hold everyone's frontier back.
+        let mut source = (fleet.device_count() > 0).then_some(sources.source);
 
         let mut lines = Vec::new();
         let mut next_render = started + Duration::from_secs(1);
         let mut stdout = std::io::stdout();
         while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
-            let event_now = now_ms + started.elapsed().as_millis() as u64;
-            lines.clear();
-            fleet.advance_to(event_now, &mut lines);
-            let mut batch = ingestor.start_batch();
-            for (_, line) in &lines {
-                ingestor.ingest(line.as_bytes(), &mut batch);
+            if let Some(source) = source.as_mut() {
+                let event_now = now_ms + started.elapsed().as_millis() as u64;
+                lines.clear();
+                fleet.advance_to(event_now, &mut lines);
+                let mut batch = ingestor.start_batch();
+                for (_, line) in &lines {
+                    ingestor.ingest(line.as_bytes(), &mut batch);
+                }
+                source.send(&mut batch);
+                source.advance_to(ingestor.watermarker().watermark_ms());
+                source.flush();
             }
-            source.send(&mut batch);
-            source.advance_to(ingestor.watermarker().watermark_ms());
-            source.flush();
             let tick_end = Instant::now() + TICK;
             while Instant::now() < tick_end {
                 worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
