@@ -20,8 +20,6 @@ pub struct LiveStats {
     /// Readings per site in the latest closed window.
     busiest: BTreeMap<String, u64>,
     busiest_window_ms: u64,
-    /// The latest closed window start, and the event-time lag of the frontier behind the clock.
-    pub last_window_ms: Option<u64>,
 }
 
 impl Default for LiveStats {
@@ -39,7 +37,6 @@ impl LiveStats {
             recent: VecDeque::new(),
             busiest: BTreeMap::new(),
             busiest_window_ms: 0,
-            last_window_ms: None,
         }
     }
 
@@ -65,7 +62,6 @@ impl LiveStats {
             self.totals.windows += 1;
             self.totals.aggregated_readings += a.count;
             self.totals.threshold_breaches += a.threshold_breaches;
-            self.last_window_ms = self.last_window_ms.max(Some(a.window_start_ms));
         }
     }
 

@@ -121,8 +121,9 @@ impl SchemaSet {
         match &variant.layout {
             Layout::Flat { fields } => {
                 for (key, value) in object.entries() {
-                    if let Some(&metric) = fields.get(key.key().as_ref()) {
-                        let value = number(value, &key.key())?;
+                    let key = key.key();
+                    if let Some(&metric) = fields.get(key.as_ref()) {
+                        let value = number(value, &key)?;
                         out.push(metric, out.header_ts, value);
                     }
                 }
@@ -136,7 +137,7 @@ impl SchemaSet {
             Layout::Batch(batch) => {
                 let field = &batch.field;
                 let entries = match object.get(field) {
-                    Some(list) if list.type_name() == "an array" => list,
+                    Some(list) if list.is_array() => list,
                     _ => {
                         return Err((
                             DeadLetterReason::WrongValueType,

@@ -368,6 +368,11 @@ impl<'t> Node<'t> {
         self.token().kind == Kind::Object
     }
 
+    /// Whether this is an array.
+    pub fn is_array(&self) -> bool {
+        self.token().kind == Kind::Array
+    }
+
     /// The value's JSON type, for messages.
     pub fn type_name(&self) -> &'static str {
         match self.token().kind {
