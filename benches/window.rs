@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::model::{
     DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading, Threshold,
 };
@@ -75,7 +76,8 @@ fn window(c: &mut Criterion) {
                     worker.dataflow::<u64, _, _>(|scope| {
                         handle
                             .to_stream(scope)
-                            .aggregate_windows(WindowConfig::default())
+                            .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default())
+                            .aggregates
                             .rollup_sites()
                             .probe_with(&probe);
                     });

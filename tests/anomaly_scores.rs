@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use iotpipe::dataflow::WindowConfig;
-use iotpipe::dataflow::anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, ScoreAnomalies};
+use iotpipe::dataflow::anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence};
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading};
+use iotpipe::dataflow::{AggregateWindows, WindowConfig};
 use iotpipe::io::source::VecInput;
-use timely::dataflow::operators::Capture;
 use timely::dataflow::operators::capture::Event;
+use timely::dataflow::operators::{Capture, Concat};
 
 const START: u64 = 1_704_067_200_000;
 
@@ -58,10 +58,11 @@ fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
     let captured = timely::execute_directly(move |worker| {
         let mut input: VecInput<u64, EnrichedMessage> = VecInput::new();
         let captured = worker.dataflow::<u64, _, _>(|scope| {
-            input
+            let windowed = input
                 .to_stream(scope)
-                .score_anomalies(AnomalyConfig::default(), WindowConfig::default())
-                .capture()
+                .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default());
+            let silences = windowed.activity.detect_silence(WindowConfig::default());
+            windowed.scores.concat(silences).capture()
         });
         // Send in 10-second batches at a watermark 30 s behind, shuffled within each batch.
         let all = readings();
@@ -136,13 +137,13 @@ fn faults_are_found_and_scores_do_not_depend_on_arrival_order() {
         kinds("dev-7").contains(&AnomalyKind::Silence.code().to_string()),
         "{first:?}"
     );
-    // Healthy devices raise nothing (the end of the input is not silence for them: see the
-    // module's notes; they are excluded here until the scorer judges silence fleet-wide).
-    for d in [0, 1, 2, 4, 6, 8, 9, 10] {
-        let raised: Vec<_> = kinds(&format!("dev-{d}"))
-            .into_iter()
-            .filter(|k| k != "silence")
-            .collect();
+    // Healthy devices raise nothing, and the end of the input is not silence.
+    for d in (0..20).filter(|d| ![3, 5, 7].contains(d)) {
+        let raised = kinds(&format!("dev-{d}"));
         assert!(raised.is_empty(), "dev-{d}: {raised:?}");
     }
+    // dev-7 is reported silent once, 20 s (the default timeout) after its last reading.
+    let silences: Vec<_> = first.iter().filter(|f| f.2 == "silence").collect();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(silences[0].1, 239_000 + 7 * 37 + 20_000);
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use iotpipe::dataflow::PipelineConfig;
+use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::io::cluster::ClusterConfig;
 use iotpipe::io::replay::{ReplayJob, replay};
@@ -91,7 +92,13 @@ fn replay_in_process(
         registry: Arc::new(registry),
         out: out.to_owned(),
         schemas,
-        pipeline: PipelineConfig::default(),
+        pipeline: PipelineConfig {
+            anomaly: AnomalyConfig {
+                emit_all_scores: true,
+                ..AnomalyConfig::default()
+            },
+            ..PipelineConfig::default()
+        },
         // Small chunks: many hand-offs of the watermark prefix between workers.
         chunk_bytes: 64 * 1024,
     };
@@ -106,10 +113,21 @@ fn replay_in_process(
 fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
     let data = common::dataset(200, 420);
     let expected = expected(&data);
+    let mut first_scores: Option<(Vec<u8>, Vec<u8>)> = None;
     for workers in [1, 2, 4] {
         let out = data.dir.path().join(format!("out-w{workers}"));
         let summary = replay_in_process(&data, workers, &out);
         assert_outputs_equal(&out, &expected, &format!("{workers} workers"));
+        // Every reading's score, bit for bit, and the anomalies, line for line, in file order.
+        let scores = (
+            std::fs::read(out.join("scores.jsonl")).unwrap(),
+            std::fs::read(out.join("anomalies.jsonl")).unwrap(),
+        );
+        assert!(scores.0.len() > 1_000_000, "too few scores");
+        match &first_scores {
+            None => first_scores = Some(scores),
+            Some(first) => assert!(first == &scores, "{workers} workers: scores differ"),
+        }
         assert_eq!(summary.ingest.messages, expected.messages);
         assert_eq!(summary.ingest.out_of_range, expected.out_of_range);
         assert_eq!(summary.late as usize, expected.late.len());

@@ -11,9 +11,12 @@
 //!        │                    Enrich ◄─── as-of lookup ────────────┘
 //!        │                       │ ├──► dead letters (unknown device)
 //!        │                       ▼
-//!        │               AggregateWindows ──► window aggregates
+//!        │               AggregateWindows ──► window aggregates ──► RollupSites ──► site rollups
+//!        │                 (and scores)
+//!        │                       │ anomaly scores, stuck, level shifts
+//!        │                       │ activity ──► DetectSilence ──► silences
 //!        │                       ▼
-//!        │                  RollupSites ──► site rollups
+//!        │                   anomalies
 //!        ▼
 //!   dead letters
 //! ```
@@ -47,13 +50,14 @@ pub use rollup::RollupSites;
 pub use split_late::SplitLate;
 pub use window::{AggregateWindows, WindowConfig};
 
+use anomaly::{AnomalyConfig, AnomalyScore, DetectSilence};
 use model::{DeadLetter, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate};
 
 /// A stream of `D` records whose timely time is event time (ms).
 pub type EventStream<'scope, D> = Stream<'scope, TimeMs, Vec<D>>;
 
 /// Semantics of the pipeline, the same for every source.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Watermark lateness and the clock-skew guard.
@@ -62,6 +66,9 @@ pub struct PipelineConfig {
     /// Window geometry.
     #[serde(default)]
     pub window: WindowConfig,
+    /// Anomaly scoring.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
 }
 
 /// What the pipeline consumes.
@@ -80,6 +87,9 @@ pub struct PipelineOutputs<'scope> {
     pub aggregates: EventStream<'scope, WindowAggregate>,
     /// Closed windows per site and metric.
     pub site_rollups: EventStream<'scope, SiteRollup>,
+    /// Anomaly scores at or above the reporting threshold (every score with
+    /// [`AnomalyConfig::emit_all_scores`]), stuck values, level shifts and silences.
+    pub anomalies: EventStream<'scope, AnomalyScore>,
     /// Readings that arrived after their window closed.
     pub late: EventStream<'scope, LateReading>,
     /// Every dead letter: the source's and the pipeline's own.
@@ -89,15 +99,17 @@ pub struct PipelineOutputs<'scope> {
 /// Builds the pipeline.
 pub fn pipeline<'scope>(
     inputs: PipelineInputs<'scope>,
-    config: PipelineConfig,
+    config: &PipelineConfig,
 ) -> PipelineOutputs<'scope> {
     let registry = inputs.registry.arrange_registry();
     let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
-    let aggregates = enriched.aggregate_windows(config.window);
-    let site_rollups = aggregates.clone().rollup_sites();
+    let windowed = enriched.aggregate_windows(config.window, &config.anomaly);
+    let silences = windowed.activity.detect_silence(config.window);
+    let site_rollups = windowed.aggregates.clone().rollup_sites();
     PipelineOutputs {
-        aggregates,
+        aggregates: windowed.aggregates,
+        anomalies: windowed.scores.concat(silences),
         site_rollups,
         late,
         dead_letters: inputs.dead_letters.concat(unknown_devices),

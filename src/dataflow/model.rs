@@ -237,7 +237,13 @@ impl ExactSum {
 
     /// Adds one value.
     pub fn add(&mut self, value: f64) {
-        self.0 += (value * Self::SCALE).round() as i128;
+        let scaled = (value * Self::SCALE).round();
+        // Through i64 when it fits: the same integer, without the slow float-to-i128 routine.
+        self.0 += if scaled.abs() < 9.0e18 {
+            scaled as i64 as i128
+        } else {
+            scaled as i128
+        };
     }
 
     /// Adds another sum.

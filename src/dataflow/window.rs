@@ -1,17 +1,24 @@
-//! Tumbling event-time windows per device and metric, closed by the frontier.
+//! Tumbling event-time windows per device and metric, closed by the frontier, with anomaly
+//! scoring folded into the same pass (see [`anomaly`](crate::dataflow::anomaly) for why).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dataflow::EventStream;
+use crate::dataflow::anomaly::{
+    AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, ParamsTable, WindowEvidence,
+};
 use crate::dataflow::model::{
-    DeviceId, EnrichedMessage, ExactSum, MetricId, SharedDeviceInfo, TimeMs, WindowAggregate,
+    DeviceId, EnrichedMessage, ExactSum, MetricId, Reading, SharedDeviceInfo, TimeMs,
+    WindowAggregate,
 };
 
 /// Window geometry.
@@ -48,7 +55,7 @@ impl WindowConfig {
     }
 }
 
-/// An open window's running aggregate.
+/// An open window's running aggregate, and its evidence for the anomaly scorer.
 #[derive(Clone, Debug)]
 struct OpenWindow {
     metric: MetricId,
@@ -60,112 +67,370 @@ struct OpenWindow {
     max: f64,
     sum: ExactSum,
     breaches: u64,
+    evidence: WindowEvidence,
 }
 
-/// Aggregates enriched readings into closed windows.
+impl OpenWindow {
+    fn closed(&self, device_id: &DeviceId) -> WindowAggregate {
+        WindowAggregate {
+            device_id: device_id.clone(),
+            metric: self.metric,
+            window_start_ms: self.start_ms,
+            site: self.device.site.clone(),
+            count: self.count,
+            min: self.min,
+            max: self.max,
+            sum: self.sum,
+            threshold_breaches: self.breaches,
+        }
+    }
+}
+
+/// Folds a reading into its open window (opening it if needed); returns the window's index and
+/// whether it was opened.
+fn fold(
+    windows: &mut Vec<OpenWindow>,
+    reading: &Reading,
+    start_ms: TimeMs,
+    device: &SharedDeviceInfo,
+) -> (usize, bool) {
+    let (index, opened) = match windows.iter().position(|w| {
+        w.metric == reading.metric
+            && w.start_ms == start_ms
+            && (Arc::ptr_eq(&w.device, device) || w.device.site == device.site)
+    }) {
+        Some(i) => (i, false),
+        None => {
+            windows.push(OpenWindow {
+                metric: reading.metric,
+                start_ms,
+                device: Arc::clone(device),
+                count: 0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                sum: ExactSum::default(),
+                breaches: 0,
+                evidence: WindowEvidence::default(),
+            });
+            (windows.len() - 1, true)
+        }
+    };
+    let window = &mut windows[index];
+    window.count += 1;
+    window.min = window.min.min(reading.value);
+    window.max = window.max.max(reading.value);
+    window.sum.add(reading.value);
+    window.breaches += device
+        .threshold(reading.metric)
+        .is_some_and(|t| t.is_breached_by(reading.value)) as u64;
+    (index, opened)
+}
+
+/// A device's open windows and its scoring state.
+struct DeviceState {
+    /// The registry entry last seen (its type selects the scorer's parameters).
+    device: SharedDeviceInfo,
+    windows: Vec<OpenWindow>,
+    scorer: DeviceScorer,
+}
+
+impl DeviceState {
+    /// Closes the windows starting at or before `start_ms`: their aggregates, the scorer's
+    /// findings and the device's activity go to the buffers.
+    fn close(
+        &mut self,
+        device_id: &DeviceId,
+        start_ms: TimeMs,
+        table: &ParamsTable,
+        out: &mut CloseBuffers,
+    ) {
+        let (mut closing, open): (Vec<OpenWindow>, Vec<OpenWindow>) =
+            std::mem::take(&mut self.windows)
+                .into_iter()
+                .partition(|w| w.start_ms <= start_ms);
+        self.windows = open;
+        // Windows close in order of start; a metric moved to another site mid-window has one
+        // piece per site, which the scorer sees as one window.
+        closing.sort_by_key(|w| (w.start_ms, w.metric));
+        let mut activity: Option<DeviceActivity> = None;
+        let params = self.scorer.params(table);
+        for group in closing.chunk_by(|a, b| a.start_ms == b.start_ms && a.metric == b.metric) {
+            let mut evidence = group[0].evidence.clone();
+            let (mut count, mut sum) = (group[0].count, group[0].sum);
+            for piece in &group[1..] {
+                evidence.merge(&piece.evidence);
+                count += piece.count;
+                sum.merge(piece.sum);
+            }
+            let w = &group[0];
+            match &mut activity {
+                Some(a) if a.window_start_ms == w.start_ms => {
+                    a.first_ts_ms = a.first_ts_ms.min(evidence.first_ts_ms);
+                    a.last_ts_ms = a.last_ts_ms.max(evidence.last_ts_ms);
+                    a.slots |= evidence.slots;
+                }
+                _ => {
+                    out.activity.extend(activity.take());
+                    activity = Some(DeviceActivity {
+                        device_id: device_id.clone(),
+                        window_start_ms: w.start_ms,
+                        first_ts_ms: evidence.first_ts_ms,
+                        last_ts_ms: evidence.last_ts_ms,
+                        slots: evidence.slots,
+                        silence_timeout_ms: params.silence_timeout_ms,
+                        forget_after_ms: params.forget_after_ms,
+                    });
+                }
+            }
+            self.scorer.close_window(
+                device_id,
+                w.metric,
+                w.start_ms,
+                count,
+                sum,
+                &evidence,
+                table,
+                &mut out.findings,
+            );
+        }
+        out.activity.extend(activity);
+        out.aggregates
+            .extend(closing.iter().map(|w| w.closed(device_id)));
+    }
+}
+
+/// What closing windows produces, gathered over devices.
+#[derive(Default)]
+struct CloseBuffers {
+    aggregates: Vec<WindowAggregate>,
+    findings: Vec<AnomalyScore>,
+    activity: Vec<DeviceActivity>,
+}
+
+/// Capabilities to emit at one close time, one per output.
+struct CloseCaps {
+    aggregates: Capability<TimeMs>,
+    findings: Capability<TimeMs>,
+    activity: Capability<TimeMs>,
+}
+
+/// Readings whose score waits for the window two before theirs to close, with a capability at
+/// their arrival time: a score's time is its reading's, however long it waited.
+type Held = Vec<(Capability<TimeMs>, Vec<(DeviceId, Reading)>)>;
+
+/// What [`AggregateWindows`] produces.
+pub struct Windowed<'scope> {
+    /// Closed windows per device, metric and site, at their close time.
+    pub aggregates: EventStream<'scope, WindowAggregate>,
+    /// Anomaly scores of readings (at or above the reporting threshold, or all of them with
+    /// [`AnomalyConfig::emit_all_scores`]) and stuck and level-shift findings of closed windows.
+    pub scores: EventStream<'scope, AnomalyScore>,
+    /// Each device's activity per closed window, for [`DetectSilence`](crate::dataflow::anomaly::DetectSilence).
+    pub activity: EventStream<'scope, DeviceActivity>,
+}
+
+/// Aggregates enriched readings into closed windows, and scores them.
 pub trait AggregateWindows<'scope> {
     /// Folds each on-time reading into its (device, metric, window, site) aggregate and emits
     /// the aggregate, at its window's [`close_time`](WindowConfig::close_time), once the input
     /// frontier reaches that time. State is dropped on emission: memory is bounded by the open
-    /// windows, never by the readings.
+    /// windows and the devices' scoring models, never by the readings.
+    ///
+    /// In the same pass each reading is scored against its (device, metric) model as of the
+    /// close of the window two before its own (see [`Track`](crate::dataflow::anomaly::Track)):
+    /// on arrival when that window has closed, which is almost always, else once it has. The
+    /// model is copied into the window when its first reading is scored, so scoring a reading
+    /// touches only its window.
     ///
     /// The input must be partitioned by device (as [`Enrich`](crate::dataflow::enrich::Enrich)
     /// leaves it), and carry only on-time readings.
-    fn aggregate_windows(self, config: WindowConfig) -> EventStream<'scope, WindowAggregate>;
+    fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope>;
+}
+
+/// An anomaly score for a reading, if it is reported.
+fn reported(
+    device_id: &DeviceId,
+    reading: &Reading,
+    (score, kind): (f64, crate::dataflow::anomaly::AnomalyKind),
+    report_threshold: f64,
+    emit_all_scores: bool,
+) -> Option<AnomalyScore> {
+    (emit_all_scores || score >= report_threshold).then(|| AnomalyScore {
+        device_id: device_id.clone(),
+        metric: Some(reading.metric),
+        ts_ms: reading.ts_ms,
+        value: Some(reading.value),
+        score,
+        kind,
+    })
 }
 
 impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
-    fn aggregate_windows(self, config: WindowConfig) -> EventStream<'scope, WindowAggregate> {
-        self.unary_frontier(Pipeline, "AggregateWindows", move |_cap, _info| {
-            let mut open: FxHashMap<DeviceId, Vec<OpenWindow>> = FxHashMap::default();
-            // One capability per pending close time.
-            let mut closes: BTreeMap<TimeMs, Capability<TimeMs>> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for message in data.drain(..) {
-                        let windows = match open.get_mut(&message.device_id) {
-                            Some(w) => w,
-                            None => open.entry(message.device_id.clone()).or_default(),
-                        };
-                        for &r in &message.readings {
-                            let start_ms = config.start_of(r.ts_ms);
-                            let breach = message
-                                .device
-                                .threshold(r.metric)
-                                .is_some_and(|t| t.is_breached_by(r.value));
-                            let window = match windows.iter_mut().position(|w| {
-                                w.metric == r.metric
-                                    && w.start_ms == start_ms
-                                    && (Arc::ptr_eq(&w.device, &message.device)
-                                        || w.device.site == message.device.site)
-                            }) {
-                                Some(i) => &mut windows[i],
-                                None => {
-                                    let close = config.close_time(start_ms);
-                                    closes
-                                        .entry(close)
-                                        .or_insert_with(|| cap.delayed(&close, 0));
-                                    windows.push(OpenWindow {
-                                        metric: r.metric,
-                                        start_ms,
-                                        device: Arc::clone(&message.device),
-                                        count: 0,
-                                        min: f64::INFINITY,
-                                        max: f64::NEG_INFINITY,
-                                        sum: ExactSum::default(),
-                                        breaches: 0,
-                                    });
-                                    windows.last_mut().expect("just pushed")
-                                }
-                            };
-                            window.count += 1;
-                            window.min = window.min.min(r.value);
-                            window.max = window.max.max(r.value);
-                            window.sum.add(r.value);
-                            window.breaches += breach as u64;
-                        }
-                    }
-                });
+    fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope> {
+        let mut builder = OperatorBuilder::new("AggregateWindows".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Pipeline);
+        let (aggregates_out, aggregates) = builder.new_output();
+        let (scores_out, scores) = builder.new_output();
+        let (activity_out, activity) = builder.new_output();
+        let mut aggregates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<WindowAggregate>>> =
+            OutputBuilder::from(aggregates_out);
+        let mut scores_out: OutputBuilder<_, CapacityContainerBuilder<Vec<AnomalyScore>>> =
+            OutputBuilder::from(scores_out);
+        let mut activity_out: OutputBuilder<_, CapacityContainerBuilder<Vec<DeviceActivity>>> =
+            OutputBuilder::from(activity_out);
+        let table: ParamsTable = anomaly.table();
+        let emit_all = anomaly.emit_all_scores;
+        let len = config.length_ms;
 
-                // Close every window whose close time the frontier has reached.
-                let closable: Vec<TimeMs> = closes
-                    .keys()
-                    .copied()
-                    .take_while(|t| !frontier.less_than(t))
-                    .collect();
-                if closable.is_empty() {
-                    return;
-                }
-                let last_close = *closable.last().expect("not empty");
-                let mut closed: BTreeMap<TimeMs, Vec<WindowAggregate>> = BTreeMap::new();
-                open.retain(|device_id, windows| {
-                    windows.retain(|w| {
-                        let close = config.close_time(w.start_ms);
-                        if close > last_close {
-                            return true;
+        builder.build(move |_caps| {
+            let mut devices: FxHashMap<DeviceId, DeviceState> = FxHashMap::default();
+            let mut closes: BTreeMap<TimeMs, CloseCaps> = BTreeMap::new();
+            let mut held: BTreeMap<TimeMs, Held> = BTreeMap::new();
+            // Every window closing at or before this has been closed.
+            let mut closed_through: Option<TimeMs> = None;
+            let mut buffers = CloseBuffers::default();
+            move |frontiers| {
+                let mut aggregates_out = aggregates_out.activate();
+                let mut scores_out = scores_out.activate();
+                let mut activity_out = activity_out.activate();
+                // Windows the frontier has reached close, and held readings are scored, in
+                // event-time order: a window closing at `c` before readings waiting for `c`.
+                let reached = frontiers[0].frontier().first().map_or(TimeMs::MAX, |t| *t);
+                loop {
+                    let next_close = closes.keys().next().copied().filter(|c| *c <= reached);
+                    let next_held = held.keys().next().copied().filter(|h| *h <= reached);
+                    match (next_close, next_held) {
+                        (Some(c), h) if h.is_none_or(|h| c <= h) => {
+                            let caps = closes.remove(&c).expect("listed");
+                            let start = c + 1 - len;
+                            devices.retain(|device_id, state| {
+                                state.close(device_id, start, &table, &mut buffers);
+                                let no_model = state.scorer.evict(start + 1, &table);
+                                !(state.windows.is_empty() && no_model)
+                            });
+                            aggregates_out
+                                .session(&caps.aggregates)
+                                .give_container(&mut buffers.aggregates);
+                            scores_out
+                                .session(&caps.findings)
+                                .give_container(&mut buffers.findings);
+                            activity_out
+                                .session(&caps.activity)
+                                .give_container(&mut buffers.activity);
+                            closed_through = Some(c);
                         }
-                        closed.entry(close).or_default().push(WindowAggregate {
-                            device_id: device_id.clone(),
-                            metric: w.metric,
-                            window_start_ms: w.start_ms,
-                            site: w.device.site.clone(),
-                            count: w.count,
-                            min: w.min,
-                            max: w.max,
-                            sum: w.sum,
-                            threshold_breaches: w.breaches,
-                        });
-                        false
-                    });
-                    !windows.is_empty()
-                });
-                for close in closable {
-                    let cap = closes.remove(&close).expect("listed above");
-                    if let Some(mut aggregates) = closed.remove(&close) {
-                        output.session(&cap).give_container(&mut aggregates);
+                        (_, Some(h)) => {
+                            for (cap, readings) in held.remove(&h).expect("listed") {
+                                let mut session = scores_out.session(&cap);
+                                for (device_id, r) in readings {
+                                    let Some(state) = devices.get_mut(&device_id) else {
+                                        continue;
+                                    };
+                                    let start = config.start_of(r.ts_ms);
+                                    let judge = state.scorer.judge(r.metric, start, len, &table);
+                                    for w in state
+                                        .windows
+                                        .iter_mut()
+                                        .filter(|w| w.metric == r.metric && w.start_ms == start)
+                                    {
+                                        w.evidence.judge = Some(judge);
+                                    }
+                                    let params = state.scorer.params(&table);
+                                    let score = judge.score(&r, params);
+                                    if let Some(score) = reported(
+                                        &device_id,
+                                        &r,
+                                        score,
+                                        params.report_threshold,
+                                        emit_all,
+                                    ) {
+                                        session.give(score);
+                                    }
+                                }
+                            }
+                        }
+                        _ => break,
                     }
                 }
+                if reached > closed_through.unwrap_or(0) {
+                    closed_through = Some(reached);
+                }
+
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = scores_out.session(&cap);
+                    let mut last_close = None;
+                    for message in data.drain(..) {
+                        let state = match devices.get_mut(&message.device_id) {
+                            Some(s) => s,
+                            None => devices.entry(message.device_id.clone()).or_insert_with(|| {
+                                DeviceState {
+                                    device: Arc::clone(&message.device),
+                                    windows: Vec::new(),
+                                    scorer: DeviceScorer::new(&message.device.device_type, &table),
+                                }
+                            }),
+                        };
+                        if !Arc::ptr_eq(&state.device, &message.device) {
+                            state.scorer.set_type(&message.device.device_type, &table);
+                            state.device = Arc::clone(&message.device);
+                        }
+                        let params = state.scorer.params(&table);
+                        for r in &message.readings {
+                            let start = config.start_of(r.ts_ms);
+                            let (index, opened) =
+                                fold(&mut state.windows, r, start, &message.device);
+                            if opened {
+                                let close = config.close_time(start);
+                                if last_close != Some(close) {
+                                    last_close = Some(close);
+                                    closes.entry(close).or_insert_with(|| CloseCaps {
+                                        aggregates: cap.delayed(&close, 0),
+                                        findings: cap.delayed(&close, 1),
+                                        activity: cap.delayed(&close, 2),
+                                    });
+                                }
+                            }
+                            let window = &mut state.windows[index];
+                            window.evidence.observe(r, start, len, params);
+                            // The window two before this one closes at `start - len - 1`.
+                            let ready = start.saturating_sub(len + 1);
+                            if window.evidence.judge.is_none()
+                                && closed_through.is_some_and(|c| c >= ready)
+                            {
+                                window.evidence.judge =
+                                    Some(state.scorer.judge(r.metric, start, len, &table));
+                            }
+                            match &state.windows[index].evidence.judge {
+                                Some(judge) => {
+                                    if let Some(score) = reported(
+                                        &message.device_id,
+                                        r,
+                                        judge.score(r, params),
+                                        params.report_threshold,
+                                        emit_all,
+                                    ) {
+                                        session.give(score);
+                                    }
+                                }
+                                None => {
+                                    let waiting = held.entry(ready).or_default();
+                                    if waiting.last().is_none_or(|(c, _)| *c.time() != time) {
+                                        waiting.push((cap.delayed(&time, 1), Vec::new()));
+                                    }
+                                    let (_, readings) = waiting.last_mut().expect("just pushed");
+                                    readings.push((message.device_id.clone(), *r));
+                                }
+                            }
+                        }
+                    }
+                });
             }
-        })
+        });
+        Windowed {
+            aggregates,
+            scores,
+            activity,
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! A simulated device fleet: the workload's three firmware variants, with bad, late and
-//! future-stamped messages, generated deterministically from a seed.
+//! future-stamped messages and injected faults (spikes, level shifts, stuck values, silence, as
+//! the workload generator injects them), generated deterministically from a seed.
 //!
 //! `demo` drives it from the wall clock; tests and `replay` users drive it from a virtual clock
 //! and write it to a file. Each message comes out at its *arrival* time, which trails its event
@@ -32,6 +33,12 @@ pub struct FleetConfig {
     pub late_rate: f64,
     /// Share of messages stamped 15 minutes ahead (a device with a wrong clock).
     pub future_rate: f64,
+    /// Share of devices with an injected fault on one metric (or silence).
+    pub fault_share: f64,
+    /// When faults start, ms after `start_ms` (uniform in the range).
+    pub fault_start_ms: (u64, u64),
+    /// How long faults last, ms (uniform in the range).
+    pub fault_duration_ms: (u64, u64),
 }
 
 impl Default for FleetConfig {
@@ -46,6 +53,9 @@ impl Default for FleetConfig {
             delayed_ms: (5_000, 30_000),
             late_rate: 0.001,
             future_rate: 0.0002,
+            fault_share: 0.01,
+            fault_start_ms: (180_000, 600_000),
+            fault_duration_ms: (60_000, 240_000),
         }
     }
 }
@@ -198,6 +208,46 @@ fn impossible(metric: &str) -> f64 {
     }
 }
 
+/// The kinds of fault the fleet injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// About one reading in twenty jumps far off.
+    Spike,
+    /// The level moves by 60% (at least 8 units) for the duration.
+    LevelShift,
+    /// The sensor repeats one value.
+    Stuck,
+    /// The device sends nothing.
+    Silent,
+}
+
+impl FaultKind {
+    /// The code the workload manifest and iotpipe's anomaly kinds use.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Spike => "spike",
+            Self::LevelShift => "level_shift",
+            Self::Stuck => "stuck",
+            Self::Silent => "silence",
+        }
+    }
+}
+
+/// A fault injected into one device (the fleet's manifest entry).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// The device.
+    pub device_id: String,
+    /// What goes wrong.
+    pub kind: FaultKind,
+    /// The metric it goes wrong on (every metric for silence).
+    pub metric: &'static str,
+    /// Event time the fault starts.
+    pub start_ms: u64,
+    /// Event time it ends (exclusive).
+    pub end_ms: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Device {
     id: String,
@@ -212,6 +262,8 @@ struct Device {
     /// Per metric: base, period (s), phase.
     signal: Vec<(f64, f64, f64)>,
     next_send_ms: f64,
+    /// The injected fault: kind, metric index, start, end.
+    fault: Option<(FaultKind, usize, u64, u64)>,
 }
 
 /// The simulated fleet (or one worker's share of it).
@@ -239,6 +291,8 @@ impl Fleet {
         let n_sites = (config.devices / 50).max(1);
         let n_orgs = (config.devices / 500).max(1);
         let mut devices = Vec::new();
+        // Faults draw from their own stream, so the fleet is the same with or without them.
+        let mut fault_rng = Rng(config.seed ^ 0x5EED_FA17);
         for i in 0..config.devices {
             let r = rng.unit();
             let mut acc = 0.0;
@@ -285,6 +339,21 @@ impl Fleet {
                 thresholds,
                 signal,
                 next_send_ms: config.start_ms as f64 + rng.unit() * period_ms,
+                fault: (fault_rng.unit() < config.fault_share).then(|| {
+                    let kinds = [
+                        FaultKind::Spike,
+                        FaultKind::LevelShift,
+                        FaultKind::Stuck,
+                        FaultKind::Silent,
+                    ];
+                    let kind = kinds[fault_rng.below(kinds.len())];
+                    let metric = fault_rng.below(metrics.len());
+                    let (s0, s1) = config.fault_start_ms;
+                    let (d0, d1) = config.fault_duration_ms;
+                    let start = config.start_ms + fault_rng.range(s0 as f64, s1 as f64) as u64;
+                    let end = start + fault_rng.range(d0 as f64, d1 as f64) as u64;
+                    (kind, metric, start, end)
+                }),
             };
             if i % shares == share {
                 devices.push(device);
@@ -299,6 +368,23 @@ impl Fleet {
             sequence: 0,
             period_ms,
         }
+    }
+
+    /// The faults injected into this share's devices.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.devices
+            .iter()
+            .filter_map(|d| {
+                let (kind, metric, start_ms, end_ms) = d.fault?;
+                Some(Fault {
+                    device_id: d.id.clone(),
+                    kind,
+                    metric: TYPES[d.type_index].2[metric].0,
+                    start_ms,
+                    end_ms,
+                })
+            })
+            .collect()
     }
 
     /// Number of devices simulated here.
@@ -336,6 +422,11 @@ impl Fleet {
             while self.devices[d].next_send_ms < until_ms as f64 {
                 let send_ms = self.devices[d].next_send_ms as u64;
                 self.devices[d].next_send_ms += self.period_ms;
+                if let Some((FaultKind::Silent, _, start, end)) = self.devices[d].fault
+                    && (start..end).contains(&send_ms)
+                {
+                    continue;
+                }
                 let line = self.message(d, send_ms);
                 let delay = self.delay_ms();
                 self.sequence += 1;
@@ -368,15 +459,39 @@ impl Fleet {
 
     fn values(&mut self, d: usize, ts_ms: u64) -> Vec<f64> {
         let (_, _, metrics, _) = TYPES[self.devices[d].type_index];
-        let t_s = (ts_ms as f64 - self.config.start_ms as f64) / 1000.0;
+        let start_ms = self.config.start_ms as f64;
+        let signal = |t_ms: u64, (base, period, phase): (f64, f64, f64), amplitude: f64| {
+            let t_s = (t_ms as f64 - start_ms) / 1000.0;
+            base + amplitude * (std::f64::consts::TAU * t_s / period + phase).sin()
+        };
+        let fault = self.devices[d]
+            .fault
+            .filter(|(_, _, start, end)| (*start..*end).contains(&ts_ms));
         metrics
             .iter()
             .zip(self.devices[d].signal.clone())
-            .map(|(m, (base, period, phase))| {
-                let v = base
-                    + m.5 * (std::f64::consts::TAU * t_s / period + phase).sin()
-                    + m.4 * self.rng.gauss();
-                let v = if m.0 == "temperature" { v } else { v.max(0.0) };
+            .enumerate()
+            .map(|(i, (m, s))| {
+                let mut v = signal(ts_ms, s, m.5) + m.4 * self.rng.gauss();
+                match fault {
+                    Some((FaultKind::Spike, f, _, _)) if f == i && self.rng.unit() < 0.05 => {
+                        v = if m.0 == "temperature" {
+                            v + 30.0
+                        } else {
+                            v * 2.5 + 10.0
+                        };
+                    }
+                    Some((FaultKind::LevelShift, f, _, _)) if f == i => {
+                        v += (v.abs() * 0.6).max(8.0);
+                    }
+                    Some((FaultKind::Stuck, f, start, _)) if f == i => v = signal(start, s, m.5),
+                    _ => {}
+                }
+                let v = match m.0 {
+                    "temperature" => v,
+                    "humidity" => v.clamp(0.0, 100.0),
+                    _ => v.max(0.0),
+                };
                 (v * 100.0).round() / 100.0
             })
             .collect()

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::dataflow::anomaly::AnomalyScore;
 use crate::dataflow::model::{DeadLetter, LateReading, SiteRollup, WindowAggregate};
 use crate::dataflow::schema::MetricCatalog;
 
@@ -40,6 +41,16 @@ struct LateLine<'a> {
     metric: &'a str,
     ts_ms: u64,
     value: f64,
+}
+
+#[derive(Serialize)]
+struct AnomalyLine<'a> {
+    device_id: &'a str,
+    metric: Option<&'a str>,
+    ts_ms: u64,
+    value: Option<f64>,
+    score: f64,
+    kind: &'a str,
 }
 
 fn line<T: Serialize>(value: &T) -> String {
@@ -88,5 +99,18 @@ pub fn late_line(l: &LateReading, catalog: &MetricCatalog) -> String {
         metric: catalog.name(l.metric),
         ts_ms: l.ts_ms,
         value: l.value,
+    })
+}
+
+/// `anomalies.jsonl` and `scores.jsonl`: `device_id, metric, ts_ms, value, score, kind` (metric
+/// and value are null for silence, which is the device's).
+pub fn anomaly_line(a: &AnomalyScore, catalog: &MetricCatalog) -> String {
+    line(&AnomalyLine {
+        device_id: &a.device_id,
+        metric: a.metric.map(|m| catalog.name(m)),
+        ts_ms: a.ts_ms,
+        value: a.value,
+        score: a.score,
+        kind: a.kind.code(),
     })
 }

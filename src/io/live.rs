@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use crate::dataflow::anomaly::AnomalyScore;
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate,
 };
@@ -101,16 +102,22 @@ impl LiveStats {
         }
     }
 
+    /// Counts anomalies.
+    pub fn anomalies(&mut self, scores: Vec<AnomalyScore>) {
+        self.totals.count_anomalies(&scores);
+    }
+
     /// One status line.
     pub fn line(&self, elapsed_s: f64) -> String {
         format!(
-            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={}",
+            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={} anomalies={}",
             self.totals.ingest.messages,
             self.messages_per_s(),
             self.totals.windows,
             self.totals.dead_letter_total(),
             self.totals.late,
             self.totals.threshold_breaches,
+            self.totals.anomaly_total(),
         )
     }
 
@@ -133,6 +140,10 @@ impl LiveStats {
         let _ = writeln!(s, "  late readings     {:>10}", t.late);
         let _ = writeln!(s, "  out of range      {:>10}", t.ingest.out_of_range);
         let _ = writeln!(s, "  threshold breaches{:>10}", t.threshold_breaches);
+        let _ = writeln!(s, "  anomalies         {:>10}", t.anomaly_total());
+        for (kind, n) in &t.anomalies {
+            let _ = writeln!(s, "    {:<20}{n:>8}", kind.code());
+        }
         let _ = writeln!(s, "\n  dead letters      {:>10}", t.dead_letter_total());
         for reason in DeadLetterReason::ALL {
             if let Some(n) = t.dead_letters.get(&reason) {

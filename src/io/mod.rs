@@ -1,6 +1,7 @@
 //! Adapters between the world and the pure dataflow: files, the simulated fleet, the terminal.
 
 pub mod cluster;
+pub mod config;
 pub mod deliver;
 pub mod fleet;
 pub mod jsonl;

@@ -118,7 +118,7 @@ impl PipelineSources {
     pub fn build<'scope>(
         &mut self,
         scope: Scope<'scope, TimeMs>,
-        config: PipelineConfig,
+        config: &PipelineConfig,
     ) -> (PipelineOutputs<'scope>, EventStream<'scope, IngestCounts>) {
         let streams = self.source.to_streams(scope);
         let registry = self

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore};
 use crate::dataflow::model::{DeadLetterReason, IngestCounts};
 
 /// What a run saw and produced.
@@ -24,6 +25,8 @@ pub struct RunSummary {
     pub aggregated_readings: u64,
     /// Aggregated readings outside registry thresholds.
     pub threshold_breaches: u64,
+    /// Anomalies by kind.
+    pub anomalies: BTreeMap<AnomalyKind, u64>,
     /// Wall-clock seconds of the run.
     pub elapsed_s: f64,
 }
@@ -32,6 +35,18 @@ impl RunSummary {
     /// Dead letters over all reasons.
     pub fn dead_letter_total(&self) -> u64 {
         self.dead_letters.values().sum()
+    }
+
+    /// Counts anomalies (scores of kind none are not anomalies).
+    pub fn count_anomalies(&mut self, scores: &[AnomalyScore]) {
+        for s in scores.iter().filter(|s| s.kind != AnomalyKind::None) {
+            *self.anomalies.entry(s.kind).or_default() += 1;
+        }
+    }
+
+    /// Anomalies over all kinds.
+    pub fn anomaly_total(&self) -> u64 {
+        self.anomalies.values().sum()
     }
 
     /// Messages per second of wall-clock time.
@@ -58,6 +73,10 @@ impl fmt::Display for RunSummary {
         }
         writeln!(f, "windows           {}", self.windows)?;
         writeln!(f, "site rollups      {}", self.site_rollups)?;
+        writeln!(f, "anomalies         {}", self.anomaly_total())?;
+        for (kind, count) in &self.anomalies {
+            writeln!(f, "  {:<20}{count}", kind.code())?;
+        }
         writeln!(f, "elapsed           {:.3} s", self.elapsed_s)?;
         write!(
             f,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::cluster::ClusterConfig;
 
@@ -74,6 +75,10 @@ pub struct PipelineArgs {
     /// Directory of schema files (default: the schemas built into iotpipe).
     #[arg(long)]
     pub schemas: Option<PathBuf>,
+    /// Anomaly scorer parameters, TOML: `[defaults]` and `[by_device_type.<type>]` tables
+    /// (default: the built-in parameters).
+    #[arg(long)]
+    pub anomaly_config: Option<PathBuf>,
 }
 
 impl PipelineArgs {
@@ -89,6 +94,11 @@ impl PipelineArgs {
             },
             window: WindowConfig {
                 length_ms: self.window_ms,
+            },
+            anomaly: match &self.anomaly_config {
+                None => AnomalyConfig::default(),
+                Some(path) => iotpipe::io::config::load_toml(path)
+                    .map_err(|e| format!("--anomaly-config {e}"))?,
             },
         })
     }
@@ -119,6 +129,9 @@ pub struct ReplayArgs {
     /// Bytes of the events file each worker decodes at a time.
     #[arg(long, default_value_t = 4 << 20)]
     pub chunk_bytes: u64,
+    /// Also write every reading's anomaly score to `scores.jsonl` (for evaluation).
+    #[arg(long)]
+    pub all_scores: bool,
     /// Pipeline semantics.
     #[command(flatten)]
     pub pipeline: PipelineArgs,

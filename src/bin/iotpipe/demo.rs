@@ -76,7 +76,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         let started = Instant::now();
         let mut sources = PipelineSources::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let (outputs, counts) = sources.build(scope, pipeline_config);
+            let (outputs, counts) = sources.build(scope, &pipeline_config);
             counts.deliver_in_order("ViewCounts", to_shared(&view, LiveStats::counts));
             outputs
                 .aggregates
@@ -90,6 +90,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             outputs
                 .late
                 .deliver_in_order("ViewLate", to_shared(&view, LiveStats::late));
+            outputs
+                .anomalies
+                .deliver_in_order("ViewAnomalies", to_shared(&view, LiveStats::anomalies));
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);

@@ -9,7 +9,8 @@ use crate::args::ReplayArgs;
 
 /// Runs the replay and prints its summary.
 pub fn run(args: ReplayArgs) -> Result<(), String> {
-    let pipeline = args.pipeline.config()?;
+    let mut pipeline = args.pipeline.config()?;
+    pipeline.anomaly.emit_all_scores |= args.all_scores;
     let schemas = args.pipeline.schemas()?;
     if args.chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1 (default 4194304)".into());

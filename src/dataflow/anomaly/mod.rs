@@ -1,35 +1,26 @@
-//! Anomaly scoring: every on-time reading gets a score in [0, 1] and a kind, and silence and
-//! stuck values are found from event-time progress. See [`track`] for the method and why.
+//! Anomaly scoring: every on-time reading gets a score in [0, 1] and a kind; stuck values and
+//! level shifts are found when windows close, and silence from fleet-wide event-time progress.
 //!
-//! Work in progress (issue #3): the stage is not yet part of [`pipeline`](crate::dataflow::pipeline).
-//! Wired into replay (experimentally) on a 2,000-device, 20-minute W1 file (seed 42) it found
-//! 5/5 level shifts, 5/5 stuck values, 5/5 silences and 4/5 spikes (median delays 0.3 s, 14 s,
-//! 19 s, 21 s) with no anomaly on any of the 1,980 healthy devices (666 device-hours); but it
-//! cost about a third of replay's throughput with 2 workers (517,000 -> 333,000 messages/s on
-//! that file), above the issue's 15% budget: timely clones every enriched message for each extra
-//! consumer (5-8% each, two here), and the per-reading bucket updates repeat the window
-//! operator's own per-device lookup. Folding the scorer's state into `AggregateWindows` (one
-//! lookup, no clones; progress taken from the closed aggregates) is the next step.
+//! Where it runs. Scoring needs the same per-device state lookup as windowing, and every extra
+//! consumer of the enriched stream costs a clone of every message, so the per-reading half
+//! lives in the window operator ([`AggregateWindows`](crate::dataflow::AggregateWindows)),
+//! which calls a [`DeviceScorer`] per device. Silence needs fleet-wide progress and runs
+//! downstream on one small record per device and window ([`DetectSilence`]).
+//!
+//! The method and why are in [`track`] (values) and [`silence`] (gaps).
 
+pub mod silence;
 pub mod track;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
 
-pub use track::{AnomalyKind, ScorerParams, Track};
+pub use silence::{DetectSilence, DeviceActivity};
+pub use track::{AnomalyKind, Finding, Judge, ScorerParams, Track, WindowEvidence};
 
-use crate::dataflow::EventStream;
-use crate::dataflow::model::{
-    DeviceId, EnrichedMessage, MetricId, Reading, SharedDeviceInfo, TimeMs,
-};
-use crate::dataflow::window::WindowConfig;
+use crate::dataflow::model::{DeviceId, ExactSum, MetricId, TimeMs};
 
 /// Scorer tuning: defaults, and overrides per device type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,18 +41,50 @@ impl AnomalyConfig {
             .get(device_type)
             .unwrap_or(&self.defaults)
     }
+
+    /// The parameters as a table indexed by a small number, so per-device state holds an index
+    /// instead of a copy or a string.
+    pub fn table(&self) -> ParamsTable {
+        let mut params = vec![self.defaults.clone()];
+        let mut by_type = FxHashMap::default();
+        for (device_type, p) in &self.by_device_type {
+            by_type.insert(device_type.clone(), params.len());
+            params.push(p.clone());
+        }
+        ParamsTable { params, by_type }
+    }
 }
 
-/// One reading's score, or a silence or stuck finding.
+/// [`AnomalyConfig`]'s parameters, indexed.
+#[derive(Clone, Debug)]
+pub struct ParamsTable {
+    params: Vec<ScorerParams>,
+    by_type: FxHashMap<String, usize>,
+}
+
+impl ParamsTable {
+    /// The index of a device type's parameters.
+    pub fn index_of(&self, device_type: &str) -> usize {
+        self.by_type.get(device_type).copied().unwrap_or(0)
+    }
+
+    /// The parameters at an index from [`Self::index_of`].
+    pub fn get(&self, index: usize) -> &ScorerParams {
+        &self.params[index]
+    }
+}
+
+/// One reading's score, or a stuck, level-shift or silence finding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyScore {
     /// The device.
     pub device_id: DeviceId,
-    /// The metric.
-    pub metric: MetricId,
-    /// Event time of the reading (for silence: when the track fell silent).
+    /// The metric (none for silence, which is the device's).
+    pub metric: Option<MetricId>,
+    /// Event time of the reading; for stuck, the run's last reading; for silence, the moment
+    /// the timeout passed.
     pub ts_ms: TimeMs,
-    /// The reading's value (none for silence).
+    /// The reading's value (the stuck value, the new level; none for silence).
     pub value: Option<f64>,
     /// Score in [0, 1].
     pub score: f64,
@@ -69,250 +92,97 @@ pub struct AnomalyScore {
     pub kind: AnomalyKind,
 }
 
-/// Scores readings for anomalies.
-pub trait ScoreAnomalies<'scope> {
-    /// Scores each on-time reading against its (device, metric) baseline as of the close of
-    /// the window before the previous one, and reports stuck runs and silence when windows close. Emits anomalies
-    /// (score at or above the reporting threshold, and every stuck and silence finding), or every
-    /// score with [`AnomalyConfig::emit_all_scores`]. The input must be partitioned by device.
-    ///
-    /// Silence is judged against fleet-wide event-time progress: every worker publishes the
-    /// latest event time of each window it closes, and a track is silent once the fleet has
-    /// moved the timeout past its last reading. (The frontier alone would not do: it jumps to the
-    /// end when an input closes, which would make every device look silent.)
-    fn score_anomalies(
-        self,
-        config: AnomalyConfig,
-        window: WindowConfig,
-    ) -> EventStream<'scope, AnomalyScore>;
-}
-
-/// A device's registry entry (its type selects the parameters) and its tracks by metric.
-type DeviceTracks = (SharedDeviceInfo, Vec<(MetricId, Track)>);
-
-/// Messages waiting to be scored.
-type Held = (Capability<TimeMs>, Vec<EnrichedMessage>);
-
-/// Per worker, each window's latest event time, published at the window's close.
-fn window_progress<'scope>(
-    messages: EventStream<'scope, EnrichedMessage>,
-    window: WindowConfig,
-) -> EventStream<'scope, (TimeMs, TimeMs)> {
-    messages.unary_frontier(Pipeline, "WindowProgress", move |_cap, _info| {
-        let mut latest: BTreeMap<TimeMs, (Capability<TimeMs>, TimeMs)> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                // Readings come in runs of one window: touch the map once per run.
-                let mut run: Option<(TimeMs, TimeMs)> = None;
-                let mut flush = |run: Option<(TimeMs, TimeMs)>| {
-                    if let Some((close, ts)) = run {
-                        let entry = latest
-                            .entry(close)
-                            .or_insert_with(|| (cap.delayed(&close, 0), ts));
-                        entry.1 = entry.1.max(ts);
-                    }
-                };
-                for message in data.iter() {
-                    for r in &message.readings {
-                        let close = window.close_time(window.start_of(r.ts_ms));
-                        match &mut run {
-                            Some((c, ts)) if *c == close => *ts = (*ts).max(r.ts_ms),
-                            _ => {
-                                flush(run);
-                                run = Some((close, r.ts_ms));
-                            }
-                        }
-                    }
-                }
-                flush(run);
-            });
-            while let Some(entry) = latest.first_entry() {
-                if frontier.less_than(entry.key()) {
-                    break;
-                }
-                let close = *entry.key();
-                let (cap, ts) = entry.remove();
-                output.session(&cap).give((close, ts));
-            }
+impl AnomalyScore {
+    /// A finding made when a window closed (stuck value or bucket-to-bucket level shift).
+    pub fn from_finding(device_id: DeviceId, metric: MetricId, finding: Finding) -> Self {
+        Self {
+            device_id,
+            metric: Some(metric),
+            ts_ms: finding.ts_ms,
+            value: Some(finding.value),
+            score: 1.0,
+            kind: finding.kind,
         }
-    })
+    }
 }
 
-impl<'scope> ScoreAnomalies<'scope> for EventStream<'scope, EnrichedMessage> {
-    fn score_anomalies(
-        self,
-        config: AnomalyConfig,
-        window: WindowConfig,
-    ) -> EventStream<'scope, AnomalyScore> {
-        let progress = window_progress(self.clone(), window).broadcast();
-        self.binary_frontier(
-            progress,
-            Pipeline,
-            Pipeline,
-            "ScoreAnomalies",
-            move |_cap, _info| {
-                let mut tracks: FxHashMap<DeviceId, DeviceTracks> = FxHashMap::default();
-                // Window close times, with a capability to report stuck runs and silence at, and the
-                // fleet's latest event time in that window (once published).
-                let mut closes: BTreeMap<TimeMs, (Capability<TimeMs>, Option<TimeMs>)> =
-                    BTreeMap::new();
-                // Messages keyed by the time their earliest reading can be scored: its previous
-                // window has closed.
-                let mut held: BTreeMap<TimeMs, Held> = BTreeMap::new();
-                // The fleet's latest event time over the windows closed so far.
-                let mut fleet_latest_ms: TimeMs = 0;
-                let mut findings = Vec::new();
-                let len = window.length_ms;
-                // A reading of window k is scored against the baseline after window k - 2 closed:
-                // that has almost always happened when it arrives, so readings are scored on
-                // arrival instead of being held for the lateness bound.
-                let ready = move |ts_ms: TimeMs, arrived: TimeMs| {
-                    window.start_of(ts_ms).saturating_sub(len + 1).max(arrived)
-                };
-                move |(input, frontier), (progress, progress_frontier), output| {
-                    input.for_each(|cap, data| {
-                        let Some(&arrived) = cap.least() else { return };
-                        let mut last_close = None;
-                        for message in data.drain(..) {
-                            let params = config.params(&message.device.device_type);
-                            let (_, device_tracks) = tracks
-                                .entry(message.device_id.clone())
-                                .or_insert_with(|| (Arc::clone(&message.device), Vec::new()));
-                            for r in &message.readings {
-                                let start = window.start_of(r.ts_ms);
-                                let track =
-                                    match device_tracks.iter().position(|(m, _)| *m == r.metric) {
-                                        Some(i) => &mut device_tracks[i].1,
-                                        None => {
-                                            device_tracks.push((r.metric, Track::default()));
-                                            &mut device_tracks.last_mut().expect("just pushed").1
-                                        }
-                                    };
-                                track.observe(r, start, params);
-                                let close = window.close_time(start);
-                                if last_close != Some(close) {
-                                    last_close = Some(close);
-                                    closes
-                                        .entry(close)
-                                        .or_insert_with(|| (cap.delayed(&close, 0), None));
-                                }
-                            }
-                            let Some(first) = message
-                                .readings
-                                .iter()
-                                .map(|r| ready(r.ts_ms, arrived))
-                                .min()
-                            else {
-                                continue;
-                            };
-                            held.entry(first)
-                                .or_insert_with(|| (cap.delayed(&first, 0), Vec::new()))
-                                .1
-                                .push(message);
-                        }
-                    });
-                    progress.for_each(|cap, data| {
-                        for (close, latest) in data.drain(..) {
-                            let entry = closes
-                                .entry(close)
-                                .or_insert_with(|| (cap.delayed(&close, 0), None));
-                            entry.1 = Some(entry.1.map_or(latest, |l| l.max(latest)));
-                        }
-                    });
+/// One device's scoring state: a [`Track`] per metric.
+#[derive(Clone, Debug)]
+pub struct DeviceScorer {
+    params: usize,
+    tracks: Vec<(MetricId, Track)>,
+}
 
-                    // Closes and scoring in event-time order; a close before scoring at equal times,
-                    // so a reading of window k sees exactly the windows before k - 1. A close also waits
-                    // for every worker's progress of that window, and scoring never overtakes a
-                    // close it comes after.
-                    loop {
-                        let first_close = closes.keys().next().copied();
-                        let next_close = first_close
-                            .filter(|c| !frontier.less_than(c) && !progress_frontier.less_equal(c));
-                        let next_held = held.keys().next().copied().filter(|t| {
-                            !frontier.less_than(t)
-                                && first_close.is_none_or(|c| c > *t || Some(c) == next_close)
-                        });
-                        match (next_close, next_held) {
-                            (Some(c), h) if h.is_none_or(|h| c <= h) => {
-                                let (cap, latest) = closes.remove(&c).expect("listed");
-                                fleet_latest_ms = fleet_latest_ms.max(latest.unwrap_or(0));
-                                let start = c + 1 - len;
-                                let mut session = output.session(&cap);
-                                tracks.retain(|device_id, (device, device_tracks)| {
-                                    let params = config.params(&device.device_type);
-                                    device_tracks.retain_mut(|(metric, track)| {
-                                        findings.clear();
-                                        track.close(start, params, &mut findings);
-                                        findings
-                                            .extend(track.check_silence(fleet_latest_ms, params));
-                                        for f in findings.drain(..) {
-                                            session.give(AnomalyScore {
-                                                device_id: device_id.clone(),
-                                                metric: *metric,
-                                                ts_ms: f.ts_ms,
-                                                value: f.value,
-                                                score: 1.0,
-                                                kind: f.kind,
-                                            });
-                                        }
-                                        !track.forgettable(fleet_latest_ms, params)
-                                    });
-                                    !device_tracks.is_empty()
-                                });
-                            }
-                            (_, Some(h)) => {
-                                let (cap, messages) = held.remove(&h).expect("listed");
-                                let mut session = output.session(&cap);
-                                for mut message in messages {
-                                    let params = config.params(&message.device.device_type);
-                                    // Readings of a later window (a batch across a boundary) wait.
-                                    let later: Vec<Reading> = message
-                                        .readings
-                                        .iter()
-                                        .filter(|r| ready(r.ts_ms, h) > h)
-                                        .copied()
-                                        .collect();
-                                    message.readings.retain(|r| ready(r.ts_ms, h) <= h);
-                                    for r in &message.readings {
-                                        let Some(track) =
-                                            tracks.get(&message.device_id).and_then(|(_, ts)| {
-                                                ts.iter()
-                                                    .find(|(m, _)| *m == r.metric)
-                                                    .map(|(_, t)| t)
-                                            })
-                                        else {
-                                            continue;
-                                        };
-                                        let (score, kind) = track.score(r, params);
-                                        if config.emit_all_scores
-                                            || score >= params.report_threshold
-                                        {
-                                            session.give(AnomalyScore {
-                                                device_id: message.device_id.clone(),
-                                                metric: r.metric,
-                                                ts_ms: r.ts_ms,
-                                                value: Some(r.value),
-                                                score,
-                                                kind,
-                                            });
-                                        }
-                                    }
-                                    if let Some(next) =
-                                        later.iter().map(|r| ready(r.ts_ms, h)).min()
-                                    {
-                                        message.readings = later;
-                                        held.entry(next)
-                                            .or_insert_with(|| (cap.delayed(&next), Vec::new()))
-                                            .1
-                                            .push(message);
-                                    }
-                                }
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-            },
-        )
+impl DeviceScorer {
+    /// A scorer for a device of `device_type`.
+    pub fn new(device_type: &str, table: &ParamsTable) -> Self {
+        Self {
+            params: table.index_of(device_type),
+            tracks: Vec::new(),
+        }
+    }
+
+    /// Follows a registry change of the device's type.
+    pub fn set_type(&mut self, device_type: &str, table: &ParamsTable) {
+        self.params = table.index_of(device_type);
+    }
+
+    /// The device's parameters.
+    pub fn params<'t>(&self, table: &'t ParamsTable) -> &'t ScorerParams {
+        table.get(self.params)
+    }
+
+    /// The judge for readings of `metric` in the window starting at `window_start_ms`; the
+    /// caller guarantees every window up to two before it has closed (see [`Track`]).
+    pub fn judge(
+        &self,
+        metric: MetricId,
+        window_start_ms: TimeMs,
+        window_ms: TimeMs,
+        table: &ParamsTable,
+    ) -> Judge {
+        let params = table.get(self.params);
+        match self.tracks.iter().find(|(m, _)| *m == metric) {
+            Some((_, track)) => track.judge(window_start_ms, window_ms, params),
+            None => Track::default().judge(window_start_ms, window_ms, params),
+        }
+    }
+
+    /// Closes a window of `metric`: learns it, and reports its stuck runs and level shifts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn close_window(
+        &mut self,
+        device_id: &DeviceId,
+        metric: MetricId,
+        window_start_ms: TimeMs,
+        count: u64,
+        sum: ExactSum,
+        evidence: &WindowEvidence,
+        table: &ParamsTable,
+        findings: &mut Vec<AnomalyScore>,
+    ) {
+        let params = table.get(self.params);
+        let track = match self.tracks.iter().position(|(m, _)| *m == metric) {
+            Some(i) => &mut self.tracks[i].1,
+            None => {
+                self.tracks.push((metric, Track::default()));
+                &mut self.tracks.last_mut().expect("just pushed").1
+            }
+        };
+        let mut found = Vec::new();
+        track.close(window_start_ms, count, sum, evidence, params, &mut found);
+        findings.extend(
+            found
+                .into_iter()
+                .map(|f| AnomalyScore::from_finding(device_id.clone(), metric, f)),
+        );
+    }
+
+    /// Drops tracks no window after `closed_through_ms` can see; true when none is left.
+    pub fn evict(&mut self, closed_through_ms: TimeMs, table: &ParamsTable) -> bool {
+        let params = table.get(self.params);
+        self.tracks
+            .retain(|(_, track)| !track.is_evictable(closed_through_ms, params));
+        self.tracks.is_empty()
     }
 }

@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use smallvec::SmallVec;
+
 use crate::dataflow::model::{ExactSum, Reading, TimeMs};
 
 /// Tuning of the scorer, per device type (see [`AnomalyConfig`](super::AnomalyConfig)).
@@ -122,143 +124,126 @@ struct Moments {
     variance: f64,
 }
 
-/// A bucket of an open window: enough to find gaps and constant runs in any arrival order.
+/// A bucket of an open window: enough to find constant runs and jumps in any arrival order.
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
     count: u32,
-    sum: ExactSum,
-    min_ts: TimeMs,
-    max_ts: TimeMs,
-    min: f64,
-    max: f64,
+    /// Whether readings differ (else all equal `first`).
+    varied: bool,
+    first: f64,
+    /// Sum in units of 10^-6: exact, so a bucket's mean does not depend on arrival order.
+    sum_micro: i64,
 }
 
-/// An open window's summary.
-#[derive(Clone, Debug, Default)]
-struct WindowAcc {
-    start_ms: TimeMs,
-    count: u64,
-    sum: ExactSum,
-    sum_squares: ExactSum,
-    buckets: Vec<Bucket>,
-}
-
-impl WindowAcc {
-    fn moments(&self) -> Moments {
-        let n = self.count;
-        let mean = self.sum.mean(n);
-        let variance = if n > 1 {
-            ((self.sum_squares.mean(1) - self.sum.mean(1) * mean) / (n as f64 - 1.0)).max(0.0)
-        } else {
-            0.0
-        };
-        Moments { mean, variance }
+impl Bucket {
+    fn mean(&self) -> f64 {
+        self.sum_micro as f64 / 1e6 / self.count.max(1) as f64
     }
 }
 
-/// A stuck run or a silence found when windows closed.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Finding {
-    /// Stuck: the run's last reading. Silence: the moment the timeout passed.
-    pub ts_ms: TimeMs,
-    /// Stuck: the repeated value. Silence: none.
-    pub value: Option<f64>,
-    /// [`AnomalyKind::Stuck`] or [`AnomalyKind::Silence`].
-    pub kind: AnomalyKind,
-}
-
-/// One (device, metric)'s state.
+/// What a window holds for scoring, kept by the window operator next to the window's aggregate
+/// so that a reading costs one lookup: the sums the model learns from, buckets for stuck runs
+/// and jumps, when the device was heard, and the [`Judge`] its readings are scored by.
 #[derive(Clone, Debug, Default)]
-pub struct Track {
-    baseline: Option<Moments>,
-    /// Typical change of the window mean from one window to the next (exponentially weighted).
-    drift: f64,
-    /// The last closed bucket's mean, and the typical jump between consecutive bucket means
-    /// (exponentially weighted): a jump many times the typical one is a level shift.
-    last_bucket_mean: Option<f64>,
-    bucket_jump: Option<f64>,
-    last_window: Option<Moments>,
-    learnt_windows: u32,
-    /// Open windows, by start (one or two at a time).
-    open: Vec<WindowAcc>,
-    /// The value of the stuck run being reported, so a run is reported once.
-    stuck_value: Option<u64>,
-    /// Latest event time among readings of closed windows.
-    closed_max_ts: Option<TimeMs>,
-    /// The reading after which a silence was last reported (each silence is reported once).
-    silence_reported_after: Option<TimeMs>,
+pub struct WindowEvidence {
+    sum_squares: ExactSum,
+    buckets: SmallVec<[Bucket; 6]>,
+    /// The window's first and last reading (event time).
+    pub first_ts_ms: TimeMs,
+    /// See `first_ts_ms`.
+    pub last_ts_ms: TimeMs,
+    /// Bit `i` set when a reading fell in the `i`th 64th of the window.
+    pub slots: u64,
+    /// The model its readings are scored against, once known.
+    pub judge: Option<Judge>,
 }
 
-impl Track {
-    /// Adds a reading of the window starting at `window_start_ms`.
-    pub fn observe(&mut self, reading: &Reading, window_start_ms: TimeMs, params: &ScorerParams) {
-        let index = match self.open.iter().position(|w| w.start_ms == window_start_ms) {
-            Some(i) => i,
-            None => {
-                let acc = WindowAcc {
-                    start_ms: window_start_ms,
-                    ..WindowAcc::default()
-                };
-                let at = self.open.partition_point(|w| w.start_ms < window_start_ms);
-                self.open.insert(at, acc);
-                at
-            }
-        };
-        let acc = &mut self.open[index];
-        acc.count += 1;
-        acc.sum.add(reading.value);
-        acc.sum_squares.add(reading.value * reading.value);
-        let b = ((reading.ts_ms - window_start_ms) / params.bucket_ms.max(1)) as usize;
-        if acc.buckets.len() <= b {
-            acc.buckets.resize(b + 1, Bucket::default());
+impl WindowEvidence {
+    /// Adds a reading of the window starting at `window_start_ms`, of length `window_ms`.
+    pub fn observe(
+        &mut self,
+        reading: &Reading,
+        window_start_ms: TimeMs,
+        window_ms: TimeMs,
+        params: &ScorerParams,
+    ) {
+        let offset = reading.ts_ms - window_start_ms;
+        if self.slots == 0 {
+            self.first_ts_ms = reading.ts_ms;
+            self.last_ts_ms = reading.ts_ms;
+        } else {
+            self.first_ts_ms = self.first_ts_ms.min(reading.ts_ms);
+            self.last_ts_ms = self.last_ts_ms.max(reading.ts_ms);
         }
-        let bucket = &mut acc.buckets[b];
+        self.slots |= 1 << (offset * 64 / window_ms.max(1)).min(63);
+        self.sum_squares.add(reading.value * reading.value);
+        let b = (offset / params.bucket_ms.max(1)) as usize;
+        if self.buckets.len() <= b {
+            self.buckets.resize(b + 1, Bucket::default());
+        }
+        let bucket = &mut self.buckets[b];
         if bucket.count == 0 {
-            *bucket = Bucket {
-                count: 0,
-                sum: ExactSum::default(),
-                min_ts: reading.ts_ms,
-                max_ts: reading.ts_ms,
-                min: reading.value,
-                max: reading.value,
-            };
+            bucket.first = reading.value;
+        } else if bucket.first != reading.value {
+            bucket.varied = true;
         }
         bucket.count += 1;
-        bucket.sum.add(reading.value);
-        bucket.min_ts = bucket.min_ts.min(reading.ts_ms);
-        bucket.max_ts = bucket.max_ts.max(reading.ts_ms);
-        bucket.min = bucket.min.min(reading.value);
-        bucket.max = bucket.max.max(reading.value);
+        bucket.sum_micro += (reading.value * 1e6).round() as i64;
     }
 
-    fn scale(&self, baseline: Moments, params: &ScorerParams) -> f64 {
-        let drift = params.drift_windows * self.drift;
-        (baseline.variance + drift * drift)
-            .sqrt()
-            .max(params.min_scale)
-            .max(params.min_scale_relative * baseline.mean.abs())
+    /// Folds in the evidence of the same window under another site (a registry change moved
+    /// the device mid-window): the model sees one window per metric.
+    pub fn merge(&mut self, other: &WindowEvidence) {
+        self.sum_squares.merge(other.sum_squares);
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), Bucket::default());
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            if theirs.count == 0 {
+                continue;
+            }
+            if mine.count == 0 {
+                *mine = *theirs;
+                continue;
+            }
+            mine.varied |= theirs.varied || mine.first != theirs.first;
+            mine.count += theirs.count;
+            mine.sum_micro += theirs.sum_micro;
+        }
+        self.first_ts_ms = self.first_ts_ms.min(other.first_ts_ms);
+        self.last_ts_ms = self.last_ts_ms.max(other.last_ts_ms);
+        self.slots |= other.slots;
+        self.judge = self.judge.or(other.judge);
     }
+}
 
-    /// Scores a reading against the baseline of the windows closed so far.
+/// The part of a model a reading is scored against, copied into each window once, so scoring
+/// a reading touches nothing but its window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Judge {
+    /// None while the model is warming up (every score is 0).
+    baseline: Option<(Moments, f64)>,
+    /// The last learnt window and its scale, to tell a level shift from a spike.
+    last_window: Option<(Moments, f64)>,
+}
+
+impl Judge {
+    /// Scores a reading.
     pub fn score(&self, reading: &Reading, params: &ScorerParams) -> (f64, AnomalyKind) {
-        let Some(baseline) = self
-            .baseline
-            .filter(|_| self.learnt_windows >= params.warmup_windows)
-        else {
+        let Some((baseline, scale)) = self.baseline else {
             return (0.0, AnomalyKind::None);
         };
-        let scale = self.scale(baseline, params);
         let deviation = reading.value - baseline.mean;
         let z = deviation.abs() / scale;
         let score = 1.0 / (1.0 + (-(z - params.z_mid) * params.z_slope).exp());
         if score < params.report_threshold {
             return (score, AnomalyKind::None);
         }
-        let shifted = self.last_window.is_some_and(|last| {
+        let shifted = self.last_window.is_some_and(|(last, last_scale)| {
             let last_shift = last.mean - baseline.mean;
             last_shift.abs() / scale >= params.shift_z
                 && last_shift.signum() == deviation.signum()
-                && (reading.value - last.mean).abs() / self.scale(last, params) < params.z_mid
+                && (reading.value - last.mean).abs() / last_scale < params.z_mid
         });
         (
             score,
@@ -269,59 +254,165 @@ impl Track {
             },
         )
     }
+}
 
-    /// Closes every open window starting at or before `window_start_ms`: finds stuck runs and
-    /// silent gaps inside them, and learns them into the baseline.
+/// A stuck run or a bucket-to-bucket level shift, found when a window closed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Finding {
+    /// Stuck: the end of the bucket that showed the run. Level shift: the start of the bucket
+    /// after the jump.
+    pub ts_ms: TimeMs,
+    /// Stuck: the repeated value. Level shift: the new level (the bucket's mean).
+    pub value: f64,
+    /// [`AnomalyKind::Stuck`] or [`AnomalyKind::LevelShift`].
+    pub kind: AnomalyKind,
+}
+
+/// What readings are scored against: learnt from closed windows only.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    baseline: Option<Moments>,
+    /// Typical change of the window mean from one window to the next (exponentially weighted).
+    drift: f64,
+    last_window: Option<Moments>,
+    learnt_windows: u32,
+    /// The last closed bucket's mean, and the typical jump between consecutive bucket means
+    /// (exponentially weighted): a jump many times the typical one is a level shift.
+    last_bucket_mean: Option<f64>,
+    bucket_jump: Option<f64>,
+    /// The value of the stuck run being reported, so a run is reported once.
+    stuck_value: Option<u64>,
+    /// Latest event time among readings of closed windows.
+    last_ts_ms: Option<TimeMs>,
+}
+
+impl Model {
+    /// Whether the model is so old it must be forgotten before it judges a window starting at
+    /// `window_start_ms`. A rule on the data alone, so forgetting (and evicting the state of
+    /// devices that went away) never depends on when windows closed.
+    fn is_stale(&self, window_start_ms: TimeMs, params: &ScorerParams) -> bool {
+        self.last_ts_ms
+            .is_some_and(|t| t + params.forget_after_ms <= window_start_ms)
+    }
+
+    fn scale(&self, baseline: Moments, params: &ScorerParams) -> f64 {
+        let drift = params.drift_windows * self.drift;
+        (baseline.variance + drift * drift)
+            .sqrt()
+            .max(params.min_scale)
+            .max(params.min_scale_relative * baseline.mean.abs())
+    }
+
+    fn judge(&self, window_start_ms: TimeMs, params: &ScorerParams) -> Judge {
+        if self.is_stale(window_start_ms, params) || self.learnt_windows < params.warmup_windows {
+            return Judge {
+                baseline: None,
+                last_window: None,
+            };
+        }
+        Judge {
+            baseline: self.baseline.map(|b| (b, self.scale(b, params))),
+            last_window: self.last_window.map(|l| (l, self.scale(l, params))),
+        }
+    }
+}
+
+/// One (device, metric)'s model.
+///
+/// A reading of window `k` is scored against the model after window `k - 2` closed. Window
+/// `k - 1` may close before the reading arrives (it arrives within the lateness bound after
+/// `k - 1` ended) or after, so the model as it was before the last close is kept too: either
+/// way the reading meets the same model, whatever the order of arrival and closing.
+#[derive(Clone, Debug, Default)]
+pub struct Track {
+    model: Model,
+    /// The model before the last close, and that close's window start.
+    before_last_close: Option<(TimeMs, Model)>,
+}
+
+impl Track {
+    /// The judge for readings of the window starting at `window_start_ms`: the model after
+    /// the window two before it closed. The caller guarantees that window has closed (or never
+    /// had readings); see [`Track`].
+    pub fn judge(
+        &self,
+        window_start_ms: TimeMs,
+        window_ms: TimeMs,
+        params: &ScorerParams,
+    ) -> Judge {
+        let model = match &self.before_last_close {
+            Some((closed_start, before)) if closed_start + window_ms >= window_start_ms => before,
+            _ => &self.model,
+        };
+        model.judge(window_start_ms, params)
+    }
+
+    /// Closes a window (`count` readings, `sum`, and its evidence): finds stuck runs and
+    /// bucket-to-bucket level shifts in it, and learns it into the model. Windows are closed in
+    /// order of their start.
     pub fn close(
         &mut self,
         window_start_ms: TimeMs,
+        count: u64,
+        sum: ExactSum,
+        evidence: &WindowEvidence,
         params: &ScorerParams,
         findings: &mut Vec<Finding>,
     ) {
-        while self
-            .open
-            .first()
-            .is_some_and(|w| w.start_ms <= window_start_ms)
-        {
-            let acc = self.open.remove(0);
-            let before = findings.len();
-            self.find_gaps_and_runs(&acc, params, findings);
-            let stuck = findings[before..]
-                .iter()
-                .any(|f| f.kind == AnomalyKind::Stuck);
-            self.learn(&acc, params, stuck);
+        if self.model.is_stale(window_start_ms, params) {
+            self.model = Model::default();
+        }
+        self.before_last_close = Some((window_start_ms, self.model.clone()));
+        let model = &mut self.model;
+        model.last_ts_ms = Some(
+            model
+                .last_ts_ms
+                .map_or(evidence.last_ts_ms, |t| t.max(evidence.last_ts_ms)),
+        );
+        let before = findings.len();
+        model.find_runs_and_jumps(window_start_ms, evidence, params, findings);
+        let stuck = findings[before..]
+            .iter()
+            .any(|f| f.kind == AnomalyKind::Stuck);
+        // A window with few readings (a partial first window, a batch reaching back across a
+        // boundary) says too little about the signal to learn from.
+        if count >= params.min_window_readings {
+            let mean = sum.mean(count);
+            let variance = if count > 1 {
+                ((evidence.sum_squares.mean(1) - sum.mean(1) * mean) / (count as f64 - 1.0))
+                    .max(0.0)
+            } else {
+                0.0
+            };
+            model.learn(Moments { mean, variance }, params, stuck);
         }
     }
 
-    fn varies(&self, params: &ScorerParams) -> bool {
-        self.baseline
-            .is_some_and(|b| b.variance.sqrt() > params.min_scale)
+    /// Whether the model is stale for any window starting after `closed_through_ms`, so the
+    /// track can be dropped without changing any score.
+    pub fn is_evictable(&self, closed_through_ms: TimeMs, params: &ScorerParams) -> bool {
+        self.model.is_stale(closed_through_ms, params)
     }
+}
 
-    fn find_gaps_and_runs(
+impl Model {
+    fn find_runs_and_jumps(
         &mut self,
-        acc: &WindowAcc,
+        window_start_ms: TimeMs,
+        evidence: &WindowEvidence,
         params: &ScorerParams,
         findings: &mut Vec<Finding>,
     ) {
-        let can_stick = self.varies(params) && self.learnt_windows >= params.warmup_windows;
-        for bucket in acc.buckets.iter().filter(|b| b.count > 0) {
-            if let Some(p) = self.closed_max_ts
-                && p + params.silence_timeout_ms <= bucket.min_ts
-                && self.silence_reported_after != Some(p)
-            {
-                self.silence_reported_after = Some(p);
-                findings.push(Finding {
-                    ts_ms: p + params.silence_timeout_ms,
-                    value: None,
-                    kind: AnomalyKind::Silence,
-                });
+        let can_stick = self
+            .baseline
+            .is_some_and(|b| b.variance.sqrt() > params.min_scale)
+            && self.learnt_windows >= params.warmup_windows;
+        for (i, bucket) in evidence.buckets.iter().enumerate() {
+            if bucket.count == 0 {
+                continue;
             }
-            self.closed_max_ts = Some(
-                self.closed_max_ts
-                    .map_or(bucket.max_ts, |p| p.max(bucket.max_ts)),
-            );
-            let mean = bucket.sum.mean(bucket.count as u64);
+            let bucket_start = window_start_ms + i as u64 * params.bucket_ms;
+            let mean = bucket.mean();
             if let Some(previous) = self.last_bucket_mean {
                 let jump = (mean - previous).abs();
                 match self.bucket_jump {
@@ -330,8 +421,8 @@ impl Track {
                             && jump > params.shift_jumps * typical.max(params.min_scale) =>
                     {
                         findings.push(Finding {
-                            ts_ms: bucket.min_ts,
-                            value: Some(mean),
+                            ts_ms: bucket_start,
+                            value: mean,
                             kind: AnomalyKind::LevelShift,
                         });
                     }
@@ -341,27 +432,21 @@ impl Track {
                 }
             }
             self.last_bucket_mean = Some(mean);
-            let constant = bucket.min == bucket.max && bucket.count >= params.stuck_min_readings;
+            let constant = !bucket.varied && bucket.count >= params.stuck_min_readings;
             if !constant {
                 self.stuck_value = None;
-            } else if can_stick && self.stuck_value != Some(bucket.min.to_bits()) {
-                self.stuck_value = Some(bucket.min.to_bits());
+            } else if can_stick && self.stuck_value != Some(bucket.first.to_bits()) {
+                self.stuck_value = Some(bucket.first.to_bits());
                 findings.push(Finding {
-                    ts_ms: bucket.max_ts,
-                    value: Some(bucket.min),
+                    ts_ms: bucket_start + params.bucket_ms - 1,
+                    value: bucket.first,
                     kind: AnomalyKind::Stuck,
                 });
             }
         }
     }
 
-    fn learn(&mut self, acc: &WindowAcc, params: &ScorerParams, stuck: bool) {
-        // A window with few readings (a partial first window, a batch reaching back across a
-        // boundary) says too little about the signal to learn from.
-        if acc.count < params.min_window_readings {
-            return;
-        }
-        let window = acc.moments();
+    fn learn(&mut self, window: Moments, params: &ScorerParams, stuck: bool) {
         match self.baseline {
             None => self.baseline = Some(window),
             Some(baseline) => {
@@ -402,34 +487,6 @@ impl Track {
         self.last_window = Some(window);
         self.learnt_windows += 1;
     }
-
-    /// With the fleet's event time at `fleet_latest_ms`: a silence if the track's last reading
-    /// is at least the timeout behind, reported once.
-    pub fn check_silence(
-        &mut self,
-        fleet_latest_ms: TimeMs,
-        params: &ScorerParams,
-    ) -> Option<Finding> {
-        let last = self.closed_max_ts?;
-        let silent_at = last + params.silence_timeout_ms;
-        if self.silence_reported_after == Some(last) || silent_at > fleet_latest_ms {
-            return None;
-        }
-        self.silence_reported_after = Some(last);
-        Some(Finding {
-            ts_ms: silent_at,
-            value: None,
-            kind: AnomalyKind::Silence,
-        })
-    }
-
-    /// Whether the track has been silent so long it can be forgotten.
-    pub fn forgettable(&self, fleet_latest_ms: TimeMs, params: &ScorerParams) -> bool {
-        self.open.is_empty()
-            && self
-                .closed_max_ts
-                .is_some_and(|t| t + params.forget_after_ms <= fleet_latest_ms)
-    }
 }
 #[cfg(test)]
 mod tests {
@@ -450,55 +507,86 @@ mod tests {
         ((s * 7919 + w * 104_729) % 100) as f64 / 100.0 - 0.5
     }
 
+    /// What the window operator keeps for one window.
+    #[derive(Default)]
+    struct Window {
+        start: u64,
+        count: u64,
+        sum: ExactSum,
+        evidence: WindowEvidence,
+    }
+
+    impl Window {
+        fn of(minute: u64, values: impl IntoIterator<Item = (u64, f64)>) -> Self {
+            let params = ScorerParams::default();
+            let mut w = Window {
+                start: minute * MINUTE,
+                ..Window::default()
+            };
+            for (second, value) in values {
+                let r = reading(w.start + second * 1000, value);
+                w.count += 1;
+                w.sum.add(value);
+                w.evidence.observe(&r, w.start, MINUTE, &params);
+            }
+            w
+        }
+
+        fn close(&self, track: &mut Track) -> Vec<Finding> {
+            let mut findings = Vec::new();
+            track.close(
+                self.start,
+                self.count,
+                self.sum,
+                &self.evidence,
+                &ScorerParams::default(),
+                &mut findings,
+            );
+            findings
+        }
+    }
+
+    fn normal(minute: u64) -> Window {
+        Window::of(minute, (0..60).map(|s| (s, 20.0 + noise(s, minute))))
+    }
+
     /// A track that has learnt `windows` minutes of a noisy signal around 20.
     fn trained(windows: u64) -> (Track, ScorerParams) {
-        let params = ScorerParams::default();
         let mut track = Track::default();
         for w in 0..windows {
-            for s in 0..60 {
-                track.observe(
-                    &reading(w * MINUTE + s * 1000, 20.0 + noise(s, w)),
-                    w * MINUTE,
-                    &params,
-                );
-            }
-            let mut findings = Vec::new();
-            track.close(w * MINUTE, &params, &mut findings);
-            assert_eq!(findings, []);
+            assert_eq!(normal(w).close(&mut track), []);
         }
-        (track, params)
+        (track, ScorerParams::default())
+    }
+
+    fn score(track: &Track, minute: u64, value: f64) -> (f64, AnomalyKind) {
+        let params = ScorerParams::default();
+        track
+            .judge(minute * MINUTE, MINUTE, &params)
+            .score(&reading(minute * MINUTE, value), &params)
     }
 
     #[test]
     fn normal_readings_score_low_and_spikes_high() {
-        let (track, params) = trained(3);
-        let (normal, kind) = track.score(&reading(3 * MINUTE, 20.3), &params);
+        let (track, _) = trained(3);
+        let (normal, kind) = score(&track, 3, 20.3);
         assert!(normal < 0.01 && kind == AnomalyKind::None, "{normal}");
-        let (spike, kind) = track.score(&reading(3 * MINUTE, 60.0), &params);
+        let (spike, kind) = score(&track, 3, 60.0);
         assert!(spike > 0.99 && kind == AnomalyKind::Spike, "{spike}");
     }
 
     #[test]
     fn nothing_is_scored_during_warm_up() {
-        let (track, params) = trained(1);
-        assert_eq!(
-            track.score(&reading(MINUTE, 60.0), &params),
-            (0.0, AnomalyKind::None)
-        );
+        let (track, _) = trained(1);
+        assert_eq!(score(&track, 1, 60.0), (0.0, AnomalyKind::None));
     }
 
     #[test]
     fn a_level_shift_is_named_once_a_window_has_shifted() {
-        let (mut track, params) = trained(3);
-        for s in 0..60 {
-            track.observe(
-                &reading(3 * MINUTE + s * 1000, 32.0 + (s % 3) as f64 * 0.1),
-                3 * MINUTE,
-                &params,
-            );
-        }
-        track.close(3 * MINUTE, &params, &mut Vec::new());
-        let (score, kind) = track.score(&reading(4 * MINUTE, 32.1), &params);
+        let (mut track, _) = trained(3);
+        Window::of(3, (0..60).map(|s| (s, 32.0 + (s % 3) as f64 * 0.1))).close(&mut track);
+        // Window 5 is judged by the model that has seen window 3.
+        let (score, kind) = score(&track, 5, 32.1);
         assert!(
             score > 0.99 && kind == AnomalyKind::LevelShift,
             "{score} {kind:?}"
@@ -506,71 +594,85 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_between_buckets_is_a_level_shift_at_the_bucket_after_it() {
+        let (mut track, _) = trained(3);
+        let findings = Window::of(
+            3,
+            (0..60).map(|s| (s, if s < 30 { 20.0 } else { 32.0 } + noise(s, 3))),
+        )
+        .close(&mut track);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].kind, AnomalyKind::LevelShift);
+        assert_eq!(findings[0].ts_ms, 3 * MINUTE + 30_000);
+    }
+
+    #[test]
     fn a_run_of_one_value_inside_a_window_is_stuck_whatever_the_arrival_order() {
-        let (mut track, params) = trained(3);
+        let (mut track, _) = trained(3);
         // Normal, then 20 s of one value, then normal again; readings arrive out of order.
-        let mut readings: Vec<Reading> = (0..60)
-            .map(|s| {
-                reading(
-                    3 * MINUTE + s * 1000,
-                    if (15..35).contains(&s) {
-                        20.01
-                    } else {
-                        20.0 + noise(s, 3)
-                    },
-                )
-            })
-            .collect();
-        readings.reverse();
-        for r in &readings {
-            track.observe(r, 3 * MINUTE, &params);
-        }
-        let mut findings = Vec::new();
-        track.close(3 * MINUTE, &params, &mut findings);
+        let values = (0..60).rev().map(|s| {
+            (
+                s,
+                if (15..35).contains(&s) {
+                    20.01
+                } else {
+                    20.0 + noise(s, 3)
+                },
+            )
+        });
         // The first constant bucket reports the run, once.
         assert_eq!(
-            findings,
+            Window::of(3, values).close(&mut track),
             [Finding {
-                ts_ms: 3 * MINUTE + 29_000,
-                value: Some(20.01),
+                ts_ms: 3 * MINUTE + 29_999,
+                value: 20.01,
                 kind: AnomalyKind::Stuck
             }]
         );
     }
 
     #[test]
-    fn a_gap_inside_a_window_is_silence_and_so_is_an_ongoing_one_reported_once() {
+    fn a_reading_meets_the_model_of_two_windows_back_whether_or_not_the_last_one_closed() {
         let (mut track, params) = trained(3);
-        for s in (0..10).chain(40..60) {
-            track.observe(
-                &reading(3 * MINUTE + s * 1000, 20.0 + noise(s, 3)),
-                3 * MINUTE,
-                &params,
-            );
-        }
-        let mut findings = Vec::new();
-        track.close(3 * MINUTE, &params, &mut findings);
+        let judge_before = track.judge(4 * MINUTE, MINUTE, &params);
+        // Window 3 is a shifted level; a reading of window 4 is judged without it, before and
+        // after window 3 closes.
+        Window::of(3, (0..60).map(|s| (s, 60.0 + noise(s, 3)))).close(&mut track);
+        assert_eq!(judge_before, track.judge(4 * MINUTE, MINUTE, &params));
+        assert_ne!(judge_before, track.judge(5 * MINUTE, MINUTE, &params));
+    }
+
+    #[test]
+    fn a_track_silent_longer_than_the_forget_time_starts_over() {
+        let (track, params) = trained(3);
+        let later = 3 * MINUTE + params.forget_after_ms;
+        let start = later - later % MINUTE;
         assert_eq!(
-            findings,
-            [Finding {
-                ts_ms: 3 * MINUTE + 9_000 + 20_000,
-                value: None,
-                kind: AnomalyKind::Silence
-            }]
+            track
+                .judge(start, MINUTE, &params)
+                .score(&reading(later, 60.0), &params),
+            (0.0, AnomalyKind::None)
         );
-        let last = 3 * MINUTE + 59_000;
-        assert_eq!(track.check_silence(last + 10_000, &params), None);
-        let silent = track.check_silence(5 * MINUTE, &params).unwrap();
-        assert_eq!(silent.ts_ms, last + params.silence_timeout_ms);
+        assert!(track.is_evictable(later, &params));
+        assert!(!track.is_evictable(3 * MINUTE, &params));
+    }
+
+    #[test]
+    fn merged_evidence_equals_evidence_seen_whole() {
+        let params = ScorerParams::default();
+        let values: Vec<(u64, f64)> = (0..60).map(|s| (s, 20.0 + noise(s, 3))).collect();
+        let whole = Window::of(3, values.clone());
+        let mut first = Window::of(3, values[..25].to_vec());
+        let second = Window::of(3, values[25..].to_vec());
+        first.evidence.merge(&second.evidence);
+        first.count += second.count;
+        first.sum.merge(second.sum);
+        let (mut a, _) = trained(3);
+        let (mut b, _) = trained(3);
+        assert_eq!(whole.close(&mut a), first.close(&mut b));
         assert_eq!(
-            track.check_silence(6 * MINUTE, &params),
-            None,
-            "reported once"
+            a.judge(5 * MINUTE, MINUTE, &params),
+            b.judge(5 * MINUTE, MINUTE, &params)
         );
-        // Speaking again does not report the same gap a second time.
-        track.observe(&reading(6 * MINUTE, 20.0), 6 * MINUTE, &params);
-        let mut findings = Vec::new();
-        track.close(6 * MINUTE, &params, &mut findings);
-        assert_eq!(findings, []);
     }
 }

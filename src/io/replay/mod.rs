@@ -97,8 +97,12 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
     );
     let files = if cluster.is_leader() {
         Some(
-            ReplayFiles::create(&job.out, job.schemas.catalog().clone())
-                .map_err(io_error(&job.out))?,
+            ReplayFiles::create(
+                &job.out,
+                job.schemas.catalog().clone(),
+                job.pipeline.anomaly.emit_all_scores,
+            )
+            .map_err(io_error(&job.out))?,
         )
     } else {
         None
@@ -164,7 +168,7 @@ fn run_worker(
 
     let mut sources = PipelineSources::new();
     worker.dataflow::<TimeMs, _, _>(|scope| {
-        let (outputs, counts) = sources.build(scope, job.pipeline);
+        let (outputs, counts) = sources.build(scope, &job.pipeline);
         outputs.aggregates.deliver_in_order(
             "WriteAggregates",
             to_shared(&files, ReplayFiles::aggregates),
@@ -180,6 +184,9 @@ fn run_worker(
         outputs
             .late
             .deliver_in_order("WriteLate", to_shared(&files, ReplayFiles::late));
+        outputs
+            .anomalies
+            .deliver_in_order("WriteAnomalies", to_shared(&files, ReplayFiles::anomalies));
         counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
     });
     // The registry is known up front: worker 0 loads it whole, every worker closes its input.

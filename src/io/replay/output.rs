@@ -5,6 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore};
 use crate::dataflow::model::{DeadLetter, IngestCounts, LateReading, SiteRollup, WindowAggregate};
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::jsonl;
@@ -17,6 +18,9 @@ pub struct ReplayFiles {
     site_rollups: BufWriter<File>,
     dead_letters: BufWriter<File>,
     late: BufWriter<File>,
+    anomalies: BufWriter<File>,
+    /// Every score, when the run asked for them.
+    scores: Option<BufWriter<File>>,
     /// Counts of what was written.
     pub summary: RunSummary,
     error: Option<std::io::Error>,
@@ -31,26 +35,40 @@ fn create(dir: &Path, name: &str) -> std::io::Result<BufWriter<File>> {
 
 impl ReplayFiles {
     /// Creates (or truncates) the output files in `dir`.
-    pub fn create(dir: &Path, catalog: Arc<MetricCatalog>) -> std::io::Result<Self> {
+    pub fn create(
+        dir: &Path,
+        catalog: Arc<MetricCatalog>,
+        all_scores: bool,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let scores_path = dir.join("scores.jsonl");
+        if !all_scores && scores_path.exists() {
+            // A stale file from an earlier run would pass for this run's.
+            std::fs::remove_file(&scores_path)?;
+        }
         Ok(Self {
             catalog,
             aggregates: create(dir, "aggregates.jsonl")?,
             site_rollups: create(dir, "site_rollups.jsonl")?,
             dead_letters: create(dir, "dead_letters.jsonl")?,
             late: create(dir, "late.jsonl")?,
+            anomalies: create(dir, "anomalies.jsonl")?,
+            scores: all_scores
+                .then(|| create(dir, "scores.jsonl"))
+                .transpose()?,
             summary: RunSummary::default(),
             error: None,
         })
     }
 
     /// The paths written, for messages.
-    pub fn names() -> [&'static str; 4] {
+    pub fn names() -> [&'static str; 5] {
         [
             "aggregates.jsonl",
             "site_rollups.jsonl",
             "dead_letters.jsonl",
             "late.jsonl",
+            "anomalies.jsonl",
         ]
     }
 
@@ -114,6 +132,24 @@ impl ReplayFiles {
         Self::write_sorted(&mut self.late, lines, &mut self.error);
     }
 
+    /// Writes anomalies (and every score, when asked for).
+    pub fn anomalies(&mut self, records: Vec<AnomalyScore>) {
+        self.summary.count_anomalies(&records);
+        if let Some(scores) = &mut self.scores {
+            let lines = records
+                .iter()
+                .map(|a| jsonl::anomaly_line(a, &self.catalog))
+                .collect();
+            Self::write_sorted(scores, lines, &mut self.error);
+        }
+        let lines = records
+            .iter()
+            .filter(|a| a.kind != AnomalyKind::None)
+            .map(|a| jsonl::anomaly_line(a, &self.catalog))
+            .collect();
+        Self::write_sorted(&mut self.anomalies, lines, &mut self.error);
+    }
+
     /// Adds ingest counts.
     pub fn counts(&mut self, records: Vec<IngestCounts>) {
         for c in &records {
@@ -128,7 +164,11 @@ impl ReplayFiles {
             &mut self.site_rollups,
             &mut self.dead_letters,
             &mut self.late,
-        ] {
+            &mut self.anomalies,
+        ]
+        .into_iter()
+        .chain(self.scores.as_mut())
+        {
             if let Err(e) = out.flush() {
                 self.error.get_or_insert(e);
             }
