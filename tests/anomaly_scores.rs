@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use iotpipe::dataflow::anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence};
+use iotpipe::dataflow::anomaly::{
+    AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress,
+};
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading};
 use iotpipe::dataflow::{AggregateWindows, WindowConfig};
 use iotpipe::io::source::VecInput;
@@ -12,22 +14,22 @@ use timely::dataflow::operators::{Capture, Concat};
 
 const START: u64 = 1_704_067_200_000;
 
-/// 20 devices, one reading a second for 6 minutes; dev-3 spikes at 200 s, dev-5 sticks from
-/// 220 s, dev-7 falls silent at 240 s.
+/// 20 devices, one reading a second for 7 minutes; dev-3 spikes at 260 s, dev-5 sticks from
+/// 280 s, dev-7 falls silent at 300 s.
 fn readings() -> Vec<(u64, DeviceId, Reading)> {
     let mut out = Vec::new();
-    for second in 0..360u64 {
+    for second in 0..420u64 {
         for d in 0..20u64 {
-            if d == 7 && second >= 240 {
+            if d == 7 && second >= 300 {
                 continue;
             }
             let ts = START + second * 1000 + d * 37;
             let noise = ((second * 7919 + d * 104_729) % 100) as f64 / 50.0;
             let mut value = 20.0 + d as f64 + (second as f64 / 40.0).sin() + noise;
-            if d == 3 && second == 200 {
+            if d == 3 && second == 260 {
                 value += 40.0;
             }
-            if d == 5 && second >= 220 {
+            if d == 5 && second >= 280 {
                 value = 42.42;
             }
             out.push((
@@ -61,7 +63,10 @@ fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
             let windowed = input
                 .to_stream(scope)
                 .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default());
-            let silences = windowed.activity.detect_silence(WindowConfig::default());
+            let progress = windowed.activity.clone().fleet_progress();
+            let silences = windowed
+                .activity
+                .detect_silence(progress, WindowConfig::default());
             windowed.scores.concat(silences).capture()
         });
         // Send in 10-second batches at a watermark 30 s behind, shuffled within each batch.
@@ -145,5 +150,5 @@ fn faults_are_found_and_scores_do_not_depend_on_arrival_order() {
     // dev-7 is reported silent once, 20 s (the default timeout) after its last reading.
     let silences: Vec<_> = first.iter().filter(|f| f.2 == "silence").collect();
     assert_eq!(silences.len(), 1, "{silences:?}");
-    assert_eq!(silences[0].1, 239_000 + 7 * 37 + 20_000);
+    assert_eq!(silences[0].1, 299_000 + 7 * 37 + 20_000);
 }

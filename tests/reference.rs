@@ -113,17 +113,21 @@ fn replay_in_process(
 fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
     let data = common::dataset(200, 420);
     let expected = expected(&data);
-    let mut first_scores: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut first_scores: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
     for workers in [1, 2, 4] {
         let out = data.dir.path().join(format!("out-w{workers}"));
         let summary = replay_in_process(&data, workers, &out);
         assert_outputs_equal(&out, &expected, &format!("{workers} workers"));
-        // Every reading's score, bit for bit, and the anomalies, line for line, in file order.
+        // Every reading's score, bit for bit, and the anomalies and alert events (ids
+        // included), line for line, in file order.
         let scores = (
             std::fs::read(out.join("scores.jsonl")).unwrap(),
             std::fs::read(out.join("anomalies.jsonl")).unwrap(),
+            std::fs::read(out.join("alerts.jsonl")).unwrap(),
         );
         assert!(scores.0.len() > 1_000_000, "too few scores");
+        let alerts = String::from_utf8_lossy(&scores.2).lines().count();
+        assert!(alerts >= 10, "too few alert events: {alerts}");
         match &first_scores {
             None => first_scores = Some(scores),
             Some(first) => assert!(first == &scores, "{workers} workers: scores differ"),

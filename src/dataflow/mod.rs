@@ -29,6 +29,7 @@
 //! Nothing here opens a socket, a file or reads a clock: `src/io` adapts the world to these
 //! streams, and `src/bin` wires configuration to both.
 
+pub mod alert;
 pub mod anomaly;
 pub mod enrich;
 pub mod event_time;
@@ -43,6 +44,7 @@ pub mod window;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::vec::Map;
 
 pub use enrich::{ArrangeRegistry, Enrich, RegistryUpdate};
 pub use event_time::EventTimeConfig;
@@ -50,7 +52,8 @@ pub use rollup::RollupSites;
 pub use split_late::SplitLate;
 pub use window::{AggregateWindows, WindowConfig};
 
-use anomaly::{AnomalyConfig, AnomalyScore, DetectSilence};
+use alert::{AlertConfig, AlertEvent, CorrelateSites, EvaluateAlerts, Signal};
+use anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress};
 use model::{DeadLetter, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate};
 
 /// A stream of `D` records whose timely time is event time (ms).
@@ -69,6 +72,9 @@ pub struct PipelineConfig {
     /// Anomaly scoring.
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// Alert rules and lifecycle.
+    #[serde(default)]
+    pub alerts: AlertConfig,
 }
 
 /// What the pipeline consumes.
@@ -90,6 +96,8 @@ pub struct PipelineOutputs<'scope> {
     /// Anomaly scores at or above the reporting threshold (every score with
     /// [`AnomalyConfig::emit_all_scores`]), stuck values, level shifts and silences.
     pub anomalies: EventStream<'scope, AnomalyScore>,
+    /// Alert events: opened, escalated, resolved.
+    pub alerts: EventStream<'scope, AlertEvent>,
     /// Readings that arrived after their window closed.
     pub late: EventStream<'scope, LateReading>,
     /// Every dead letter: the source's and the pipeline's own.
@@ -105,11 +113,27 @@ pub fn pipeline<'scope>(
     let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
     let windowed = enriched.aggregate_windows(config.window, &config.anomaly);
-    let silences = windowed.activity.detect_silence(config.window);
+    let progress = windowed.activity.clone().fleet_progress();
+    let silences = windowed
+        .activity
+        .clone()
+        .detect_silence(progress.clone(), config.window);
+    let anomalies = windowed.scores.concat(silences);
     let site_rollups = windowed.aggregates.clone().rollup_sites();
+
+    let alert_config = std::sync::Arc::new(config.alerts.clone());
+    let signals = anomalies
+        .clone()
+        .flat_map(|a| (a.kind != AnomalyKind::None).then_some(Signal::Anomaly(a)))
+        .concat(windowed.breaches.map(Signal::Breach))
+        .concat(windowed.activity.clone().map(Signal::Heard));
+    let alerts = signals
+        .evaluate_alerts(progress, alert_config.clone(), config.window)
+        .correlate_sites(windowed.activity, alert_config);
     PipelineOutputs {
         aggregates: windowed.aggregates,
-        anomalies: windowed.scores.concat(silences),
+        anomalies,
+        alerts,
         site_rollups,
         late,
         dead_letters: inputs.dead_letters.concat(unknown_devices),

@@ -179,7 +179,7 @@ impl Ord for Threshold {
 }
 
 /// What the registry knows about a device.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// thermostat, power_meter, ...
     pub device_type: String,
@@ -278,6 +278,16 @@ pub struct WindowAggregate {
     pub sum: ExactSum,
     /// Readings outside the registry thresholds.
     pub threshold_breaches: u64,
+}
+
+/// A closed window with readings outside the registry thresholds, with the registry entry
+/// (alert rules match on its type and site).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdBreach {
+    /// The window.
+    pub window: WindowAggregate,
+    /// The device's registry entry for it.
+    pub device: SharedDeviceInfo,
 }
 
 impl WindowAggregate {

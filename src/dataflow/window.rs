@@ -17,8 +17,8 @@ use crate::dataflow::anomaly::{
     AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, ParamsTable, WindowEvidence,
 };
 use crate::dataflow::model::{
-    DeviceId, EnrichedMessage, ExactSum, MetricId, Reading, SharedDeviceInfo, TimeMs,
-    WindowAggregate,
+    DeviceId, EnrichedMessage, ExactSum, MetricId, Reading, SharedDeviceInfo, ThresholdBreach,
+    TimeMs, WindowAggregate,
 };
 
 /// Window geometry.
@@ -173,6 +173,7 @@ impl DeviceState {
                     out.activity.extend(activity.take());
                     activity = Some(DeviceActivity {
                         device_id: device_id.clone(),
+                        device: Arc::clone(&w.device),
                         window_start_ms: w.start_ms,
                         first_ts_ms: evidence.first_ts_ms,
                         last_ts_ms: evidence.last_ts_ms,
@@ -184,6 +185,7 @@ impl DeviceState {
             }
             self.scorer.close_window(
                 device_id,
+                &w.device,
                 w.metric,
                 w.start_ms,
                 count,
@@ -194,8 +196,16 @@ impl DeviceState {
             );
         }
         out.activity.extend(activity);
-        out.aggregates
-            .extend(closing.iter().map(|w| w.closed(device_id)));
+        for w in &closing {
+            let aggregate = w.closed(device_id);
+            if w.breaches > 0 {
+                out.breaches.push(ThresholdBreach {
+                    window: aggregate.clone(),
+                    device: Arc::clone(&w.device),
+                });
+            }
+            out.aggregates.push(aggregate);
+        }
     }
 }
 
@@ -205,6 +215,7 @@ struct CloseBuffers {
     aggregates: Vec<WindowAggregate>,
     findings: Vec<AnomalyScore>,
     activity: Vec<DeviceActivity>,
+    breaches: Vec<ThresholdBreach>,
 }
 
 /// Capabilities to emit at one close time, one per output.
@@ -212,6 +223,7 @@ struct CloseCaps {
     aggregates: Capability<TimeMs>,
     findings: Capability<TimeMs>,
     activity: Capability<TimeMs>,
+    breaches: Capability<TimeMs>,
 }
 
 /// Readings whose score waits for the window two before theirs to close, with a capability at
@@ -227,6 +239,8 @@ pub struct Windowed<'scope> {
     pub scores: EventStream<'scope, AnomalyScore>,
     /// Each device's activity per closed window, for [`DetectSilence`](crate::dataflow::anomaly::DetectSilence).
     pub activity: EventStream<'scope, DeviceActivity>,
+    /// Closed windows with readings outside the registry thresholds.
+    pub breaches: EventStream<'scope, ThresholdBreach>,
 }
 
 /// Aggregates enriched readings into closed windows, and scores them.
@@ -250,6 +264,7 @@ pub trait AggregateWindows<'scope> {
 /// An anomaly score for a reading, if it is reported.
 fn reported(
     device_id: &DeviceId,
+    device: &SharedDeviceInfo,
     reading: &Reading,
     (score, kind): (f64, crate::dataflow::anomaly::AnomalyKind),
     report_threshold: f64,
@@ -257,6 +272,7 @@ fn reported(
 ) -> Option<AnomalyScore> {
     (emit_all_scores || score >= report_threshold).then(|| AnomalyScore {
         device_id: device_id.clone(),
+        device: Arc::clone(device),
         metric: Some(reading.metric),
         ts_ms: reading.ts_ms,
         value: Some(reading.value),
@@ -272,12 +288,15 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
         let (aggregates_out, aggregates) = builder.new_output();
         let (scores_out, scores) = builder.new_output();
         let (activity_out, activity) = builder.new_output();
+        let (breaches_out, breaches) = builder.new_output();
         let mut aggregates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<WindowAggregate>>> =
             OutputBuilder::from(aggregates_out);
         let mut scores_out: OutputBuilder<_, CapacityContainerBuilder<Vec<AnomalyScore>>> =
             OutputBuilder::from(scores_out);
         let mut activity_out: OutputBuilder<_, CapacityContainerBuilder<Vec<DeviceActivity>>> =
             OutputBuilder::from(activity_out);
+        let mut breaches_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ThresholdBreach>>> =
+            OutputBuilder::from(breaches_out);
         let table: ParamsTable = anomaly.table();
         let emit_all = anomaly.emit_all_scores;
         let len = config.length_ms;
@@ -293,6 +312,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                 let mut aggregates_out = aggregates_out.activate();
                 let mut scores_out = scores_out.activate();
                 let mut activity_out = activity_out.activate();
+                let mut breaches_out = breaches_out.activate();
                 // Windows the frontier has reached close, and held readings are scored, in
                 // event-time order: a window closing at `c` before readings waiting for `c`.
                 let reached = frontiers[0].frontier().first().map_or(TimeMs::MAX, |t| *t);
@@ -317,6 +337,9 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                             activity_out
                                 .session(&caps.activity)
                                 .give_container(&mut buffers.activity);
+                            breaches_out
+                                .session(&caps.breaches)
+                                .give_container(&mut buffers.breaches);
                             closed_through = Some(c);
                         }
                         (_, Some(h)) => {
@@ -339,6 +362,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                     let score = judge.score(&r, params);
                                     if let Some(score) = reported(
                                         &device_id,
+                                        &state.device,
                                         &r,
                                         score,
                                         params.report_threshold,
@@ -388,6 +412,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                         aggregates: cap.delayed(&close, 0),
                                         findings: cap.delayed(&close, 1),
                                         activity: cap.delayed(&close, 2),
+                                        breaches: cap.delayed(&close, 3),
                                     });
                                 }
                             }
@@ -405,6 +430,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                 Some(judge) => {
                                     if let Some(score) = reported(
                                         &message.device_id,
+                                        &message.device,
                                         r,
                                         judge.score(r, params),
                                         params.report_threshold,
@@ -431,6 +457,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
             aggregates,
             scores,
             activity,
+            breaches,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::dataflow::alert::AlertEvent;
 use crate::dataflow::anomaly::AnomalyScore;
 use crate::dataflow::model::{DeadLetter, LateReading, SiteRollup, WindowAggregate};
 use crate::dataflow::schema::MetricCatalog;
@@ -51,6 +52,23 @@ struct AnomalyLine<'a> {
     value: Option<f64>,
     score: f64,
     kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct AlertLine<'a> {
+    id: &'a str,
+    alert_id: &'a str,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_id: Option<&'a str>,
+    site: &'a str,
+    metric: Option<&'a str>,
+    rule: &'a str,
+    severity: &'a str,
+    cause: &'a str,
+    ts_ms: u64,
+    score: Option<f64>,
+    value: Option<f64>,
 }
 
 fn line<T: Serialize>(value: &T) -> String {
@@ -112,5 +130,25 @@ pub fn anomaly_line(a: &AnomalyScore, catalog: &MetricCatalog) -> String {
         value: a.value,
         score: a.score,
         kind: a.kind.code(),
+    })
+}
+
+/// `alerts.jsonl` (and every notification): `id, event, device_id` (absent for a site alert),
+/// `site, metric, rule, severity, cause, ts_ms, score, value`, and the `alert_id` events of
+/// one alert share.
+pub fn alert_line(a: &AlertEvent, catalog: &MetricCatalog) -> String {
+    line(&AlertLine {
+        id: &a.id,
+        alert_id: &a.alert_id,
+        event: a.event.code(),
+        device_id: a.device_id.as_deref(),
+        site: &a.site,
+        metric: a.metric.map(|m| catalog.name(m)),
+        rule: &a.rule,
+        severity: a.severity.code(),
+        cause: a.cause.code(),
+        ts_ms: a.ts_ms,
+        score: a.score,
+        value: a.value,
     })
 }

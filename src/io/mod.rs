@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod detection;
 pub mod fleet;
 pub mod jsonl;
 pub mod live;

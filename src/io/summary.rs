@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::alert::{AlertEvent, AlertEventKind};
 use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore};
 use crate::dataflow::model::{DeadLetterReason, IngestCounts};
 
@@ -27,6 +28,8 @@ pub struct RunSummary {
     pub threshold_breaches: u64,
     /// Anomalies by kind.
     pub anomalies: BTreeMap<AnomalyKind, u64>,
+    /// Alert events by kind.
+    pub alert_events: BTreeMap<AlertEventKind, u64>,
     /// Wall-clock seconds of the run.
     pub elapsed_s: f64,
 }
@@ -41,6 +44,13 @@ impl RunSummary {
     pub fn count_anomalies(&mut self, scores: &[AnomalyScore]) {
         for s in scores.iter().filter(|s| s.kind != AnomalyKind::None) {
             *self.anomalies.entry(s.kind).or_default() += 1;
+        }
+    }
+
+    /// Counts alert events.
+    pub fn count_alert_events(&mut self, events: &[AlertEvent]) {
+        for e in events {
+            *self.alert_events.entry(e.event).or_default() += 1;
         }
     }
 
@@ -75,6 +85,14 @@ impl fmt::Display for RunSummary {
         writeln!(f, "site rollups      {}", self.site_rollups)?;
         writeln!(f, "anomalies         {}", self.anomaly_total())?;
         for (kind, count) in &self.anomalies {
+            writeln!(f, "  {:<20}{count}", kind.code())?;
+        }
+        writeln!(
+            f,
+            "alert events      {}",
+            self.alert_events.values().sum::<u64>()
+        )?;
+        for (kind, count) in &self.alert_events {
             writeln!(f, "  {:<20}{count}", kind.code())?;
         }
         writeln!(f, "elapsed           {:.3} s", self.elapsed_s)?;

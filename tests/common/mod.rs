@@ -33,6 +33,10 @@ pub fn dataset(devices: usize, seconds: u64) -> Dataset {
         delayed_ms: (5_000, 90_000),
         late_rate: 0.005,
         future_rate: 0.001,
+        // Faults after the scorer's warm-up, so anomalies and alerts are exercised too.
+        fault_share: 0.1,
+        fault_start_ms: (200_000, 300_000),
+        fault_duration_ms: (30_000, 90_000),
         ..FleetConfig::default()
     };
     let mut fleet = Fleet::new(config);

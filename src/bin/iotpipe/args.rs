@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use iotpipe::dataflow::alert::AlertConfig;
 use iotpipe::dataflow::anomaly::AnomalyConfig;
+use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::cluster::ClusterConfig;
 
@@ -79,11 +81,15 @@ pub struct PipelineArgs {
     /// (default: the built-in parameters).
     #[arg(long)]
     pub anomaly_config: Option<PathBuf>,
+    /// Alert rules, TOML in the shape of `datasets/alert_rules.toml` (default: that file,
+    /// built into iotpipe).
+    #[arg(long)]
+    pub alert_rules: Option<PathBuf>,
 }
 
 impl PipelineArgs {
     /// The pipeline configuration, or an error naming the flag.
-    pub fn config(&self) -> Result<PipelineConfig, String> {
+    pub fn config(&self, schemas: &SchemaSet) -> Result<PipelineConfig, String> {
         if self.window_ms == 0 {
             return Err("--window-ms must be at least 1 (default 60000)".into());
         }
@@ -100,13 +106,24 @@ impl PipelineArgs {
                 Some(path) => iotpipe::io::config::load_toml(path)
                     .map_err(|e| format!("--anomaly-config {e}"))?,
             },
+            alerts: match &self.alert_rules {
+                None => AlertConfig::default(),
+                Some(path) => {
+                    let mut rules: AlertConfig = iotpipe::io::config::load_toml(path)
+                        .map_err(|e| format!("--alert-rules {e}"))?;
+                    rules
+                        .resolve(schemas.catalog())
+                        .map_err(|e| format!("--alert-rules {}: {e}", path.display()))?;
+                    rules
+                }
+            },
         })
     }
 
     /// The schemas to decode with.
-    pub fn schemas(&self) -> Result<iotpipe::dataflow::schema::SchemaSet, String> {
+    pub fn schemas(&self) -> Result<SchemaSet, String> {
         match &self.schemas {
-            None => Ok(iotpipe::dataflow::schema::SchemaSet::embedded()),
+            None => Ok(SchemaSet::embedded()),
             Some(dir) => {
                 iotpipe::io::schemas::load_schema_dir(dir).map_err(|e| format!("--schemas: {e}"))
             }

@@ -21,8 +21,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// Runs the demo until Ctrl-C or `--duration`.
 pub fn run(args: DemoArgs) -> Result<(), String> {
-    let pipeline_config = args.pipeline.config()?;
     let schemas = args.pipeline.schemas()?;
+    let pipeline_config = args.pipeline.config(&schemas)?;
     if args.devices == 0 {
         return Err("--devices must be at least 1 (default 2000)".into());
     }

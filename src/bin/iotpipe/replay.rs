@@ -9,9 +9,9 @@ use crate::args::ReplayArgs;
 
 /// Runs the replay and prints its summary.
 pub fn run(args: ReplayArgs) -> Result<(), String> {
-    let mut pipeline = args.pipeline.config()?;
-    pipeline.anomaly.emit_all_scores |= args.all_scores;
     let schemas = args.pipeline.schemas()?;
+    let mut pipeline = args.pipeline.config(&schemas)?;
+    pipeline.anomaly.emit_all_scores |= args.all_scores;
     if args.chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1 (default 4194304)".into());
     }

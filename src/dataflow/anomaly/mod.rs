@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-pub use silence::{DetectSilence, DeviceActivity};
+pub use silence::{DetectSilence, DeviceActivity, FleetProgress};
 pub use track::{AnomalyKind, Finding, Judge, ScorerParams, Track, WindowEvidence};
 
-use crate::dataflow::model::{DeviceId, ExactSum, MetricId, TimeMs};
+use crate::dataflow::model::{DeviceId, ExactSum, MetricId, SharedDeviceInfo, TimeMs};
 
 /// Scorer tuning: defaults, and overrides per device type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -79,6 +79,8 @@ impl ParamsTable {
 pub struct AnomalyScore {
     /// The device.
     pub device_id: DeviceId,
+    /// Its registry entry (alert rules match on its type and site).
+    pub device: SharedDeviceInfo,
     /// The metric (none for silence, which is the device's).
     pub metric: Option<MetricId>,
     /// Event time of the reading; for stuck, the run's last reading; for silence, the moment
@@ -94,9 +96,15 @@ pub struct AnomalyScore {
 
 impl AnomalyScore {
     /// A finding made when a window closed (stuck value or bucket-to-bucket level shift).
-    pub fn from_finding(device_id: DeviceId, metric: MetricId, finding: Finding) -> Self {
+    pub fn from_finding(
+        device_id: DeviceId,
+        device: SharedDeviceInfo,
+        metric: MetricId,
+        finding: Finding,
+    ) -> Self {
         Self {
             device_id,
+            device,
             metric: Some(metric),
             ts_ms: finding.ts_ms,
             value: Some(finding.value),
@@ -153,6 +161,7 @@ impl DeviceScorer {
     pub fn close_window(
         &mut self,
         device_id: &DeviceId,
+        device: &SharedDeviceInfo,
         metric: MetricId,
         window_start_ms: TimeMs,
         count: u64,
@@ -174,7 +183,7 @@ impl DeviceScorer {
         findings.extend(
             found
                 .into_iter()
-                .map(|f| AnomalyScore::from_finding(device_id.clone(), metric, f)),
+                .map(|f| AnomalyScore::from_finding(device_id.clone(), device.clone(), metric, f)),
         );
     }
 

@@ -23,7 +23,7 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::{AnomalyKind, AnomalyScore};
 use crate::dataflow::EventStream;
-use crate::dataflow::model::{DeviceId, TimeMs};
+use crate::dataflow::model::{DeviceId, SharedDeviceInfo, TimeMs};
 use crate::dataflow::window::WindowConfig;
 
 /// When a device was heard from in one closed window.
@@ -31,6 +31,8 @@ use crate::dataflow::window::WindowConfig;
 pub struct DeviceActivity {
     /// The device.
     pub device_id: DeviceId,
+    /// Its registry entry.
+    pub device: SharedDeviceInfo,
     /// The window.
     pub window_start_ms: TimeMs,
     /// Its first reading's event time.
@@ -59,8 +61,9 @@ impl DeviceActivity {
 }
 
 /// A device's silence state.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Heard {
+    device: SharedDeviceInfo,
     last_ts_ms: TimeMs,
     /// The last reading after which a silence was reported (each silence is reported once).
     reported_after: Option<TimeMs>,
@@ -68,18 +71,45 @@ struct Heard {
     forget_after_ms: u64,
 }
 
+/// Publishes the fleet's event-time progress.
+pub trait FleetProgress<'scope> {
+    /// For each window close time, the latest event time any device reached in windows closing
+    /// then, from every worker to every worker (so each worker sees every close time: a tick).
+    fn fleet_progress(self) -> EventStream<'scope, TimeMs>;
+}
+
+impl<'scope> FleetProgress<'scope> for EventStream<'scope, DeviceActivity> {
+    fn fleet_progress(self) -> EventStream<'scope, TimeMs> {
+        self.unary(Pipeline, "FleetProgress", |_cap, _info| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    if let Some(latest) = data.iter().map(|a| a.last_ts_ms).max() {
+                        output.session(&cap).give(latest);
+                    }
+                });
+            }
+        })
+        .broadcast()
+    }
+}
+
 /// Finds silent devices.
 pub trait DetectSilence<'scope> {
     /// Reports each silence of a device once, at the moment its timeout passed: gaps inside and
     /// between windows when the device speaks again, and ongoing silence once the fleet's
-    /// event time has moved the timeout past the device's last reading. The input must be
-    /// partitioned by device.
-    fn detect_silence(self, window: WindowConfig) -> EventStream<'scope, AnomalyScore>;
+    /// event time (`progress`, see [`FleetProgress`]) has moved the timeout past the device's
+    /// last reading. The input must be partitioned by device.
+    fn detect_silence(
+        self,
+        progress: EventStream<'scope, TimeMs>,
+        window: WindowConfig,
+    ) -> EventStream<'scope, AnomalyScore>;
 }
 
-fn silence(device_id: &DeviceId, at_ms: TimeMs) -> AnomalyScore {
+fn silence(device_id: &DeviceId, device: &SharedDeviceInfo, at_ms: TimeMs) -> AnomalyScore {
     AnomalyScore {
         device_id: device_id.clone(),
+        device: device.clone(),
         metric: None,
         ts_ms: at_ms,
         value: None,
@@ -93,19 +123,11 @@ fn silence(device_id: &DeviceId, at_ms: TimeMs) -> AnomalyScore {
 type Pending = (Capability<TimeMs>, Vec<DeviceActivity>, TimeMs);
 
 impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
-    fn detect_silence(self, window: WindowConfig) -> EventStream<'scope, AnomalyScore> {
-        let progress = self
-            .clone()
-            .unary(Pipeline, "FleetProgress", |_cap, _info| {
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        if let Some(latest) = data.iter().map(|a| a.last_ts_ms).max() {
-                            output.session(&cap).give(latest);
-                        }
-                    });
-                }
-            })
-            .broadcast();
+    fn detect_silence(
+        self,
+        progress: EventStream<'scope, TimeMs>,
+        window: WindowConfig,
+    ) -> EventStream<'scope, AnomalyScore> {
         self.binary_frontier(
             progress,
             Pipeline,
@@ -140,6 +162,7 @@ impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
                         let mut session = output.session(&cap);
                         for a in activity {
                             let heard = devices.entry(a.device_id.clone()).or_insert(Heard {
+                                device: a.device.clone(),
                                 last_ts_ms: a.first_ts_ms,
                                 reported_after: None,
                                 timeout_ms: a.silence_timeout_ms,
@@ -149,12 +172,17 @@ impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
                             if before + a.silence_timeout_ms <= a.first_ts_ms
                                 && heard.reported_after != Some(before)
                             {
-                                session.give(silence(&a.device_id, before + a.silence_timeout_ms));
+                                session.give(silence(
+                                    &a.device_id,
+                                    &a.device,
+                                    before + a.silence_timeout_ms,
+                                ));
                             }
                             for at_ms in a.inner_silences(window) {
-                                session.give(silence(&a.device_id, at_ms));
+                                session.give(silence(&a.device_id, &a.device, at_ms));
                             }
                             *heard = Heard {
+                                device: a.device.clone(),
                                 last_ts_ms: before.max(a.last_ts_ms),
                                 reported_after: heard.reported_after,
                                 timeout_ms: a.silence_timeout_ms,
@@ -168,7 +196,7 @@ impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
                                 && heard.reported_after != Some(heard.last_ts_ms)
                             {
                                 heard.reported_after = Some(heard.last_ts_ms);
-                                session.give(silence(device_id, silent_at));
+                                session.give(silence(device_id, &heard.device, silent_at));
                             }
                             heard.last_ts_ms + heard.forget_after_ms > fleet_latest_ms
                         });
@@ -190,6 +218,7 @@ mod tests {
         let slots = (0..10).chain(40..64).fold(0u64, |s, i| s | (1 << i));
         let activity = DeviceActivity {
             device_id: "d".into(),
+            device: std::sync::Arc::new(crate::dataflow::model::DeviceInfo::default()),
             window_start_ms: 60_000,
             first_ts_ms: 60_000,
             last_ts_ms: 119_000,

@@ -187,6 +187,9 @@ fn run_worker(
         outputs
             .anomalies
             .deliver_in_order("WriteAnomalies", to_shared(&files, ReplayFiles::anomalies));
+        outputs
+            .alerts
+            .deliver_in_order("WriteAlerts", to_shared(&files, ReplayFiles::alerts));
         counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
     });
     // The registry is known up front: worker 0 loads it whole, every worker closes its input.

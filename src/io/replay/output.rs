@@ -5,6 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::dataflow::alert::AlertEvent;
 use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore};
 use crate::dataflow::model::{DeadLetter, IngestCounts, LateReading, SiteRollup, WindowAggregate};
 use crate::dataflow::schema::MetricCatalog;
@@ -19,6 +20,7 @@ pub struct ReplayFiles {
     dead_letters: BufWriter<File>,
     late: BufWriter<File>,
     anomalies: BufWriter<File>,
+    alerts: BufWriter<File>,
     /// Every score, when the run asked for them.
     scores: Option<BufWriter<File>>,
     /// Counts of what was written.
@@ -53,6 +55,7 @@ impl ReplayFiles {
             dead_letters: create(dir, "dead_letters.jsonl")?,
             late: create(dir, "late.jsonl")?,
             anomalies: create(dir, "anomalies.jsonl")?,
+            alerts: create(dir, "alerts.jsonl")?,
             scores: all_scores
                 .then(|| create(dir, "scores.jsonl"))
                 .transpose()?,
@@ -62,13 +65,14 @@ impl ReplayFiles {
     }
 
     /// The paths written, for messages.
-    pub fn names() -> [&'static str; 5] {
+    pub fn names() -> [&'static str; 6] {
         [
             "aggregates.jsonl",
             "site_rollups.jsonl",
             "dead_letters.jsonl",
             "late.jsonl",
             "anomalies.jsonl",
+            "alerts.jsonl",
         ]
     }
 
@@ -150,6 +154,16 @@ impl ReplayFiles {
         Self::write_sorted(&mut self.anomalies, lines, &mut self.error);
     }
 
+    /// Writes alert events.
+    pub fn alerts(&mut self, records: Vec<AlertEvent>) {
+        self.summary.count_alert_events(&records);
+        let lines = records
+            .iter()
+            .map(|a| jsonl::alert_line(a, &self.catalog))
+            .collect();
+        Self::write_sorted(&mut self.alerts, lines, &mut self.error);
+    }
+
     /// Adds ingest counts.
     pub fn counts(&mut self, records: Vec<IngestCounts>) {
         for c in &records {
@@ -165,6 +179,7 @@ impl ReplayFiles {
             &mut self.dead_letters,
             &mut self.late,
             &mut self.anomalies,
+            &mut self.alerts,
         ]
         .into_iter()
         .chain(self.scores.as_mut())

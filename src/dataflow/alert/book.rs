@@ -1,0 +1,335 @@
+//! The alert book: one worker's open device alerts and their lifecycle.
+//!
+//! Every decision is a function of the signals and of event-time ticks (window close times,
+//! which every worker sees), applied in event-time order, so a replay or a restart with any
+//! number of workers opens, escalates and resolves the same alerts at the same times, with the
+//! same ids.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::rules::{AlertConfig, Cause, Condition, Severity};
+use super::{AlertEvent, AlertEventKind, Signal};
+use crate::dataflow::anomaly::AnomalyKind;
+use crate::dataflow::model::{DeviceId, MetricId, SharedDeviceInfo, TimeMs};
+
+/// One open alert per device, metric (none for silence) and cause.
+type AlertKey = (DeviceId, Option<MetricId>, Cause);
+
+/// Why an open alert sends nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mute {
+    /// It opened in a maintenance window that ends then; it is announced if it outlives it.
+    Maintenance(TimeMs),
+    /// Its key opened too often lately.
+    Flapping,
+}
+
+#[derive(Clone, Debug)]
+struct OpenAlert {
+    alert_id: String,
+    device: SharedDeviceInfo,
+    rule: usize,
+    severity: Severity,
+    last_fired_ms: TimeMs,
+    score: Option<f64>,
+    value: Option<f64>,
+    mute: Option<Mute>,
+}
+
+/// One worker's device alerts.
+pub struct AlertBook {
+    config: Arc<AlertConfig>,
+    window_ms: u64,
+    open: BTreeMap<AlertKey, OpenAlert>,
+    /// Recent opens per key, for flapping.
+    opened: FxHashMap<AlertKey, VecDeque<TimeMs>>,
+    /// Per (device, metric, rule): the last window that met a threshold rule, and the run of
+    /// consecutive such windows it ends.
+    runs: FxHashMap<(DeviceId, MetricId, usize), (TimeMs, u32)>,
+}
+
+/// What fired.
+struct Firing<'a> {
+    device_id: &'a DeviceId,
+    device: &'a SharedDeviceInfo,
+    metric: Option<MetricId>,
+    rule: usize,
+    ts_ms: TimeMs,
+    score: Option<f64>,
+    value: Option<f64>,
+}
+
+impl AlertBook {
+    /// An empty book.
+    pub fn new(config: Arc<AlertConfig>, window_ms: u64) -> Self {
+        Self {
+            config,
+            window_ms,
+            open: BTreeMap::new(),
+            opened: FxHashMap::default(),
+            runs: FxHashMap::default(),
+        }
+    }
+
+    /// Applies a signal.
+    pub fn apply(&mut self, signal: &Signal, out: &mut Vec<AlertEvent>) {
+        let config = Arc::clone(&self.config);
+        match signal {
+            Signal::Anomaly(a) => {
+                for (i, rule) in config.rules.iter().enumerate() {
+                    let Condition::Anomaly { min_score, kinds } = &rule.when else {
+                        if a.kind == AnomalyKind::Silence
+                            && matches!(rule.when, Condition::Silence {})
+                            && rule.selector.matches(&a.device_id, &a.device, None)
+                        {
+                            self.fire(
+                                Firing {
+                                    device_id: &a.device_id,
+                                    device: &a.device,
+                                    metric: None,
+                                    rule: i,
+                                    ts_ms: a.ts_ms,
+                                    score: None,
+                                    value: None,
+                                },
+                                out,
+                            );
+                        }
+                        continue;
+                    };
+                    let kind_fires = if kinds.is_empty() {
+                        matches!(
+                            a.kind,
+                            AnomalyKind::Spike | AnomalyKind::LevelShift | AnomalyKind::Stuck
+                        )
+                    } else {
+                        kinds.contains(&a.kind)
+                    };
+                    if kind_fires
+                        && a.score >= *min_score
+                        && rule.selector.matches(&a.device_id, &a.device, a.metric)
+                    {
+                        self.fire(
+                            Firing {
+                                device_id: &a.device_id,
+                                device: &a.device,
+                                metric: a.metric,
+                                rule: i,
+                                ts_ms: a.ts_ms,
+                                score: Some(a.score),
+                                value: a.value,
+                            },
+                            out,
+                        );
+                    }
+                }
+            }
+            Signal::Breach(b) => {
+                let w = &b.window;
+                for (i, rule) in config.rules.iter().enumerate() {
+                    let Condition::Threshold {
+                        min_breaches,
+                        for_windows,
+                    } = rule.when
+                    else {
+                        continue;
+                    };
+                    if w.threshold_breaches < min_breaches
+                        || !rule
+                            .selector
+                            .matches(&w.device_id, &b.device, Some(w.metric))
+                    {
+                        continue;
+                    }
+                    let run = self
+                        .runs
+                        .entry((w.device_id.clone(), w.metric, i))
+                        .or_insert((w.window_start_ms, 0));
+                    let extends = run.1 > 0 && run.0 + self.window_ms == w.window_start_ms;
+                    // A second piece of the same window (a site move) neither extends nor
+                    // breaks the run.
+                    let repeats = run.1 > 0 && run.0 == w.window_start_ms;
+                    if extends {
+                        run.1 += 1;
+                    } else if !repeats {
+                        run.1 = 1;
+                    }
+                    run.0 = w.window_start_ms;
+                    if run.1 >= for_windows {
+                        // The window's value furthest from its mean stands for it.
+                        let mean = w.mean();
+                        let value = if w.max - mean >= mean - w.min {
+                            w.max
+                        } else {
+                            w.min
+                        };
+                        self.fire(
+                            Firing {
+                                device_id: &w.device_id,
+                                device: &b.device,
+                                metric: Some(w.metric),
+                                rule: i,
+                                ts_ms: w.window_start_ms + self.window_ms - 1,
+                                score: None,
+                                value: Some(value),
+                            },
+                            out,
+                        );
+                    }
+                }
+            }
+            Signal::Heard(h) => {
+                let key = (h.device_id.clone(), None, Cause::Silence);
+                if let Some(alert) = self.open.get(&key)
+                    && h.last_ts_ms >= alert.last_fired_ms
+                {
+                    let at = alert.last_fired_ms.max(h.window_start_ms);
+                    let alert = self.open.remove(&key).expect("found above");
+                    self.emit(&key, &alert, AlertEventKind::Resolved, at, out);
+                }
+            }
+        }
+    }
+
+    fn fire(&mut self, f: Firing<'_>, out: &mut Vec<AlertEvent>) {
+        let rule = &self.config.rules[f.rule];
+        let key: AlertKey = (f.device_id.clone(), f.metric, rule.when.cause());
+        if let Some(alert) = self.open.get_mut(&key) {
+            alert.last_fired_ms = alert.last_fired_ms.max(f.ts_ms);
+            if rule.severity > alert.severity {
+                // A finding may date from before the alert opened; the escalation happens now.
+                let at = f.ts_ms.max(alert.last_fired_ms);
+                alert.severity = rule.severity;
+                alert.rule = f.rule;
+                alert.score = f.score;
+                alert.value = f.value;
+                let alert = alert.clone();
+                self.emit(&key, &alert, AlertEventKind::Escalated, at, out);
+            }
+            return;
+        }
+        let lifecycle = &self.config.lifecycle;
+        let recent = self.opened.entry(key.clone()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| t + lifecycle.flap_window_ms <= f.ts_ms)
+        {
+            recent.pop_front();
+        }
+        let flapping = recent.len() >= lifecycle.flap_max_opens;
+        recent.push_back(f.ts_ms);
+        let mute = if flapping {
+            Some(Mute::Flapping)
+        } else {
+            self.config
+                .maintenance_until(f.device_id, f.device, f.metric, f.ts_ms)
+                .map(Mute::Maintenance)
+        };
+        let alert = OpenAlert {
+            alert_id: alert_id(f.device_id, f.metric, key.2, f.ts_ms),
+            device: Arc::clone(f.device),
+            rule: f.rule,
+            severity: rule.severity,
+            last_fired_ms: f.ts_ms,
+            score: f.score,
+            value: f.value,
+            mute,
+        };
+        self.emit(&key, &alert, AlertEventKind::Opened, f.ts_ms, out);
+        self.open.insert(key, alert);
+    }
+
+    /// Event time has reached `clock_ms` everywhere: resolves alerts whose condition has not
+    /// held for the clear time, and announces alerts that outlived their maintenance window.
+    pub fn tick(&mut self, clock_ms: TimeMs, out: &mut Vec<AlertEvent>) {
+        let clear_ms = self.config.lifecycle.clear_after_ms;
+        let mut resolved = Vec::new();
+        for (key, alert) in &mut self.open {
+            if key.2 != Cause::Silence && alert.last_fired_ms + clear_ms <= clock_ms {
+                resolved.push(key.clone());
+            } else if let Some(Mute::Maintenance(until)) = alert.mute
+                && until <= clock_ms
+            {
+                alert.mute = None;
+                let alert = alert.clone();
+                push_event(
+                    &self.config,
+                    key,
+                    &alert,
+                    AlertEventKind::Opened,
+                    until,
+                    out,
+                );
+            }
+        }
+        for key in resolved {
+            let alert = self.open.remove(&key).expect("listed");
+            let at = alert.last_fired_ms + clear_ms;
+            self.emit(&key, &alert, AlertEventKind::Resolved, at, out);
+        }
+        let flap_ms = self.config.lifecycle.flap_window_ms;
+        self.opened
+            .retain(|_, recent| recent.back().is_some_and(|t| t + flap_ms > clock_ms));
+        let window_ms = self.window_ms;
+        self.runs
+            .retain(|_, (last, _)| *last + 2 * window_ms > clock_ms);
+    }
+
+    fn emit(
+        &self,
+        key: &AlertKey,
+        alert: &OpenAlert,
+        event: AlertEventKind,
+        ts_ms: TimeMs,
+        out: &mut Vec<AlertEvent>,
+    ) {
+        if alert.mute.is_none() {
+            push_event(&self.config, key, alert, event, ts_ms, out);
+        }
+    }
+
+    /// Open alerts (muted ones included).
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+}
+
+fn push_event(
+    config: &AlertConfig,
+    key: &AlertKey,
+    alert: &OpenAlert,
+    event: AlertEventKind,
+    ts_ms: TimeMs,
+    out: &mut Vec<AlertEvent>,
+) {
+    out.push(AlertEvent {
+        id: format!("{}/{}/{ts_ms}", alert.alert_id, event.code()),
+        alert_id: alert.alert_id.clone(),
+        event,
+        device_id: Some(key.0.clone()),
+        site: alert.device.site.clone(),
+        metric: key.1,
+        rule: config.rules[alert.rule].name.clone(),
+        severity: alert.severity,
+        cause: key.2,
+        ts_ms,
+        score: alert.score,
+        value: alert.value,
+    });
+}
+
+/// An alert's id: what it is about and when it opened, so a replay gives it the same id.
+pub fn alert_id(
+    subject: &str,
+    metric: Option<MetricId>,
+    cause: Cause,
+    opened_ms: TimeMs,
+) -> String {
+    match metric {
+        Some(m) => format!("{subject}/m{}/{}/{opened_ms}", m.0, cause.code()),
+        None => format!("{subject}/{}/{opened_ms}", cause.code()),
+    }
+}

@@ -1,0 +1,180 @@
+//! Alerting: rules over the dataflow's signals open, escalate and resolve alerts, and sites
+//! with many silent devices get one alert instead of many.
+//!
+//! Signals are anomaly scores and findings, closed windows over registry thresholds, and device
+//! activity (which ends silences). [`EvaluateAlerts`] runs where the signals are (partitioned
+//! by device) and keeps one [`AlertBook`](book::AlertBook) per worker; [`CorrelateSites`] runs
+//! partitioned by site. Both work in event-time order, driven by the frontier, so alert events
+//! and their ids are the same for any number of workers and for a replay of the same input:
+//! a sink that remembers ids never delivers one twice.
+
+pub mod book;
+pub mod rules;
+mod sites;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+pub use rules::{AlertConfig, Cause, Severity};
+pub use sites::CorrelateSites;
+
+use crate::dataflow::EventStream;
+use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore, DeviceActivity};
+use crate::dataflow::model::{DeviceId, MetricId, ThresholdBreach, TimeMs};
+use crate::dataflow::window::WindowConfig;
+use book::AlertBook;
+
+/// What happened to an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEventKind {
+    /// The alert opened.
+    Opened,
+    /// A rule of higher severity fired while it was open.
+    Escalated,
+    /// Its condition cleared.
+    Resolved,
+}
+
+impl AlertEventKind {
+    /// The event's code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Escalated => "escalated",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert event, as notification channels send it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// The event's id: the alert's id, the event and its time. A replay gives the same ids.
+    pub id: String,
+    /// The alert's id: its subject, cause and the time it opened.
+    pub alert_id: String,
+    /// What happened.
+    pub event: AlertEventKind,
+    /// The device (none for a site alert).
+    pub device_id: Option<DeviceId>,
+    /// The site (of the device, or the site alerted).
+    pub site: String,
+    /// The metric, where one applies.
+    pub metric: Option<MetricId>,
+    /// The rule that fired (the highest-severity one so far).
+    pub rule: String,
+    /// Its severity.
+    pub severity: Severity,
+    /// What the alert is about.
+    pub cause: Cause,
+    /// Event time at which it happened.
+    pub ts_ms: TimeMs,
+    /// The anomaly score behind it, if any.
+    pub score: Option<f64>,
+    /// The value behind it, if any (the reading, the extreme of a breaching window, the share
+    /// of a site's devices silent).
+    pub value: Option<f64>,
+}
+
+/// A signal alert rules look at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Signal {
+    /// An anomaly score, a stuck or level-shift finding, or a silence.
+    Anomaly(AnomalyScore),
+    /// A closed window with readings outside the registry thresholds.
+    Breach(ThresholdBreach),
+    /// A device was heard in a closed window (ends its silence alert).
+    Heard(DeviceActivity),
+}
+
+impl Signal {
+    /// The order signals of one timely time are applied in: by event time, then subject.
+    fn order_key(&self) -> (TimeMs, &str, u8, Option<MetricId>, AnomalyKind) {
+        match self {
+            Self::Anomaly(a) => (a.ts_ms, &a.device_id, 0, a.metric, a.kind),
+            Self::Breach(b) => (
+                b.window.window_start_ms,
+                &b.window.device_id,
+                1,
+                Some(b.window.metric),
+                AnomalyKind::None,
+            ),
+            Self::Heard(h) => (h.window_start_ms, &h.device_id, 2, None, AnomalyKind::None),
+        }
+    }
+}
+
+/// Pending work of one timely time: signals, and whether it is a tick.
+type Pending = (Capability<TimeMs>, Vec<Signal>, bool);
+
+/// Evaluates alert rules.
+pub trait EvaluateAlerts<'scope> {
+    /// Applies each time's signals in event-time order once the frontier has passed it, and
+    /// at each tick (a window close time, seen by every worker) resolves alerts whose condition
+    /// has cleared. The signals must be partitioned by device.
+    fn evaluate_alerts(
+        self,
+        ticks: EventStream<'scope, TimeMs>,
+        config: Arc<AlertConfig>,
+        window: WindowConfig,
+    ) -> EventStream<'scope, AlertEvent>;
+}
+
+impl<'scope> EvaluateAlerts<'scope> for EventStream<'scope, Signal> {
+    fn evaluate_alerts(
+        self,
+        ticks: EventStream<'scope, TimeMs>,
+        config: Arc<AlertConfig>,
+        window: WindowConfig,
+    ) -> EventStream<'scope, AlertEvent> {
+        self.binary_frontier(
+            ticks,
+            Pipeline,
+            Pipeline,
+            "EvaluateAlerts",
+            move |_cap, _info| {
+                let mut book = AlertBook::new(config, window.length_ms);
+                let mut pending: BTreeMap<TimeMs, Pending> = BTreeMap::new();
+                let mut events = Vec::new();
+                move |(input, frontier), (ticks, ticks_frontier), output| {
+                    input.for_each(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        pending
+                            .entry(time)
+                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), false))
+                            .1
+                            .append(data);
+                    });
+                    ticks.for_each(|cap, _| {
+                        let Some(&time) = cap.least() else { return };
+                        pending
+                            .entry(time)
+                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), false))
+                            .2 = true;
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        let time = *entry.key();
+                        if frontier.less_equal(&time) || ticks_frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (cap, mut signals, tick) = entry.remove();
+                        if tick {
+                            book.tick(time, &mut events);
+                        }
+                        signals.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+                        for signal in &signals {
+                            book.apply(signal, &mut events);
+                        }
+                        output.session(&cap).give_container(&mut events);
+                    }
+                }
+            },
+        )
+    }
+}

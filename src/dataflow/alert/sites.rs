@@ -1,0 +1,216 @@
+//! Site alerts: when many of a site's devices are silent at once, the site is the problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use super::book::alert_id;
+use super::rules::{AlertConfig, Cause};
+use super::{AlertEvent, AlertEventKind};
+use crate::dataflow::EventStream;
+use crate::dataflow::anomaly::DeviceActivity;
+use crate::dataflow::model::{DeviceId, TimeMs};
+
+/// Stable hash of a site, for partitioning.
+fn site_hash(site: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    site.hash(&mut h);
+    h.finish()
+}
+
+/// One site's state.
+#[derive(Default)]
+struct Site {
+    /// Devices heard lately: their last reading and how long they are remembered.
+    known: FxHashMap<DeviceId, (TimeMs, u64)>,
+    /// Devices with an open silence alert.
+    silent: BTreeSet<DeviceId>,
+    /// The open site alert: its id.
+    alert: Option<String>,
+    /// Devices whose silence alerts the site alert replaced (their resolutions are dropped too).
+    replaced: BTreeSet<DeviceId>,
+}
+
+impl Site {
+    fn silent_share(&self) -> f64 {
+        self.silent.len() as f64 / self.known.len().max(1) as f64
+    }
+}
+
+/// Pending work of one timely time.
+type Pending = (Capability<TimeMs>, Vec<AlertEvent>, Vec<DeviceActivity>);
+
+/// Correlates device alerts per site.
+pub trait CorrelateSites<'scope> {
+    /// Passes device alert events through, except that when at least the configured share of a
+    /// site's devices (seen in their forget time) are silent at once, it opens one site alert
+    /// and drops those devices' silence events (and later ones of the site) while it is open.
+    /// The site alert resolves when fewer than half that share are still silent.
+    fn correlate_sites(
+        self,
+        activity: EventStream<'scope, DeviceActivity>,
+        config: Arc<AlertConfig>,
+    ) -> EventStream<'scope, AlertEvent>;
+}
+
+impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
+    fn correlate_sites(
+        self,
+        activity: EventStream<'scope, DeviceActivity>,
+        config: Arc<AlertConfig>,
+    ) -> EventStream<'scope, AlertEvent> {
+        let events_by_site = Exchange::new(|e: &AlertEvent| site_hash(&e.site));
+        let activity_by_site = Exchange::new(|a: &DeviceActivity| site_hash(&a.device.site));
+        self.binary_frontier(
+            activity,
+            events_by_site,
+            activity_by_site,
+            "CorrelateSites",
+            move |_cap, _info| {
+                let mut sites: FxHashMap<String, Site> = FxHashMap::default();
+                let mut pending: BTreeMap<TimeMs, Pending> = BTreeMap::new();
+                move |(events, frontier), (activity, activity_frontier), output| {
+                    events.for_each(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        pending
+                            .entry(time)
+                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
+                            .1
+                            .append(data);
+                    });
+                    activity.for_each(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        pending
+                            .entry(time)
+                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
+                            .2
+                            .append(data);
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        let time = *entry.key();
+                        if frontier.less_equal(&time) || activity_frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (cap, mut events, heard) = entry.remove();
+                        events.sort_by(|a, b| a.id.cmp(&b.id));
+                        // Sites whose silent set changed, with the latest event time that did it.
+                        let mut touched: BTreeMap<String, TimeMs> = BTreeMap::new();
+                        for a in heard {
+                            let site = sites.entry(a.device.site.clone()).or_default();
+                            let last = site.known.entry(a.device_id.clone()).or_insert((0, 0));
+                            *last = (last.0.max(a.last_ts_ms), a.forget_after_ms);
+                            let latest = last.0;
+                            site.known.retain(|_, (t, forget)| *t + *forget > latest);
+                        }
+                        for e in &events {
+                            if e.cause != Cause::Silence {
+                                continue;
+                            }
+                            let (Some(device_id), site) =
+                                (&e.device_id, sites.entry(e.site.clone()).or_default())
+                            else {
+                                continue;
+                            };
+                            match e.event {
+                                AlertEventKind::Opened => {
+                                    site.silent.insert(device_id.clone());
+                                    site.known
+                                        .entry(device_id.clone())
+                                        .or_insert((e.ts_ms, u64::MAX / 2));
+                                }
+                                AlertEventKind::Resolved => {
+                                    site.silent.remove(device_id);
+                                }
+                                AlertEventKind::Escalated => {}
+                            }
+                            let at = touched.entry(e.site.clone()).or_insert(e.ts_ms);
+                            *at = (*at).max(e.ts_ms);
+                        }
+                        let rule = &config.site;
+                        let mut site_events = Vec::new();
+                        for (name, ts_ms) in &touched {
+                            let site = sites.get_mut(name).expect("touched");
+                            let share = site.silent_share();
+                            match &site.alert {
+                                None if site.silent.len() >= rule.min_devices
+                                    && share >= rule.silent_share =>
+                                {
+                                    let id = alert_id(name, None, Cause::Site, *ts_ms);
+                                    site_events.push(site_event(
+                                        &id,
+                                        name,
+                                        AlertEventKind::Opened,
+                                        *ts_ms,
+                                        share,
+                                        &config,
+                                    ));
+                                    site.alert = Some(id);
+                                }
+                                Some(id) if share < rule.silent_share / 2.0 => {
+                                    site_events.push(site_event(
+                                        id,
+                                        name,
+                                        AlertEventKind::Resolved,
+                                        *ts_ms,
+                                        share,
+                                        &config,
+                                    ));
+                                    site.alert = None;
+                                }
+                                _ => {}
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for e in events {
+                            if e.cause == Cause::Silence
+                                && let Some(device_id) = &e.device_id
+                                && let Some(site) = sites.get_mut(&e.site)
+                            {
+                                if site.alert.is_some() && e.event == AlertEventKind::Opened {
+                                    site.replaced.insert(device_id.clone());
+                                    continue;
+                                }
+                                if e.event == AlertEventKind::Resolved
+                                    && site.replaced.remove(device_id)
+                                {
+                                    continue;
+                                }
+                            }
+                            session.give(e);
+                        }
+                        session.give_iterator(site_events.into_iter());
+                    }
+                }
+            },
+        )
+    }
+}
+
+fn site_event(
+    alert_id: &str,
+    site: &str,
+    event: AlertEventKind,
+    ts_ms: TimeMs,
+    share: f64,
+    config: &AlertConfig,
+) -> AlertEvent {
+    AlertEvent {
+        id: format!("{alert_id}/{}/{ts_ms}", event.code()),
+        alert_id: alert_id.to_string(),
+        event,
+        device_id: None,
+        site: site.to_string(),
+        metric: None,
+        rule: "site-silent".to_string(),
+        severity: config.site.severity,
+        cause: Cause::Site,
+        ts_ms,
+        score: None,
+        value: Some(share),
+    }
+}
