@@ -13,6 +13,20 @@ if ! need cargo; then
     exit 1
 fi
 
+# Debian packages of the servers tests start (as root, or through sudo).
+install_debian() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+if ! need mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "test.sh: installing mosquitto (MQTT notification tests)"
+    install_debian mosquitto
+fi
+# The package's service is not needed: tests start their own brokers on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

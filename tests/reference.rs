@@ -101,6 +101,7 @@ fn replay_in_process(
         },
         // Small chunks: many hand-offs of the watermark prefix between workers.
         chunk_bytes: 64 * 1024,
+        notifier: None,
     };
     let cluster = ClusterConfig {
         workers,

@@ -7,6 +7,7 @@ pub mod detection;
 pub mod fleet;
 pub mod jsonl;
 pub mod live;
+pub mod notify;
 pub mod replay;
 pub mod schemas;
 pub mod source;

@@ -131,6 +131,29 @@ impl PipelineArgs {
     }
 }
 
+/// Notification channels.
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// Notification channels for alert events, TOML: `[[webhook]]`, `[[mqtt]]`, `[[file]]`
+    /// tables and a `ledger_dir` (see the README).
+    #[arg(long)]
+    pub notify: Option<PathBuf>,
+}
+
+impl NotifyArgs {
+    /// Starts the configured channels (none without `--notify`).
+    pub fn start(&self) -> Result<Option<iotpipe::io::notify::Notifier>, String> {
+        let Some(path) = &self.notify else {
+            return Ok(None);
+        };
+        let config: iotpipe::io::notify::NotifyConfig =
+            iotpipe::io::config::load_toml(path).map_err(|e| format!("--notify {e}"))?;
+        iotpipe::io::notify::Notifier::start(&config)
+            .map(Some)
+            .map_err(|e| format!("--notify {}: {e}", path.display()))
+    }
+}
+
 /// `iotpipe replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -149,6 +172,9 @@ pub struct ReplayArgs {
     /// Also write every reading's anomaly score to `scores.jsonl` (for evaluation).
     #[arg(long)]
     pub all_scores: bool,
+    /// Alert notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
     /// Pipeline semantics.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -175,6 +201,9 @@ pub struct DemoArgs {
     /// Print one summary line per second instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
+    /// Alert notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
     /// Pipeline semantics.
     #[command(flatten)]
     pub pipeline: PipelineArgs,

@@ -1,6 +1,7 @@
 //! `iotpipe replay`: wiring.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use iotpipe::io::replay::{ReplayFiles, ReplayJob, replay};
 use iotpipe::io::schemas::load_registry;
@@ -17,7 +18,15 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     }
     let registry =
         load_registry(&args.registry, &schemas).map_err(|e| format!("--registry {e}"))?;
+    let cluster = args.cluster.config();
+    // Process 0 receives every alert event, so only it notifies.
+    let notifier = if cluster.is_leader() {
+        args.notify.start()?
+    } else {
+        None
+    };
     let job = ReplayJob {
+        notifier: notifier.as_ref().map(|n| n.handle()),
         events: args.events,
         registry: Arc::new(registry),
         out: args.out.clone(),
@@ -25,7 +34,21 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         pipeline,
         chunk_bytes: args.chunk_bytes,
     };
-    if let Some(summary) = replay(job, &args.cluster.config()).map_err(|e| e.to_string())? {
+    let result = replay(job, &cluster).map_err(|e| e.to_string());
+    if let Some(notifier) = notifier {
+        for report in notifier.finish(Duration::from_secs(60)) {
+            println!(
+                "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
+                report.name,
+                report.delivered,
+                report.already_delivered,
+                report.rejected,
+                report.retries,
+                report.undelivered
+            );
+        }
+    }
+    if let Some(summary) = result? {
         println!("{summary}");
         println!(
             "outputs           {} ({})",

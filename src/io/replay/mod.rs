@@ -33,6 +33,8 @@ use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::deliver::{DeliverInOrder, to_shared};
+use crate::io::jsonl;
+use crate::io::notify::{Notification, NotifierHandle};
 use crate::io::source::{PipelineSources, SourceInputs, VecInput};
 use crate::io::summary::RunSummary;
 
@@ -51,6 +53,8 @@ pub struct ReplayJob {
     pub pipeline: PipelineConfig,
     /// Bytes per chunk of the events file.
     pub chunk_bytes: u64,
+    /// Where alert events are notified (process 0's).
+    pub notifier: Option<NotifierHandle>,
 }
 
 /// A replay that could not run.
@@ -187,9 +191,25 @@ fn run_worker(
         outputs
             .anomalies
             .deliver_in_order("WriteAnomalies", to_shared(&files, ReplayFiles::anomalies));
+        let alert_files = files.clone();
+        let notifier = job.notifier.clone();
+        let catalog = job.schemas.catalog().clone();
         outputs
             .alerts
-            .deliver_in_order("WriteAlerts", to_shared(&files, ReplayFiles::alerts));
+            .deliver_in_order("WriteAlerts", move |_, events| {
+                if let Some(notifier) = &notifier {
+                    let mut notifications: Vec<Notification> = events
+                        .iter()
+                        .map(|e| Notification::new(e, jsonl::alert_line(e, &catalog)))
+                        .collect();
+                    // In the order of alerts.jsonl: by time, then line.
+                    notifications.sort_by(|a, b| a.json.cmp(&b.json));
+                    notifier.send(&notifications);
+                }
+                if let Some(files) = &alert_files {
+                    files.borrow_mut().alerts(events);
+                }
+            });
         counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
     });
     // The registry is known up front: worker 0 loads it whole, every worker closes its input.

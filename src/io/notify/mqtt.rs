@@ -1,0 +1,159 @@
+//! MQTT: each alert event published at QoS 1, delivered once the broker acknowledged it.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Backoff, Channel, Failure, Notification};
+use crate::dataflow::alert::Severity;
+
+/// An MQTT broker to publish alert events to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The channel's name (ledger file name, logs).
+    pub name: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Client id (default: `iotpipe-alerts-<name>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Topic; `{site}` and `{severity}` are replaced by the event's.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// User name, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How long to wait for the broker's acknowledgement before publishing again.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// Events below this severity are not sent.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Waits between retries.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+fn default_topic() -> String {
+    "iotpipe/alerts/{site}/{severity}".into()
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    5_000
+}
+
+/// The MQTT channel: a client whose event loop runs in its own task and reports
+/// acknowledgements.
+pub struct MqttChannel {
+    config: MqttConfig,
+    client: AsyncClient,
+    acks: mpsc::UnboundedReceiver<u16>,
+}
+
+impl MqttChannel {
+    /// Connects (lazily: the event loop connects and reconnects on its own). Must be called
+    /// inside a Tokio runtime.
+    pub fn new(config: MqttConfig) -> Result<Self, String> {
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("iotpipe-alerts-{}", config.name));
+        let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+        options.set_keep_alive(Duration::from_secs(15));
+        if let Some(user) = &config.username {
+            let password = match &config.password_env {
+                Some(var) => std::env::var(var).map_err(|_| {
+                    format!("mqtt `{}`: password_env: ${var} is not set", config.name)
+                })?,
+                None => String::new(),
+            };
+            options.set_credentials(user.clone(), password);
+        }
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        let (ack_sender, acks) = mpsc::unbounded_channel();
+        let name = config.name.clone();
+        tokio::spawn(async move {
+            let mut connected = false;
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if ack_sender.send(ack.pkid).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        tracing::info!(channel = %name, "mqtt connected");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if connected {
+                            tracing::warn!(channel = %name, error = %e, "mqtt connection lost; reconnecting");
+                        }
+                        connected = false;
+                        if ack_sender.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            config,
+            client,
+            acks,
+        })
+    }
+}
+
+impl Channel for MqttChannel {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn min_severity(&self) -> Severity {
+        self.config.min_severity
+    }
+
+    async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
+        // Acknowledgements of earlier, timed-out attempts are stale.
+        while self.acks.try_recv().is_ok() {}
+        let topic = self
+            .config
+            .topic
+            .replace("{site}", &n.site)
+            .replace("{severity}", n.severity.code());
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, n.json.clone().into_bytes())
+            .await
+            .map_err(|e| Failure::Retry(format!("publish: {e}")))?;
+        match tokio::time::timeout(
+            Duration::from_millis(self.config.ack_timeout_ms),
+            self.acks.recv(),
+        )
+        .await
+        {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Failure::Retry("event loop stopped".into())),
+            Err(_) => Err(Failure::Retry("no acknowledgement".into())),
+        }
+    }
+
+    async fn flush(&mut self) {
+        let _ = self.client.disconnect().await;
+    }
+}
