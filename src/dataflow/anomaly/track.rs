@@ -58,6 +58,9 @@ pub struct ScorerParams {
     /// A jump between consecutive bucket means this many times the typical jump is a level shift
     /// (a step, unlike the smooth drift of a periodic signal).
     pub shift_jumps: f64,
+    /// A reading this many typical bucket spreads away from the mean of its bucket's other
+    /// readings is a spike (found when its window closes).
+    pub spike_spreads: f64,
     /// A bucket whose readings are all one value, at least this many of them, on a sensor that
     /// normally varies, is a stuck value.
     pub stuck_min_readings: u32,
@@ -84,6 +87,7 @@ impl Default for ScorerParams {
             min_scale_relative: 0.005,
             bucket_ms: 10_000,
             shift_jumps: 12.0,
+            spike_spreads: 8.0,
             stuck_min_readings: 5,
             silence_timeout_ms: 20_000,
             forget_after_ms: 3_600_000,
@@ -131,9 +135,8 @@ struct Moments {
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
     count: u32,
-    /// Whether readings differ (else all equal `first`).
-    varied: bool,
-    first: f64,
+    min: f64,
+    max: f64,
     /// Sum in units of 10^-6: exact, so a bucket's mean does not depend on arrival order.
     sum_micro: i64,
 }
@@ -141,6 +144,23 @@ struct Bucket {
 impl Bucket {
     fn mean(&self) -> f64 {
         self.sum_micro as f64 / 1e6 / self.count.max(1) as f64
+    }
+
+    /// How far the bucket's most extreme reading lies from the mean of the others, and that
+    /// reading.
+    fn outlier(&self) -> Option<(f64, f64)> {
+        if self.count < 3 {
+            return None;
+        }
+        let sum = self.sum_micro as f64 / 1e6;
+        let others = (self.count - 1) as f64;
+        let high = self.max - (sum - self.max) / others;
+        let low = (sum - self.min) / others - self.min;
+        Some(if high >= low {
+            (high, self.max)
+        } else {
+            (low, self.min)
+        })
     }
 }
 
@@ -186,9 +206,11 @@ impl WindowEvidence {
         }
         let bucket = &mut self.buckets[b];
         if bucket.count == 0 {
-            bucket.first = reading.value;
-        } else if bucket.first != reading.value {
-            bucket.varied = true;
+            bucket.min = reading.value;
+            bucket.max = reading.value;
+        } else {
+            bucket.min = bucket.min.min(reading.value);
+            bucket.max = bucket.max.max(reading.value);
         }
         bucket.count += 1;
         bucket.sum_micro += (reading.value * 1e6).round() as i64;
@@ -209,7 +231,8 @@ impl WindowEvidence {
                 *mine = *theirs;
                 continue;
             }
-            mine.varied |= theirs.varied || mine.first != theirs.first;
+            mine.min = mine.min.min(theirs.min);
+            mine.max = mine.max.max(theirs.max);
             mine.count += theirs.count;
             mine.sum_micro += theirs.sum_micro;
         }
@@ -268,7 +291,7 @@ pub struct Finding {
     pub ts_ms: TimeMs,
     /// Stuck: the repeated value. Level shift: the new level (the bucket's mean).
     pub value: f64,
-    /// [`AnomalyKind::Stuck`] or [`AnomalyKind::LevelShift`].
+    /// [`AnomalyKind::Stuck`], [`AnomalyKind::LevelShift`] or [`AnomalyKind::Spike`].
     pub kind: AnomalyKind,
 }
 
@@ -294,6 +317,8 @@ struct Model {
     bucket_jump: Option<f64>,
     /// The value of the stuck run being reported, so a run is reported once.
     stuck_value: Option<u64>,
+    /// The typical spread (max - min) of a bucket (exponentially weighted).
+    bucket_spread: Option<f64>,
     /// A jump between bucket means waiting for the next bucket to tell a shift from a spike:
     /// the mean before and after it.
     pending_shift: Option<(f64, f64)>,
@@ -465,14 +490,35 @@ impl Model {
                 }
             }
             self.last_bucket_mean = Some(mean);
-            let constant = !bucket.varied && bucket.count >= params.stuck_min_readings;
+            // One reading far outside its bucket's usual spread is a spike, however much the
+            // signal moves between windows.
+            if let Some((distance, value)) = bucket.outlier() {
+                let spread = bucket.max - bucket.min;
+                match self.bucket_spread {
+                    Some(typical)
+                        if can_stick
+                            && distance > params.spike_spreads * typical.max(params.min_scale) =>
+                    {
+                        findings.push(Finding {
+                            ts_ms: bucket_end,
+                            value,
+                            kind: AnomalyKind::Spike,
+                        });
+                    }
+                    Some(typical) => {
+                        self.bucket_spread = Some(typical + 0.1 * (spread - typical));
+                    }
+                    None => self.bucket_spread = Some(spread),
+                }
+            }
+            let constant = bucket.min == bucket.max && bucket.count >= params.stuck_min_readings;
             if !constant {
                 self.stuck_value = None;
-            } else if can_stick && self.stuck_value != Some(bucket.first.to_bits()) {
-                self.stuck_value = Some(bucket.first.to_bits());
+            } else if can_stick && self.stuck_value != Some(bucket.min.to_bits()) {
+                self.stuck_value = Some(bucket.min.to_bits());
                 findings.push(Finding {
                     ts_ms: bucket_end,
-                    value: bucket.first,
+                    value: bucket.min,
                     kind: AnomalyKind::Stuck,
                 });
             }
@@ -644,7 +690,15 @@ mod tests {
         assert_eq!(findings[0].kind, AnomalyKind::LevelShift);
         let (mut track, _) = trained(3);
         let spiky = (0..60).map(|s| (s, if s == 31 { 80.0 } else { 20.0 + noise(s, 3) }));
-        assert_eq!(Window::of(3, spiky).close(&mut track), []);
+        // The lone reading is a spike, found in its bucket; the level did not move.
+        assert_eq!(
+            Window::of(3, spiky).close(&mut track),
+            [Finding {
+                ts_ms: 3 * MINUTE + 39_999,
+                value: 80.0,
+                kind: AnomalyKind::Spike
+            }]
+        );
         // Certain once the bucket after the jump stayed at the new level.
         assert_eq!(findings[0].ts_ms, 3 * MINUTE + 49_999);
     }
