@@ -14,7 +14,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::{
-    AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, ParamsTable, WindowEvidence,
+    AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, Judge, ParamsTable, WindowEvidence,
 };
 use crate::dataflow::model::{
     DeviceId, EnrichedMessage, ExactSum, MetricId, Reading, SharedDeviceInfo, ThresholdBreach,
@@ -261,16 +261,23 @@ pub trait AggregateWindows<'scope> {
     fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope>;
 }
 
-/// An anomaly score for a reading, if it is reported.
+/// An anomaly score for a reading, if it is reported. Most readings are far below the reporting
+/// distance and cost one division.
 fn reported(
     device_id: &DeviceId,
     device: &SharedDeviceInfo,
     reading: &Reading,
-    (score, kind): (f64, crate::dataflow::anomaly::AnomalyKind),
-    report_threshold: f64,
+    judge: &Judge,
+    scorer: &DeviceScorer,
+    table: &ParamsTable,
     emit_all_scores: bool,
 ) -> Option<AnomalyScore> {
-    (emit_all_scores || score >= report_threshold).then(|| AnomalyScore {
+    if !emit_all_scores && judge.distance(reading) < scorer.report_distance(table) {
+        return None;
+    }
+    let params = scorer.params(table);
+    let (score, kind) = judge.score(reading, params);
+    (emit_all_scores || score >= params.report_threshold).then(|| AnomalyScore {
         device_id: device_id.clone(),
         device: Arc::clone(device),
         metric: Some(reading.metric),
@@ -358,14 +365,13 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                     {
                                         w.evidence.judge = Some(judge);
                                     }
-                                    let params = state.scorer.params(&table);
-                                    let score = judge.score(&r, params);
                                     if let Some(score) = reported(
                                         &device_id,
                                         &state.device,
                                         &r,
-                                        score,
-                                        params.report_threshold,
+                                        &judge,
+                                        &state.scorer,
+                                        &table,
                                         emit_all,
                                     ) {
                                         session.give(score);
@@ -432,8 +438,9 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                         &message.device_id,
                                         &message.device,
                                         r,
-                                        judge.score(r, params),
-                                        params.report_threshold,
+                                        judge,
+                                        &state.scorer,
+                                        &table,
                                         emit_all,
                                     ) {
                                         session.give(score);

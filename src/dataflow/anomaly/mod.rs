@@ -51,7 +51,12 @@ impl AnomalyConfig {
             by_type.insert(device_type.clone(), params.len());
             params.push(p.clone());
         }
-        ParamsTable { params, by_type }
+        let report_distances = params.iter().map(|p| p.report_distance()).collect();
+        ParamsTable {
+            params,
+            report_distances,
+            by_type,
+        }
     }
 }
 
@@ -59,6 +64,7 @@ impl AnomalyConfig {
 #[derive(Clone, Debug)]
 pub struct ParamsTable {
     params: Vec<ScorerParams>,
+    report_distances: Vec<f64>,
     by_type: FxHashMap<String, usize>,
 }
 
@@ -133,6 +139,11 @@ impl DeviceScorer {
     /// Follows a registry change of the device's type.
     pub fn set_type(&mut self, device_type: &str, table: &ParamsTable) {
         self.params = table.index_of(device_type);
+    }
+
+    /// The distance at which the device's scores are reported (see [`Judge::distance`]).
+    pub fn report_distance(&self, table: &ParamsTable) -> f64 {
+        table.report_distances[self.params]
     }
 
     /// The device's parameters.

@@ -71,6 +71,15 @@ pub struct ScorerParams {
     pub forget_after_ms: u64,
 }
 
+impl ScorerParams {
+    /// The distance (in scales) at which the score reaches `report_threshold`: the inverse of
+    /// the logistic score.
+    pub fn report_distance(&self) -> f64 {
+        let t = self.report_threshold.clamp(1e-12, 1.0 - 1e-12);
+        self.z_mid + (t / (1.0 - t)).ln() / self.z_slope
+    }
+}
+
 impl Default for ScorerParams {
     fn default() -> Self {
         Self {
@@ -169,7 +178,8 @@ impl Bucket {
 /// and jumps, when the device was heard, and the [`Judge`] its readings are scored by.
 #[derive(Clone, Debug, Default)]
 pub struct WindowEvidence {
-    sum_squares: ExactSum,
+    /// Sum of squares in units of 10^-12 (the squares of values in units of 10^-6): exact.
+    sum_squares_micro2: i128,
     buckets: SmallVec<[Bucket; 6]>,
     /// The window's first and last reading (event time).
     pub first_ts_ms: TimeMs,
@@ -199,7 +209,9 @@ impl WindowEvidence {
             self.last_ts_ms = self.last_ts_ms.max(reading.ts_ms);
         }
         self.slots |= 1 << (offset * 64 / window_ms.max(1)).min(63);
-        self.sum_squares.add(reading.value * reading.value);
+        // One rounding per reading; the square of the integer is exact.
+        let micro = (reading.value * 1e6).round() as i64;
+        self.sum_squares_micro2 += (micro as i128) * (micro as i128);
         let b = (offset / params.bucket_ms.max(1)) as usize;
         if self.buckets.len() <= b {
             self.buckets.resize(b + 1, Bucket::default());
@@ -213,13 +225,13 @@ impl WindowEvidence {
             bucket.max = bucket.max.max(reading.value);
         }
         bucket.count += 1;
-        bucket.sum_micro += (reading.value * 1e6).round() as i64;
+        bucket.sum_micro += micro;
     }
 
     /// Folds in the evidence of the same window under another site (a registry change moved
     /// the device mid-window): the model sees one window per metric.
     pub fn merge(&mut self, other: &WindowEvidence) {
-        self.sum_squares.merge(other.sum_squares);
+        self.sum_squares_micro2 += other.sum_squares_micro2;
         if self.buckets.len() < other.buckets.len() {
             self.buckets.resize(other.buckets.len(), Bucket::default());
         }
@@ -255,6 +267,15 @@ pub struct Judge {
 }
 
 impl Judge {
+    /// The reading's distance from the expected level, in scales (0 while warming up): a
+    /// score reaches the reporting threshold exactly when this reaches
+    /// [`ScorerParams::report_distance`], so most readings need no more than this.
+    pub fn distance(&self, reading: &Reading) -> f64 {
+        self.baseline.map_or(0.0, |(_, scale, level)| {
+            (reading.value - level).abs() / scale
+        })
+    }
+
     /// Scores a reading.
     pub fn score(&self, reading: &Reading, params: &ScorerParams) -> (f64, AnomalyKind) {
         let Some((baseline, scale, level)) = self.baseline else {
@@ -428,7 +449,8 @@ impl Track {
         if count >= params.min_window_readings {
             let mean = sum.mean(count);
             let variance = if count > 1 {
-                ((evidence.sum_squares.mean(1) - sum.mean(1) * mean) / (count as f64 - 1.0))
+                ((evidence.sum_squares_micro2 as f64 / 1e12 - sum.mean(1) * mean)
+                    / (count as f64 - 1.0))
                     .max(0.0)
             } else {
                 0.0
