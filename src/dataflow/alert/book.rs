@@ -333,3 +333,171 @@ pub fn alert_id(
         None => format!("{subject}/{}/{opened_ms}", cause.code()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::anomaly::{AnomalyScore, DeviceActivity};
+    use crate::dataflow::model::{DeviceInfo, ExactSum, ThresholdBreach, WindowAggregate};
+
+    const MINUTE: u64 = 60_000;
+
+    fn device() -> SharedDeviceInfo {
+        Arc::new(DeviceInfo {
+            device_type: "thermostat".into(),
+            site: "site-1".into(),
+            ..DeviceInfo::default()
+        })
+    }
+
+    fn anomaly(kind: AnomalyKind, ts_ms: TimeMs, score: f64) -> Signal {
+        Signal::Anomaly(AnomalyScore {
+            device_id: "dev-1".into(),
+            device: device(),
+            metric: (kind != AnomalyKind::Silence).then_some(MetricId(0)),
+            ts_ms,
+            value: Some(1.0),
+            score,
+            kind,
+        })
+    }
+
+    fn breach(window: u64, breaches: u64) -> Signal {
+        Signal::Breach(ThresholdBreach {
+            window: WindowAggregate {
+                device_id: "dev-1".into(),
+                metric: MetricId(0),
+                window_start_ms: window * MINUTE,
+                site: "site-1".into(),
+                count: 60,
+                min: 0.0,
+                max: 99.0,
+                sum: ExactSum::default(),
+                threshold_breaches: breaches,
+            },
+            device: device(),
+        })
+    }
+
+    fn book(extra: &str) -> AlertBook {
+        let mut config: AlertConfig =
+            toml::from_str(&format!("{}\n{extra}", super::super::rules::DEFAULT_RULES)).unwrap();
+        config
+            .resolve(crate::dataflow::schema::SchemaSet::embedded().catalog())
+            .unwrap();
+        AlertBook::new(Arc::new(config), MINUTE)
+    }
+
+    fn events(out: &[AlertEvent]) -> Vec<(AlertEventKind, &str, TimeMs)> {
+        out.iter()
+            .map(|e| (e.event, e.rule.as_str(), e.ts_ms))
+            .collect()
+    }
+
+    #[test]
+    fn an_alert_escalates_and_resolves_after_the_clear_time_without_firing() {
+        let mut book = book("");
+        let mut out = Vec::new();
+        book.apply(&anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.95), &mut out);
+        book.apply(&anomaly(AnomalyKind::Spike, 11 * MINUTE, 0.99), &mut out);
+        book.apply(
+            &anomaly(AnomalyKind::LevelShift, 12 * MINUTE, 1.0),
+            &mut out,
+        );
+        book.tick(14 * MINUTE, &mut out);
+        book.tick(15 * MINUTE, &mut out);
+        assert_eq!(
+            events(&out),
+            [
+                (AlertEventKind::Opened, "reading-spike", 10 * MINUTE),
+                (AlertEventKind::Escalated, "level-shift", 12 * MINUTE),
+                (AlertEventKind::Resolved, "level-shift", 15 * MINUTE),
+            ]
+        );
+        // One alert, one id prefix, and event ids that differ.
+        assert!(out.iter().all(|e| e.alert_id == out[0].alert_id));
+        assert_eq!(book.open_count(), 0);
+    }
+
+    #[test]
+    fn a_flapping_alert_is_muted() {
+        let mut book = book("");
+        let mut out = Vec::new();
+        for i in 0..6 {
+            let t = i * 10 * MINUTE;
+            book.apply(&anomaly(AnomalyKind::Spike, t, 0.95), &mut out);
+            book.tick(t + 5 * MINUTE, &mut out);
+        }
+        let opened = out
+            .iter()
+            .filter(|e| e.event == AlertEventKind::Opened)
+            .count();
+        assert_eq!(opened, 4, "{:?}", events(&out));
+    }
+
+    #[test]
+    fn maintenance_mutes_and_an_alert_that_outlives_it_is_announced() {
+        let mut book = book(&format!(
+            "[[maintenance]]\nmatch = {{ sites = [\"site-1\"] }}\nfrom_ms = 0\nto_ms = {}\n",
+            20 * MINUTE
+        ));
+        let mut out = Vec::new();
+        book.apply(&anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.95), &mut out);
+        book.apply(&anomaly(AnomalyKind::Spike, 19 * MINUTE, 0.95), &mut out);
+        book.tick(20 * MINUTE, &mut out);
+        assert_eq!(
+            events(&out),
+            [(AlertEventKind::Opened, "reading-spike", 20 * MINUTE)]
+        );
+    }
+
+    #[test]
+    fn a_sustained_threshold_rule_needs_consecutive_windows() {
+        let mut book = book("");
+        let mut out = Vec::new();
+        book.apply(&breach(1, 40), &mut out);
+        book.apply(&breach(2, 40), &mut out);
+        assert_eq!(
+            events(&out),
+            [(AlertEventKind::Opened, "over-threshold", 2 * MINUTE - 1)]
+        );
+        book.apply(&breach(3, 40), &mut out);
+        assert_eq!(
+            events(&out)[1],
+            (
+                AlertEventKind::Escalated,
+                "over-threshold-sustained",
+                4 * MINUTE - 1
+            )
+        );
+    }
+
+    #[test]
+    fn a_silence_alert_resolves_when_the_device_is_heard_again() {
+        let mut book = book("");
+        let mut out = Vec::new();
+        book.apply(&anomaly(AnomalyKind::Silence, 10 * MINUTE, 1.0), &mut out);
+        book.tick(30 * MINUTE, &mut out);
+        assert_eq!(book.open_count(), 1, "silence does not clear by time");
+        book.apply(
+            &Signal::Heard(DeviceActivity {
+                device_id: "dev-1".into(),
+                device: device(),
+                window_start_ms: 31 * MINUTE,
+                first_ts_ms: 31 * MINUTE + 5_000,
+                last_ts_ms: 31 * MINUTE + 59_000,
+                slots: u64::MAX,
+                silence_timeout_ms: 20_000,
+                forget_after_ms: 3_600_000,
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            events(&out),
+            [
+                (AlertEventKind::Opened, "device-silent", 10 * MINUTE),
+                (AlertEventKind::Resolved, "device-silent", 31 * MINUTE),
+            ]
+        );
+    }
+}
