@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use crate::dataflow::alert::{AlertEvent, AlertEventKind};
 use crate::dataflow::anomaly::AnomalyScore;
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, IngestCounts, LateReading, SiteRollup, WindowAggregate,
@@ -21,6 +22,8 @@ pub struct LiveStats {
     /// Readings per site in the latest closed window.
     busiest: BTreeMap<String, u64>,
     busiest_window_ms: u64,
+    /// Open alerts by alert id: the latest event of each.
+    open_alerts: BTreeMap<String, AlertEvent>,
 }
 
 impl Default for LiveStats {
@@ -38,6 +41,7 @@ impl LiveStats {
             recent: VecDeque::new(),
             busiest: BTreeMap::new(),
             busiest_window_ms: 0,
+            open_alerts: BTreeMap::new(),
         }
     }
 
@@ -107,10 +111,32 @@ impl LiveStats {
         self.totals.count_anomalies(&scores);
     }
 
+    /// Follows alert events: opened and escalated alerts are open until resolved.
+    pub fn alerts(&mut self, events: Vec<AlertEvent>) {
+        self.totals.count_alert_events(&events);
+        for e in events {
+            match e.event {
+                AlertEventKind::Resolved => {
+                    self.open_alerts.remove(&e.alert_id);
+                }
+                _ => {
+                    self.open_alerts.insert(e.alert_id.clone(), e);
+                }
+            }
+        }
+    }
+
+    /// Open alerts, most severe and most recent first.
+    pub fn open_alerts(&self) -> Vec<&AlertEvent> {
+        let mut open: Vec<&AlertEvent> = self.open_alerts.values().collect();
+        open.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.ts_ms.cmp(&a.ts_ms)));
+        open
+    }
+
     /// One status line.
     pub fn line(&self, elapsed_s: f64) -> String {
         format!(
-            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={} anomalies={}",
+            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={} anomalies={} open_alerts={}",
             self.totals.ingest.messages,
             self.messages_per_s(),
             self.totals.windows,
@@ -118,6 +144,7 @@ impl LiveStats {
             self.totals.late,
             self.totals.threshold_breaches,
             self.totals.anomaly_total(),
+            self.open_alerts.len(),
         )
     }
 
@@ -149,6 +176,24 @@ impl LiveStats {
             if let Some(n) = t.dead_letters.get(&reason) {
                 let _ = writeln!(s, "    {:<20}{n:>8}", reason.code());
             }
+        }
+        let open = self.open_alerts();
+        let _ = writeln!(s, "\n  open alerts       {:>10}", open.len());
+        if open.is_empty() {
+            let _ = writeln!(
+                s,
+                "    (faults start a few minutes in; the scorer learns for three windows first)"
+            );
+        }
+        for a in open.iter().take(8) {
+            let subject = a.device_id.as_deref().unwrap_or(&a.site);
+            let _ = writeln!(
+                s,
+                "    {:<9}{:<26}{subject:<14}{}",
+                a.severity.code(),
+                a.rule,
+                a.site
+            );
         }
         let mut sites: Vec<(&String, &u64)> = self.busiest.iter().collect();
         sites.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

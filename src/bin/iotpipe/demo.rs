@@ -11,7 +11,9 @@ use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::deliver::{DeliverInOrder, to_shared};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::jsonl;
 use iotpipe::io::live::LiveStats;
+use iotpipe::io::notify::Notification;
 use iotpipe::io::source::PipelineSources;
 
 use crate::args::DemoArgs;
@@ -55,6 +57,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let duration = args.duration.map(Duration::from_secs_f64);
     let plain = args.plain || !std::io::stdout().is_terminal();
     let devices = args.devices;
+    // Process 0 receives every alert event, so only it notifies.
+    let notify = if cluster.is_leader() {
+        args.notify.start()?
+    } else {
+        None
+    };
+    let notifier = notify.as_ref().map(|n| n.handle());
     tracing::info!(
         devices,
         rate = args.rate,
@@ -93,6 +102,23 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             outputs
                 .anomalies
                 .deliver_in_order("ViewAnomalies", to_shared(&view, LiveStats::anomalies));
+            let alert_view = view.clone();
+            let notifier = notifier.clone();
+            let catalog = schemas.catalog().clone();
+            outputs
+                .alerts
+                .deliver_in_order("ViewAlerts", move |_, events| {
+                    if let Some(notifier) = &notifier {
+                        let notifications: Vec<Notification> = events
+                            .iter()
+                            .map(|e| Notification::new(e, jsonl::alert_line(e, &catalog)))
+                            .collect();
+                        notifier.send(&notifications);
+                    }
+                    if let Some(view) = &alert_view {
+                        view.borrow_mut().alerts(events);
+                    }
+                });
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);
@@ -145,7 +171,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         })
     })
     .map_err(|e| format!("timely: {e}"))?;
-    for result in guards.join() {
+    let results = guards.join();
+    if let Some(notify) = notify {
+        for report in notify.finish(Duration::from_secs(10)) {
+            println!(
+                "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
+                report.name, report.delivered, report.rejected, report.retries, report.undelivered
+            );
+        }
+    }
+    for result in results {
         match result {
             Ok(Some(totals)) => println!("\nfinal\n{totals}"),
             Ok(None) => {}

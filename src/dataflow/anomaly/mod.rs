@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 pub use silence::{DetectSilence, DeviceActivity, FleetProgress};
-pub use track::{AnomalyKind, Finding, Judge, ScorerParams, Track, WindowEvidence};
+pub use track::{AnomalyKind, Finding, Judge, ScorerParams, Slots, Track, WindowEvidence};
 
 use crate::dataflow::model::{DeviceId, ExactSum, MetricId, SharedDeviceInfo, TimeMs};
 
@@ -43,8 +43,8 @@ impl AnomalyConfig {
     }
 
     /// The parameters as a table indexed by a small number, so per-device state holds an index
-    /// instead of a copy or a string.
-    pub fn table(&self) -> ParamsTable {
+    /// instead of a copy or a string; `window_ms` is the window length.
+    pub fn table(&self, window_ms: u64) -> ParamsTable {
         let mut params = vec![self.defaults.clone()];
         let mut by_type = FxHashMap::default();
         for (device_type, p) in &self.by_device_type {
@@ -52,9 +52,14 @@ impl AnomalyConfig {
             params.push(p.clone());
         }
         let report_distances = params.iter().map(|p| p.report_distance()).collect();
+        let slots = params
+            .iter()
+            .map(|p| Slots::new(window_ms, p.bucket_ms))
+            .collect();
         ParamsTable {
             params,
             report_distances,
+            slots,
             by_type,
         }
     }
@@ -65,6 +70,7 @@ impl AnomalyConfig {
 pub struct ParamsTable {
     params: Vec<ScorerParams>,
     report_distances: Vec<f64>,
+    slots: Vec<Slots>,
     by_type: FxHashMap<String, usize>,
 }
 
@@ -144,6 +150,11 @@ impl DeviceScorer {
     /// The distance at which the device's scores are reported (see [`Judge::distance`]).
     pub fn report_distance(&self, table: &ParamsTable) -> f64 {
         table.report_distances[self.params]
+    }
+
+    /// Where readings of the device fall in a window.
+    pub fn slots<'t>(&self, table: &'t ParamsTable) -> &'t Slots {
+        &table.slots[self.params]
     }
 
     /// The device's parameters.

@@ -173,14 +173,42 @@ impl Bucket {
     }
 }
 
+/// Where in a window a reading falls: its 64th (activity) and its bucket, by multiplication
+/// instead of division (this runs for every reading).
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    activity_mul: u64,
+    bucket_mul: u64,
+}
+
+impl Slots {
+    /// For windows of `window_ms` and buckets of `bucket_ms`.
+    pub fn new(window_ms: u64, bucket_ms: u64) -> Self {
+        // floor(offset * 2^32 / d) >> 32 with a rounded-up multiplier is the exact quotient
+        // for offsets below 2^32 / d, far beyond any window.
+        Self {
+            activity_mul: ((64u64 << 32) / window_ms.max(1)) + 1,
+            bucket_mul: ((1u64 << 32) / bucket_ms.max(1)) + 1,
+        }
+    }
+
+    fn activity_slot(&self, offset_ms: u64) -> u64 {
+        ((offset_ms * self.activity_mul) >> 32).min(63)
+    }
+
+    fn bucket(&self, offset_ms: u64) -> usize {
+        ((offset_ms * self.bucket_mul) >> 32) as usize
+    }
+}
+
 /// What a window holds for scoring, kept by the window operator next to the window's aggregate
 /// so that a reading costs one lookup: the sums the model learns from, buckets for stuck runs
 /// and jumps, when the device was heard, and the [`Judge`] its readings are scored by.
 #[derive(Clone, Debug, Default)]
+#[repr(C)]
 pub struct WindowEvidence {
     /// Sum of squares in units of 10^-12 (the squares of values in units of 10^-6): exact.
     sum_squares_micro2: i128,
-    buckets: SmallVec<[Bucket; 6]>,
     /// The window's first and last reading (event time).
     pub first_ts_ms: TimeMs,
     /// See `first_ts_ms`.
@@ -189,17 +217,12 @@ pub struct WindowEvidence {
     pub slots: u64,
     /// The model its readings are scored against, once known.
     pub judge: Option<Judge>,
+    buckets: SmallVec<[Bucket; 6]>,
 }
 
 impl WindowEvidence {
-    /// Adds a reading of the window starting at `window_start_ms`, of length `window_ms`.
-    pub fn observe(
-        &mut self,
-        reading: &Reading,
-        window_start_ms: TimeMs,
-        window_ms: TimeMs,
-        params: &ScorerParams,
-    ) {
+    /// Adds a reading of the window starting at `window_start_ms`.
+    pub fn observe(&mut self, reading: &Reading, window_start_ms: TimeMs, slots: &Slots) {
         let offset = reading.ts_ms - window_start_ms;
         if self.slots == 0 {
             self.first_ts_ms = reading.ts_ms;
@@ -208,11 +231,11 @@ impl WindowEvidence {
             self.first_ts_ms = self.first_ts_ms.min(reading.ts_ms);
             self.last_ts_ms = self.last_ts_ms.max(reading.ts_ms);
         }
-        self.slots |= 1 << (offset * 64 / window_ms.max(1)).min(63);
+        self.slots |= 1 << slots.activity_slot(offset);
         // One rounding per reading; the square of the integer is exact.
         let micro = (reading.value * 1e6).round() as i64;
         self.sum_squares_micro2 += (micro as i128) * (micro as i128);
-        let b = (offset / params.bucket_ms.max(1)) as usize;
+        let b = slots.bucket(offset);
         if self.buckets.len() <= b {
             self.buckets.resize(b + 1, Bucket::default());
         }
@@ -629,11 +652,12 @@ mod tests {
                 start: minute * MINUTE,
                 ..Window::default()
             };
+            let slots = Slots::new(MINUTE, params.bucket_ms);
             for (second, value) in values {
                 let r = reading(w.start + second * 1000, value);
                 w.count += 1;
                 w.sum.add(value);
-                w.evidence.observe(&r, w.start, MINUTE, &params);
+                w.evidence.observe(&r, w.start, &slots);
             }
             w
         }
@@ -670,6 +694,15 @@ mod tests {
         track
             .judge(minute * MINUTE, MINUTE, &params)
             .score(&reading(minute * MINUTE, value), &params)
+    }
+
+    #[test]
+    fn slots_are_exact_quotients() {
+        let slots = Slots::new(MINUTE, 10_000);
+        for offset in 0..MINUTE {
+            assert_eq!(slots.bucket(offset), (offset / 10_000) as usize);
+            assert_eq!(slots.activity_slot(offset), offset * 64 / MINUTE);
+        }
     }
 
     #[test]
