@@ -3,7 +3,7 @@
 //!
 //! Signals are anomaly scores and findings, closed windows over registry thresholds, and device
 //! activity (which ends silences). [`EvaluateAlerts`] runs where the signals are (partitioned
-//! by device) and keeps one [`AlertBook`](book::AlertBook) per worker; [`CorrelateSites`] runs
+//! by device) and keeps one [`book::AlertBook`] per worker; [`CorrelateSites`] runs
 //! partitioned by site. Both work in event-time order, driven by the frontier, so alert events
 //! and their ids are the same for any number of workers and for a replay of the same input:
 //! a sink that remembers ids never delivers one twice.
