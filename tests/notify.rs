@@ -34,10 +34,18 @@ struct Received {
 fn start_receiver(
     fail_first: usize,
 ) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
+    start_receiver_on(0, fail_first)
+}
+
+/// The same, on a given port (0: any).
+fn start_receiver_on(
+    port: u16,
+    fail_first: usize,
+) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::clone(&received);
@@ -161,6 +169,47 @@ fn a_webhook_gets_each_signed_alert_event_once_across_replays_and_retries_after_
             assert!(!event[field].is_null(), "{field} missing in {body}");
         }
     }
+}
+
+#[test]
+fn events_a_dead_webhook_missed_are_kept_and_sent_by_the_next_run() {
+    let data = common::dataset(200, 420);
+    let port = common::free_port();
+    let notify = data.dir.path().join("notify.toml");
+    std::fs::write(
+        &notify,
+        format!(
+            "ledger_dir = {:?}\ndrain_timeout_ms = 1000\n\n[[webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/alerts\"\nsecret_env = \"HOOK_SECRET\"\nmax_per_second = 1000.0\nbackoff = {{ initial_ms = 20, max_ms = 100 }}\n",
+            data.dir.path().join("ledger").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = data.dir.path().join("out");
+    // Nothing listens: the run ends with every event kept.
+    let first = replay(&data, &out, &notify);
+    let ids = alert_ids(&out);
+    assert!(
+        first.contains("delivered 0 (already 0), rejected 0")
+            && first.contains(&format!("undelivered {}", ids.len())),
+        "{first}"
+    );
+    let spool = data.dir.path().join("ledger/ops.pending.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&spool).unwrap().lines().count(),
+        ids.len()
+    );
+    // The receiver is back: the next run sends the kept events first, and its own (the same
+    // ids) are skipped as delivered.
+    let (_addr, received, _runtime) = start_receiver_on(port, 0);
+    let second = replay(&data, &out, &notify);
+    assert!(
+        second.contains(&format!("delivered {} (already {})", ids.len(), ids.len())),
+        "{second}"
+    );
+    assert!(!spool.exists());
+    let r = received.lock().unwrap();
+    let got: Vec<String> = r.accepted.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got, ids);
 }
 
 /// A mosquitto on a free port, stopped on drop.

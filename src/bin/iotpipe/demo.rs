@@ -173,7 +173,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     .map_err(|e| format!("timely: {e}"))?;
     let results = guards.join();
     if let Some(notify) = notify {
-        for report in notify.finish(Duration::from_secs(10)) {
+        for report in notify.finish() {
             println!(
                 "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
                 report.name, report.delivered, report.rejected, report.retries, report.undelivered

@@ -1,7 +1,6 @@
 //! `iotpipe replay`: wiring.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use iotpipe::io::replay::{ReplayFiles, ReplayJob, replay};
 use iotpipe::io::schemas::load_registry;
@@ -36,7 +35,7 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     };
     let result = replay(job, &cluster).map_err(|e| e.to_string());
     if let Some(notifier) = notifier {
-        for report in notifier.finish(Duration::from_secs(60)) {
+        for report in notifier.finish() {
             println!(
                 "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
                 report.name,

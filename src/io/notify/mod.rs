@@ -9,6 +9,7 @@
 
 mod ledger;
 mod mqtt;
+mod spool;
 mod webhook;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use ledger::Ledger;
 
 /// One event as channels send it: its id, severity and site (for filters and topics), and the
 /// JSON line (the `alerts.jsonl` shape).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// The event id.
     pub id: String,
@@ -52,12 +53,15 @@ impl Notification {
 }
 
 /// Where alert events go. Every field is documented; unknown fields are errors.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
-    /// Directory of per-channel ledgers of delivered event ids (none: no deduplication across
-    /// runs).
+    /// Directory of per-channel ledgers of delivered event ids, and of events still undelivered
+    /// when a run ended (sent first by the next run). None: no deduplication across runs, and
+    /// undelivered events are only logged.
     pub ledger_dir: Option<PathBuf>,
+    /// How long the end of a run waits for channels to deliver what is queued.
+    pub drain_timeout_ms: u64,
     /// Webhooks.
     pub webhook: Vec<webhook::WebhookConfig>,
     /// MQTT brokers.
@@ -87,6 +91,18 @@ pub struct Backoff {
     pub initial_ms: u64,
     /// Longest wait.
     pub max_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            ledger_dir: None,
+            drain_timeout_ms: 60_000,
+            webhook: Vec::new(),
+            mqtt: Vec::new(),
+            file: Vec::new(),
+        }
+    }
 }
 
 impl Default for Backoff {
@@ -224,6 +240,9 @@ pub struct Notifier {
     handle: Option<NotifierHandle>,
     runtime: tokio::runtime::Runtime,
     tasks: Vec<(String, Arc<ChannelCounts>, tokio::task::JoinHandle<()>)>,
+    /// Tells channels the drain time is over: spool what is left.
+    stop: tokio::sync::watch::Sender<bool>,
+    drain_timeout: Duration,
 }
 
 /// A notifier that could not start.
@@ -260,6 +279,8 @@ impl Notifier {
             }),
             runtime,
             tasks: Vec::new(),
+            stop: tokio::sync::watch::channel(false).0,
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         };
         for c in &config.webhook {
             let channel = WebhookChannel::new(c.clone()).map_err(NotifyError::Config)?;
@@ -297,6 +318,15 @@ impl Notifier {
             }
             None => None,
         };
+        let spool_path = ledger_dir.map(|dir| dir.join(format!("{name}.pending.jsonl")));
+        let mut pending: std::collections::VecDeque<Notification> = match &spool_path {
+            Some(path) => spool::take(path).map_err(|source| NotifyError::Ledger {
+                path: path.clone(),
+                source,
+            })?,
+            None => Default::default(),
+        };
+        let mut stop = self.stop.subscribe();
         let counts = Arc::new(ChannelCounts::default());
         let (sender, mut receiver) = mpsc::unbounded_channel::<Notification>();
         self.handle
@@ -307,7 +337,14 @@ impl Notifier {
         let task_counts = Arc::clone(&counts);
         let task = self.runtime.spawn(async move {
             let counts = task_counts;
-            while let Some(n) = receiver.recv().await {
+            'events: loop {
+                let n = match pending.pop_front() {
+                    Some(n) => n,
+                    None => match receiver.recv().await {
+                        Some(n) => n,
+                        None => break,
+                    },
+                };
                 if n.severity < channel.min_severity() {
                     continue;
                 }
@@ -317,7 +354,16 @@ impl Notifier {
                 }
                 let mut attempt = 0;
                 loop {
-                    match channel.deliver(&n).await {
+                    let outcome = tokio::select! {
+                        outcome = channel.deliver(&n) => Some(outcome),
+                        _ = stop.changed() => None,
+                    };
+                    let Some(outcome) = outcome else {
+                        pending.push_front(n);
+                        spool::keep(&channel, &counts, pending, receiver, spool_path.as_deref());
+                        break 'events;
+                    };
+                    match outcome {
                         Ok(()) => {
                             counts.delivered.fetch_add(1, Ordering::Relaxed);
                             if let Some(l) = ledger.as_mut()
@@ -336,7 +382,15 @@ impl Notifier {
                             counts.retries.fetch_add(1, Ordering::Relaxed);
                             let wait = backoff.wait(attempt);
                             tracing::warn!(channel = %channel.name(), id = %n.id, %reason, wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
-                            tokio::time::sleep(wait).await;
+                            let stopped = tokio::select! {
+                                _ = tokio::time::sleep(wait) => false,
+                                _ = stop.changed() => true,
+                            };
+                            if stopped {
+                                pending.push_front(n);
+                                spool::keep(&channel, &counts, pending, receiver, spool_path.as_deref());
+                                break 'events;
+                            }
                             attempt += 1;
                         }
                     }
@@ -353,21 +407,25 @@ impl Notifier {
         self.handle.clone().expect("the notifier has not finished")
     }
 
-    /// Stops accepting events and waits up to `deadline` for the queues to drain; reports what
-    /// each channel did (events left undelivered are counted, and logged by id).
-    pub fn finish(mut self, deadline: Duration) -> Vec<ChannelReport> {
+    /// Stops accepting events and waits up to the drain timeout for the queues to drain;
+    /// reports what each channel did. Events left undelivered are counted and kept for the next
+    /// run in the ledger directory (or, without one, logged by id).
+    pub fn finish(mut self) -> Vec<ChannelReport> {
         self.handle = None;
         let tasks = std::mem::take(&mut self.tasks);
         let runtime = self.runtime;
-        let until = tokio::time::Instant::now() + deadline;
+        let until = tokio::time::Instant::now() + self.drain_timeout;
         let mut reports = Vec::new();
         for (name, counts, mut task) in tasks {
             let done =
                 runtime.block_on(async { tokio::time::timeout_at(until, &mut task).await.is_ok() });
             if !done {
+                // Out of time: the channel keeps (or logs) what it still holds.
+                let _ = self.stop.send(true);
+                let _ = runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(5), &mut task).await
+                });
                 task.abort();
-                counts.undelivered.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(channel = %name, "notification queue not drained before the deadline");
             }
             reports.push(ChannelReport {
                 name,
