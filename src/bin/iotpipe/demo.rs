@@ -11,7 +11,6 @@ use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::deliver::{DeliverInOrder, to_shared};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
-use iotpipe::io::jsonl;
 use iotpipe::io::live::LiveStats;
 use iotpipe::io::notify::Notification;
 use iotpipe::io::source::PipelineSources;
@@ -109,11 +108,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 .alerts
                 .deliver_in_order("ViewAlerts", move |_, events| {
                     if let Some(notifier) = &notifier {
-                        let notifications: Vec<Notification> = events
-                            .iter()
-                            .map(|e| Notification::new(e, jsonl::alert_line(e, &catalog)))
-                            .collect();
-                        notifier.send(&notifications);
+                        notifier.send(&Notification::for_events(&events, &catalog));
                     }
                     if let Some(view) = &alert_view {
                         view.borrow_mut().alerts(events);

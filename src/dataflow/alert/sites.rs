@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use differential_dataflow::Hashable;
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
@@ -14,14 +15,6 @@ use super::{AlertEvent, AlertEventKind};
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::DeviceActivity;
 use crate::dataflow::model::{DeviceId, TimeMs};
-
-/// Stable hash of a site, for partitioning.
-fn site_hash(site: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = rustc_hash::FxHasher::default();
-    site.hash(&mut h);
-    h.finish()
-}
 
 /// One site's state.
 #[derive(Default)]
@@ -64,8 +57,8 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
         activity: EventStream<'scope, DeviceActivity>,
         config: Arc<AlertConfig>,
     ) -> EventStream<'scope, AlertEvent> {
-        let events_by_site = Exchange::new(|e: &AlertEvent| site_hash(&e.site));
-        let activity_by_site = Exchange::new(|a: &DeviceActivity| site_hash(&a.device.site));
+        let events_by_site = Exchange::new(|e: &AlertEvent| e.site.hashed());
+        let activity_by_site = Exchange::new(|a: &DeviceActivity| a.device.site.hashed());
         self.binary_frontier(
             activity,
             events_by_site,

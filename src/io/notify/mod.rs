@@ -24,6 +24,7 @@ pub use mqtt::MqttChannel;
 pub use webhook::{WebhookChannel, signature};
 
 use crate::dataflow::alert::{AlertEvent, Severity};
+use crate::dataflow::schema::MetricCatalog;
 use ledger::Ledger;
 
 /// One event as channels send it: its id, severity and site (for filters and topics), and the
@@ -41,6 +42,14 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// The notifications for events, as `alerts.jsonl` lines.
+    pub fn for_events(events: &[AlertEvent], catalog: &MetricCatalog) -> Vec<Self> {
+        events
+            .iter()
+            .map(|e| Self::new(e, crate::io::jsonl::alert_line(e, catalog)))
+            .collect()
+    }
+
     /// The notification for an event, given its JSON line.
     pub fn new(event: &AlertEvent, json: String) -> Self {
         Self {

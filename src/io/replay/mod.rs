@@ -33,7 +33,6 @@ use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::deliver::{DeliverInOrder, to_shared};
-use crate::io::jsonl;
 use crate::io::notify::{Notification, NotifierHandle};
 use crate::io::source::{PipelineSources, SourceInputs, VecInput};
 use crate::io::summary::RunSummary;
@@ -198,10 +197,7 @@ fn run_worker(
             .alerts
             .deliver_in_order("WriteAlerts", move |_, events| {
                 if let Some(notifier) = &notifier {
-                    let mut notifications: Vec<Notification> = events
-                        .iter()
-                        .map(|e| Notification::new(e, jsonl::alert_line(e, &catalog)))
-                        .collect();
+                    let mut notifications = Notification::for_events(&events, &catalog);
                     // In the order of alerts.jsonl: by time, then line.
                     notifications.sort_by(|a, b| a.json.cmp(&b.json));
                     notifier.send(&notifications);
