@@ -223,5 +223,6 @@ fn unknown_device(message: &TimedMessage) -> DeadLetter {
             "readings": message.readings.len(),
         })
         .to_string(),
+        origin: None,
     }
 }

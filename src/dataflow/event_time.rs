@@ -40,6 +40,9 @@ pub struct Watermarker {
     config: EventTimeConfig,
     /// Largest event time among valid readings admitted so far.
     max_valid_ms: Option<TimeMs>,
+    /// A watermark the partition was raised to from outside (it was idle while the others
+    /// moved on); it does not move the skew guard, which only real readings move.
+    floor_ms: TimeMs,
 }
 
 /// A message the skew guard refused: it is too far ahead of the watermark.
@@ -62,7 +65,18 @@ impl Watermarker {
         Self {
             config,
             max_valid_ms,
+            floor_ms: 0,
         }
+    }
+
+    /// Raises the watermark to at least `floor_ms`, leaving the skew guard where it is.
+    pub fn raise_to(&mut self, floor_ms: TimeMs) {
+        self.floor_ms = self.floor_ms.max(floor_ms);
+    }
+
+    /// The floor the watermark was raised to (0 if never).
+    pub fn floor_ms(&self) -> TimeMs {
+        self.floor_ms
     }
 
     /// Largest valid event time admitted so far.
@@ -72,7 +86,7 @@ impl Watermarker {
 
     /// The current watermark: the largest valid event time minus the allowed lateness.
     pub fn watermark_ms(&self) -> TimeMs {
-        watermark_after(self.config, self.max_valid_ms)
+        watermark_after(self.config, self.max_valid_ms).max(self.floor_ms)
     }
 
     /// Admits a decoded message from a registered device, stamping it with the watermark before
@@ -147,5 +161,20 @@ mod tests {
         assert_eq!(w.max_valid_ms(), Some(1_000_000));
         // Exactly at the bound is accepted.
         assert!(w.admit(message(&[1_600_000])).is_ok());
+    }
+
+    #[test]
+    fn a_raised_floor_lifts_stamps_but_not_the_skew_guard() {
+        let mut w = Watermarker::new(EventTimeConfig::default());
+        w.raise_to(5_000);
+        assert_eq!(w.watermark_ms(), 5_000);
+        // Far ahead of the floor, but no real reading has set the guard yet.
+        let m = w.admit(message(&[1_000_000])).unwrap();
+        assert_eq!(m.watermark_ms, 5_000);
+        assert_eq!(w.watermark_ms(), 970_000);
+        w.raise_to(2_000_000);
+        let m = w.admit(message(&[1_500_000])).unwrap();
+        assert_eq!(m.watermark_ms, 2_000_000);
+        assert_eq!(w.max_valid_ms(), Some(1_500_000));
     }
 }

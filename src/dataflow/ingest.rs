@@ -58,6 +58,11 @@ impl Ingestor {
         self.watermarker = watermarker;
     }
 
+    /// Replaces the registry view, for sources that follow a live changelog.
+    pub fn set_registry(&mut self, registry: Arc<RegistryHistory>) {
+        self.registry = registry;
+    }
+
     /// An empty batch starting at the current watermark.
     pub fn start_batch(&self) -> IngestBatch {
         IngestBatch {
@@ -92,6 +97,7 @@ impl Ingestor {
             reason,
             detail,
             raw: String::from_utf8_lossy(raw).into_owned(),
+            origin: None,
         };
         if self
             .registry

@@ -140,6 +140,19 @@ pub struct DeadLetter {
     pub detail: String,
     /// The message as received (invalid UTF-8 replaced).
     pub raw: String,
+    /// Where the message was read, when the source is a log (Kafka).
+    pub origin: Option<MessageOrigin>,
+}
+
+/// A message's place in a partitioned log: enough to find it again.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageOrigin {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The message's offset in the partition.
+    pub offset: i64,
 }
 
 /// A registry threshold: readings outside `[min, max]` are threshold breaches.

@@ -171,6 +171,16 @@ impl RegistryHistory {
         Self { devices }
     }
 
+    /// Adds one change, resolved as [`new`](Self::new) resolves it.
+    pub fn apply(&mut self, change: &RegistryChange) {
+        let history = self.devices.entry(change.device_id.clone()).or_default();
+        let entry = (change.effective_ms, change.info.clone());
+        match history.binary_search_by_key(&change.effective_ms, |(t, _)| *t) {
+            Ok(at) => history[at] = history[at].clone().max(entry),
+            Err(at) => history.insert(at, entry),
+        }
+    }
+
     /// The device's entry at `ts_ms`, if it is registered then.
     pub fn at(&self, device_id: &str, ts_ms: TimeMs) -> Option<&SharedDeviceInfo> {
         let history = self.devices.get(device_id)?;
@@ -209,6 +219,14 @@ mod tests {
         assert_eq!(history.at("dev-1", 1000).unwrap().site, "site-0002");
         assert!(history.at("dev-1", 2000).is_none());
         assert!(history.at("dev-2", 0).is_none());
+
+        let mut applied = RegistryHistory::default();
+        for change in changes.iter().rev() {
+            applied.apply(change);
+        }
+        for ts_ms in [0, 999, 1000, 1999, 2000] {
+            assert_eq!(applied.at("dev-1", ts_ms), history.at("dev-1", ts_ms));
+        }
     }
 
     #[test]

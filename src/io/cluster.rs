@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// How many workers run, and where (timely's own `-w`, `-n`, `-p`, `-h`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Worker threads in this process.
     pub workers: usize,

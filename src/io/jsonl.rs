@@ -34,6 +34,12 @@ struct DeadLetterLine<'a> {
     reason: &'a str,
     detail: &'a str,
     raw: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -101,12 +107,17 @@ pub fn rollup_line(r: &SiteRollup, catalog: &MetricCatalog) -> String {
     })
 }
 
-/// `dead_letters.jsonl`: `reason, detail, raw`.
+/// `dead_letters.jsonl`: `reason, detail, raw`, and `topic, partition, offset` when the message
+/// was read from Kafka.
 pub fn dead_letter_line(d: &DeadLetter) -> String {
+    let origin = d.origin.as_ref();
     line(&DeadLetterLine {
         reason: d.reason.code(),
         detail: &d.detail,
         raw: &d.raw,
+        topic: origin.map(|o| o.topic.as_str()),
+        partition: origin.map(|o| o.partition),
+        offset: origin.map(|o| o.offset),
     })
 }
 

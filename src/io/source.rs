@@ -63,6 +63,17 @@ impl SourceInputs {
     /// Sends a batch at its time (which must not be before [`time`](Self::time)).
     pub fn send(&mut self, batch: &mut IngestBatch) {
         self.advance_to(batch.time_ms);
+        self.send_now(batch);
+    }
+
+    /// Sends a batch at the input's current time, which must not be after the batch's own:
+    /// for a source of several partitions, whose batches of one round may come in any order
+    /// and whose input follows the least of them.
+    pub fn send_now(&mut self, batch: &mut IngestBatch) {
+        debug_assert!(
+            batch.time_ms >= self.time(),
+            "a batch sent behind the input"
+        );
         // Record by record: the input ships containers of its own size, whose memory is reused,
         // rather than one chunk-sized allocation per batch.
         for message in batch.messages.drain(..) {
@@ -132,6 +143,17 @@ impl PipelineSources {
             registry,
         };
         (pipeline(inputs, config), streams.counts)
+    }
+
+    /// The registry input, for a source that follows a live changelog (`None` once closed).
+    pub fn registry_input(&mut self) -> Option<&mut VecInput<TimeMs, RegistryUpdate>> {
+        self.registry.as_mut()
+    }
+
+    /// Closes the registry input: a worker that does not feed it must, or the registry never
+    /// becomes complete for any time.
+    pub fn close_registry(&mut self) {
+        self.registry = None;
     }
 
     /// Sends a registry changelog known up front and closes the registry input, so the

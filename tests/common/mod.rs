@@ -2,6 +2,7 @@
 //! plain batch computation of SPEC.md to hold the dataflow's outputs against.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod reference;
 
 use std::path::{Path, PathBuf};

@@ -28,6 +28,32 @@ pub enum Command {
     /// Run a simulated fleet through the dataflow in real time, with a live view.
     #[command(disable_help_flag = true)]
     Demo(DemoArgs),
+    /// Run the pipeline as a service: Kafka in, Kafka out, on a timely cluster.
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+}
+
+/// `iotpipe run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file, TOML (see the README); `IOTPIPE_*` variables override fields.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Worker threads in this process (overrides cluster.workers).
+    #[arg(short = 'w', long = "workers")]
+    pub workers: Option<usize>,
+    /// Number of processes in the cluster (overrides cluster.processes).
+    #[arg(short = 'n', long = "processes")]
+    pub processes: Option<usize>,
+    /// This process's index in the cluster (overrides cluster.process).
+    #[arg(short = 'p', long = "process")]
+    pub process: Option<usize>,
+    /// File listing one host:port per process (overrides cluster.hostfile).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 /// Timely's cluster flags (`-h` is the host file, as in timely; help is `--help`).

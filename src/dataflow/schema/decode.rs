@@ -57,6 +57,7 @@ impl Decoder {
             reason: DeadLetterReason::InvalidJson,
             detail: e.to_string(),
             raw: String::from_utf8_lossy(raw).into_owned(),
+            origin: None,
         });
         doc.and_then(|doc| {
             self.schemas
@@ -65,6 +66,7 @@ impl Decoder {
                     reason,
                     detail,
                     raw: String::from_utf8_lossy(raw).into_owned(),
+                    origin: None,
                 })
         })
     }

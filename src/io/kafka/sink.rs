@@ -1,0 +1,243 @@
+//! Writing streams to Kafka topics, and knowing when they are written.
+//!
+//! A sink holds a capability at each timely time until the broker has acknowledged every
+//! record it produced at that time. Its output carries no data, only that capability, so a
+//! probe on the outputs of all sinks sees the cluster-wide *written frontier*: the time before
+//! which everything the dataflow emitted is durable. Offsets are committed by that frontier
+//! (see [`super::checkpoint`]).
+//!
+//! Delivery never gives up: the producer is idempotent, waits for all in-sync replicas and
+//! retries without a deadline; a record whose delivery fails anyway is sent again, and while
+//! the producer's queue is full the sink keeps records back and tells the source to stop
+//! reading (backpressure) rather than drop them.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::dataflow::EventStream;
+use crate::dataflow::model::TimeMs;
+use crate::io::kafka::{KafkaConfig, KafkaSetupError, client_error};
+use crate::io::metrics::{Counter, Metrics};
+
+/// Records still on their way to the broker, for one sink and time.
+#[derive(Debug, Default)]
+struct InFlight(AtomicUsize);
+
+/// What the producer hands back with each delivery report.
+struct Delivery {
+    in_flight: Arc<InFlight>,
+    written: Arc<Counter>,
+}
+
+/// A record to send again.
+struct Resend {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    delivery: Box<Delivery>,
+}
+
+/// Collects delivery reports.
+struct DeliveryContext {
+    resend: Mutex<Vec<Resend>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        match result {
+            Ok(_) => {
+                delivery.written.inc();
+                delivery.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+            }
+            Err((error, message)) => {
+                tracing::warn!(topic = message.topic(), %error, "delivery failed; sending again");
+                self.metrics.delivery_retries.inc();
+                self.resend.lock().expect("not poisoned").push(Resend {
+                    topic: message.topic().to_owned(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    delivery,
+                });
+            }
+        }
+    }
+}
+
+/// One process's producer, shared by the sinks of all its workers.
+#[derive(Clone)]
+pub struct SinkProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+}
+
+impl SinkProducer {
+    /// An idempotent producer that retries without a deadline.
+    pub fn create(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, KafkaSetupError> {
+        let context = DeliveryContext {
+            resend: Mutex::default(),
+            metrics,
+        };
+        let producer = config
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // 0 = no deadline: a broker that is down delays delivery, it never drops it.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "500000")
+            .create_with_context(context)
+            .map_err(client_error("producer"))?;
+        Ok(Self { producer })
+    }
+
+    /// Sends again the records whose delivery failed; returns how many are still waiting.
+    pub fn resend_failed(&self) -> usize {
+        let failed = std::mem::take(&mut *self.producer.context().resend.lock().expect("poison"));
+        let mut waiting = Vec::new();
+        for resend in failed {
+            let record = BaseRecord::with_opaque_to(&resend.topic, resend.delivery)
+                .key(&resend.key)
+                .payload(&resend.payload);
+            if let Err((_, record)) = self.producer.send(record) {
+                waiting.push(Resend {
+                    topic: resend.topic.clone(),
+                    key: resend.key.clone(),
+                    payload: resend.payload.clone(),
+                    delivery: record.delivery_opaque,
+                });
+            }
+        }
+        let count = waiting.len();
+        self.producer
+            .context()
+            .resend
+            .lock()
+            .expect("not poisoned")
+            .extend(waiting);
+        count
+    }
+
+    /// Records produced and not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for every record to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.producer.flush(timeout).is_ok()
+    }
+}
+
+/// Where a sink writes.
+#[derive(Clone)]
+pub struct SinkTarget {
+    /// The process's producer.
+    pub producer: SinkProducer,
+    /// The topic.
+    pub topic: String,
+    /// Records at times before this were written by an earlier run: they are dropped.
+    pub skip_before_ms: TimeMs,
+    /// Set while records wait for room in the producer's queue: the source should pause.
+    pub full: Rc<Cell<bool>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Writes a stream to a Kafka topic.
+pub trait ProduceTo<'scope, D> {
+    /// Produces each record as `encode` turns it into `(key, value)`, and returns an empty
+    /// stream whose frontier is the time before which this sink has written everything.
+    fn produce_to<F>(self, name: &str, target: SinkTarget, encode: F) -> EventStream<'scope, ()>
+    where
+        F: FnMut(&D) -> (String, String) + 'static;
+}
+
+impl<'scope, D: Clone + 'static> ProduceTo<'scope, D> for EventStream<'scope, D> {
+    fn produce_to<F>(self, name: &str, target: SinkTarget, mut encode: F) -> EventStream<'scope, ()>
+    where
+        F: FnMut(&D) -> (String, String) + 'static,
+    {
+        let scope = self.scope();
+        let written = target.metrics.records_out(name);
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            name,
+            move |_initial, info| {
+                let activator = scope.activator_for(info.address);
+                let mut in_flight: BTreeMap<TimeMs, (Capability<TimeMs>, Arc<InFlight>)> =
+                    BTreeMap::new();
+                let mut waiting: VecDeque<(String, String, Arc<InFlight>)> = VecDeque::new();
+                move |(input, frontier), _output| {
+                    input.for_each(|cap, records| {
+                        let Some(time) = cap.least().copied() else {
+                            return;
+                        };
+                        if time < target.skip_before_ms {
+                            return;
+                        }
+                        let Some(held) = cap.retain_least(0) else {
+                            return;
+                        };
+                        let count = &in_flight
+                            .entry(time)
+                            .or_insert_with(|| (held, Arc::default()))
+                            .1;
+                        count.0.fetch_add(records.len(), Ordering::AcqRel);
+                        for record in records.drain(..) {
+                            let (key, value) = encode(&record);
+                            waiting.push_back((key, value, Arc::clone(count)));
+                        }
+                    });
+                    while let Some((key, value, count)) = waiting.pop_front() {
+                        let delivery = Box::new(Delivery {
+                            in_flight: Arc::clone(&count),
+                            written: Arc::clone(&written),
+                        });
+                        let record = BaseRecord::with_opaque_to(&target.topic, delivery)
+                            .key(&key)
+                            .payload(&value);
+                        match target.producer.producer.send(record) {
+                            Ok(()) => {}
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                                waiting.push_front((key, value, count));
+                                break;
+                            }
+                            Err((error, _)) => {
+                                tracing::warn!(topic = %target.topic, %error, "produce failed; retrying");
+                                waiting.push_front((key, value, count));
+                                break;
+                            }
+                        }
+                    }
+                    target.full.set(!waiting.is_empty());
+                    // A time is written once no record can still come for it and the broker
+                    // has acknowledged every record of it.
+                    in_flight.retain(|time, (_, count)| {
+                        frontier.less_equal(time) || count.0.load(Ordering::Acquire) > 0
+                    });
+                    if !in_flight.is_empty() {
+                        activator.activate_after(Duration::from_millis(2));
+                    }
+                }
+            },
+        )
+    }
+}

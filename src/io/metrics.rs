@@ -1,0 +1,340 @@
+//! Process metrics in the Prometheus text format, served at `/metrics`.
+//!
+//! Labels are bounded: sinks, dead-letter reasons and partitions, never devices.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use crate::dataflow::model::DeadLetterReason;
+
+/// A monotone counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the batch latency histogram, seconds.
+const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything a running process reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages read from the telemetry topic.
+    pub messages_in: Counter,
+    /// Dead letters, by [`DeadLetterReason::ALL`] index.
+    pub dead_letters: [Counter; DeadLetterReason::ALL.len()],
+    /// Readings that arrived after their window closed.
+    pub late_readings: Counter,
+    /// Registry changes applied, and registry records skipped as malformed.
+    pub registry_changes: Counter,
+    /// Registry records skipped as malformed.
+    pub registry_rejects: Counter,
+    /// Records that failed delivery and were sent again.
+    pub delivery_retries: Counter,
+    /// Wall clock minus the dataflow's frontier (the least partition watermark), ms.
+    pub watermark_lag_ms: Gauge,
+    /// The frontier of everything the sinks have written, ms.
+    pub written_frontier_ms: Gauge,
+    /// From reading a batch to its outputs being written.
+    pub batch_latency: Histogram,
+    records_out: Mutex<BTreeMap<String, Arc<Counter>>>,
+    consumer_lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl Metrics {
+    /// The counter of records written by `sink`.
+    pub fn records_out(&self, sink: &str) -> Arc<Counter> {
+        let mut sinks = self.records_out.lock().expect("not poisoned");
+        Arc::clone(sinks.entry(sink.to_owned()).or_default())
+    }
+
+    /// Counts a dead letter.
+    pub fn dead_letter(&self, reason: DeadLetterReason) {
+        let index = DeadLetterReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL");
+        self.dead_letters[index].inc();
+    }
+
+    /// Sets a partition's consumer lag (messages behind its end).
+    pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag
+            .lock()
+            .expect("not poisoned")
+            .insert(partition, lag);
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+            let _ = writeln!(text, "# HELP iotpipe_{name} {help}");
+            let _ = writeln!(text, "# TYPE iotpipe_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(text, "iotpipe_{name}{labels} {value}");
+            }
+        };
+        let plain = |value: String| vec![(String::new(), value)];
+        family(
+            "messages_in_total",
+            "counter",
+            "Messages read from the telemetry topic.",
+            &plain(self.messages_in.get().to_string()),
+        );
+        let sinks: Vec<_> = self
+            .records_out
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(sink, c)| (format!("{{sink=\"{sink}\"}}"), c.get().to_string()))
+            .collect();
+        family(
+            "records_out_total",
+            "counter",
+            "Records acknowledged by the broker, by sink.",
+            &sinks,
+        );
+        let reasons: Vec<_> = DeadLetterReason::ALL
+            .iter()
+            .zip(&self.dead_letters)
+            .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.code()), c.get().to_string()))
+            .collect();
+        family(
+            "dead_letters_total",
+            "counter",
+            "Messages rejected, by reason.",
+            &reasons,
+        );
+        family(
+            "late_readings_total",
+            "counter",
+            "Readings that arrived after their window closed.",
+            &plain(self.late_readings.get().to_string()),
+        );
+        family(
+            "registry_changes_total",
+            "counter",
+            "Registry changelog records applied.",
+            &plain(self.registry_changes.get().to_string()),
+        );
+        family(
+            "registry_rejects_total",
+            "counter",
+            "Registry changelog records skipped as malformed.",
+            &plain(self.registry_rejects.get().to_string()),
+        );
+        family(
+            "delivery_retries_total",
+            "counter",
+            "Records whose delivery failed and that were sent again.",
+            &plain(self.delivery_retries.get().to_string()),
+        );
+        let lags: Vec<_> = self
+            .consumer_lag
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(p, lag)| (format!("{{partition=\"{p}\"}}"), lag.to_string()))
+            .collect();
+        family(
+            "consumer_lag_messages",
+            "gauge",
+            "Messages between a partition's read position and its end.",
+            &lags,
+        );
+        family(
+            "watermark_lag_seconds",
+            "gauge",
+            "Wall clock minus the least partition watermark.",
+            &plain(format!(
+                "{:.3}",
+                self.watermark_lag_ms.get() as f64 / 1000.0
+            )),
+        );
+        family(
+            "written_frontier_seconds",
+            "gauge",
+            "Event time before which every output has been written.",
+            &plain(format!(
+                "{:.3}",
+                self.written_frontier_ms.get() as f64 / 1000.0
+            )),
+        );
+        let h = &self.batch_latency;
+        let mut samples: Vec<_> = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&h.buckets)
+            .map(|(bound, c)| {
+                (
+                    format!("_bucket{{le=\"{bound}\"}}"),
+                    c.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect();
+        samples.push(("_bucket{le=\"+Inf\"}".into(), h.count().to_string()));
+        samples.push((
+            "_sum".into(),
+            format!("{:.6}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6),
+        ));
+        samples.push(("_count".into(), h.count().to_string()));
+        family(
+            "batch_latency_seconds",
+            "histogram",
+            "From reading a batch to every output derived from it being written.",
+            &samples,
+        );
+        text
+    }
+}
+
+/// Serves `metrics` at `http://listen/metrics` from a thread of its own, for the life of the
+/// process; returns the address it listens on.
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "metrics listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let metrics = Arc::clone(&metrics);
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let metrics = Arc::clone(&metrics);
+                            async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        })?;
+    Ok(local)
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = if req.uri().path() == "/metrics" {
+        (200, metrics.render())
+    } else {
+        (404, "not found: try /metrics\n".to_owned())
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bounded_labels_in_the_text_format() {
+        let metrics = Metrics::default();
+        metrics.messages_in.add(3);
+        metrics.dead_letter(DeadLetterReason::UnknownDevice);
+        metrics.records_out("alerts").add(2);
+        metrics.set_consumer_lag(7, 12);
+        metrics.batch_latency.observe(Duration::from_millis(30));
+        let text = metrics.render();
+        for line in [
+            "iotpipe_messages_in_total 3",
+            "iotpipe_dead_letters_total{reason=\"unknown_device\"} 1",
+            "iotpipe_records_out_total{sink=\"alerts\"} 2",
+            "iotpipe_consumer_lag_messages{partition=\"7\"} 12",
+            "iotpipe_batch_latency_seconds_bucket{le=\"0.025\"} 0",
+            "iotpipe_batch_latency_seconds_bucket{le=\"0.05\"} 1",
+            "iotpipe_batch_latency_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! `iotpipe run`'s configuration file, with environment overrides.
+//!
+//! One TOML file; every section but `[kafka]` may be left out. Environment variables override
+//! single fields, for deployments that template the environment rather than files:
+//!
+//! | variable | field |
+//! |---|---|
+//! | `IOTPIPE_KAFKA_BROKERS` | `kafka.brokers` |
+//! | `IOTPIPE_KAFKA_GROUP_ID` | `kafka.group_id` |
+//! | `IOTPIPE_CLUSTER_WORKERS` | `cluster.workers` |
+//! | `IOTPIPE_CLUSTER_PROCESSES` | `cluster.processes` |
+//! | `IOTPIPE_CLUSTER_PROCESS` | `cluster.process` |
+//! | `IOTPIPE_CLUSTER_HOSTFILE` | `cluster.hostfile` |
+//! | `IOTPIPE_METRICS_LISTEN` | `metrics.listen` |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::PipelineConfig;
+use crate::dataflow::schema::SchemaSet;
+use crate::io::cluster::ClusterConfig;
+use crate::io::kafka::KafkaConfig;
+use crate::io::kafka::source::SourceConfig;
+
+/// The whole configuration of `iotpipe run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Brokers, topics and client properties.
+    pub kafka: KafkaConfig,
+    /// Reading, idle partitions and commits.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// The timely cluster (the command line's `-w/-n/-p/-h` override it).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Windows, event time, anomaly scoring and alert rules (`[pipeline.window]`,
+    /// `[pipeline.event_time]`, `[pipeline.anomaly]`, `[pipeline.alerts]`).
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// A directory of schema files (default: the schemas built into iotpipe).
+    #[serde(default)]
+    pub schemas: Option<PathBuf>,
+    /// The metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// How long a stopping process waits for its records to be acknowledged (ms).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Where metrics are served.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); none: not served.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration that cannot be used; the message names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RunConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a field is unknown or has the wrong type.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: the field, the line and what was expected.
+        message: String,
+    },
+    /// An environment override has a value its field cannot take.
+    #[error("{variable}: {message}")]
+    Env {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field's value cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+}
+
+const OVERRIDES: [(&str, &str, &str, Kind); 7] = [
+    ("IOTPIPE_KAFKA_BROKERS", "kafka", "brokers", Kind::Text),
+    ("IOTPIPE_KAFKA_GROUP_ID", "kafka", "group_id", Kind::Text),
+    (
+        "IOTPIPE_CLUSTER_WORKERS",
+        "cluster",
+        "workers",
+        Kind::Integer,
+    ),
+    (
+        "IOTPIPE_CLUSTER_PROCESSES",
+        "cluster",
+        "processes",
+        Kind::Integer,
+    ),
+    (
+        "IOTPIPE_CLUSTER_PROCESS",
+        "cluster",
+        "process",
+        Kind::Integer,
+    ),
+    (
+        "IOTPIPE_CLUSTER_HOSTFILE",
+        "cluster",
+        "hostfile",
+        Kind::Text,
+    ),
+    ("IOTPIPE_METRICS_LISTEN", "metrics", "listen", Kind::Text),
+];
+
+impl RunConfig {
+    /// Reads `path`, applies the environment overrides `env` finds, and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, RunConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, env).map_err(|e| match e {
+            RunConfigError::Toml { message, .. } => RunConfigError::Toml {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (see [`load`](Self::load)).
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, RunConfigError> {
+        let toml_error = |e: toml::de::Error| RunConfigError::Toml {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        for (variable, section, field, kind) in OVERRIDES {
+            let Some(value) = env(variable) else {
+                continue;
+            };
+            let value = match kind {
+                Kind::Text => toml::Value::String(value),
+                Kind::Integer => {
+                    toml::Value::Integer(value.trim().parse().map_err(|_| RunConfigError::Env {
+                        variable,
+                        message: format!("{value:?} is not a whole number"),
+                    })?)
+                }
+            };
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(field.to_owned(), value);
+            }
+        }
+        let config: RunConfig = toml::Value::Table(table).try_into().map_err(toml_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), RunConfigError> {
+        let invalid = |field, message: String| Err(RunConfigError::Invalid { field, message });
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid(
+                "kafka.brokers",
+                "is empty: set host:port of a broker (or IOTPIPE_KAFKA_BROKERS)".into(),
+            );
+        }
+        if self.pipeline.window.length_ms == 0 {
+            return invalid("pipeline.window.length_ms", "must be at least 1".into());
+        }
+        let event_time = self.pipeline.event_time;
+        let needed = self.pipeline.window.length_ms
+            + event_time.allowed_lateness_ms
+            + event_time.max_clock_skew_ms;
+        if self.source.rewind_ms < needed {
+            return invalid(
+                "source.rewind_ms",
+                format!(
+                    "is {} but must be at least window + allowed lateness + clock skew ({needed}), \
+                     or a restart rebuilds windows from part of their readings",
+                    self.source.rewind_ms
+                ),
+            );
+        }
+        if self.source.max_batch_messages == 0 {
+            return invalid("source.max_batch_messages", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The schemas to decode with.
+    pub fn schemas(&self) -> Result<SchemaSet, RunConfigError> {
+        match &self.schemas {
+            None => Ok(SchemaSet::embedded()),
+            Some(dir) => {
+                crate::io::schemas::load_schema_dir(dir).map_err(|e| RunConfigError::Invalid {
+                    field: "schemas",
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Resolves the alert rules' metric names against `schemas`.
+    pub fn resolve(&mut self, schemas: &SchemaSet) -> Result<(), RunConfigError> {
+        self.pipeline
+            .alerts
+            .resolve(schemas.catalog())
+            .map_err(|message| RunConfigError::Invalid {
+                field: "pipeline.alerts",
+                message,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n";
+
+    #[test]
+    fn a_minimal_file_takes_defaults_and_the_environment_overrides_fields() {
+        let config = RunConfig::parse(MINIMAL, |_| None).unwrap();
+        assert_eq!(config.kafka.topics.telemetry, "iotpipe.telemetry");
+        assert_eq!(config.cluster.workers, 1);
+        let env = |name: &str| match name {
+            "IOTPIPE_KAFKA_BROKERS" => Some("kafka-0:9092".to_owned()),
+            "IOTPIPE_CLUSTER_PROCESS" => Some("3".to_owned()),
+            _ => None,
+        };
+        let config = RunConfig::parse(
+            &format!("{MINIMAL}[cluster]\nprocesses = 4\nhostfile = \"h\"\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "kafka-0:9092");
+        assert_eq!((config.cluster.process, config.cluster.processes), (3, 4));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let unknown = RunConfig::parse(&format!("{MINIMAL}[source]\nidle_timeout = 5\n"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("idle_timeout"), "{unknown}");
+        let short = RunConfig::parse(&format!("{MINIMAL}[source]\nrewind_ms = 1000\n"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(short.starts_with("source.rewind_ms"), "{short}");
+        let env = RunConfig::parse(MINIMAL, |n| {
+            (n == "IOTPIPE_CLUSTER_WORKERS").then(|| "two".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(env.starts_with("IOTPIPE_CLUSTER_WORKERS"), "{env}");
+        let missing = RunConfig::parse("", |_| None).unwrap_err().to_string();
+        assert!(missing.contains("kafka"), "{missing}");
+    }
+}

@@ -1,0 +1,533 @@
+//! `iotpipe run` against a real Kafka-protocol broker (tansu, sqlite engine): two processes
+//! of one worker over eight partitions, checked against the batch computation with one
+//! watermark per partition; a registry change published while running; and a process killed
+//! mid-stream, after which the restarted cluster's outputs equal an uninterrupted run's.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{Engine, Tansu};
+use iotpipe::dataflow::PipelineConfig;
+use iotpipe::dataflow::registry::parse_registry;
+use iotpipe::dataflow::schema::SchemaSet;
+use serde_json::Value;
+
+const PARTITIONS: i32 = 8;
+const TELEMETRY: &str = "telemetry";
+const REGISTRY: &str = "registry";
+
+/// The partition a producer keyed by device id would pick; lines without an id spread by
+/// their text.
+fn partition_of(line: &str) -> i32 {
+    let id = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+        v.get("device_id")
+            .or_else(|| v.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let key = id.unwrap_or_else(|| line.to_owned());
+    // FNV-1a: stable across runs and platforms.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % PARTITIONS as u64) as i32
+}
+
+struct Fixture {
+    tansu: Tansu,
+    data: common::Dataset,
+    partition_files: Vec<PathBuf>,
+    lines: Vec<(i32, String)>,
+    registry_lines: Vec<(String, String)>,
+}
+
+/// A broker with the telemetry and registry topics, and the dataset split into partitions.
+fn fixture(devices: usize, seconds: u64) -> Fixture {
+    let tansu = Tansu::start(Engine::Sqlite);
+    tansu.create_topics(&[(TELEMETRY, PARTITIONS), (REGISTRY, 1)]);
+    let data = common::dataset(devices, seconds);
+    let text = std::fs::read_to_string(&data.events).unwrap();
+    let lines: Vec<(i32, String)> = text
+        .lines()
+        .map(|l| (partition_of(l), l.to_owned()))
+        .collect();
+    let partition_files: Vec<PathBuf> = (0..PARTITIONS)
+        .map(|p| {
+            let path = data.dir.path().join(format!("partition-{p}.jsonl"));
+            let part: String = lines
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, part).unwrap();
+            path
+        })
+        .collect();
+    let registry_lines = std::fs::read_to_string(&data.registry)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["device_id"].as_str().unwrap().to_owned(), l.to_owned())
+        })
+        .collect();
+    Fixture {
+        tansu,
+        data,
+        partition_files,
+        lines,
+        registry_lines,
+    }
+}
+
+impl Fixture {
+    fn produce_telemetry(&self) {
+        self.tansu.produce(
+            TELEMETRY,
+            self.lines.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())),
+        );
+    }
+
+    fn produce_registry(&self, lines: &[(String, String)]) {
+        self.tansu.produce(
+            REGISTRY,
+            lines.iter().map(|(k, v)| (None, k.as_str(), v.as_bytes())),
+        );
+    }
+
+    fn expected(&self) -> common::reference::Expected {
+        let schemas = SchemaSet::embedded();
+        let registry = std::fs::read_to_string(&self.data.registry).unwrap();
+        let changes = parse_registry(&registry, schemas.catalog()).unwrap();
+        common::reference::compute_partitions(
+            &self.partition_files,
+            &changes,
+            &schemas,
+            PipelineConfig::default(),
+        )
+    }
+}
+
+/// Output topics of one run.
+struct Outputs {
+    aggregates: String,
+    alerts: String,
+    dead_letters: String,
+}
+
+impl Outputs {
+    fn named(run: &str) -> Outputs {
+        Outputs {
+            aggregates: format!("{run}.aggregates"),
+            alerts: format!("{run}.alerts"),
+            dead_letters: format!("{run}.dead-letters"),
+        }
+    }
+}
+
+/// A cluster of `iotpipe run` processes.
+struct Cluster {
+    processes: usize,
+    children: Vec<Child>,
+    config: PathBuf,
+    hosts: PathBuf,
+    metrics_port: u16,
+}
+
+impl Cluster {
+    fn configure(
+        dir: &Path,
+        run: &str,
+        brokers: &str,
+        outputs: &Outputs,
+        processes: usize,
+        idle_timeout_ms: u64,
+    ) -> Cluster {
+        let hosts = dir.join(format!("{run}-hosts.txt"));
+        std::fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1:{}\n127.0.0.1:{}\n",
+                common::free_port(),
+                common::free_port()
+            ),
+        )
+        .unwrap();
+        let metrics_port = common::free_port();
+        let config = dir.join(format!("{run}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+drain_timeout_ms = 5000
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{run}"
+
+[kafka.topics]
+telemetry = "{TELEMETRY}"
+registry = "{REGISTRY}"
+dead_letters = "{dead}"
+alerts = "{alerts}"
+aggregates = "{aggregates}"
+
+[source]
+idle_timeout_ms = {idle_timeout_ms}
+# Once everything is read, close the last windows within seconds.
+idle_advance_ms_per_s = 120000
+commit_interval_ms = 200
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"#,
+                dead = outputs.dead_letters,
+                alerts = outputs.alerts,
+                aggregates = outputs.aggregates,
+            ),
+        )
+        .unwrap();
+        Cluster {
+            processes,
+            children: Vec::new(),
+            config,
+            hosts,
+            metrics_port,
+        }
+    }
+
+    fn start(&mut self) {
+        assert!(self.children.is_empty());
+        for process in 0..self.processes {
+            let log =
+                std::fs::File::create(self.config.with_extension(format!("process-{process}.log")))
+                    .unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .args(["-w", "1", "-n", &self.processes.to_string()])
+                .args(["-p", &process.to_string(), "-h"])
+                .arg(&self.hosts)
+                // Only process 0 serves metrics: the port is the test's.
+                .env(
+                    "IOTPIPE_METRICS_LISTEN",
+                    if process == 0 {
+                        format!("127.0.0.1:{}", self.metrics_port)
+                    } else {
+                        "127.0.0.1:0".to_owned()
+                    },
+                )
+                .env("IOTPIPE_LOG", "info,iotpipe::io::service=debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            self.children.push(child);
+        }
+    }
+
+    fn signal(&self, process: usize, signal: &str) {
+        let pid = self.children[process].id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM to all; each must exit 0 within 30 s.
+    fn stop(&mut self) {
+        for process in 0..self.children.len() {
+            self.signal(process, "-TERM");
+        }
+        let children: Vec<Child> = self.children.drain(..).collect();
+        for (process, mut child) in children.into_iter().enumerate() {
+            let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+            assert_eq!(
+                status,
+                Some(0),
+                "process {process} did not stop cleanly:\n{}",
+                self.log(process)
+            );
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self, process: usize) -> String {
+        std::fs::read_to_string(self.config.with_extension(format!("process-{process}.log")))
+            .unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// The latest value per key, as sorted values.
+fn latest_per_key(records: &[(String, String)]) -> Vec<String> {
+    let latest: BTreeMap<&str, &str> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut values: Vec<String> = latest.values().map(|v| v.to_string()).collect();
+    values.sort();
+    values
+}
+
+/// Asserts two sorted line lists are equal, showing only the lines that differ.
+fn assert_same_lines(what: &str, got: &[String], want: &[String]) {
+    let got_set: BTreeSet<&String> = got.iter().collect();
+    let want_set: BTreeSet<&String> = want.iter().collect();
+    let missing: Vec<_> = want_set.difference(&got_set).take(20).collect();
+    let extra: Vec<_> = got_set.difference(&want_set).take(20).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == want.len(),
+        "{what}: {} lines, {} expected\nmissing: {missing:#?}\nextra: {extra:#?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Waits until `topic` holds `count` distinct keys (or the time is up); returns its records.
+fn wait_for_keys(
+    tansu: &Tansu,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+    cluster: &Cluster,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = tansu.read_all(topic);
+        let keys: BTreeSet<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        if keys.len() >= count || Instant::now() > deadline {
+            if keys.len() < count {
+                eprintln!(
+                    "{topic}: {} of {count} keys after {timeout:?}\n{}",
+                    keys.len(),
+                    (0..cluster.processes)
+                        .map(|p| format!("process {p}:\n{}", cluster.log(p)))
+                        .collect::<String>()
+                );
+            }
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn dead_letter_pairs(records: &[(String, String)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = latest_per_key(records)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["reason"].as_str().unwrap().to_owned(),
+                v["raw"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+fn alert_event_ids(records: &[(String, String)]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|(_, v)| {
+            let v: Value = serde_json::from_str(v).unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a_kill() {
+    let fixture = fixture(150, 480);
+    let expected = fixture.expected();
+    let brokers = fixture.tansu.brokers();
+    let dir = fixture.data.dir.path();
+    fixture.produce_registry(&fixture.registry_lines);
+    fixture.produce_telemetry();
+
+    // An uninterrupted run.
+    let whole = Outputs::named("whole");
+    fixture.tansu.create_topics(&[
+        (&whole.aggregates, 4),
+        (&whole.alerts, 4),
+        (&whole.dead_letters, 4),
+    ]);
+    let mut cluster = Cluster::configure(dir, "whole", &brokers, &whole, 2, 3_000);
+    cluster.start();
+    let aggregates = wait_for_keys(
+        &fixture.tansu,
+        &whole.aggregates,
+        expected.aggregates.len(),
+        Duration::from_secs(240),
+        &cluster,
+    );
+    let metrics = cluster.metrics();
+    cluster.stop();
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(&aggregates),
+        &expected.aggregates,
+    );
+    let dead = fixture.tansu.read_all(&whole.dead_letters);
+    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+    assert!(
+        dead.iter()
+            .all(|(k, v)| k.starts_with("telemetry/") && v.contains("\"offset\":")),
+        "dead letters name topic, partition and offset"
+    );
+    let alerts = fixture.tansu.read_all(&whole.alerts);
+    let alert_ids = alert_event_ids(&alerts);
+    assert!(!alert_ids.is_empty(), "the dataset's faults raise alerts");
+    for family in [
+        "iotpipe_messages_in_total",
+        "iotpipe_records_out_total{sink=\"aggregates\"}",
+        "iotpipe_dead_letters_total{reason=\"invalid_json\"}",
+        "iotpipe_late_readings_total",
+        "iotpipe_consumer_lag_messages{partition=\"0\"}",
+        "iotpipe_watermark_lag_seconds",
+        "iotpipe_batch_latency_seconds_count",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+
+    // The same input, with process 1 killed mid-stream and the cluster restarted.
+    let interrupted = Outputs::named("interrupted");
+    fixture.tansu.create_topics(&[
+        (&interrupted.aggregates, 4),
+        (&interrupted.alerts, 4),
+        (&interrupted.dead_letters, 4),
+    ]);
+    let mut cluster = Cluster::configure(dir, "interrupted", &brokers, &interrupted, 2, 3_000);
+    cluster.start();
+    wait_for_keys(
+        &fixture.tansu,
+        &interrupted.aggregates,
+        expected.aggregates.len() / 3,
+        Duration::from_secs(120),
+        &cluster,
+    );
+    cluster.signal(1, "-KILL");
+    // Process 0 loses its peer; whatever it does, the cluster is restarted as a whole.
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.kill_all();
+    cluster.start();
+    let aggregates = wait_for_keys(
+        &fixture.tansu,
+        &interrupted.aggregates,
+        expected.aggregates.len(),
+        Duration::from_secs(240),
+        &cluster,
+    );
+    cluster.stop();
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(&aggregates),
+        &expected.aggregates,
+    );
+    let alerts = fixture.tansu.read_all(&interrupted.alerts);
+    assert_eq!(alert_event_ids(&alerts), alert_ids);
+    let dead = fixture.tansu.read_all(&interrupted.dead_letters);
+    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+}
+
+#[test]
+fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
+    let fixture = fixture(40, 480);
+    let expected = fixture.expected();
+    let dir = fixture.data.dir.path();
+    let (live_change, at_start): (Vec<_>, Vec<_>) = fixture
+        .registry_lines
+        .iter()
+        .cloned()
+        .partition(|(_, line)| line.contains("site-moved"));
+    assert_eq!(live_change.len(), 1);
+    fixture.produce_registry(&at_start);
+    let outputs = Outputs::named("live");
+    fixture.tansu.create_topics(&[
+        (&outputs.aggregates, 1),
+        (&outputs.alerts, 1),
+        (&outputs.dead_letters, 1),
+    ]);
+    // No partition goes idle: the telemetry comes after the start, and none of it may be
+    // stamped late for having come after its partition was set aside.
+    let mut cluster =
+        Cluster::configure(dir, "live", &fixture.tansu.brokers(), &outputs, 1, 600_000);
+    cluster.start();
+    std::thread::sleep(Duration::from_secs(3));
+    fixture.produce_registry(&live_change);
+    fixture.produce_telemetry();
+    // Windows of the moved device, up to the last that closes while every partition speaks.
+    let moved_device = |line: &String| line.contains("\"device_id\":\"dev-000001\"");
+    let want: Vec<String> = expected
+        .aggregates
+        .iter()
+        .filter(|l| moved_device(l))
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let records = fixture.tansu.read_all(&outputs.aggregates);
+        let got: Vec<String> = latest_per_key(&records)
+            .into_iter()
+            .filter(|l| moved_device(l))
+            .collect();
+        if got.iter().filter(|l| l.contains("site-moved")).count() >= 2 || Instant::now() > deadline
+        {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    cluster.stop();
+    assert!(
+        got.iter().any(|l| l.contains("site-moved"))
+            && got.iter().any(|l| !l.contains("site-moved")),
+        "dev-000001 has windows before and after its move: {got:#?}\n{}",
+        cluster.log(0)
+    );
+    for line in &got {
+        assert!(
+            want.contains(line),
+            "{line} is not in the batch computation"
+        );
+    }
+}
