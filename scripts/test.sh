@@ -27,6 +27,13 @@ fi
 # The package's service is not needed: tests start their own brokers on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
 
+# tansu, the Kafka-protocol broker the Kafka tests start. Built once per machine (about 45
+# minutes on 2 cores); its storage features are needed, the default build stores nothing.
+if ! need tansu && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+    echo "test.sh: building tansu 0.6.0 (Kafka tests; once per machine, about 45 minutes)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -100,15 +100,14 @@ impl Fixture {
     }
 
     fn expected(&self) -> common::reference::Expected {
+        self.expected_with(PipelineConfig::default())
+    }
+
+    fn expected_with(&self, config: PipelineConfig) -> common::reference::Expected {
         let schemas = SchemaSet::embedded();
         let registry = std::fs::read_to_string(&self.data.registry).unwrap();
         let changes = parse_registry(&registry, schemas.catalog()).unwrap();
-        common::reference::compute_partitions(
-            &self.partition_files,
-            &changes,
-            &schemas,
-            PipelineConfig::default(),
-        )
+        common::reference::compute_partitions(&self.partition_files, &changes, &schemas, config)
     }
 }
 
@@ -117,14 +116,25 @@ struct Outputs {
     aggregates: String,
     alerts: String,
     dead_letters: String,
+    checkpoints: String,
 }
 
 impl Outputs {
+    fn create(&self, tansu: &Tansu, partitions: i32) {
+        tansu.create_topics(&[
+            (&self.aggregates, partitions),
+            (&self.alerts, partitions),
+            (&self.dead_letters, partitions),
+            (&self.checkpoints, 1),
+        ]);
+    }
+
     fn named(run: &str) -> Outputs {
         Outputs {
             aggregates: format!("{run}.aggregates"),
             alerts: format!("{run}.alerts"),
             dead_letters: format!("{run}.dead-letters"),
+            checkpoints: format!("{run}.checkpoints"),
         }
     }
 }
@@ -146,6 +156,7 @@ impl Cluster {
         outputs: &Outputs,
         processes: usize,
         idle_timeout_ms: u64,
+        extra_toml: &str,
     ) -> Cluster {
         let hosts = dir.join(format!("{run}-hosts.txt"));
         std::fs::write(
@@ -175,6 +186,7 @@ registry = "{REGISTRY}"
 dead_letters = "{dead}"
 alerts = "{alerts}"
 aggregates = "{aggregates}"
+checkpoints = "{checkpoints}"
 
 [source]
 idle_timeout_ms = {idle_timeout_ms}
@@ -184,10 +196,13 @@ commit_interval_ms = 200
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+
+{extra_toml}
 "#,
                 dead = outputs.dead_letters,
                 alerts = outputs.alerts,
                 aggregates = outputs.aggregates,
+                checkpoints = outputs.checkpoints,
             ),
         )
         .unwrap();
@@ -222,7 +237,10 @@ listen = "127.0.0.1:{metrics_port}"
                         "127.0.0.1:0".to_owned()
                     },
                 )
-                .env("IOTPIPE_LOG", "info,iotpipe::io::service=debug")
+                .env(
+                    "IOTPIPE_LOG",
+                    "info,iotpipe::io::service=debug,iotpipe::io::kafka=debug",
+                )
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -387,12 +405,8 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
 
     // An uninterrupted run.
     let whole = Outputs::named("whole");
-    fixture.tansu.create_topics(&[
-        (&whole.aggregates, 4),
-        (&whole.alerts, 4),
-        (&whole.dead_letters, 4),
-    ]);
-    let mut cluster = Cluster::configure(dir, "whole", &brokers, &whole, 2, 3_000);
+    whole.create(&fixture.tansu, 4);
+    let mut cluster = Cluster::configure(dir, "whole", &brokers, &whole, 2, 3_000, "");
     cluster.start();
     let aggregates = wait_for_keys(
         &fixture.tansu,
@@ -432,12 +446,8 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
 
     // The same input, with process 1 killed mid-stream and the cluster restarted.
     let interrupted = Outputs::named("interrupted");
-    fixture.tansu.create_topics(&[
-        (&interrupted.aggregates, 4),
-        (&interrupted.alerts, 4),
-        (&interrupted.dead_letters, 4),
-    ]);
-    let mut cluster = Cluster::configure(dir, "interrupted", &brokers, &interrupted, 2, 3_000);
+    interrupted.create(&fixture.tansu, 4);
+    let mut cluster = Cluster::configure(dir, "interrupted", &brokers, &interrupted, 2, 3_000, "");
     cluster.start();
     wait_for_keys(
         &fixture.tansu,
@@ -468,6 +478,75 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     assert_eq!(alert_event_ids(&alerts), alert_ids);
     let dead = fixture.tansu.read_all(&interrupted.dead_letters);
     assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+
+    // Killed late, with the shortest rewind the clock skew allows: the restart resumes
+    // mid-stream from the committed offsets and still rebuilds every unwritten window whole.
+    let short_skew = PipelineConfig {
+        event_time: iotpipe::dataflow::EventTimeConfig {
+            max_clock_skew_ms: 60_000,
+            ..Default::default()
+        },
+        ..PipelineConfig::default()
+    };
+    let expected = fixture.expected_with(short_skew);
+    let resumed = Outputs::named("resumed");
+    resumed.create(&fixture.tansu, 4);
+    // The rewind is window 60 s + lateness 30 s + skew 60 s.
+    let extra = "[pipeline.event_time]\nallowed_lateness_ms = 30000\nmax_clock_skew_ms = 60000\n";
+    let mut cluster = Cluster::configure(dir, "resumed", &brokers, &resumed, 2, 3_000, extra);
+    let config = std::fs::read_to_string(&cluster.config).unwrap();
+    std::fs::write(
+        &cluster.config,
+        config.replace(
+            "commit_interval_ms = 200",
+            "commit_interval_ms = 200\nrewind_ms = 150000",
+        ),
+    )
+    .unwrap();
+    cluster.start();
+    wait_for_keys(
+        &fixture.tansu,
+        &resumed.aggregates,
+        expected.aggregates.len() * 2 / 3,
+        Duration::from_secs(120),
+        &cluster,
+    );
+    cluster.kill_all();
+    cluster.start();
+    let aggregates = wait_for_keys(
+        &fixture.tansu,
+        &resumed.aggregates,
+        expected.aggregates.len(),
+        Duration::from_secs(240),
+        &cluster,
+    );
+    let resumed_at: Vec<i64> = (0..2)
+        .flat_map(|p| {
+            cluster
+                .log(p)
+                .lines()
+                .filter(|l| l.contains("partition resumes"))
+                .filter_map(|l| l.split("offset=").nth(1)?.split(' ').next()?.parse().ok())
+                .collect::<Vec<i64>>()
+        })
+        .collect();
+    cluster.stop();
+    eprintln!("partitions resumed at offsets {resumed_at:?}");
+    if resumed_at.contains(&0) {
+        eprintln!("{}\n{}", cluster.log(0), cluster.log(1));
+    }
+    assert_eq!(resumed_at.len(), PARTITIONS as usize);
+    assert!(
+        resumed_at.iter().all(|o| *o > 0),
+        "every partition resumes mid-stream: {resumed_at:?}"
+    );
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(&aggregates),
+        &expected.aggregates,
+    );
+    let dead = fixture.tansu.read_all(&resumed.dead_letters);
+    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
 }
 
 #[test]
@@ -483,15 +562,18 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
     assert_eq!(live_change.len(), 1);
     fixture.produce_registry(&at_start);
     let outputs = Outputs::named("live");
-    fixture.tansu.create_topics(&[
-        (&outputs.aggregates, 1),
-        (&outputs.alerts, 1),
-        (&outputs.dead_letters, 1),
-    ]);
+    outputs.create(&fixture.tansu, 1);
     // No partition goes idle: the telemetry comes after the start, and none of it may be
     // stamped late for having come after its partition was set aside.
-    let mut cluster =
-        Cluster::configure(dir, "live", &fixture.tansu.brokers(), &outputs, 1, 600_000);
+    let mut cluster = Cluster::configure(
+        dir,
+        "live",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        600_000,
+        "",
+    );
     cluster.start();
     std::thread::sleep(Duration::from_secs(3));
     fixture.produce_registry(&live_change);

@@ -18,33 +18,105 @@
 //! twice lands on the same key.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::model::TimeMs;
+use crate::io::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
 
-/// What is committed as a partition offset's metadata.
+/// A partition's resume point, as the checkpoint topic holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResumeMetadata {
-    /// The partition's largest valid event time before the committed offset.
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// The offset to resume at.
+    pub offset: i64,
+    /// The partition's largest valid event time before the offset.
     pub max_valid_ms: Option<TimeMs>,
     /// The floor its watermark had been raised to there (after an idle spell).
     #[serde(default)]
     pub floor_ms: TimeMs,
-    /// The written frontier when the commit was made.
+    /// The written frontier when the checkpoint was taken.
     pub written_ms: TimeMs,
 }
 
-impl ResumeMetadata {
-    /// The metadata string committed with the offset.
-    pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("plain struct")
+impl Checkpoint {
+    /// The record's key: `topic/partition`.
+    pub fn key(topic: &str, partition: i32) -> String {
+        format!("{topic}/{partition}")
     }
 
-    /// Reads committed metadata; anything else (another tool's commit) is `None`.
-    pub fn decode(text: &str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+    /// The partition a key names, if it is one of `topic`'s.
+    pub fn partition_of(key: &str, topic: &str) -> Option<i32> {
+        key.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
     }
+}
+
+/// Every partition's latest checkpoint in `kafka.topics.checkpoints` for `telemetry`, read to
+/// the topic's end.
+pub fn read_checkpoints(
+    kafka: &KafkaConfig,
+    telemetry: &str,
+) -> Result<FxHashMap<i32, Checkpoint>, KafkaSetupError> {
+    let topic = &kafka.topics.checkpoints;
+    let consumer: BaseConsumer = kafka
+        .client()
+        .set("group.id", format!("{}.checkpoints", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(client_error("checkpoint reader"))?;
+    let timeout = Duration::from_secs(10);
+    let partitions = partition_count(&consumer, topic, &kafka.brokers, timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: FxHashMap<i32, i64> = FxHashMap::default();
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(client_error(format!("end of {topic}/{p}")))?;
+        if high > low {
+            ends.insert(p, high);
+        }
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(client_error("checkpoint assignment"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(client_error("checkpoint assignment"))?;
+    let mut checkpoints = FxHashMap::default();
+    while !ends.is_empty() {
+        let message = match consumer.poll(timeout) {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(client_error(format!("reading {topic}"))(e)),
+            None => {
+                return Err(KafkaSetupError::Stalled {
+                    topic: topic.clone(),
+                });
+            }
+        };
+        let partition = message.partition();
+        if ends
+            .get(&partition)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&partition);
+        }
+        let key = message.key().map(String::from_utf8_lossy);
+        let Some(p) = key.and_then(|k| Checkpoint::partition_of(&k, telemetry)) else {
+            continue;
+        };
+        match serde_json::from_slice::<Checkpoint>(message.payload().unwrap_or_default()) {
+            Ok(checkpoint) => {
+                checkpoints.insert(p, checkpoint);
+            }
+            Err(error) => tracing::warn!(topic, partition = p, %error, "checkpoint skipped"),
+        }
+    }
+    Ok(checkpoints)
 }
 
 /// Where a partition can resume: an offset, the stamp of the message there, and the state of
@@ -142,14 +214,10 @@ mod tests {
     }
 
     #[test]
-    fn metadata_round_trips_and_foreign_metadata_is_ignored() {
-        let meta = ResumeMetadata {
-            max_valid_ms: Some(42),
-            floor_ms: 3,
-            written_ms: 7,
-        };
-        assert_eq!(ResumeMetadata::decode(&meta.encode()), Some(meta));
-        assert_eq!(ResumeMetadata::decode(""), None);
-        assert_eq!(ResumeMetadata::decode("consumer-xyz"), None);
+    fn checkpoint_keys_name_the_partition_of_one_topic() {
+        let key = Checkpoint::key("telemetry", 7);
+        assert_eq!(Checkpoint::partition_of(&key, "telemetry"), Some(7));
+        assert_eq!(Checkpoint::partition_of(&key, "tele"), None);
+        assert_eq!(Checkpoint::partition_of("telemetry/x", "telemetry"), None);
     }
 }

@@ -39,7 +39,7 @@ fn default_group_id() -> String {
 
 /// The topics iotpipe reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
     /// Raw device messages (JSON), any key; read.
     pub telemetry: String,
@@ -52,6 +52,9 @@ pub struct TopicsConfig {
     pub alerts: String,
     /// Closed window aggregates, keyed by `device_id/metric/window_start_ms/site`; written when set.
     pub aggregates: Option<String>,
+    /// Each partition's resume point, keyed by `topic/partition` (make it compacted; one
+    /// partition is enough); written and read at start.
+    pub checkpoints: String,
 }
 
 impl Default for TopicsConfig {
@@ -62,6 +65,7 @@ impl Default for TopicsConfig {
             dead_letters: "iotpipe.dead-letters".into(),
             alerts: "iotpipe.alerts".into(),
             aggregates: None,
+            checkpoints: "iotpipe.checkpoints".into(),
         }
     }
 }
@@ -88,6 +92,12 @@ pub enum KafkaSetupError {
         what: String,
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
+    },
+    /// A topic stopped answering before it was read to its end.
+    #[error("kafka topic {topic}: no answer while reading it to its end (is the broker up?)")]
+    Stalled {
+        /// The topic.
+        topic: String,
     },
     /// A topic has no partitions (it does not exist, or the broker is unreachable).
     #[error(

@@ -135,6 +135,25 @@ impl SinkProducer {
         count
     }
 
+    /// Produces a record nothing waits for (a checkpoint: a later one supersedes it); `false`
+    /// if the queue is full, and the caller tries again with a newer one later.
+    pub fn send_detached(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &str,
+        written: Arc<Counter>,
+    ) -> bool {
+        let delivery = Box::new(Delivery {
+            in_flight: Arc::new(InFlight(AtomicUsize::new(1))),
+            written,
+        });
+        let record = BaseRecord::with_opaque_to(topic, delivery)
+            .key(key)
+            .payload(value);
+        self.producer.send(record).is_ok()
+    }
+
     /// Records produced and not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()

@@ -36,10 +36,11 @@ use crate::dataflow::event_time::{EventTimeConfig, Watermarker};
 use crate::dataflow::ingest::{IngestBatch, Ingestor};
 use crate::dataflow::model::{MessageOrigin, TimeMs};
 use crate::dataflow::schema::SchemaSet;
-use crate::io::kafka::checkpoint::{ResumeMetadata, ResumePoint, ResumeTrail};
+use crate::io::kafka::checkpoint::{Checkpoint, ResumePoint, ResumeTrail, read_checkpoints};
 use crate::io::kafka::registry::LiveRegistry;
+use crate::io::kafka::sink::SinkProducer;
 use crate::io::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
-use crate::io::metrics::Metrics;
+use crate::io::metrics::{Counter, Metrics};
 use crate::io::source::SourceInputs;
 
 /// How the source reads, sets idle partitions aside, and commits.
@@ -133,6 +134,9 @@ pub struct KafkaSource {
     registry: Arc<LiveRegistry>,
     registry_version: u64,
     metrics: Arc<Metrics>,
+    checkpoints: SinkProducer,
+    checkpoint_topic: String,
+    checkpoints_written: Arc<Counter>,
     committed_written_ms: Option<TimeMs>,
     last_commit: Instant,
     skip_before_ms: TimeMs,
@@ -213,6 +217,7 @@ impl KafkaSource {
         event_time: EventTimeConfig,
         registry: Arc<LiveRegistry>,
         metrics: Arc<Metrics>,
+        checkpoints: SinkProducer,
         index: usize,
         peers: usize,
     ) -> Result<Self, KafkaSetupError> {
@@ -238,50 +243,43 @@ impl KafkaSource {
             .map_err(client_error("end offset client"))?;
         let timeout = Duration::from_secs(10);
         let partitions = partition_count(&consumer, &topic, &kafka.brokers, timeout)?;
-        let mut all = TopicPartitionList::new();
-        for p in 0..partitions {
-            all.add_partition(&topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(all, timeout)
-            .map_err(client_error(format!("committed offsets of {topic}")))?;
-        let mut resume: FxHashMap<i32, (Option<i64>, ResumeMetadata)> = FxHashMap::default();
-        let mut skip_before_ms = 0;
-        for element in committed.elements() {
-            let offset = element.offset().to_raw().filter(|o| *o >= 0);
-            let metadata = ResumeMetadata::decode(element.metadata());
-            if let Some(m) = metadata {
-                skip_before_ms = skip_before_ms.max(m.written_ms);
-            }
-            resume.insert(element.partition(), (offset, metadata.unwrap_or_default()));
-        }
+        let resume = read_checkpoints(kafka, &topic)?;
+        let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
         let (initial, config_clone) = (registry.snapshot(), config.clone());
         let mut assignment = TopicPartitionList::new();
         let mut readers = Vec::new();
         for p in (0..partitions).filter(|p| *p as usize % peers == index) {
-            let (offset, metadata) = resume.get(&p).copied().unwrap_or_default();
-            let start = match offset {
-                Some(o) => Offset::Offset(o),
+            let checkpoint = resume.get(&p).copied();
+            let start = match checkpoint {
+                Some(c) => Offset::Offset(c.offset),
                 None => Offset::Beginning,
             };
+            let checkpoint = checkpoint.unwrap_or_default();
             assignment
                 .add_partition_offset(&topic, p, start)
                 .map_err(client_error("assignment"))?;
             let mut ingestor = Ingestor::new(schemas.clone(), Arc::clone(&initial.1), event_time);
-            let mut watermarker = Watermarker::resume(event_time, metadata.max_valid_ms);
-            watermarker.raise_to(metadata.floor_ms);
+            let mut watermarker = Watermarker::resume(event_time, checkpoint.max_valid_ms);
+            watermarker.raise_to(checkpoint.floor_ms);
             let point = ResumePoint {
                 time_ms: watermarker.watermark_ms(),
-                offset: offset.unwrap_or(0),
-                max_valid_ms: metadata.max_valid_ms,
-                floor_ms: metadata.floor_ms,
+                offset: checkpoint.offset,
+                max_valid_ms: checkpoint.max_valid_ms,
+                floor_ms: checkpoint.floor_ms,
             };
+            tracing::info!(
+                topic,
+                partition = p,
+                offset = point.offset,
+                watermark_ms = point.time_ms,
+                "partition resumes"
+            );
             ingestor.set_watermarker(watermarker);
             readers.push(PartitionReader {
                 partition: p,
                 ingestor,
                 batch: None,
-                next_offset: offset.unwrap_or(0),
+                next_offset: checkpoint.offset,
                 last_message: Instant::now(),
                 trail: ResumeTrail::new(point, 1_000),
                 idle: false,
@@ -298,6 +296,7 @@ impl KafkaSource {
             skip_before_ms,
             "telemetry partitions assigned"
         );
+        let checkpoints_written = metrics.records_out("checkpoints");
         let by_partition = readers
             .iter()
             .enumerate()
@@ -313,6 +312,9 @@ impl KafkaSource {
             registry,
             registry_version: initial.0,
             metrics,
+            checkpoints,
+            checkpoint_topic: kafka.topics.checkpoints.clone(),
+            checkpoints_written,
             committed_written_ms: None,
             last_commit: Instant::now(),
             skip_before_ms,
@@ -366,15 +368,15 @@ impl KafkaSource {
                 // Back from idle behind the frontier: stamped no earlier than the input time.
                 let mut watermarker = reader.ingestor.watermarker().clone();
                 watermarker.raise_to(input_time);
-                let point = ResumePoint {
-                    time_ms: watermarker.watermark_ms(),
-                    offset: message.offset(),
-                    max_valid_ms: watermarker.max_valid_ms(),
-                    floor_ms: watermarker.floor_ms(),
-                };
                 reader.ingestor.set_watermarker(watermarker);
-                reader.trail.record(point);
                 reader.ingestor.start_batch()
+            });
+            let watermarker = reader.ingestor.watermarker();
+            reader.trail.record(ResumePoint {
+                time_ms: watermarker.watermark_ms(),
+                offset: message.offset(),
+                max_valid_ms: watermarker.max_valid_ms(),
+                floor_ms: watermarker.floor_ms(),
             });
             let dead_before = batch.dead_letters.len();
             reader
@@ -495,19 +497,29 @@ impl KafkaSource {
         let mut offsets = TopicPartitionList::new();
         for reader in &mut self.readers {
             let point = reader.trail.commit_point(written_ms, self.config.rewind_ms);
-            let metadata = ResumeMetadata {
+            let checkpoint = Checkpoint {
+                offset: point.offset,
                 max_valid_ms: point.max_valid_ms,
                 floor_ms: point.floor_ms,
                 written_ms,
             };
-            let added = offsets
-                .add_partition_offset(&self.topic, reader.partition, Offset::Offset(point.offset))
-                .is_ok();
-            if added
-                && let Some(mut element) = offsets.find_partition(&self.topic, reader.partition)
-            {
-                element.set_metadata(metadata.encode());
+            let value = serde_json::to_string(&checkpoint).expect("plain struct");
+            let key = Checkpoint::key(&self.topic, reader.partition);
+            if !self.checkpoints.send_detached(
+                &self.checkpoint_topic,
+                &key,
+                &value,
+                Arc::clone(&self.checkpoints_written),
+            ) {
+                // The queue is full: the next round writes a newer checkpoint.
+                return;
             }
+            // The group's offsets are for lag tooling; resuming reads the checkpoints.
+            let _ = offsets.add_partition_offset(
+                &self.topic,
+                reader.partition,
+                Offset::Offset(point.offset),
+            );
         }
         let mode = if force {
             CommitMode::Sync
@@ -516,10 +528,11 @@ impl KafkaSource {
         };
         match self.consumer.commit(&offsets, mode) {
             Ok(()) => {
+                tracing::debug!(written_ms, offsets = ?offsets.to_topic_map(), "commit");
                 self.committed_written_ms = Some(written_ms);
                 self.last_commit = Instant::now();
             }
-            Err(error) => tracing::warn!(topic = %self.topic, %error, "commit failed; retrying"),
+            Err(error) => tracing::warn!(topic = %self.topic, %error, "offset commit failed"),
         }
     }
 }

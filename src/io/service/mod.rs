@@ -105,6 +105,7 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
         Arc::clone(&job.stop),
     )?;
     let producer = SinkProducer::create(&job.kafka, Arc::clone(&metrics))?;
+    let worker_producer = producer.clone();
     let changes = Arc::new(Mutex::new(Some(changes)));
     tracing::info!(
         brokers = %job.kafka.brokers,
@@ -124,7 +125,7 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
             job: &worker_job,
             live: &live,
             metrics: &metrics,
-            producer: &producer,
+            producer: &worker_producer,
             changes,
         };
         run_worker(worker, context)
@@ -137,6 +138,10 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
             Ok(Err(e)) => failure = Some(ServiceError::Kafka(e)),
             Err(e) => failure = Some(ServiceError::Worker(e)),
         }
+    }
+    // Checkpoints are produced detached: make sure the last ones are out.
+    if !producer.flush(Duration::from_millis(job.drain_timeout_ms)) {
+        tracing::warn!("stopped with records unacknowledged; the next run writes them again");
     }
     tracing::info!("workers stopped");
     job.stop.store(true, Ordering::Release);
@@ -192,6 +197,7 @@ fn run_worker(
         event_time,
         Arc::clone(live),
         Arc::clone(metrics),
+        producer.clone(),
         index,
         peers,
     )?;
