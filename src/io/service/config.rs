@@ -266,6 +266,18 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let text = include_str!("../../../datasets/iotpipe.example.toml");
+        let example = RunConfig::parse(text, |_| None).unwrap();
+        let minimal = RunConfig::parse(MINIMAL, |_| None).unwrap();
+        assert_eq!(example.source, minimal.source);
+        assert_eq!(example.kafka.topics, minimal.kafka.topics);
+        assert_eq!(example.cluster, minimal.cluster);
+        assert_eq!(example.pipeline.event_time, minimal.pipeline.event_time);
+        assert_eq!(example.pipeline.window, minimal.pipeline.window);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let unknown = RunConfig::parse(&format!("{MINIMAL}[source]\nidle_timeout = 5\n"), |_| None)
             .unwrap_err()

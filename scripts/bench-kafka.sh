@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The Kafka benchmark of docs/benchmarks.md: the W1 throughput file (2,000,000 messages) through
+# `iotpipe run` from a tansu broker on its memory engine (reading from the beginning, the only
+# use that engine is fit for), sinks to Kafka; 1 and 2 workers; then a steady produce while
+# iotpipe consumes, with the consumer lag sampled every second.
+#
+#   scripts/bench-kafka.sh [steady rate, messages/s (default 100000)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=${1:-100000}
+data=target/bench/w1
+[ -s "$data/events.jsonl" ] || scripts/bench-replay.sh >/dev/null
+cargo build --release --quiet --bin iotpipe --example kafka_load
+bin=target/release/iotpipe
+load=target/release/examples/kafka_load
+tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+end_ms=$(python3 -c "import json;print(json.load(open('$data/events.jsonl.manifest.json'))['end_ms'])")
+messages=$(wc -l <"$data/events.jsonl")
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+metrics_port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+(cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+    "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
+broker=$!
+trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
+sleep 2
+topic() { "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions "$2" "$1" >/dev/null; }
+for t in telemetry steady; do topic $t 8; done
+topic registry 1
+
+metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+lag_sum() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '/^iotpipe_consumer_lag_messages/ {s += $2} END {print s + 0}'; }
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+start_run() { # name telemetry-topic workers
+    for t in dead alerts aggregates checkpoints; do topic "$1.$t" 1; done
+    cat >"$work/$1.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$port"
+group_id = "$1"
+[kafka.topics]
+telemetry = "$2"
+registry = "registry"
+dead_letters = "$1.dead"
+alerts = "$1.alerts"
+aggregates = "$1.aggregates"
+checkpoints = "$1.checkpoints"
+[source]
+idle_timeout_ms = 1000
+idle_advance_ms_per_s = 600000
+[metrics]
+listen = "127.0.0.1:$metrics_port"
+TOML
+    "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.log" &
+    pid=$!
+    until curl -s "127.0.0.1:$metrics_port/metrics" >/dev/null; do sleep 0.1; done
+}
+
+echo "machine: $(nproc) cores, $(uname -r); broker: tansu memory engine on 127.0.0.1"
+"$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
+echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
+
+for workers in 1 2; do
+    start_run "bench-w$workers" telemetry "$workers"
+    t0=$(date +%s.%N)
+    until [ "$(metric iotpipe_messages_in_total)" -ge "$messages" ]; do sleep 0.1; done
+    t_read=$(date +%s.%N)
+    # Everything read has gone through the dataflow once the written frontier reaches the
+    # last watermark (the end of the data less the allowed lateness).
+    until awk -v w="$(metric iotpipe_written_frontier_seconds)" -v e="$end_ms" 'BEGIN {exit !(w * 1000 >= e - 31000)}'; do sleep 0.1; done
+    t_done=$(date +%s.%N)
+    cpu=$(cpu_s $pid)
+    rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+    kill -TERM $pid; wait $pid
+    awk -v w="$workers" -v n="$messages" -v t0="$t0" -v tr="$t_read" -v td="$t_done" -v c="$cpu" -v k="$rss" 'BEGIN {
+        printf "workers=%d read_s=%.2f messages_per_s=%.0f through_dataflow_s=%.2f cpu_s_per_million=%.1f peak_rss_mib=%.0f\n",
+            w, tr - t0, n / (tr - t0), td - t0, c / (n / 1e6), k / 1024 }'
+done
+
+# Steady produce at $rate messages/s while 2 workers consume; lag = sent so far - read so far.
+start_run bench-steady steady 2
+"$load" --brokers "127.0.0.1:$port" --topic steady --events "$data/events.jsonl" --rate "$rate" >"$work/steady-load.log" &
+loader=$!
+t0=$(date +%s.%N)
+max_lag=0; sum_lag=0; samples=0
+while kill -0 $loader 2>/dev/null; do
+    sleep 1
+    now=$(date +%s.%N)
+    read_so_far=$(metric iotpipe_messages_in_total)
+    lag=$(awk -v r="$rate" -v t0="$t0" -v now="$now" -v n="$messages" -v got="$read_so_far" 'BEGIN {
+        sent = r * (now - t0); if (sent > n) sent = n; l = sent - got; print (l > 0 ? int(l) : 0) }')
+    watermark_lag=$(metric iotpipe_watermark_lag_seconds)
+    echo "t=$(awk -v a="$t0" -v b="$now" 'BEGIN {printf "%.0f", b - a}')s lag_messages=$lag broker_lag=$(lag_sum)"
+    samples=$((samples + 1)); sum_lag=$((sum_lag + lag)); [ "$lag" -gt "$max_lag" ] && max_lag=$lag
+done
+cat "$work/steady-load.log"
+echo "steady rate=$rate/s samples=$samples mean_lag=$((sum_lag / (samples > 0 ? samples : 1))) max_lag=$max_lag messages"
+kill -TERM $pid; wait $pid || true
