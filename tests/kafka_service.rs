@@ -142,6 +142,7 @@ impl Outputs {
 /// A cluster of `iotpipe run` processes.
 struct Cluster {
     processes: usize,
+    workers: usize,
     children: Vec<Child>,
     config: PathBuf,
     hosts: PathBuf,
@@ -208,6 +209,7 @@ listen = "127.0.0.1:{metrics_port}"
         .unwrap();
         Cluster {
             processes,
+            workers: 1,
             children: Vec::new(),
             config,
             hosts,
@@ -225,7 +227,8 @@ listen = "127.0.0.1:{metrics_port}"
                 .arg("run")
                 .arg("--config")
                 .arg(&self.config)
-                .args(["-w", "1", "-n", &self.processes.to_string()])
+                .args(["-w", &self.workers.to_string()])
+                .args(["-n", &self.processes.to_string()])
                 .args(["-p", &process.to_string(), "-h"])
                 .arg(&self.hosts)
                 // Only process 0 serves metrics: the port is the test's.
@@ -512,6 +515,9 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         &cluster,
     );
     cluster.kill_all();
+    // Restarted in another shape: one process of two workers takes all eight partitions.
+    cluster.processes = 1;
+    cluster.workers = 2;
     cluster.start();
     let aggregates = wait_for_keys(
         &fixture.tansu,
@@ -520,7 +526,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         Duration::from_secs(240),
         &cluster,
     );
-    let resumed_at: Vec<i64> = (0..2)
+    let resumed_at: Vec<i64> = (0..cluster.processes)
         .flat_map(|p| {
             cluster
                 .log(p)
@@ -546,6 +552,61 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         &expected.aggregates,
     );
     let dead = fixture.tansu.read_all(&resumed.dead_letters);
+    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+}
+
+#[test]
+fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
+    let mut fixture = fixture(60, 480);
+    let expected = fixture.expected();
+    fixture.produce_registry(&fixture.registry_lines);
+    fixture.produce_telemetry();
+    let outputs = Outputs::named("outage");
+    outputs.create(&fixture.tansu, 2);
+    let dir = fixture.data.dir.path().to_owned();
+    let mut cluster = Cluster::configure(
+        &dir,
+        "outage",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        3_000,
+        "",
+    );
+    cluster.start();
+    // Down as soon as the first windows are out.
+    let before = wait_for_keys(
+        &fixture.tansu,
+        &outputs.aggregates,
+        1,
+        Duration::from_secs(120),
+        &cluster,
+    );
+    fixture.tansu.restart_after(Duration::from_secs(3));
+    let written_before: BTreeSet<&str> = before.iter().map(|(k, _)| k.as_str()).collect();
+    eprintln!(
+        "broker down after {} of {} windows",
+        written_before.len(),
+        expected.aggregates.len()
+    );
+    assert!(
+        written_before.len() < expected.aggregates.len(),
+        "the broker went down only after everything was written"
+    );
+    let aggregates = wait_for_keys(
+        &fixture.tansu,
+        &outputs.aggregates,
+        expected.aggregates.len(),
+        Duration::from_secs(240),
+        &cluster,
+    );
+    cluster.stop();
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(&aggregates),
+        &expected.aggregates,
+    );
+    let dead = fixture.tansu.read_all(&outputs.dead_letters);
     assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
 }
 

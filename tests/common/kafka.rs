@@ -25,12 +25,13 @@ fn tansu_binary() -> PathBuf {
 /// A running tansu broker.
 pub struct Tansu {
     child: Child,
+    engine: Engine,
     pub port: u16,
     pub dir: tempfile::TempDir,
 }
 
 /// tansu's storage engines.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum Engine {
     /// Durable and correct; about 22k msg/s.
     Sqlite,
@@ -43,17 +44,39 @@ impl Tansu {
     pub fn start(engine: Engine) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
+        let child = Self::spawn(engine, port, dir.path());
+        Tansu {
+            child,
+            engine,
+            port,
+            dir,
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and data.
+    pub fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(self.engine, self.port, self.dir.path());
+    }
+
+    fn spawn(engine: Engine, port: u16, dir: &std::path::Path) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let storage = match engine {
             Engine::Sqlite => "sqlite://tansu.db",
             Engine::Memory => "memory://tansu/",
         };
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .unwrap();
         let child = Command::new(tansu_binary())
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", storage, "--cluster-id", "iotpipe-test"])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .env_remove("STORAGE_ENGINE")
             .env_remove("LISTENER_URL")
             .env_remove("ADVERTISED_LISTENER_URL")
@@ -69,7 +92,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Tansu { child, port, dir }
+        child
     }
 
     /// The bootstrap address.
