@@ -106,7 +106,8 @@ pub struct Metrics {
     pub watermark_lag_ms: Gauge,
     /// The frontier of everything the sinks have written, ms.
     pub written_frontier_ms: Gauge,
-    /// From reading a batch to its outputs being written.
+    /// From reading a batch to the written frontier passing its watermark (everything the
+    /// dataflow emitted at or before the batch's time is then durable).
     pub batch_latency: Histogram,
     records_out: Mutex<BTreeMap<String, Arc<Counter>>>,
     consumer_lag: Mutex<BTreeMap<i32, i64>>,
@@ -252,7 +253,7 @@ impl Metrics {
         family(
             "batch_latency_seconds",
             "histogram",
-            "From reading a batch to every output derived from it being written.",
+            "From reading a batch to the written frontier passing its watermark.",
             &samples,
         );
         text
