@@ -156,19 +156,11 @@ impl Cluster {
         brokers: &str,
         outputs: &Outputs,
         processes: usize,
-        idle_timeout_ms: u64,
+        source_toml: &str,
         extra_toml: &str,
     ) -> Cluster {
         let hosts = dir.join(format!("{run}-hosts.txt"));
-        std::fs::write(
-            &hosts,
-            format!(
-                "127.0.0.1:{}\n127.0.0.1:{}\n",
-                common::free_port(),
-                common::free_port()
-            ),
-        )
-        .unwrap();
+        common::write_hostfile(&hosts, processes);
         let metrics_port = common::free_port();
         let config = dir.join(format!("{run}.toml"));
         std::fs::write(
@@ -190,7 +182,7 @@ aggregates = "{aggregates}"
 checkpoints = "{checkpoints}"
 
 [source]
-idle_timeout_ms = {idle_timeout_ms}
+{source_toml}
 # Once everything is read, close the last windows within seconds.
 idle_advance_ms_per_s = 120000
 commit_interval_ms = 200
@@ -373,18 +365,25 @@ fn wait_for_keys(
 }
 
 fn dead_letter_pairs(records: &[(String, String)]) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = latest_per_key(records)
-        .iter()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["reason"].as_str().unwrap().to_owned(),
-                v["raw"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    pairs.sort();
-    pairs
+    common::dead_letter_pairs_of(&latest_per_key(records))
+}
+
+/// Asserts that a finished run's aggregates (the latest per key) and dead letters equal the
+/// batch computation's; returns the dead-letter records.
+fn assert_outputs(
+    tansu: &Tansu,
+    outputs: &Outputs,
+    aggregates: &[(String, String)],
+    expected: &common::reference::Expected,
+) -> Vec<(String, String)> {
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(aggregates),
+        &expected.aggregates,
+    );
+    let dead = tansu.read_all(&outputs.dead_letters);
+    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+    dead
 }
 
 fn alert_event_ids(records: &[(String, String)]) -> BTreeSet<String> {
@@ -409,7 +408,15 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     // An uninterrupted run.
     let whole = Outputs::named("whole");
     whole.create(&fixture.tansu, 4);
-    let mut cluster = Cluster::configure(dir, "whole", &brokers, &whole, 2, 3_000, "");
+    let mut cluster = Cluster::configure(
+        dir,
+        "whole",
+        &brokers,
+        &whole,
+        2,
+        "idle_timeout_ms = 3000",
+        "",
+    );
     cluster.start();
     let aggregates = wait_for_keys(
         &fixture.tansu,
@@ -420,13 +427,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     );
     let metrics = cluster.metrics();
     cluster.stop();
-    assert_same_lines(
-        "aggregates",
-        &latest_per_key(&aggregates),
-        &expected.aggregates,
-    );
-    let dead = fixture.tansu.read_all(&whole.dead_letters);
-    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+    let dead = assert_outputs(&fixture.tansu, &whole, &aggregates, &expected);
     assert!(
         dead.iter()
             .all(|(k, v)| k.starts_with("telemetry/") && v.contains("\"offset\":")),
@@ -450,7 +451,15 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     // The same input, with process 1 killed mid-stream and the cluster restarted.
     let interrupted = Outputs::named("interrupted");
     interrupted.create(&fixture.tansu, 4);
-    let mut cluster = Cluster::configure(dir, "interrupted", &brokers, &interrupted, 2, 3_000, "");
+    let mut cluster = Cluster::configure(
+        dir,
+        "interrupted",
+        &brokers,
+        &interrupted,
+        2,
+        "idle_timeout_ms = 3000",
+        "",
+    );
     cluster.start();
     wait_for_keys(
         &fixture.tansu,
@@ -472,15 +481,9 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         &cluster,
     );
     cluster.stop();
-    assert_same_lines(
-        "aggregates",
-        &latest_per_key(&aggregates),
-        &expected.aggregates,
-    );
+    assert_outputs(&fixture.tansu, &interrupted, &aggregates, &expected);
     let alerts = fixture.tansu.read_all(&interrupted.alerts);
     assert_eq!(alert_event_ids(&alerts), alert_ids);
-    let dead = fixture.tansu.read_all(&interrupted.dead_letters);
-    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
 
     // Killed late, with the shortest rewind the clock skew allows: the restart resumes
     // mid-stream from the committed offsets and still rebuilds every unwritten window whole.
@@ -496,16 +499,8 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     resumed.create(&fixture.tansu, 4);
     // The rewind is window 60 s + lateness 30 s + skew 60 s.
     let extra = "[pipeline.event_time]\nallowed_lateness_ms = 30000\nmax_clock_skew_ms = 60000\n";
-    let mut cluster = Cluster::configure(dir, "resumed", &brokers, &resumed, 2, 3_000, extra);
-    let config = std::fs::read_to_string(&cluster.config).unwrap();
-    std::fs::write(
-        &cluster.config,
-        config.replace(
-            "commit_interval_ms = 200",
-            "commit_interval_ms = 200\nrewind_ms = 150000",
-        ),
-    )
-    .unwrap();
+    let source = "idle_timeout_ms = 3000\nrewind_ms = 150000";
+    let mut cluster = Cluster::configure(dir, "resumed", &brokers, &resumed, 2, source, extra);
     cluster.start();
     wait_for_keys(
         &fixture.tansu,
@@ -537,22 +532,13 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         })
         .collect();
     cluster.stop();
-    eprintln!("partitions resumed at offsets {resumed_at:?}");
-    if resumed_at.contains(&0) {
-        eprintln!("{}\n{}", cluster.log(0), cluster.log(1));
-    }
     assert_eq!(resumed_at.len(), PARTITIONS as usize);
     assert!(
         resumed_at.iter().all(|o| *o > 0),
-        "every partition resumes mid-stream: {resumed_at:?}"
+        "every partition resumes mid-stream: {resumed_at:?}\n{}",
+        cluster.log(0)
     );
-    assert_same_lines(
-        "aggregates",
-        &latest_per_key(&aggregates),
-        &expected.aggregates,
-    );
-    let dead = fixture.tansu.read_all(&resumed.dead_letters);
-    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+    assert_outputs(&fixture.tansu, &resumed, &aggregates, &expected);
 }
 
 #[test]
@@ -570,7 +556,7 @@ fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
         &fixture.tansu.brokers(),
         &outputs,
         1,
-        3_000,
+        "idle_timeout_ms = 3000",
         "",
     );
     cluster.start();
@@ -601,13 +587,7 @@ fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
         &cluster,
     );
     cluster.stop();
-    assert_same_lines(
-        "aggregates",
-        &latest_per_key(&aggregates),
-        &expected.aggregates,
-    );
-    let dead = fixture.tansu.read_all(&outputs.dead_letters);
-    assert_eq!(dead_letter_pairs(&dead), expected.dead_letters);
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
 
 #[test]
@@ -632,7 +612,7 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
         &fixture.tansu.brokers(),
         &outputs,
         1,
-        600_000,
+        "idle_timeout_ms = 600000",
         "",
     );
     cluster.start();

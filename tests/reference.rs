@@ -144,15 +144,7 @@ fn dataflow_equals_batch_computation_for_2_processes() {
     let data = common::dataset(120, 400);
     let expected = expected(&data);
     let hosts = data.dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1:{}\n127.0.0.1:{}\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    common::write_hostfile(&hosts, 2);
     let out = data.dir.path().join("out-p2");
     let children: Vec<_> = (0..2)
         .map(|p| {

@@ -92,7 +92,12 @@ pub fn sorted_lines(path: &Path) -> Vec<String> {
 
 /// The `(reason, raw)` pairs of a dead-letter file, sorted.
 pub fn dead_letter_pairs(path: &Path) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = sorted_lines(path)
+    dead_letter_pairs_of(&sorted_lines(path))
+}
+
+/// The `(reason, raw)` pairs of dead-letter lines, sorted.
+pub fn dead_letter_pairs_of(lines: &[String]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = lines
         .iter()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
@@ -104,6 +109,14 @@ pub fn dead_letter_pairs(path: &Path) -> Vec<(String, String)> {
         .collect();
     pairs.sort();
     pairs
+}
+
+/// Writes a timely host file for `processes` processes on free loopback ports.
+pub fn write_hostfile(path: &Path, processes: usize) {
+    let hosts: String = (0..processes)
+        .map(|_| format!("127.0.0.1:{}\n", free_port()))
+        .collect();
+    std::fs::write(path, hosts).unwrap();
 }
 
 /// A free TCP port on loopback.

@@ -110,28 +110,34 @@ impl SinkProducer {
 
     /// Sends again the records whose delivery failed; returns how many are still waiting.
     pub fn resend_failed(&self) -> usize {
-        let failed = std::mem::take(&mut *self.producer.context().resend.lock().expect("poison"));
+        let resend = &self.producer.context().resend;
+        let failed = std::mem::take(&mut *resend.lock().expect("not poisoned"));
+        if failed.is_empty() {
+            return 0;
+        }
         let mut waiting = Vec::new();
-        for resend in failed {
-            let record = BaseRecord::with_opaque_to(&resend.topic, resend.delivery)
-                .key(&resend.key)
-                .payload(&resend.payload);
+        for Resend {
+            topic,
+            key,
+            payload,
+            delivery,
+        } in failed
+        {
+            let record = BaseRecord::with_opaque_to(&topic, delivery)
+                .key(&key)
+                .payload(&payload);
             if let Err((_, record)) = self.producer.send(record) {
+                let delivery = record.delivery_opaque;
                 waiting.push(Resend {
-                    topic: resend.topic.clone(),
-                    key: resend.key.clone(),
-                    payload: resend.payload.clone(),
-                    delivery: record.delivery_opaque,
+                    topic,
+                    key,
+                    payload,
+                    delivery,
                 });
             }
         }
         let count = waiting.len();
-        self.producer
-            .context()
-            .resend
-            .lock()
-            .expect("not poisoned")
-            .extend(waiting);
+        resend.lock().expect("not poisoned").extend(waiting);
         count
     }
 

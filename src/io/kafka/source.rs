@@ -245,7 +245,7 @@ impl KafkaSource {
         let partitions = partition_count(&consumer, &topic, &kafka.brokers, timeout)?;
         let resume = read_checkpoints(kafka, &topic)?;
         let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
-        let (initial, config_clone) = (registry.snapshot(), config.clone());
+        let initial = registry.snapshot();
         let mut assignment = TopicPartitionList::new();
         let mut readers = Vec::new();
         for p in (0..partitions).filter(|p| *p as usize % peers == index) {
@@ -308,7 +308,7 @@ impl KafkaSource {
             topic,
             readers,
             by_partition,
-            config: config_clone,
+            config,
             registry,
             registry_version: initial.0,
             metrics,
