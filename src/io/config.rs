@@ -37,3 +37,92 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
         source,
     })
 }
+
+/// The TOML type an environment override is read as.
+#[derive(Clone, Copy, Debug)]
+pub enum OverrideKind {
+    /// Taken as it is.
+    Text,
+    /// A whole number.
+    Integer,
+}
+
+/// An environment variable that sets one field of a configuration file.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvOverride {
+    /// The variable.
+    pub variable: &'static str,
+    /// The field's path below the top-level table, e.g. `["kafka", "brokers"]`.
+    pub path: &'static [&'static str],
+    /// How its value is read.
+    pub kind: OverrideKind,
+}
+
+/// An override variable's value does not fit its field.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct EnvOverrideError {
+    /// The variable.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Sets every field of `table` whose variable `env` finds, creating sections on the way, so the
+/// file's own validation then applies to the overridden values as well.
+pub fn apply_env_overrides(
+    table: &mut toml::Table,
+    overrides: &[EnvOverride],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), EnvOverrideError> {
+    for o in overrides {
+        let Some(text) = env(o.variable) else {
+            continue;
+        };
+        let value = match o.kind {
+            OverrideKind::Text => toml::Value::String(text),
+            OverrideKind::Integer => {
+                toml::Value::Integer(text.trim().parse().map_err(|_| EnvOverrideError {
+                    variable: o.variable,
+                    message: format!("{text:?} is not a whole number"),
+                })?)
+            }
+        };
+        let (field, sections) = o.path.split_last().expect("a field path is not empty");
+        let mut section = &mut *table;
+        for name in sections {
+            let entry = section
+                .entry(name.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            section = match entry {
+                toml::Value::Table(inner) => inner,
+                _ => {
+                    return Err(EnvOverrideError {
+                        variable: o.variable,
+                        message: format!("`{name}` in the file is not a section"),
+                    });
+                }
+            };
+        }
+        section.insert(field.to_string(), value);
+    }
+    Ok(())
+}
+
+/// An override read as text.
+pub const fn text(variable: &'static str, path: &'static [&'static str]) -> EnvOverride {
+    EnvOverride {
+        variable,
+        path,
+        kind: OverrideKind::Text,
+    }
+}
+
+/// An override read as a whole number.
+pub const fn integer(variable: &'static str, path: &'static [&'static str]) -> EnvOverride {
+    EnvOverride {
+        variable,
+        path,
+        kind: OverrideKind::Integer,
+    }
+}

@@ -250,6 +250,8 @@ pub struct Fault {
 
 #[derive(Clone, Debug)]
 struct Device {
+    /// Index in the whole fleet.
+    index: usize,
     id: String,
     type_index: usize,
     variant: u8,
@@ -266,13 +268,29 @@ struct Device {
     fault: Option<(FaultKind, usize, u64, u64)>,
 }
 
+/// One message of the simulated fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetMessage {
+    /// When it arrives, epoch ms.
+    pub arrival_ms: u64,
+    /// The sending device's index in the whole fleet (its id is [`device_id`] of it).
+    pub device: usize,
+    /// The message as the device sent it.
+    pub line: String,
+}
+
+/// The id of the fleet's device `index`.
+pub fn device_id(index: usize) -> String {
+    format!("dev-{index:06}")
+}
+
 /// The simulated fleet (or one worker's share of it).
 #[derive(Debug)]
 pub struct Fleet {
     config: FleetConfig,
     devices: Vec<Device>,
     rng: Rng,
-    in_flight: BinaryHeap<Reverse<(u64, u64, String)>>,
+    in_flight: BinaryHeap<Reverse<(u64, u64, usize, String)>>,
     sequence: u64,
     period_ms: f64,
 }
@@ -328,7 +346,8 @@ impl Fleet {
                 ));
             }
             let device = Device {
-                id: format!("dev-{i:06}"),
+                index: i,
+                id: device_id(i),
                 type_index,
                 variant,
                 batch: 2 + rng.below(4),
@@ -417,6 +436,14 @@ impl Fleet {
     /// Appends every message that arrives before `until_ms` (event clock), in arrival order,
     /// as `(arrival_ms, line)`.
     pub fn advance_to(&mut self, until_ms: u64, out: &mut Vec<(u64, String)>) {
+        let mut messages = Vec::new();
+        self.advance_messages_to(until_ms, &mut messages);
+        out.extend(messages.into_iter().map(|m| (m.arrival_ms, m.line)));
+    }
+
+    /// Appends every message that arrives before `until_ms` (event clock), in arrival order,
+    /// with the device that sent it (which a bad message's payload may not name).
+    pub fn advance_messages_to(&mut self, until_ms: u64, out: &mut Vec<FleetMessage>) {
         // Messages are sent up to `until_ms`; none arrives before it is sent.
         for d in 0..self.devices.len() {
             while self.devices[d].next_send_ms < until_ms as f64 {
@@ -431,15 +458,19 @@ impl Fleet {
                 let delay = self.delay_ms();
                 self.sequence += 1;
                 self.in_flight
-                    .push(Reverse((send_ms + delay, self.sequence, line)));
+                    .push(Reverse((send_ms + delay, self.sequence, d, line)));
             }
         }
-        while let Some(Reverse((arrival, _, _))) = self.in_flight.peek() {
+        while let Some(Reverse((arrival, _, _, _))) = self.in_flight.peek() {
             if *arrival >= until_ms {
                 break;
             }
-            let Reverse((arrival, _, line)) = self.in_flight.pop().expect("peeked");
-            out.push((arrival, line));
+            let Reverse((arrival_ms, _, d, line)) = self.in_flight.pop().expect("peeked");
+            out.push(FleetMessage {
+                arrival_ms,
+                device: self.devices[d].index,
+                line,
+            });
         }
     }
 

@@ -139,20 +139,15 @@ impl Metrics {
 
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut text = String::new();
+        let mut text = TextFormat::default();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let _ = writeln!(text, "# HELP iotpipe_{name} {help}");
-            let _ = writeln!(text, "# TYPE iotpipe_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(text, "iotpipe_{name}{labels} {value}");
-            }
+            text.family(name, kind, help, samples)
         };
-        let plain = |value: String| vec![(String::new(), value)];
         family(
             "messages_in_total",
             "counter",
             "Messages read from the telemetry topic.",
-            &plain(self.messages_in.get().to_string()),
+            &TextFormat::plain(self.messages_in.get().to_string()),
         );
         let sinks: Vec<_> = self
             .records_out
@@ -182,25 +177,25 @@ impl Metrics {
             "late_readings_total",
             "counter",
             "Readings that arrived after their window closed.",
-            &plain(self.late_readings.get().to_string()),
+            &TextFormat::plain(self.late_readings.get().to_string()),
         );
         family(
             "registry_changes_total",
             "counter",
             "Registry changelog records applied.",
-            &plain(self.registry_changes.get().to_string()),
+            &TextFormat::plain(self.registry_changes.get().to_string()),
         );
         family(
             "registry_rejects_total",
             "counter",
             "Registry changelog records skipped as malformed.",
-            &plain(self.registry_rejects.get().to_string()),
+            &TextFormat::plain(self.registry_rejects.get().to_string()),
         );
         family(
             "delivery_retries_total",
             "counter",
             "Records whose delivery failed and that were sent again.",
-            &plain(self.delivery_retries.get().to_string()),
+            &TextFormat::plain(self.delivery_retries.get().to_string()),
         );
         let lags: Vec<_> = self
             .consumer_lag
@@ -219,7 +214,7 @@ impl Metrics {
             "watermark_lag_seconds",
             "gauge",
             "Wall clock minus the least partition watermark.",
-            &plain(format!(
+            &TextFormat::plain(format!(
                 "{:.3}",
                 self.watermark_lag_ms.get() as f64 / 1000.0
             )),
@@ -228,12 +223,55 @@ impl Metrics {
             "written_frontier_seconds",
             "gauge",
             "Event time before which every output has been written.",
-            &plain(format!(
+            &TextFormat::plain(format!(
                 "{:.3}",
                 self.written_frontier_ms.get() as f64 / 1000.0
             )),
         );
-        let h = &self.batch_latency;
+        text.histogram(
+            "batch_latency_seconds",
+            "From reading a batch to the written frontier passing its watermark.",
+            &self.batch_latency,
+        );
+        text.finish()
+    }
+}
+
+impl Exposed for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
+/// Metrics a process serves at `/metrics`.
+pub trait Exposed: Send + Sync + 'static {
+    /// The metrics in the Prometheus text exposition format.
+    fn render(&self) -> String;
+}
+
+/// A Prometheus text exposition being written; names get the `iotpipe_` prefix.
+#[derive(Debug, Default)]
+pub struct TextFormat {
+    text: String,
+}
+
+impl TextFormat {
+    /// One family: `samples` are (label set or name suffix, value).
+    pub fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+        let _ = writeln!(self.text, "# HELP iotpipe_{name} {help}");
+        let _ = writeln!(self.text, "# TYPE iotpipe_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.text, "iotpipe_{name}{labels} {value}");
+        }
+    }
+
+    /// The samples of a family without labels.
+    pub fn plain(value: impl ToString) -> Vec<(String, String)> {
+        vec![(String::new(), value.to_string())]
+    }
+
+    /// A histogram family.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         let mut samples: Vec<_> = LATENCY_BUCKETS_S
             .iter()
             .zip(&h.buckets)
@@ -250,19 +288,19 @@ impl Metrics {
             format!("{:.6}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6),
         ));
         samples.push(("_count".into(), h.count().to_string()));
-        family(
-            "batch_latency_seconds",
-            "histogram",
-            "From reading a batch to the written frontier passing its watermark.",
-            &samples,
-        );
-        text
+        self.family(name, "histogram", help, &samples);
+    }
+
+    /// The exposition's text.
+    pub fn finish(self) -> String {
+        self.text
     }
 }
 
+
 /// Serves `metrics` at `http://listen/metrics` from a thread of its own, for the life of the
 /// process; returns the address it listens on.
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+pub fn serve<M: Exposed>(listen: SocketAddr, metrics: Arc<M>) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -288,7 +326,7 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Socke
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let metrics = Arc::clone(&metrics);
-                            async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+                            async move { Ok::<_, std::convert::Infallible>(respond(&req, &*metrics)) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -300,7 +338,7 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Socke
     Ok(local)
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond<M: Exposed>(req: &Request<Incoming>, metrics: &M) -> Response<Full<Bytes>> {
     let (status, body) = if req.uri().path() == "/metrics" {
         (200, metrics.render())
     } else {

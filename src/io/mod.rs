@@ -1,5 +1,7 @@
 //! Adapters between the world and the pure dataflow: files, the simulated fleet, the terminal.
 
+pub mod backoff;
+pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
@@ -8,7 +10,9 @@ pub mod fleet;
 pub mod jsonl;
 pub mod kafka;
 pub mod live;
+pub mod loadgen;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 pub mod replay;
 pub mod schemas;

@@ -31,6 +31,21 @@ pub enum Command {
     /// Run the pipeline as a service: Kafka in, Kafka out, on a timely cluster.
     #[command(disable_help_flag = true)]
     Run(RunArgs),
+    /// Move device messages from an MQTT broker into Kafka, acknowledging only what Kafka has.
+    Bridge(BridgeArgs),
+    /// Send a simulated fleet's messages to MQTT, Kafka or a file, at a set rate.
+    Loadgen(LoadgenArgs),
+    /// Print `user:password` lines for a simulated fleet (input for `mosquitto_passwd -U`).
+    FleetPasswords(FleetPasswordsArgs),
+}
+
+/// `iotpipe bridge`.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// The configuration file, TOML (see `datasets/bridge.example.toml`); `IOTPIPE_*`
+    /// variables override fields.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 /// `iotpipe run`.
@@ -236,4 +251,68 @@ pub struct DemoArgs {
     /// Cluster shape.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// `iotpipe loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Where to send: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `kafka://HOST:PORT/TOPIC` or
+    /// `file:PATH`.
+    #[arg(long)]
+    pub to: String,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 1_000)]
+    pub devices: usize,
+    /// Messages per second, the whole fleet together.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Seconds of fleet time to send.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Random seed of the fleet.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Event time of the first message, epoch ms (default: now). With it, runs are repeatable:
+    /// the same arguments send the same messages.
+    #[arg(long)]
+    pub start_ms: Option<u64>,
+    /// Send as fast as the target takes messages instead of in real time.
+    #[arg(long)]
+    pub unpaced: bool,
+    /// MQTT: share this many connections between all devices instead of one per device.
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// MQTT with --clients: the user name of the shared connections.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// MQTT with --clients: the environment variable holding their password.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// MQTT, one connection per device: the environment variable holding the fleet secret
+    /// from which each device's password is derived (see `iotpipe fleet-passwords`).
+    #[arg(long)]
+    pub device_secret_env: Option<String>,
+    /// MQTT QoS, 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// mqtts: the CA certificate file (PEM) of the broker.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait at the end for outstanding acknowledgements.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_timeout: f64,
+    /// Also write the final report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// `iotpipe fleet-passwords`.
+#[derive(Debug, Args)]
+pub struct FleetPasswordsArgs {
+    /// Devices (`dev-000000` ...).
+    #[arg(long)]
+    pub devices: usize,
+    /// The environment variable holding the fleet secret.
+    #[arg(long)]
+    pub secret_env: String,
 }

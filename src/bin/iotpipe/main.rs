@@ -7,7 +7,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
+mod bridge;
 mod demo;
+mod loadgen;
 mod replay;
 mod run;
 
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(args),
+        Command::Bridge(args) => bridge::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
+        Command::FleetPasswords(args) => loadgen::fleet_passwords(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use crate::io::backoff::Backoff;
 pub use mqtt::MqttChannel;
 pub use webhook::{WebhookChannel, signature};
 
@@ -92,15 +93,6 @@ pub struct FileConfig {
     pub min_severity: Severity,
 }
 
-/// Backoff between retries.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Backoff {
-    /// First wait.
-    pub initial_ms: u64,
-    /// Longest wait.
-    pub max_ms: u64,
-}
 
 impl Default for NotifyConfig {
     fn default() -> Self {
@@ -114,25 +106,6 @@ impl Default for NotifyConfig {
     }
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial_ms: 200,
-            max_ms: 30_000,
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry `attempt` (0-based).
-    pub fn wait(&self, attempt: u32) -> Duration {
-        let ms = self
-            .initial_ms
-            .saturating_mul(1u64 << attempt.min(20))
-            .min(self.max_ms);
-        Duration::from_millis(ms)
-    }
-}
 
 /// Counts of one channel.
 #[derive(Debug, Default)]

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::ClusterConfig;
+use crate::io::config::{EnvOverride, apply_env_overrides, integer, text};
 use crate::io::kafka::KafkaConfig;
 use crate::io::kafka::source::SourceConfig;
 
@@ -100,40 +101,14 @@ pub enum RunConfigError {
     },
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Text,
-    Integer,
-}
-
-const OVERRIDES: [(&str, &str, &str, Kind); 7] = [
-    ("IOTPIPE_KAFKA_BROKERS", "kafka", "brokers", Kind::Text),
-    ("IOTPIPE_KAFKA_GROUP_ID", "kafka", "group_id", Kind::Text),
-    (
-        "IOTPIPE_CLUSTER_WORKERS",
-        "cluster",
-        "workers",
-        Kind::Integer,
-    ),
-    (
-        "IOTPIPE_CLUSTER_PROCESSES",
-        "cluster",
-        "processes",
-        Kind::Integer,
-    ),
-    (
-        "IOTPIPE_CLUSTER_PROCESS",
-        "cluster",
-        "process",
-        Kind::Integer,
-    ),
-    (
-        "IOTPIPE_CLUSTER_HOSTFILE",
-        "cluster",
-        "hostfile",
-        Kind::Text,
-    ),
-    ("IOTPIPE_METRICS_LISTEN", "metrics", "listen", Kind::Text),
+const OVERRIDES: [EnvOverride; 7] = [
+    text("IOTPIPE_KAFKA_BROKERS", &["kafka", "brokers"]),
+    text("IOTPIPE_KAFKA_GROUP_ID", &["kafka", "group_id"]),
+    integer("IOTPIPE_CLUSTER_WORKERS", &["cluster", "workers"]),
+    integer("IOTPIPE_CLUSTER_PROCESSES", &["cluster", "processes"]),
+    integer("IOTPIPE_CLUSTER_PROCESS", &["cluster", "process"]),
+    text("IOTPIPE_CLUSTER_HOSTFILE", &["cluster", "hostfile"]),
+    text("IOTPIPE_METRICS_LISTEN", &["metrics", "listen"]),
 ];
 
 impl RunConfig {
@@ -159,26 +134,10 @@ impl RunConfig {
             message: e.to_string(),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
-        for (variable, section, field, kind) in OVERRIDES {
-            let Some(value) = env(variable) else {
-                continue;
-            };
-            let value = match kind {
-                Kind::Text => toml::Value::String(value),
-                Kind::Integer => {
-                    toml::Value::Integer(value.trim().parse().map_err(|_| RunConfigError::Env {
-                        variable,
-                        message: format!("{value:?} is not a whole number"),
-                    })?)
-                }
-            };
-            let section = table
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(section) = section {
-                section.insert(field.to_owned(), value);
-            }
-        }
+        apply_env_overrides(&mut table, &OVERRIDES, env).map_err(|e| RunConfigError::Env {
+            variable: e.variable,
+            message: e.message,
+        })?;
         let config: RunConfig = toml::Value::Table(table).try_into().map_err(toml_error)?;
         config.validate()?;
         Ok(config)

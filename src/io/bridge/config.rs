@@ -1,0 +1,302 @@
+//! `iotpipe bridge`'s configuration file, with environment overrides.
+//!
+//! | variable | field |
+//! |---|---|
+//! | `IOTPIPE_MQTT_HOST` | `mqtt.host` |
+//! | `IOTPIPE_MQTT_PORT` | `mqtt.port` |
+//! | `IOTPIPE_MQTT_CLIENT_ID` | `mqtt.client_id` |
+//! | `IOTPIPE_MQTT_USERNAME` | `mqtt.username` |
+//! | `IOTPIPE_KAFKA_BROKERS` | `kafka.brokers` |
+//! | `IOTPIPE_METRICS_LISTEN` | `metrics.listen` |
+//!
+//! The password is never an override of its own: `mqtt.password_env` names the variable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::backoff::Backoff;
+use crate::io::config::{EnvOverride, apply_env_overrides, integer, text};
+use crate::io::mqtt::{MqttConfigError, MqttConnectionConfig};
+use crate::io::service::config::MetricsConfig;
+
+/// The whole configuration of `iotpipe bridge`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The MQTT broker the devices publish to, and the bridge's identity there.
+    pub mqtt: MqttConnectionConfig,
+    /// What to subscribe to, and how much may be unacknowledged.
+    #[serde(default)]
+    pub subscription: SubscriptionConfig,
+    /// Where messages go.
+    pub kafka: BridgeKafkaConfig,
+    /// Waits between reconnection attempts to the MQTT broker.
+    #[serde(default = "default_reconnect")]
+    pub reconnect: Backoff,
+    /// The metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// How long a stopping bridge waits for Kafka to acknowledge what it has sent (ms); what
+    /// is not acknowledged by then stays unacknowledged on MQTT, and the broker delivers it
+    /// again.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_reconnect() -> Backoff {
+    Backoff {
+        initial_ms: 250,
+        max_ms: 15_000,
+    }
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
+/// The subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionConfig {
+    /// Topic filter of device messages. The level matched by its first `+` is the device id
+    /// and the Kafka key; without a `+`, the whole topic is the key.
+    pub filter: String,
+    /// Shared-subscription group (`$share/<group>/<filter>`): bridges in one group split the
+    /// messages between them. Empty: a plain subscription (every bridge gets everything).
+    pub share_group: String,
+    /// How long the broker keeps the bridge's session (its subscription and unacknowledged
+    /// messages) while the bridge is away, seconds.
+    pub session_expiry_s: u32,
+    /// Messages the broker may have delivered that Kafka has not yet acknowledged (MQTT 5
+    /// receive maximum): the bound on the bridge's memory, and what makes a slow Kafka push
+    /// back on the broker.
+    pub max_in_flight: u16,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        Self {
+            filter: "devices/+/telemetry".into(),
+            share_group: "iotpipe".into(),
+            session_expiry_s: 86_400,
+            max_in_flight: 2_000,
+        }
+    }
+}
+
+impl SubscriptionConfig {
+    /// The filter to subscribe with (shared when a group is set).
+    pub fn subscribe_filter(&self) -> String {
+        if self.share_group.is_empty() {
+            self.filter.clone()
+        } else {
+            format!("$share/{}/{}", self.share_group, self.filter)
+        }
+    }
+
+    /// The topic level holding the device id: the filter's first `+`.
+    pub fn device_level(&self) -> Option<usize> {
+        self.filter.split('/').position(|level| level == "+")
+    }
+}
+
+/// Kafka, as the bridge uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeKafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic device messages are written to (the pipeline's `kafka.topics.telemetry`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Extra librdkafka producer properties (security, compression, batching).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "iotpipe.telemetry".into()
+}
+
+/// A bridge configuration that cannot be used; names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a field is unknown or has the wrong type.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: the field, the line and what was expected.
+        message: String,
+    },
+    /// An environment override does not fit its field.
+    #[error(transparent)]
+    Env(#[from] crate::io::config::EnvOverrideError),
+    /// A field's value cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The MQTT section cannot work.
+    #[error(transparent)]
+    Mqtt(#[from] MqttConfigError),
+}
+
+const OVERRIDES: [EnvOverride; 6] = [
+    text("IOTPIPE_MQTT_HOST", &["mqtt", "host"]),
+    integer("IOTPIPE_MQTT_PORT", &["mqtt", "port"]),
+    text("IOTPIPE_MQTT_CLIENT_ID", &["mqtt", "client_id"]),
+    text("IOTPIPE_MQTT_USERNAME", &["mqtt", "username"]),
+    text("IOTPIPE_KAFKA_BROKERS", &["kafka", "brokers"]),
+    text("IOTPIPE_METRICS_LISTEN", &["metrics", "listen"]),
+];
+
+impl BridgeConfig {
+    /// Reads `path`, applies the overrides `env` finds, and validates.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, BridgeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BridgeConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, env).map_err(|e| match e {
+            BridgeConfigError::Toml { message, .. } => BridgeConfigError::Toml {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (see [`load`](Self::load)).
+    pub fn parse(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, BridgeConfigError> {
+        let toml_error = |e: toml::de::Error| BridgeConfigError::Toml {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        apply_env_overrides(&mut table, &OVERRIDES, env)?;
+        let config: BridgeConfig = toml::Value::Table(table).try_into().map_err(toml_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), BridgeConfigError> {
+        let invalid = |field, message: &str| {
+            Err(BridgeConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
+        let filter = &self.subscription.filter;
+        if filter.is_empty() || filter.starts_with('$') {
+            return invalid(
+                "subscription.filter",
+                "must be a topic filter such as devices/+/telemetry (set share_group for a \
+                 shared subscription instead of writing $share/ here)",
+            );
+        }
+        if filter
+            .split('/')
+            .any(|level| level != "+" && level != "#" && (level.contains(['+', '#'])))
+        {
+            return invalid(
+                "subscription.filter",
+                "a wildcard must fill a whole level (devices/+/telemetry, devices/#)",
+            );
+        }
+        if self.subscription.share_group.contains(['/', '+', '#']) {
+            return invalid(
+                "subscription.share_group",
+                "must not contain '/', '+' or '#'",
+            );
+        }
+        if self.subscription.max_in_flight == 0 {
+            return invalid("subscription.max_in_flight", "must be at least 1");
+        }
+        if self.subscription.session_expiry_s == 0 {
+            return invalid(
+                "subscription.session_expiry_s",
+                "must be at least 1: with 0 the broker forgets unacknowledged messages when \
+                 the bridge disconnects",
+            );
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid(
+                "kafka.brokers",
+                "is empty: set host:port of a broker (or IOTPIPE_KAFKA_BROKERS)",
+            );
+        }
+        if self.kafka.topic.is_empty() {
+            return invalid("kafka.topic", "is empty: name the telemetry topic");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [mqtt]
+        host = "127.0.0.1"
+        client_id = "bridge-0"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+    "#;
+
+    #[test]
+    fn defaults_subscribe_shared_to_device_telemetry() {
+        let config = BridgeConfig::parse(MINIMAL, |_| None).unwrap();
+        assert_eq!(
+            config.subscription.subscribe_filter(),
+            "$share/iotpipe/devices/+/telemetry"
+        );
+        assert_eq!(config.subscription.device_level(), Some(1));
+        assert_eq!(config.kafka.topic, "iotpipe.telemetry");
+    }
+
+    #[test]
+    fn environment_overrides_fields() {
+        let env = |name: &str| match name {
+            "IOTPIPE_MQTT_PORT" => Some("1999".to_owned()),
+            "IOTPIPE_MQTT_CLIENT_ID" => Some("bridge-7".to_owned()),
+            _ => None,
+        };
+        let config = BridgeConfig::parse(MINIMAL, env).unwrap();
+        assert_eq!(config.mqtt.port, 1999);
+        assert_eq!(config.mqtt.client_id, "bridge-7");
+        let bad = |name: &str| (name == "IOTPIPE_MQTT_PORT").then(|| "high".to_owned());
+        let error = BridgeConfig::parse(MINIMAL, bad).unwrap_err().to_string();
+        assert_eq!(error, "IOTPIPE_MQTT_PORT: \"high\" is not a whole number");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let text = format!("{MINIMAL}\n[subscription]\nfilter = \"$share/g/devices/+\"\n");
+        let error = BridgeConfig::parse(&text, |_| None).unwrap_err().to_string();
+        assert!(error.starts_with("subscription.filter: "), "{error}");
+        let text = format!("{MINIMAL}\n[subscription]\nmax_inflight = 5\n");
+        let error = BridgeConfig::parse(&text, |_| None).unwrap_err().to_string();
+        assert!(error.contains("max_inflight"), "{error}");
+    }
+}
