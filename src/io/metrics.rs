@@ -297,7 +297,6 @@ impl TextFormat {
     }
 }
 
-
 /// Serves `metrics` at `http://listen/metrics` from a thread of its own, for the life of the
 /// process; returns the address it listens on.
 pub fn serve<M: Exposed>(listen: SocketAddr, metrics: Arc<M>) -> std::io::Result<SocketAddr> {

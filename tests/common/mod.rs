@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod mqtt;
 pub mod reference;
 
 use std::path::{Path, PathBuf};

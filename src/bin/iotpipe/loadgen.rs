@@ -18,10 +18,10 @@ pub fn run(args: LoadgenArgs) -> Result<(), String> {
     if args.devices == 0 {
         return Err("--devices must be at least 1".into());
     }
-    if !(args.rate > 0.0) {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err("--rate must be above 0 (messages per second, whole fleet)".into());
     }
-    if !(args.duration > 0.0) {
+    if !(args.duration.is_finite() && args.duration > 0.0) {
         return Err("--duration must be above 0 (seconds)".into());
     }
     let env = |name: &str| -> Result<Secret, String> {
@@ -127,13 +127,20 @@ pub fn run(args: LoadgenArgs) -> Result<(), String> {
     bar.finish_and_clear();
     let report = report.map_err(|e| e.to_string())?;
     eprintln!(
-        "loadgen {}: sent {} ({:.0}/s over {:.1} s), acknowledged {}, errors {}",
-        report.target, report.sent, report.sent_per_s, report.elapsed_s, report.acknowledged,
+        "loadgen {}: sent {} ({:.0}/s over {:.1} s), acknowledged {} (no subscriber {}), \
+         errors {}",
+        report.target,
+        report.sent,
+        report.sent_per_s,
+        report.elapsed_s,
+        report.acknowledged,
+        report.unrouted,
         report.errors
     );
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report).expect("a report serialises");
-        std::fs::write(path, json + "\n").map_err(|e| format!("--report {}: {e}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("--report {}: {e}", path.display()))?;
     }
     if report.acknowledged < report.sent {
         return Err(format!(

@@ -63,8 +63,11 @@ pub struct SubscriptionConfig {
     /// Topic filter of device messages. The level matched by its first `+` is the device id
     /// and the Kafka key; without a `+`, the whole topic is the key.
     pub filter: String,
-    /// Shared-subscription group (`$share/<group>/<filter>`): bridges in one group split the
-    /// messages between them. Empty: a plain subscription (every bridge gets everything).
+    /// Shared-subscription group (`$share/<group>/<filter>`), for several bridges to split the
+    /// messages between them. Empty (the default): a plain subscription, for one bridge. On
+    /// mosquitto 2.0 a shared subscription does not survive a broker restart: until the bridges
+    /// subscribe again, device messages find no subscriber and the broker drops them (see the
+    /// README); a plain persistent subscription loses nothing.
     pub share_group: String,
     /// How long the broker keeps the bridge's session (its subscription and unacknowledged
     /// messages) while the bridge is away, seconds.
@@ -79,7 +82,7 @@ impl Default for SubscriptionConfig {
     fn default() -> Self {
         Self {
             filter: "devices/+/telemetry".into(),
-            share_group: "iotpipe".into(),
+            share_group: String::new(),
             session_expiry_s: 86_400,
             max_in_flight: 2_000,
         }
@@ -265,8 +268,13 @@ mod tests {
     "#;
 
     #[test]
-    fn defaults_subscribe_shared_to_device_telemetry() {
-        let config = BridgeConfig::parse(MINIMAL, |_| None).unwrap();
+    fn defaults_subscribe_to_device_telemetry_and_groups_share() {
+        let mut config = BridgeConfig::parse(MINIMAL, |_| None).unwrap();
+        assert_eq!(
+            config.subscription.subscribe_filter(),
+            "devices/+/telemetry"
+        );
+        config.subscription.share_group = "iotpipe".into();
         assert_eq!(
             config.subscription.subscribe_filter(),
             "$share/iotpipe/devices/+/telemetry"
@@ -293,10 +301,14 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let text = format!("{MINIMAL}\n[subscription]\nfilter = \"$share/g/devices/+\"\n");
-        let error = BridgeConfig::parse(&text, |_| None).unwrap_err().to_string();
+        let error = BridgeConfig::parse(&text, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("subscription.filter: "), "{error}");
         let text = format!("{MINIMAL}\n[subscription]\nmax_inflight = 5\n");
-        let error = BridgeConfig::parse(&text, |_| None).unwrap_err().to_string();
+        let error = BridgeConfig::parse(&text, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("max_inflight"), "{error}");
     }
 }

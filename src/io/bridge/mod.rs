@@ -21,10 +21,10 @@ use futures_util::stream::FuturesOrdered;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
-use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 
 use crate::io::mqtt::Secret;
@@ -349,13 +349,13 @@ impl Connection {
                         session_present = ack.session_present,
                         "mqtt connected"
                     );
-                    // A new session (first start, expired, or a broker that lost its state)
-                    // has no subscription; a resumed one keeps it.
-                    if !ack.session_present {
-                        let _ = self
-                            .client
-                            .try_subscribe(self.filter.clone(), QoS::AtLeastOnce);
-                    }
+                    // Subscribing again replaces the session's subscription, so it is safe on
+                    // a resumed session, and needed: mosquitto 2.0 resumes a persisted session
+                    // after its own restart without its shared subscriptions
+                    // (tests/mqtt_bridge.rs shows it).
+                    let _ = self
+                        .client
+                        .try_subscribe(self.filter.clone(), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     if let Some(code) = ack

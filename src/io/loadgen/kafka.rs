@@ -55,9 +55,7 @@ impl KafkaSink {
         progress: &Progress,
     ) -> Result<(), LoadError> {
         let key = device_id(message.device);
-        let mut record = BaseRecord::to(&self.topic)
-            .key(&key)
-            .payload(&message.line);
+        let mut record = BaseRecord::to(&self.topic).key(&key).payload(&message.line);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,

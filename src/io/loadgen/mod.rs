@@ -25,7 +25,7 @@ pub use mqtt::{Connections, MqttTarget};
 #[derive(Debug)]
 pub enum Target {
     /// An MQTT broker.
-    Mqtt(MqttTarget),
+    Mqtt(Box<MqttTarget>),
     /// Kafka: keyed by device id, as the bridge writes them.
     Kafka {
         /// Bootstrap brokers.
@@ -58,7 +58,9 @@ impl Target {
                 return Err(format!("--to {to}: no topic ({fix})"));
             };
             if brokers.is_empty() || topic.is_empty() {
-                return Err(format!("--to {to}: brokers and topic are both needed ({fix})"));
+                return Err(format!(
+                    "--to {to}: brokers and topic are both needed ({fix})"
+                ));
             }
             return Ok(Self::Kafka {
                 brokers: brokers.into(),
@@ -94,12 +96,12 @@ impl Target {
             (false, Some(_)) => return Err(format!("--ca-file: --to {to} is not mqtts://")),
             (false, None) => {}
         }
-        Ok(Self::Mqtt(MqttTarget {
+        Ok(Self::Mqtt(Box::new(MqttTarget {
             connection,
             connections,
             qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
             topic: "devices/{device}/telemetry".into(),
-        }))
+        })))
     }
 }
 
@@ -118,6 +120,40 @@ pub struct LoadPlan {
     pub drain_timeout: Duration,
 }
 
+/// Fleet time generated at once: the fleet's messages depend on how its clock is stepped, so
+/// the step is fixed, whatever the pacing.
+const GENERATION_STEP_MS: u64 = 1_000;
+
+impl LoadPlan {
+    /// The plan's messages, in arrival order, a second of fleet time at a time.
+    pub fn messages(&self) -> PlannedMessages {
+        PlannedMessages {
+            fleet: Fleet::new(self.fleet.clone()),
+            next_ms: self.fleet.start_ms,
+            end_ms: self.fleet.start_ms + self.span_ms,
+        }
+    }
+}
+
+/// The messages of a [`LoadPlan`].
+pub struct PlannedMessages {
+    fleet: Fleet,
+    next_ms: u64,
+    end_ms: u64,
+}
+
+impl PlannedMessages {
+    /// Appends the next step's messages to `out`; false when the span is done.
+    pub fn next_batch(&mut self, out: &mut Vec<FleetMessage>) -> bool {
+        if self.next_ms >= self.end_ms {
+            return false;
+        }
+        self.next_ms = (self.next_ms + GENERATION_STEP_MS).min(self.end_ms);
+        self.fleet.advance_messages_to(self.next_ms, out);
+        true
+    }
+}
+
 /// Counts, updated while running (for a progress display).
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -127,6 +163,9 @@ pub struct Progress {
     pub acknowledged: AtomicU64,
     /// Failures: refused publishes, lost connections, failed deliveries.
     pub errors: AtomicU64,
+    /// MQTT: acknowledged with "no matching subscribers" (the broker dropped them: no bridge
+    /// was subscribed).
+    pub unrouted: AtomicU64,
 }
 
 /// The final report.
@@ -142,6 +181,9 @@ pub struct LoadReport {
     pub acknowledged: u64,
     /// Failures (see [`Progress::errors`]).
     pub errors: u64,
+    /// Acknowledged but dropped by the broker for want of a subscriber (see
+    /// [`Progress::unrouted`]).
+    pub unrouted: u64,
     /// Wall time from the first message to the last acknowledgement, s.
     pub elapsed_s: f64,
     /// `sent / elapsed_s`.
@@ -165,35 +207,32 @@ pub async fn run_load(
     stop: Arc<AtomicBool>,
 ) -> Result<LoadReport, LoadError> {
     let mut sink = match target {
-        Target::Mqtt(mqtt) => Sink::Mqtt(mqtt.connect(plan.fleet.devices, Arc::clone(&progress))?),
-        Target::Kafka { brokers, topic } => {
-            Sink::Kafka(kafka::KafkaSink::create(&brokers, topic, Arc::clone(&progress))?)
+        Target::Mqtt(mqtt) => {
+            Sink::Mqtt((*mqtt).connect(plan.fleet.devices, Arc::clone(&progress))?)
         }
+        Target::Kafka { brokers, topic } => Sink::Kafka(kafka::KafkaSink::create(
+            &brokers,
+            topic,
+            Arc::clone(&progress),
+        )?),
         Target::File(path) => {
             let file = std::fs::File::create(&path)
                 .map_err(|e| LoadError::Target(format!("{}: {e}", path.display())))?;
             Sink::File(std::io::BufWriter::new(file), path)
         }
     };
-    let mut fleet = Fleet::new(plan.fleet.clone());
-    let start_ms = plan.fleet.start_ms;
-    let end_ms = start_ms + plan.span_ms;
+    let mut messages = plan.messages();
     let started = Instant::now();
-    let step_ms = 20;
-    let mut fleet_now_ms = start_ms;
     let mut batch: Vec<FleetMessage> = Vec::new();
-    while fleet_now_ms < end_ms && !stop.load(Ordering::Relaxed) {
-        fleet_now_ms = if plan.paced {
-            let due = started + Duration::from_millis(fleet_now_ms + step_ms - start_ms);
-            tokio::time::sleep_until(due.into()).await;
-            start_ms + started.elapsed().as_millis() as u64
-        } else {
-            fleet_now_ms + 1_000
-        }
-        .min(end_ms);
-        batch.clear();
-        fleet.advance_messages_to(fleet_now_ms, &mut batch);
+    while messages.next_batch(&mut batch) && !stop.load(Ordering::Relaxed) {
         for message in batch.drain(..) {
+            if plan.paced {
+                let due = started + Duration::from_millis(message.arrival_ms - plan.fleet.start_ms);
+                // Sleeping per message would cost more than sending at high rates.
+                if due > Instant::now() + Duration::from_millis(2) {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+            }
             sink.send(message, &progress).await?;
         }
     }
@@ -206,6 +245,7 @@ pub async fn run_load(
         sent,
         acknowledged: progress.acknowledged.load(Ordering::Relaxed),
         errors: progress.errors.load(Ordering::Relaxed),
+        unrouted: progress.unrouted.load(Ordering::Relaxed),
         elapsed_s,
         sent_per_s: sent as f64 / elapsed_s.max(1e-9),
     })

@@ -181,6 +181,9 @@ async fn drive(mut event_loop: EventLoop, client_id: String, progress: Arc<Progr
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                 ) {
                     progress.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    if ack.reason == PubAckReason::NoMatchingSubscribers {
+                        progress.unrouted.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     tracing::warn!(client = %client_id, reason = ?ack.reason, "publish refused");
                     progress.errors.fetch_add(1, Ordering::Relaxed);

@@ -132,10 +132,7 @@ impl MqttConnectionConfig {
         if let Some(path) = &self.password_file {
             return match std::fs::read_to_string(path) {
                 Ok(text) => Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))),
-                Err(e) => Err(invalid(
-                    "password_file",
-                    format!("{}: {e}", path.display()),
-                )),
+                Err(e) => Err(invalid("password_file", format!("{}: {e}", path.display()))),
             };
         }
         Ok(None)
@@ -229,6 +226,9 @@ mod tests {
             client_key_file: None,
         });
         let error = config.options("mqtt", None).unwrap_err().to_string();
-        assert!(error.starts_with("mqtt.tls.ca_file: /nonexistent/ca.pem"), "{error}");
+        assert!(
+            error.starts_with("mqtt.tls.ca_file: /nonexistent/ca.pem"),
+            "{error}"
+        );
     }
 }

@@ -93,7 +93,6 @@ pub struct FileConfig {
     pub min_severity: Severity,
 }
 
-
 impl Default for NotifyConfig {
     fn default() -> Self {
         Self {
@@ -105,7 +104,6 @@ impl Default for NotifyConfig {
         }
     }
 }
-
 
 /// Counts of one channel.
 #[derive(Debug, Default)]

@@ -1,0 +1,450 @@
+//! The ingestion tier against real servers: mosquitto with the fleet configuration of
+//! `deploy/mosquitto/`, tansu (sqlite), and the `iotpipe bridge` and `iotpipe loadgen`
+//! binaries.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{Engine, Tansu};
+use common::mqtt::{BRIDGE_PASSWORD, BRIDGE_USER, FLEET_SECRET, Mosquitto};
+use iotpipe::io::fleet::{FleetConfig, device_id};
+use iotpipe::io::loadgen::LoadPlan;
+use iotpipe::io::loadgen::credentials::device_password;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+
+const TOPIC: &str = "iotpipe.telemetry";
+
+/// Connects and waits for the broker's answer.
+async fn connect(
+    port: u16,
+    client_id: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
+    let (client, mut events) = AsyncClient::new(options, 64);
+    loop {
+        match events.poll().await? {
+            Event::Incoming(Packet::ConnAck(_)) => return Ok((client, events)),
+            _ => continue,
+        }
+    }
+}
+
+fn refused(result: Result<(AsyncClient, EventLoop), ConnectionError>) -> ConnectReturnCode {
+    match result {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+#[test]
+fn devices_publish_only_as_themselves_and_strangers_are_refused() {
+    let broker = Mosquitto::fleet(3, "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let port = broker.port;
+        // The bridge's user reads everything devices publish.
+        let (reader, mut reader_events) =
+            connect(port, "reader", Some((BRIDGE_USER, BRIDGE_PASSWORD)))
+                .await
+                .unwrap();
+        reader
+            .subscribe("devices/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let password = device_password(FLEET_SECRET, "dev-000000");
+        let (device, mut device_events) =
+            connect(port, "dev-000000", Some(("dev-000000", &password)))
+                .await
+                .unwrap();
+        tokio::spawn(async move { while device_events.poll().await.is_ok() {} });
+        // Wait for the subscription before publishing.
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = reader_events.poll().await.unwrap() {
+                break;
+            }
+        }
+        for (topic, body) in [
+            ("devices/dev-000001/telemetry", "spoofed"),
+            ("devices/dev-000000/telemetry", "own"),
+        ] {
+            device
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap();
+        }
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, reader_events.poll()).await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                received.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+        assert_eq!(
+            received,
+            ["own"],
+            "only the device's own topic gets through"
+        );
+
+        for (who, credentials) in [
+            ("an unknown user", Some(("intruder", "guess"))),
+            ("a wrong password", Some(("dev-000001", "guess"))),
+            (
+                "another device's password",
+                Some(("dev-000001", password.as_str())),
+            ),
+            ("no credentials", None),
+        ] {
+            let code = refused(connect(port, "stranger", credentials).await);
+            assert!(
+                matches!(
+                    code,
+                    ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                ),
+                "{who}: {code:?}"
+            );
+        }
+    });
+}
+
+/// A bridge process.
+struct Bridge {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Bridge {
+    fn start(dir: &Path, name: &str, group: &str, broker: &Mosquitto, kafka: &Tansu) -> Self {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"{name}\"\n\
+                 username = \"{BRIDGE_USER}\"\npassword_env = \"BRIDGE_PASSWORD\"\n\
+                 [mqtt.tls]\nca_file = \"{}\"\n\
+                 [subscription]\nmax_in_flight = 500\nshare_group = \"{group}\"\n\
+                 [kafka]\nbrokers = \"{}\"\n",
+                broker.tls_port.unwrap(),
+                broker.ca_file.as_ref().unwrap().display(),
+                kafka.brokers()
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Self::spawn(&config, &log);
+        Self { child, config, log }
+    }
+
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args(["bridge", "--config"])
+            .arg(config)
+            .env("BRIDGE_PASSWORD", BRIDGE_PASSWORD)
+            .env("IOTPIPE_LOG", "iotpipe=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn kill_and_restart(&mut self, down: Duration) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(down);
+        self.child = Self::spawn(&self.config, &self.log);
+    }
+
+    /// SIGTERM, and the final report line.
+    fn stop(mut self) -> String {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "bridge exited with {status}:\n{log}");
+        log.lines()
+            .rev()
+            .find(|l| l.starts_with("bridge: received"))
+            .unwrap_or_else(|| panic!("no report in\n{log}"))
+            .to_owned()
+    }
+}
+
+/// `iotpipe loadgen` arguments for a repeatable run of `devices` devices.
+fn loadgen_args(to: &str, devices: usize, rate: u32, seconds: u32) -> Vec<String> {
+    [
+        "loadgen",
+        "--to",
+        to,
+        "--devices",
+        &devices.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--duration",
+        &seconds.to_string(),
+        "--start-ms",
+        "1704067200000",
+        "--seed",
+        "11",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn loadgen(args: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iotpipe"));
+    command
+        .args(args)
+        .env("FLEET_SECRET", FLEET_SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn report_of(output: &Output, path: &Path) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The `(device id, message)` pairs the loadgen arguments send; checks that a run to a file
+/// writes the same messages.
+fn expected_messages(dir: &Path, devices: usize, rate: u32, seconds: u32) -> Vec<(String, String)> {
+    let plan = LoadPlan {
+        fleet: FleetConfig {
+            devices,
+            rate_per_device: rate as f64 / devices as f64,
+            seed: 11,
+            start_ms: 1_704_067_200_000,
+            ..FleetConfig::default()
+        },
+        span_ms: seconds as u64 * 1000,
+        paced: false,
+        drain_timeout: Duration::ZERO,
+    };
+    let mut planned = plan.messages();
+    let mut messages = Vec::new();
+    while planned.next_batch(&mut messages) {}
+    let path = dir.join("expected.jsonl");
+    let mut args = loadgen_args(&format!("file:{}", path.display()), devices, rate, seconds);
+    args.push("--unpaced".into());
+    let output = loadgen(&args).output().unwrap();
+    assert!(output.status.success());
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.lines().eq(messages.iter().map(|m| m.line.as_str())));
+    messages
+        .into_iter()
+        .map(|m| (device_id(m.device), m.line))
+        .collect()
+}
+
+/// What Kafka holds against what was sent.
+struct Gaps {
+    /// Expected `(device, message)`s not in Kafka.
+    missing: usize,
+    /// Messages in Kafka beyond the expected ones.
+    duplicates: usize,
+}
+
+/// Waits until Kafka holds at least `at_least` messages (or a minute passed), then compares
+/// its `(key, message)`s with `expected`.
+fn kafka_gaps(kafka: &Tansu, expected: &[(String, String)], at_least: usize) -> Gaps {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = kafka.read_all(TOPIC);
+        if records.len() >= at_least || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (key, line) in expected {
+        *counts.entry((key.as_str(), line.as_str())).or_default() += 1;
+    }
+    for (key, value) in &records {
+        let count = counts.get_mut(&(key.as_str(), value.as_str()));
+        // Every record is a sent message under its device's key.
+        *count.unwrap_or_else(|| panic!("unexpected record {key:?}: {value:?}")) -= 1;
+    }
+    let missing: i64 = counts.values().filter(|n| **n > 0).sum();
+    let gaps = Gaps {
+        missing: missing as usize,
+        duplicates: records.len() + missing as usize - expected.len(),
+    };
+    eprintln!(
+        "{} messages expected, {} in Kafka: {} missing, {} duplicates",
+        expected.len(),
+        records.len(),
+        gaps.missing,
+        gaps.duplicates
+    );
+    gaps
+}
+
+fn setup() -> (Mosquitto, Tansu, tempfile::TempDir) {
+    let broker = Mosquitto::fleet(40, "");
+    let kafka = Tansu::start(Engine::Sqlite);
+    kafka.create_topics(&[(TOPIC, 4)]);
+    (broker, kafka, tempfile::tempdir().unwrap())
+}
+
+#[test]
+fn every_message_reaches_kafka_when_a_bridge_is_killed_mid_stream() {
+    let (broker, kafka, dir) = setup();
+    let (devices, rate, seconds) = (40, 400, 20);
+    let expected = expected_messages(dir.path(), devices, rate, seconds);
+    // Two bridges in one shared-subscription group split the messages.
+    let mut first = Bridge::start(dir.path(), "bridge-0", "iotpipe", &broker, &kafka);
+    let second = Bridge::start(dir.path(), "bridge-1", "iotpipe", &broker, &kafka);
+    std::thread::sleep(Duration::from_secs(1));
+    let report = dir.path().join("report.json");
+    let mut args = loadgen_args(
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        devices,
+        rate,
+        seconds,
+    );
+    args.extend(["--device-secret-env".into(), "FLEET_SECRET".into()]);
+    args.extend(["--report".into(), report.display().to_string()]);
+    let sender = loadgen(&args).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    first.kill_and_restart(Duration::from_secs(1));
+    let output = sender.wait_with_output().unwrap();
+    let report = report_of(&output, &report);
+    assert_eq!(report["sent"].as_u64().unwrap() as usize, expected.len());
+    assert_eq!(report["acknowledged"], report["sent"]);
+    let Gaps {
+        missing,
+        duplicates,
+    } = kafka_gaps(&kafka, &expected, expected.len());
+    assert_eq!(missing, 0, "messages lost");
+    let first_report = first.stop();
+    let second_report = second.stop();
+    eprintln!("{first_report}\n{second_report}");
+    let forwarded = |line: &str| -> u64 {
+        line.split("forwarded ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(forwarded(&second_report) > 0, "{second_report}");
+    assert!(forwarded(&first_report) > 0, "{first_report}");
+    // Only what the killed bridge had in flight can come twice.
+    assert!(duplicates <= 2 * 500, "{duplicates} duplicates");
+}
+
+/// Restarts mosquitto (SIGTERM, 2 s down) in the middle of a loadgen run through one bridge
+/// subscribed with `group`; returns what Kafka misses, the loadgen's report and the bridge's.
+fn broker_restart_mid_stream(group: &str) -> (Gaps, serde_json::Value, String) {
+    let (mut broker, kafka, dir) = setup();
+    let (devices, rate, seconds) = (40, 400, 20);
+    let expected = expected_messages(dir.path(), devices, rate, seconds);
+    let bridge = Bridge::start(dir.path(), "bridge-0", group, &broker, &kafka);
+    std::thread::sleep(Duration::from_secs(1));
+    let report = dir.path().join("report.json");
+    let mut args = loadgen_args(
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        devices,
+        rate,
+        seconds,
+    );
+    args.extend(["--device-secret-env".into(), "FLEET_SECRET".into()]);
+    args.extend(["--report".into(), report.display().to_string()]);
+    let sender = loadgen(&args).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    broker.restart_after(Duration::from_secs(2));
+    let output = sender.wait_with_output().unwrap();
+    let report = report_of(&output, &report);
+    assert_eq!(report["acknowledged"], report["sent"]);
+    let unrouted = report["unrouted"].as_u64().unwrap() as usize;
+    let gaps = kafka_gaps(&kafka, &expected, expected.len() - unrouted);
+    let bridge_report = bridge.stop();
+    let reconnects: u64 = bridge_report
+        .split("reconnects ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(reconnects >= 1, "{bridge_report}");
+    (gaps, report, bridge_report)
+}
+
+#[test]
+fn the_bridge_resumes_on_its_own_after_a_broker_restart_and_nothing_is_lost() {
+    let (gaps, report, _) = broker_restart_mid_stream("");
+    assert_eq!(gaps.missing, 0, "messages lost");
+    // The plain persistent subscription is restored with the session: no message finds the
+    // broker without a subscriber.
+    assert_eq!(report["unrouted"], 0);
+}
+
+/// mosquitto 2.0 restores a persisted session without its shared subscriptions: until the
+/// bridge subscribes again, device messages have no subscriber and are dropped, and the broker
+/// tells the device so ("no matching subscribers"). The bridge subscribes on every connect, so
+/// those are the only losses.
+#[test]
+fn with_a_shared_subscription_a_broker_restart_loses_only_what_the_broker_dropped() {
+    let (gaps, report, _) = broker_restart_mid_stream("iotpipe");
+    let unrouted = report["unrouted"].as_u64().unwrap() as usize;
+    assert!(
+        gaps.missing <= unrouted,
+        "{} missing, but the broker dropped only {unrouted}",
+        gaps.missing
+    );
+}
+
+#[test]
+fn a_bridge_with_a_wrong_password_stops_with_one_clear_error() {
+    let broker = Mosquitto::fleet(1, "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"bridge-0\"\n\
+             username = \"{BRIDGE_USER}\"\npassword_env = \"BRIDGE_PASSWORD\"\n\
+             [kafka]\nbrokers = \"127.0.0.1:1\"\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args(["bridge", "--config"])
+        .arg(&config)
+        .env("BRIDGE_PASSWORD", "not-it")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("refused the connection") && stderr.contains("mqtt.username"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-it"), "the password leaked: {stderr}");
+}
