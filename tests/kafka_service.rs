@@ -280,16 +280,7 @@ listen = "127.0.0.1:{metrics_port}"
     }
 
     fn metrics(&self) -> String {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        use std::io::{Read, Write};
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
+        common::scrape_metrics(self.metrics_port)
     }
 }
 

@@ -120,6 +120,7 @@ fn devices_publish_only_as_themselves_and_strangers_are_refused() {
 /// A bridge process.
 struct Bridge {
     child: Child,
+    metrics_port: u16,
     config: PathBuf,
     log: PathBuf,
 }
@@ -127,6 +128,7 @@ struct Bridge {
 impl Bridge {
     fn start(dir: &Path, name: &str, group: &str, broker: &Mosquitto, kafka: &Tansu) -> Self {
         let config = dir.join(format!("{name}.toml"));
+        let metrics_port = common::free_port();
         std::fs::write(
             &config,
             format!(
@@ -134,7 +136,8 @@ impl Bridge {
                  username = \"{BRIDGE_USER}\"\npassword_env = \"BRIDGE_PASSWORD\"\n\
                  [mqtt.tls]\nca_file = \"{}\"\n\
                  [subscription]\nmax_in_flight = 500\nshare_group = \"{group}\"\n\
-                 [kafka]\nbrokers = \"{}\"\n",
+                 [kafka]\nbrokers = \"{}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
                 broker.tls_port.unwrap(),
                 broker.ca_file.as_ref().unwrap().display(),
                 kafka.brokers()
@@ -143,7 +146,12 @@ impl Bridge {
         .unwrap();
         let log = dir.join(format!("{name}.log"));
         let child = Self::spawn(&config, &log);
-        Self { child, config, log }
+        Self {
+            child,
+            metrics_port,
+            config,
+            log,
+        }
     }
 
     fn spawn(config: &Path, log: &Path) -> Child {
@@ -383,6 +391,13 @@ fn broker_restart_mid_stream(group: &str) -> (Gaps, serde_json::Value, String) {
     assert_eq!(report["acknowledged"], report["sent"]);
     let unrouted = report["unrouted"].as_u64().unwrap() as usize;
     let gaps = kafka_gaps(&kafka, &expected, expected.len() - unrouted);
+    let metrics = common::scrape_metrics(bridge.metrics_port);
+    for line in ["iotpipe_bridge_connected 1", "iotpipe_bridge_in_flight_messages 0"] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    let forwarded = metric(&metrics, "iotpipe_bridge_forwarded_total");
+    assert!(forwarded >= (expected.len() - gaps.missing) as u64, "{metrics}");
+    assert!(metric(&metrics, "iotpipe_bridge_reconnects_total") >= 1);
     let bridge_report = bridge.stop();
     let reconnects: u64 = bridge_report
         .split("reconnects ")
@@ -393,6 +408,14 @@ fn broker_restart_mid_stream(group: &str) -> (Gaps, serde_json::Value, String) {
         .unwrap();
     assert!(reconnects >= 1, "{bridge_report}");
     (gaps, report, bridge_report)
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]

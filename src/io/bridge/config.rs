@@ -284,6 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../../datasets/bridge.example.toml");
+        let env = |name: &str| (name == "IOTPIPE_MQTT_PASSWORD").then(|| "pw".to_owned());
+        let config = BridgeConfig::parse(text, env).unwrap();
+        assert_eq!(config.subscription, SubscriptionConfig::default());
+        assert_eq!(config.reconnect, default_reconnect());
+        assert_eq!(config.drain_timeout_ms, default_drain_timeout_ms());
+        assert_eq!(config.mqtt.keep_alive_s, 30);
+        let password = config.mqtt.resolve_password("mqtt", env).unwrap();
+        assert!(config.mqtt.options("mqtt", password.as_ref()).is_ok());
+    }
+
+    #[test]
     fn environment_overrides_fields() {
         let env = |name: &str| match name {
             "IOTPIPE_MQTT_PORT" => Some("1999".to_owned()),
