@@ -24,10 +24,10 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 kafka_port=$(free_port)
-(cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+(cd "$work" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
     "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
+    --storage-engine "${TANSU_ENGINE:-memory://tansu/}" --cluster-id bench >tansu.log 2>&1) &
 tansu_pid=$!
 pids+=($tansu_pid)
 
@@ -115,4 +115,8 @@ report_cpu loadgen "$loader_cpu0" "${loader_cpu:-$loader_cpu0}"
 report_cpu mosquitto "${cpu0[$mosquitto_pid]}" "$(cpu_s $mosquitto_pid)"
 for p in "${bridge_pids[@]}"; do report_cpu bridge "${cpu0[$p]}" "$(cpu_s "$p")"; done
 report_cpu tansu "${cpu0[$tansu_pid]}" "$(cpu_s $tansu_pid)"
-grep -h "dropped\|Warning\|Error" "$work/mosquitto.log" | grep -v "run as root" | head -5 || true
+if [ "$(forwarded)" -lt "$sent" ]; then
+    echo "not everything was forwarded; bridge metrics and logs:"
+    for port in "${metrics_ports[@]}"; do curl -s "127.0.0.1:$port/metrics" | grep -v "^#" | grep -v bucket; done
+    tail -n 5 "$work"/bridge-*.log "$work/mosquitto.log"
+fi

@@ -12,10 +12,12 @@
 pub mod config;
 pub mod metrics;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -101,7 +103,7 @@ struct Arrival {
 /// Runs the bridge until `stop` is set (then drains for up to `config.drain_timeout_ms`) or a
 /// fatal error. Must be called inside a *current-thread* Tokio runtime: acknowledging checks
 /// the connection generation and queues the PUBACK without the poll loop running in between
-/// (see [`settle`]).
+/// (see `Acks::hand_over`).
 pub async fn run_bridge(
     config: &BridgeConfig,
     password: Option<Secret>,
@@ -120,10 +122,9 @@ pub async fn run_bridge(
         .set_session_expiry_interval(Some(subscription.session_expiry_s))
         .set_receive_maximum(Some(max_in_flight))
         .set_manual_acks(true);
-    // Room for every acknowledgement the in-flight messages can need, so acking never waits on
-    // a poll loop that is itself waiting to hand over a message.
     let (client, event_loop) = AsyncClient::new(options, max_in_flight as usize + 64);
-    let (arrivals, mut arrived) = mpsc::channel(max_in_flight as usize + 64);
+    let (arrivals, mut arrived) = mpsc::channel(max_in_flight as usize);
+    let mut warned = false;
     let generation = Arc::new(AtomicU64::new(0));
     let connection = Connection {
         client: client.clone(),
@@ -138,21 +139,46 @@ pub async fn run_bridge(
     let device_level = subscription.device_level();
     let topic = config.kafka.topic.as_str();
     let mut in_flight = FuturesOrdered::new();
+    let mut acks = Acks {
+        waiting: VecDeque::new(),
+        client: client.clone(),
+        generation,
+        metrics: Arc::clone(&metrics),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut retry = tokio::time::interval(Duration::from_millis(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outcome = Ok(());
     loop {
         tokio::select! {
             biased;
             Some((arrival, delivered)) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = settle(&client, &generation, &metrics, topic, arrival, delivered).await {
-                    outcome = Err(e);
+                metrics.in_flight.set(in_flight.len() as i64);
+                if let Err(source) = delivered {
+                    outcome = Err(BridgeError::Kafka { topic: topic.to_owned(), source });
                     break;
                 }
+                acks.push(arrival);
             }
-            next = arrived.recv() => match next {
+            _ = retry.tick(), if !acks.waiting.is_empty() => acks.hand_over(),
+            // At the bound the bridge stops taking messages; the poll loop then waits to hand
+            // one over, which stops reading (and keep-alives) until Kafka catches up.
+            // Acknowledgements never count against the bound: only the poll loop sends them.
+            next = arrived.recv(), if in_flight.len() < max_in_flight as usize => match next {
                 Some(arrival) => {
-                    metrics.in_flight.set(in_flight.len() as i64 + 1);
                     in_flight.push_back(produce(&producer, topic, device_level, arrival).await);
+                    metrics.in_flight.set(in_flight.len() as i64);
+                    let unacknowledged = in_flight.len() + acks.waiting.len() + arrived.len();
+                    if !warned && unacknowledged > max_in_flight as usize {
+                        warned = true;
+                        tracing::warn!(
+                            max_in_flight,
+                            unacknowledged,
+                            "the mqtt broker sends more unacknowledged messages than the \
+                             receive maximum (subscription.max_in_flight); mosquitto 2.0.11 \
+                             does not honour it"
+                        );
+                    }
                 }
                 // The poll loop ended: a fatal MQTT error.
                 None => break,
@@ -169,7 +195,18 @@ pub async fn run_bridge(
     if outcome.is_ok() {
         let drain = async {
             while let Some((arrival, delivered)) = in_flight.next().await {
-                settle(&client, &generation, &metrics, topic, arrival, delivered).await?;
+                metrics.in_flight.set(in_flight.len() as i64);
+                if let Err(source) = delivered {
+                    return Err(BridgeError::Kafka {
+                        topic: topic.to_owned(),
+                        source,
+                    });
+                }
+                acks.push(arrival);
+            }
+            while !acks.waiting.is_empty() {
+                retry.tick().await;
+                acks.hand_over();
             }
             Ok(())
         };
@@ -177,7 +214,7 @@ pub async fn run_bridge(
         match tokio::time::timeout(timeout, drain).await {
             Ok(result) => outcome = result,
             Err(_) => tracing::warn!(
-                unacknowledged = in_flight.len(),
+                unacknowledged = in_flight.len() + acks.waiting.len(),
                 "kafka did not acknowledge everything in time; the broker will deliver the \
                  rest again"
             ),
@@ -268,37 +305,47 @@ async fn produce(
     }
 }
 
-/// Acknowledges a message Kafka has, or stops the bridge on one Kafka refused.
-async fn settle(
-    client: &AsyncClient,
-    generation: &AtomicU64,
-    metrics: &BridgeMetrics,
-    topic: &str,
-    arrival: Arrival,
-    delivered: Result<(), KafkaError>,
-) -> Result<(), BridgeError> {
-    metrics.in_flight.set(metrics.in_flight.get() - 1);
-    if let Err(source) = delivered {
-        return Err(BridgeError::Kafka {
-            topic: topic.to_owned(),
-            source,
-        });
+/// Acknowledgements of messages Kafka has, waiting for room in rumqttc's request queue
+/// (its poll loop sends one request per turn, and incoming messages can outpace it).
+struct Acks {
+    waiting: VecDeque<Arrival>,
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+    metrics: Arc<BridgeMetrics>,
+}
+
+impl Acks {
+    fn push(&mut self, mut arrival: Arrival) {
+        self.metrics.forward_latency.observe(arrival.at.elapsed());
+        // A PUBACK needs only the packet id: the payload is in Kafka and can go.
+        arrival.publish.payload = Bytes::new();
+        arrival.publish.topic = Bytes::new();
+        self.waiting.push_back(arrival);
+        self.hand_over();
     }
-    metrics.forward_latency.observe(arrival.at.elapsed());
-    // A PUBACK names a packet id, which the broker reuses once it is acknowledged. After a
-    // reconnect the broker sends unacknowledged messages again under their old ids, then new
-    // ones under freed ids: an acknowledgement from the old connection could then confirm a
-    // new message Kafka does not have. So only the current connection's messages are
-    // acknowledged; older ones come again and are forwarded twice (a counted duplicate, never
-    // a loss).
-    if arrival.generation == generation.load(Ordering::SeqCst)
-        && client.try_ack(&arrival.publish).is_ok()
-    {
-        metrics.forwarded.inc();
-    } else {
-        metrics.left_for_redelivery.inc();
+
+    /// Queues as many acknowledgements as fit, in arrival order.
+    ///
+    /// A PUBACK names a packet id, which the broker reuses once it is acknowledged. After a
+    /// reconnect the broker sends unacknowledged messages again under their old ids, then new
+    /// ones under freed ids: an acknowledgement from the old connection could then confirm a
+    /// new message Kafka does not have. So only the current connection's messages are
+    /// acknowledged; older ones come again and are forwarded twice (a counted duplicate, never
+    /// a loss). Checking the generation and queueing happen with no await in between, and the
+    /// bridge runs on one thread, so the poll loop cannot move to a new connection in between.
+    fn hand_over(&mut self) {
+        let current = self.generation.load(Ordering::SeqCst);
+        while let Some(arrival) = self.waiting.front() {
+            if arrival.generation != current {
+                self.metrics.left_for_redelivery.inc();
+            } else if self.client.try_ack(&arrival.publish).is_ok() {
+                self.metrics.forwarded.inc();
+            } else {
+                return;
+            }
+            self.waiting.pop_front();
+        }
     }
-    Ok(())
 }
 
 /// The MQTT side: connects, (re)subscribes, hands messages over, reconnects with backoff.
