@@ -195,6 +195,14 @@ impl Bridge {
     }
 }
 
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // A failed test must not leave a bridge reconnecting forever.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `iotpipe loadgen` arguments for a repeatable run of `devices` devices.
 fn loadgen_args(to: &str, devices: usize, rate: u32, seconds: u32) -> Vec<String> {
     [
@@ -498,6 +506,32 @@ fn a_burst_is_forwarded_and_acknowledged_in_full() {
         0
     );
     bridge.stop();
+}
+
+#[test]
+fn a_bridge_stops_promptly_on_sigterm_while_the_broker_is_down() {
+    let broker = Mosquitto::fleet(1, "");
+    let kafka = Tansu::start(Engine::Sqlite);
+    kafka.create_topics(&[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(dir.path(), "bridge-0", "", &broker, &kafka);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::try_scrape_metrics(bridge.metrics_port)
+        .is_some_and(|m| m.contains("iotpipe_bridge_connected 1"))
+    {
+        assert!(Instant::now() < deadline, "the bridge did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(broker);
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let report = bridge.stop();
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(report.contains("received 0"), "{report}");
 }
 
 #[test]

@@ -220,10 +220,15 @@ pub async fn run_bridge(
             ),
         }
     }
-    let _ = client.disconnect().await;
+    // With the broker away the request queue may be full and never drain: bounded waits.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
+    let abort = poller.abort_handle();
     let polled = match tokio::time::timeout(Duration::from_secs(5), poller).await {
         Ok(Ok(result)) => result,
-        _ => Ok(()),
+        _ => {
+            abort.abort();
+            Ok(())
+        }
     };
     outcome?;
     polled?;
