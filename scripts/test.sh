@@ -21,8 +21,13 @@ install_debian() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
 }
 if ! need mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "test.sh: installing mosquitto (MQTT notification tests)"
+    echo "test.sh: installing mosquitto (MQTT tests; mosquitto_passwd comes with it)"
     install_debian mosquitto
+fi
+# The MQTT tests make a test CA and a server certificate for the bridge's TLS listener.
+if ! need openssl; then
+    echo "test.sh: installing openssl (test certificates)"
+    install_debian openssl
 fi
 # The package's service is not needed: tests start their own brokers on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
