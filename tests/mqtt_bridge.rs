@@ -509,6 +509,34 @@ fn a_burst_is_forwarded_and_acknowledged_in_full() {
 }
 
 #[test]
+fn loadgen_straight_to_kafka_writes_every_message_keyed_by_device() {
+    let kafka = Tansu::start(Engine::Sqlite);
+    kafka.create_topics(&[(TOPIC, 4)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (devices, rate, seconds) = (30, 300, 10);
+    let expected = expected_messages(dir.path(), devices, rate, seconds);
+    let report = dir.path().join("report.json");
+    let mut args = loadgen_args(
+        &format!("kafka://{}/{TOPIC}", kafka.brokers()),
+        devices,
+        rate,
+        seconds,
+    );
+    args.extend([
+        "--unpaced".into(),
+        "--report".into(),
+        report.display().to_string(),
+    ]);
+    let report = report_of(&loadgen(&args).output().unwrap(), &report);
+    assert_eq!(
+        report["acknowledged"].as_u64().unwrap() as usize,
+        expected.len()
+    );
+    let gaps = kafka_gaps(&kafka, &expected, expected.len());
+    assert_eq!((gaps.missing, gaps.duplicates), (0, 0));
+}
+
+#[test]
 fn a_bridge_stops_promptly_on_sigterm_while_the_broker_is_down() {
     let broker = Mosquitto::fleet(1, "");
     let kafka = Tansu::start(Engine::Sqlite);
