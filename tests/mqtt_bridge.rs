@@ -14,6 +14,7 @@ use common::mqtt::{BRIDGE_PASSWORD, BRIDGE_USER, FLEET_SECRET, Mosquitto};
 use iotpipe::io::fleet::{FleetConfig, device_id};
 use iotpipe::io::loadgen::LoadPlan;
 use iotpipe::io::loadgen::credentials::device_password;
+use iotpipe::io::mqtt::{MqttConnectionConfig, Secret, TlsConfig};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -115,6 +116,44 @@ fn devices_publish_only_as_themselves_and_strangers_are_refused() {
             );
         }
     });
+}
+
+#[test]
+fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
+    let broker = Mosquitto::fleet(1, "");
+    let dir = broker.dir.path();
+    let mut config = MqttConnectionConfig::plain("127.0.0.1", broker.mutual_tls_port.unwrap(), "b");
+    config.username = Some(BRIDGE_USER.into());
+    let password = Secret(BRIDGE_PASSWORD.into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let attempt = |tls: TlsConfig| {
+        let mut config = config.clone();
+        config.tls = Some(tls);
+        let options = config.options("mqtt", Some(&password)).unwrap();
+        let (_client, mut events) = AsyncClient::new(options, 8);
+        runtime.block_on(async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+    };
+    let ca_file = dir.join("ca.pem");
+    attempt(TlsConfig {
+        ca_file: ca_file.clone(),
+        client_cert_file: Some(dir.join("client.pem")),
+        client_key_file: Some(dir.join("client.key")),
+    })
+    .unwrap();
+    let refused = attempt(TlsConfig {
+        ca_file,
+        client_cert_file: None,
+        client_key_file: None,
+    });
+    assert!(refused.is_err(), "connected without a client certificate");
 }
 
 /// A bridge process.

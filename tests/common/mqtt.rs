@@ -27,6 +27,9 @@ pub struct Mosquitto {
     pub port: u16,
     /// TLS listener (fleet configuration only).
     pub tls_port: Option<u16>,
+    /// TLS listener that requires a client certificate signed by the test CA (fleet
+    /// configuration only); `client.pem`/`client.key` in `dir` are one.
+    pub mutual_tls_port: Option<u16>,
     /// The test CA's certificate (fleet configuration only).
     pub ca_file: Option<PathBuf>,
     pub dir: tempfile::TempDir,
@@ -49,6 +52,7 @@ impl Mosquitto {
             config,
             port,
             tls_port: None,
+            mutual_tls_port: None,
             ca_file: None,
             dir,
         }
@@ -94,15 +98,23 @@ impl Mosquitto {
         }
         // Started as root, mosquitto would drop to a user that cannot read the temp dir.
         config += &format!("user root\nlistener {port} 127.0.0.1\n");
+        let mutual_tls_port = super::free_port();
+        config += &format!(
+            "listener {mutual_tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\n\
+             keyfile {0}/server.key\nrequire_certificate true\n",
+            d.display()
+        );
         let config_path = d.join("mosquitto.conf");
         std::fs::write(&config_path, config).unwrap();
         let child = spawn(&config_path, d, port);
         wait_listening(tls_port);
+        wait_listening(mutual_tls_port);
         Self {
             child,
             config: config_path,
             port,
             tls_port: Some(tls_port),
+            mutual_tls_port: Some(mutual_tls_port),
             ca_file: Some(d.join("ca.pem")),
             dir,
         }
@@ -216,5 +228,27 @@ fn make_test_ca(dir: &Path) {
         "san.ext",
         "-out",
         "server.pem",
+    ]);
+    // An extension makes it an X.509 v3 certificate, the only version webpki accepts.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let client = "-subj /CN=iotpipe-bridge -keyout client.key -out client.csr";
+    let mut args = vec!["req", "-newkey", "rsa:2048", "-nodes"];
+    args.extend(client.split(' '));
+    run(&args);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.pem",
     ]);
 }

@@ -28,9 +28,12 @@ pub(super) fn transport(config: &TlsConfig) -> Result<Transport, (&'static str, 
             let chain = certificates(cert_file).map_err(|e| ("client_cert_file", e))?;
             let key = PrivateKeyDer::from_pem_file(key_file)
                 .map_err(|e| ("client_key_file", format!("{}: {e}", key_file.display())))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ("client_key_file", e.to_string()))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                (
+                    "client_cert_file",
+                    format!("{e} (the certificate, or its key in client_key_file)"),
+                )
+            })?
         }
         (Some(_), None) => {
             return Err((
