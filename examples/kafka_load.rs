@@ -6,7 +6,8 @@
 //!     --topic iotpipe.telemetry --events target/w1/events.jsonl [--rate 100000]
 //! ```
 //!
-//! Used by `scripts/bench-kafka.sh`; the MQTT bridge and load generator are issue #5's.
+//! Used by `scripts/bench-kafka.sh` to load recorded files; `iotpipe loadgen --to kafka://...`
+//! sends a live simulated fleet instead.
 
 use std::io::BufRead;
 use std::path::PathBuf;
