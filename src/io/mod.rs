@@ -7,6 +7,8 @@ pub mod config;
 pub mod deliver;
 pub mod detection;
 pub mod fleet;
+pub mod http;
+pub mod influx;
 pub mod jsonl;
 pub mod kafka;
 pub mod live;

@@ -4,15 +4,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{Backoff, Channel, Failure, Notification};
 use crate::dataflow::alert::Severity;
+use crate::io::http::HttpConnection;
 
 /// A webhook receiver.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,10 +58,9 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// The webhook channel.
 pub struct WebhookChannel {
     config: WebhookConfig,
-    authority: String,
+    http: HttpConnection,
     path: String,
     secret: Option<Vec<u8>>,
-    sender: Option<SendRequest<Full<Bytes>>>,
     next_send: tokio::time::Instant,
 }
 
@@ -98,27 +96,12 @@ impl WebhookChannel {
             return Err(field("max_per_second must be above 0"));
         }
         Ok(Self {
-            authority,
+            http: HttpConnection::new(authority),
             path,
             secret,
-            sender: None,
             next_send: tokio::time::Instant::now(),
             config,
         })
-    }
-
-    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .map_err(|e| Failure::Retry(format!("connect {}: {e}", self.authority)))?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| Failure::Retry(format!("handshake: {e}")))?;
-            tokio::spawn(connection);
-            self.sender = Some(sender);
-        }
-        Ok(self.sender.as_mut().expect("connected above"))
     }
 }
 
@@ -137,7 +120,7 @@ impl Channel for WebhookChannel {
         self.next_send =
             tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / self.config.max_per_second);
         let mut request = Request::post(&self.path)
-            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::HOST, self.http.authority())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("x-iotpipe-event-id", &n.id);
         if let Some(secret) = &self.secret {
@@ -147,21 +130,11 @@ impl Channel for WebhookChannel {
             .body(Full::new(Bytes::from(n.json.clone())))
             .map_err(|e| Failure::Reject(format!("request: {e}")))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let sender = self.connect().await?;
-        let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                self.sender = None;
-                return Err(Failure::Retry(format!("request: {e}")));
-            }
-            Err(_) => {
-                self.sender = None;
-                return Err(Failure::Retry(format!("no answer in {timeout:?}")));
-            }
-        };
-        let status = response.status();
-        // Read the body so the connection can carry the next request.
-        let _ = response.into_body().collect().await;
+        let (status, _) = self
+            .http
+            .send(request, timeout)
+            .await
+            .map_err(Failure::Retry)?;
         if status.is_success() {
             Ok(())
         } else if status.is_server_error() || status.as_u16() == 429 {

@@ -1,0 +1,3 @@
+//! InfluxDB output: closed windows as line protocol (`lines`), written over HTTP.
+
+pub mod lines;
