@@ -24,13 +24,19 @@ if ! need mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
     echo "test.sh: installing mosquitto (MQTT tests; mosquitto_passwd comes with it)"
     install_debian mosquitto
 fi
+if ! need influxd; then
+    echo "test.sh: installing influxdb (InfluxDB 1.x for the InfluxDB sink tests)"
+    install_debian influxdb
+fi
 # The MQTT tests make a test CA and a server certificate for the bridge's TLS listener.
 if ! need openssl; then
     echo "test.sh: installing openssl (test certificates)"
     install_debian openssl
 fi
-# The package's service is not needed: tests start their own brokers on free ports.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+# The packages' services are not needed: tests start their own servers on free ports.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now mosquitto influxdb >/dev/null 2>&1 || true
+fi
 
 # tansu, the Kafka-protocol broker the Kafka tests start. Built once per machine (about 45
 # minutes on 2 cores); its storage features are needed, the default build stores nothing.

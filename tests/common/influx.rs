@@ -1,0 +1,133 @@
+//! A real InfluxDB 1.x (Debian `influxdb`) for tests: `influxd` on free loopback ports in a temp
+//! dir, killed on drop; and InfluxQL queries over plain HTTP.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running influxd.
+pub struct Influx {
+    child: Option<Child>,
+    config: std::path::PathBuf,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Influx {
+    /// Writes the configuration for free ports; `run` starts it.
+    fn configure() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = super::free_port();
+        let rpc_port = super::free_port();
+        let config = d.join("influxdb.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
+                 [meta]\ndir = \"{0}/meta\"\n[data]\ndir = \"{0}/data\"\nwal-dir = \"{0}/wal\"\n\
+                 [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            child: None,
+            config,
+            port,
+            dir,
+        }
+    }
+
+    /// Configures and starts, and waits until `/ping` answers.
+    pub fn start() -> Self {
+        let mut influx = Self::configure();
+        influx.run();
+        influx
+    }
+
+    /// Starts influxd on the configured ports and data.
+    pub fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("influxd.log"))
+            .unwrap();
+        let child = Command::new("influxd")
+            .args(["run", "-config"])
+            .arg(&self.config)
+            .arg("-pidfile")
+            .arg(self.dir.path().join("influxd.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("influxd runs (scripts/test.sh installs the influxdb package)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(self.get("/ping"), Some((204, _))) {
+            assert!(Instant::now() < deadline, "influxd did not answer /ping");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs InfluxQL `q` on `db`; the JSON answer.
+    pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let (status, body) = self
+            .get(&format!("/query?db={db}&q={}", encode(q)))
+            .expect("influxd answers");
+        assert_eq!(status, 200, "{q}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b)?;
+        // Chunked answers: keep what lies between the chunk sizes.
+        let body = if text.contains("Transfer-Encoding: chunked") {
+            body.split("\r\n").skip(1).step_by(2).collect::<String>()
+        } else {
+            body.to_owned()
+        };
+        Some((status, body))
+    }
+
+    /// Kills influxd (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Percent-encodes a query parameter.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

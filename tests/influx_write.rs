@@ -1,0 +1,164 @@
+//! The InfluxDB writer against a real InfluxDB 1.6 (Debian `influxdb`): points land and read
+//! back with InfluxQL, writing twice leaves the same points, a refused batch is reported with
+//! InfluxDB's reason, and a writer retries while the server is down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::influx::Influx;
+use iotpipe::dataflow::model::{ExactSum, MetricId, WindowAggregate};
+use iotpipe::dataflow::schema::SchemaSet;
+use iotpipe::io::backoff::Backoff;
+use iotpipe::io::influx::lines::aggregate_line;
+use iotpipe::io::influx::write::{InfluxApi, InfluxWriter};
+
+const START_MS: u64 = 1_704_067_200_000;
+
+fn v1() -> InfluxApi {
+    InfluxApi::V1 {
+        database: "iotpipe".into(),
+        retention_policy: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn writer(influx: &Influx) -> InfluxWriter {
+    let backoff = Backoff {
+        initial_ms: 100,
+        max_ms: 1_000,
+    };
+    InfluxWriter::new(&influx.url(), &v1(), Duration::from_secs(10), backoff).unwrap()
+}
+
+/// 50 devices x 3 metrics x 20 windows, in batches of 1,000 lines.
+fn batches() -> (Vec<Vec<u8>>, u64, u64) {
+    let schemas = SchemaSet::embedded();
+    let catalog = schemas.catalog();
+    let mut batches = vec![Vec::new()];
+    let (mut points, mut readings) = (0, 0);
+    for device in 0..50 {
+        for metric in 0..3 {
+            for window in 0..20u64 {
+                let count = 1 + (device + metric + window as usize) as u64 % 7;
+                let aggregate = WindowAggregate {
+                    device_id: format!("dev-{device:06}").into(),
+                    metric: MetricId(metric as u16),
+                    window_start_ms: START_MS + window * 60_000,
+                    site: format!("site {}", device % 4),
+                    count,
+                    min: 1.0,
+                    max: 2.0,
+                    sum: ExactSum(count as i128 * 1_500_000_000),
+                    threshold_breaches: 0,
+                };
+                if points > 0 && points % 1_000 == 0 {
+                    batches.push(Vec::new());
+                }
+                aggregate_line(batches.last_mut().unwrap(), &aggregate, catalog);
+                points += 1;
+                readings += count;
+            }
+        }
+    }
+    (batches, points, readings)
+}
+
+fn totals(influx: &Influx) -> (u64, u64) {
+    let q = format!(
+        "SELECT count(\"count\"), sum(\"count\") FROM iotpipe_aggregate \
+         WHERE time >= {}ms AND time < {}ms",
+        START_MS,
+        START_MS + 3_600_000
+    );
+    let answer = influx.query("iotpipe", &q);
+    let row = &answer["results"][0]["series"][0]["values"][0];
+    (row[1].as_u64().unwrap(), row[2].as_u64().unwrap())
+}
+
+#[test]
+fn points_land_once_however_often_they_are_written() {
+    let influx = Influx::start();
+    influx.query("iotpipe", "CREATE DATABASE iotpipe");
+    let (batches, points, readings) = batches();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut writer = writer(&influx);
+    for _ in 0..2 {
+        for batch in &batches {
+            runtime.block_on(writer.write(batch)).unwrap();
+        }
+        assert_eq!(totals(&influx), (points, readings));
+    }
+    // Tags with spaces survive the round trip.
+    let sites = influx.query(
+        "iotpipe",
+        "SHOW TAG VALUES FROM iotpipe_aggregate WITH KEY = site",
+    );
+    let values = sites["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap();
+    assert!(values.iter().any(|v| v[1] == "site 3"), "{sites}");
+
+    // A field of the wrong type: InfluxDB refuses the point, stores the rest, and says so.
+    let t = START_MS + 7_200_000;
+    let bad = format!(
+        "iotpipe_aggregate,device_id=dev-000000,metric=x,site=s count=\"many\" {t}\n\
+         iotpipe_aggregate,device_id=dev-000000,metric=x,site=s count=3i {}\n",
+        t + 60_000
+    );
+    let rejected = runtime.block_on(writer.write(bad.as_bytes())).unwrap_err();
+    assert_eq!(rejected.status, 400);
+    assert!(
+        rejected.message.contains("conflict"),
+        "{}",
+        rejected.message
+    );
+    let answer = influx.query(
+        "iotpipe",
+        &format!(
+            "SELECT \"count\" FROM iotpipe_aggregate WHERE time >= {t}ms AND time < {}ms",
+            t + 3_600_000
+        ),
+    );
+    assert_eq!(
+        answer["results"][0]["series"][0]["values"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(writer.retries(), 0);
+}
+
+#[test]
+fn a_writer_retries_while_influxdb_is_down_and_loses_nothing() {
+    let mut influx = Influx::start();
+    influx.query("iotpipe", "CREATE DATABASE iotpipe");
+    influx.kill();
+    let url = influx.url();
+    let (batches, points, readings) = batches();
+    let sender = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let backoff = Backoff {
+            initial_ms: 100,
+            max_ms: 1_000,
+        };
+        let mut writer = InfluxWriter::new(&url, &v1(), Duration::from_secs(10), backoff).unwrap();
+        for batch in &batches {
+            runtime.block_on(writer.write(batch)).unwrap();
+        }
+        writer.retries()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    influx.run();
+    let retries = sender.join().unwrap();
+    assert!(retries >= 1, "no retry");
+    assert_eq!(totals(&influx), (points, readings));
+}
