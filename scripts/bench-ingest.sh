@@ -93,7 +93,7 @@ loader=$!
 pids+=($loader)
 sleep 1
 loader_cpu0=$(cpu_s $loader)
-# Sample once a second while loading: forwarded so far.
+# The load generator's CPU, read each second while it runs (it is gone once it exits).
 while kill -0 $loader 2>/dev/null; do
     loader_cpu=$(cpu_s $loader 2>/dev/null || echo "$loader_cpu")
     sleep 1

@@ -264,6 +264,38 @@ fn loadgen_args(to: &str, devices: usize, rate: u32, seconds: u32) -> Vec<String
     .collect()
 }
 
+/// Arguments for a paced run to `broker`'s device listener, one connection per device, each
+/// authenticating as itself, with the JSON report written to `report`.
+fn device_loadgen_args(
+    broker: &Mosquitto,
+    (devices, rate, seconds): (usize, u32, u32),
+    report: &Path,
+) -> Vec<String> {
+    let mut args = loadgen_args(
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        devices,
+        rate,
+        seconds,
+    );
+    args.extend(["--device-secret-env".into(), "FLEET_SECRET".into()]);
+    args.extend(["--report".into(), report.display().to_string()]);
+    args
+}
+
+/// The number after `name ` in a bridge's report line.
+fn report_count(line: &str, name: &str) -> u64 {
+    let after = line
+        .split(&format!("{name} "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn loadgen(args: &[String]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_iotpipe"));
     command
@@ -379,14 +411,7 @@ fn every_message_reaches_kafka_when_a_bridge_is_killed_mid_stream() {
     let second = Bridge::start(dir.path(), "bridge-1", "iotpipe", &broker, &kafka);
     std::thread::sleep(Duration::from_secs(1));
     let report = dir.path().join("report.json");
-    let mut args = loadgen_args(
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        devices,
-        rate,
-        seconds,
-    );
-    args.extend(["--device-secret-env".into(), "FLEET_SECRET".into()]);
-    args.extend(["--report".into(), report.display().to_string()]);
+    let args = device_loadgen_args(&broker, (devices, rate, seconds), &report);
     let sender = loadgen(&args).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(7));
     first.kill_and_restart(Duration::from_secs(1));
@@ -402,18 +427,14 @@ fn every_message_reaches_kafka_when_a_bridge_is_killed_mid_stream() {
     let first_report = first.stop();
     let second_report = second.stop();
     eprintln!("{first_report}\n{second_report}");
-    let forwarded = |line: &str| -> u64 {
-        line.split("forwarded ")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert!(forwarded(&second_report) > 0, "{second_report}");
-    assert!(forwarded(&first_report) > 0, "{first_report}");
+    assert!(
+        report_count(&second_report, "forwarded") > 0,
+        "{second_report}"
+    );
+    assert!(
+        report_count(&first_report, "forwarded") > 0,
+        "{first_report}"
+    );
     // Only what the killed bridge had in flight can come twice.
     assert!(duplicates <= 2 * 1000, "{duplicates} duplicates");
 }
@@ -427,14 +448,7 @@ fn broker_restart_mid_stream(group: &str) -> (Gaps, serde_json::Value, String) {
     let bridge = Bridge::start(dir.path(), "bridge-0", group, &broker, &kafka);
     std::thread::sleep(Duration::from_secs(1));
     let report = dir.path().join("report.json");
-    let mut args = loadgen_args(
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        devices,
-        rate,
-        seconds,
-    );
-    args.extend(["--device-secret-env".into(), "FLEET_SECRET".into()]);
-    args.extend(["--report".into(), report.display().to_string()]);
+    let args = device_loadgen_args(&broker, (devices, rate, seconds), &report);
     let sender = loadgen(&args).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(7));
     broker.restart_after(Duration::from_secs(2));
@@ -457,14 +471,10 @@ fn broker_restart_mid_stream(group: &str) -> (Gaps, serde_json::Value, String) {
     );
     assert!(metric(&metrics, "iotpipe_bridge_reconnects_total") >= 1);
     let bridge_report = bridge.stop();
-    let reconnects: u64 = bridge_report
-        .split("reconnects ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(reconnects >= 1, "{bridge_report}");
+    assert!(
+        report_count(&bridge_report, "reconnects") >= 1,
+        "{bridge_report}"
+    );
     (gaps, report, bridge_report)
 }
 
@@ -510,18 +520,8 @@ fn a_burst_is_forwarded_and_acknowledged_in_full() {
     let bridge = Bridge::start(dir.path(), "bridge-0", "", &broker, &kafka);
     std::thread::sleep(Duration::from_secs(1));
     let report = dir.path().join("report.json");
-    let mut args = loadgen_args(
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        devices,
-        rate,
-        seconds,
-    );
-    args.extend([
-        "--device-secret-env".into(),
-        "FLEET_SECRET".into(),
-        "--unpaced".into(),
-    ]);
-    args.extend(["--report".into(), report.display().to_string()]);
+    let mut args = device_loadgen_args(&broker, (devices, rate, seconds), &report);
+    args.push("--unpaced".into());
     let report = report_of(&loadgen(&args).output().unwrap(), &report);
     assert_eq!(report["sent"].as_u64().unwrap() as usize, expected.len());
     let gaps = kafka_gaps(&kafka, &expected, expected.len());

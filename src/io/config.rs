@@ -24,18 +24,44 @@ pub enum ConfigError {
         /// What is wrong, and where.
         source: toml::de::Error,
     },
+    /// An environment override does not fit its field.
+    #[error(transparent)]
+    Env(#[from] EnvOverrideError),
 }
 
 /// Reads a TOML file into `T` (whose structs deny unknown fields, so a typo is an error).
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    load_toml_with_overrides(path, &[], |_| None)
+}
+
+/// Reads a TOML file into `T`, with the fields `env` finds among `overrides` set first (see
+/// [`apply_env_overrides`]).
+pub fn load_toml_with_overrides<T: DeserializeOwned>(
+    path: &Path,
+    overrides: &[EnvOverride],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Toml {
+    parse_toml_with_overrides(path, &text, overrides, env)
+}
+
+/// Parses TOML `text` as [`load_toml_with_overrides`] does; `path` only names it in errors.
+pub fn parse_toml_with_overrides<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    overrides: &[EnvOverride],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let toml_error = |source| ConfigError::Toml {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
+    apply_env_overrides(&mut table, overrides, env)?;
+    toml::Value::Table(table).try_into().map_err(toml_error)
 }
 
 /// The TOML type an environment override is read as.

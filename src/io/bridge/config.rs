@@ -12,12 +12,14 @@
 //! The password is never an override of its own: `mqtt.password_env` names the variable.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::io::backoff::Backoff;
-use crate::io::config::{EnvOverride, apply_env_overrides, integer, text};
+use crate::io::config::{
+    ConfigError, EnvOverride, integer, load_toml_with_overrides, parse_toml_with_overrides, text,
+};
 use crate::io::mqtt::{MqttConfigError, MqttConnectionConfig};
 use crate::io::service::config::MetricsConfig;
 
@@ -128,25 +130,9 @@ fn default_topic() -> String {
 /// A bridge configuration that cannot be used; names the field and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, a field is unknown or has the wrong type.
-    #[error("{path}: {message}")]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// toml's message: the field, the line and what was expected.
-        message: String,
-    },
-    /// An environment override does not fit its field.
+    /// The file could not be read or parsed, or an environment override does not fit.
     #[error(transparent)]
-    Env(#[from] crate::io::config::EnvOverrideError),
+    File(#[from] ConfigError),
     /// A field's value cannot work.
     #[error("{field}: {message}")]
     Invalid {
@@ -175,17 +161,9 @@ impl BridgeConfig {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, BridgeConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BridgeConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, env).map_err(|e| match e {
-            BridgeConfigError::Toml { message, .. } => BridgeConfigError::Toml {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        let config: BridgeConfig = load_toml_with_overrides(path, &OVERRIDES, env)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses TOML text (see [`load`](Self::load)).
@@ -193,13 +171,7 @@ impl BridgeConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, BridgeConfigError> {
-        let toml_error = |e: toml::de::Error| BridgeConfigError::Toml {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        };
-        let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
-        apply_env_overrides(&mut table, &OVERRIDES, env)?;
-        let config: BridgeConfig = toml::Value::Table(table).try_into().map_err(toml_error)?;
+        let config: BridgeConfig = parse_toml_with_overrides(Path::new(""), text, &OVERRIDES, env)?;
         config.validate()?;
         Ok(config)
     }

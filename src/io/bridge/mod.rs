@@ -154,11 +154,10 @@ pub async fn run_bridge(
             biased;
             Some((arrival, delivered)) = in_flight.next(), if !in_flight.is_empty() => {
                 metrics.in_flight.set(in_flight.len() as i64);
-                if let Err(source) = delivered {
-                    outcome = Err(BridgeError::Kafka { topic: topic.to_owned(), source });
+                if let Err(e) = acks.settle(arrival, delivered, topic) {
+                    outcome = Err(e);
                     break;
                 }
-                acks.push(arrival);
             }
             _ = retry.tick(), if !acks.waiting.is_empty() => acks.hand_over(),
             // At the bound the bridge stops taking messages; the poll loop then waits to hand
@@ -196,13 +195,7 @@ pub async fn run_bridge(
         let drain = async {
             while let Some((arrival, delivered)) = in_flight.next().await {
                 metrics.in_flight.set(in_flight.len() as i64);
-                if let Err(source) = delivered {
-                    return Err(BridgeError::Kafka {
-                        topic: topic.to_owned(),
-                        source,
-                    });
-                }
-                acks.push(arrival);
+                acks.settle(arrival, delivered, topic)?;
             }
             while !acks.waiting.is_empty() {
                 retry.tick().await;
@@ -320,6 +313,22 @@ struct Acks {
 }
 
 impl Acks {
+    /// Takes Kafka's answer for `arrival`: acknowledges it, or stops the bridge on a refusal
+    /// (the message then stays unacknowledged on MQTT).
+    fn settle(
+        &mut self,
+        arrival: Arrival,
+        delivered: Result<(), KafkaError>,
+        topic: &str,
+    ) -> Result<(), BridgeError> {
+        delivered.map_err(|source| BridgeError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        self.push(arrival);
+        Ok(())
+    }
+
     fn push(&mut self, mut arrival: Arrival) {
         self.metrics.forward_latency.observe(arrival.at.elapsed());
         // A PUBACK needs only the packet id: the payload is in Kafka and can go.

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::ClusterConfig;
-use crate::io::config::{EnvOverride, apply_env_overrides, integer, text};
+use crate::io::config::{
+    ConfigError, EnvOverride, integer, load_toml_with_overrides, parse_toml_with_overrides, text,
+};
 use crate::io::kafka::KafkaConfig;
 use crate::io::kafka::source::SourceConfig;
 
@@ -67,30 +69,9 @@ pub struct MetricsConfig {
 /// A configuration that cannot be used; the message names the field and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RunConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, a field is unknown or has the wrong type.
-    #[error("{path}: {message}")]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// toml's message: the field, the line and what was expected.
-        message: String,
-    },
-    /// An environment override has a value its field cannot take.
-    #[error("{variable}: {message}")]
-    Env {
-        /// The variable.
-        variable: &'static str,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file could not be read or parsed, or an environment override does not fit.
+    #[error(transparent)]
+    File(#[from] ConfigError),
     /// A field's value cannot work.
     #[error("{field}: {message}")]
     Invalid {
@@ -114,31 +95,14 @@ const OVERRIDES: [EnvOverride; 7] = [
 impl RunConfig {
     /// Reads `path`, applies the environment overrides `env` finds, and validates.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, RunConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, env).map_err(|e| match e {
-            RunConfigError::Toml { message, .. } => RunConfigError::Toml {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        let config: RunConfig = load_toml_with_overrides(path, &OVERRIDES, env)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses TOML text (see [`load`](Self::load)).
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, RunConfigError> {
-        let toml_error = |e: toml::de::Error| RunConfigError::Toml {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        };
-        let mut table: toml::Table = toml::from_str(text).map_err(toml_error)?;
-        apply_env_overrides(&mut table, &OVERRIDES, env).map_err(|e| RunConfigError::Env {
-            variable: e.variable,
-            message: e.message,
-        })?;
-        let config: RunConfig = toml::Value::Table(table).try_into().map_err(toml_error)?;
+        let config: RunConfig = parse_toml_with_overrides(Path::new(""), text, &OVERRIDES, env)?;
         config.validate()?;
         Ok(config)
     }
