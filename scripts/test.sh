@@ -28,6 +28,11 @@ if ! need influxd; then
     echo "test.sh: installing influxdb (InfluxDB 1.x for the InfluxDB sink tests)"
     install_debian influxdb
 fi
+# The dashboard test drives the page in headless Chromium.
+if ! need chromium; then
+    echo "test.sh: installing chromium (dashboard browser test)"
+    install_debian chromium
+fi
 # The MQTT tests make a test CA and a server certificate for the bridge's TLS listener.
 if ! need openssl; then
     echo "test.sh: installing openssl (test certificates)"

@@ -14,6 +14,8 @@ fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
             "--plain",
             "-w",
             "2",
+            "--listen",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();
@@ -22,6 +24,10 @@ fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("dashboard at http://127.0.0.1:"),
+        "{stdout}"
     );
     // One status line a second while running.
     assert!(
@@ -55,6 +61,9 @@ fn bad_arguments_get_one_clear_error_naming_the_flag() {
         (vec!["demo", "--window-ms", "0"], "--window-ms"),
         (vec!["demo", "-n", "2", "-p", "0"], "hostfile"),
         (vec!["demo", "-n", "2", "-p", "5"], "process"),
+        (vec!["demo", "--listen", "localhost"], "--listen"),
+        (vec!["demo", "--influx-url", "ftp://h:1"], "--influx-url"),
+        (vec!["demo", "--fault-share", "2"], "--fault-share"),
         (
             vec![
                 "replay",
@@ -93,6 +102,7 @@ fn a_worker_without_devices_does_not_hold_windows_back() {
             "--duration",
             "6",
             "--plain",
+            "--no-dashboard",
         ])
         .args(["--window-ms", "1000", "--lateness-ms", "500"])
         .output()

@@ -59,6 +59,7 @@ fn alerts_catch_injected_faults_within_two_minutes_without_false_alarms() {
         pipeline: PipelineConfig::default(),
         chunk_bytes: 1 << 20,
         notifier: None,
+        influx: None,
     };
     let cluster = ClusterConfig {
         workers: 2,

@@ -102,6 +102,7 @@ fn replay_in_process(
         // Small chunks: many hand-offs of the watermark prefix between workers.
         chunk_bytes: 64 * 1024,
         notifier: None,
+        influx: None,
     };
     let cluster = ClusterConfig {
         workers,

@@ -10,6 +10,7 @@
 //!        │                       ▼                                 │
 //!        │                    Enrich ◄─── as-of lookup ────────────┘
 //!        │                       │ ├──► dead letters (unknown device)
+//!        │                       ├──► readings
 //!        │                       ▼
 //!        │               AggregateWindows ──► window aggregates ──► RollupSites ──► site rollups
 //!        │                 (and scores)
@@ -54,7 +55,9 @@ pub use window::{AggregateWindows, WindowConfig};
 
 use alert::{AlertConfig, AlertEvent, CorrelateSites, EvaluateAlerts, Signal};
 use anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress};
-use model::{DeadLetter, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate};
+use model::{
+    DeadLetter, EnrichedMessage, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate,
+};
 
 /// A stream of `D` records whose timely time is event time (ms).
 pub type EventStream<'scope, D> = Stream<'scope, TimeMs, Vec<D>>;
@@ -89,6 +92,8 @@ pub struct PipelineInputs<'scope> {
 
 /// What the pipeline produces.
 pub struct PipelineOutputs<'scope> {
+    /// Validated readings of registered devices, on time, with their registry entry.
+    pub readings: EventStream<'scope, EnrichedMessage>,
     /// Closed windows per device, metric and site.
     pub aggregates: EventStream<'scope, WindowAggregate>,
     /// Closed windows per site and metric.
@@ -112,7 +117,9 @@ pub fn pipeline<'scope>(
     let registry = inputs.registry.arrange_registry();
     let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
-    let windowed = enriched.aggregate_windows(config.window, &config.anomaly);
+    let windowed = enriched
+        .clone()
+        .aggregate_windows(config.window, &config.anomaly);
     let progress = windowed.activity.clone().fleet_progress();
     let silences = windowed
         .activity
@@ -131,6 +138,7 @@ pub fn pipeline<'scope>(
         .evaluate_alerts(progress, alert_config.clone(), config.window)
         .correlate_sites(windowed.activity, alert_config);
     PipelineOutputs {
+        readings: enriched,
         aggregates: windowed.aggregates,
         anomalies,
         alerts,

@@ -99,11 +99,14 @@ pub enum DeadLetterReason {
     UnknownDevice,
     /// A reading stamped too far ahead of the watermark (a device with a wrong clock).
     FutureTimestamp,
+    /// An output point the time-series store refused for good (a field whose type conflicts
+    /// with its series', a value it cannot hold); the raw text is the refused line protocol.
+    StoreRejected,
 }
 
 impl DeadLetterReason {
     /// Every reason, in a stable order (for reports).
-    pub const ALL: [DeadLetterReason; 9] = [
+    pub const ALL: [DeadLetterReason; 10] = [
         Self::InvalidJson,
         Self::NoMatchingSchema,
         Self::MissingDeviceId,
@@ -113,6 +116,7 @@ impl DeadLetterReason {
         Self::UnknownMetric,
         Self::UnknownDevice,
         Self::FutureTimestamp,
+        Self::StoreRejected,
     ];
 
     /// The reason's stable snake_case code.
@@ -127,6 +131,7 @@ impl DeadLetterReason {
             Self::UnknownMetric => "unknown_metric",
             Self::UnknownDevice => "unknown_device",
             Self::FutureTimestamp => "future_timestamp",
+            Self::StoreRejected => "store_rejected",
         }
     }
 }

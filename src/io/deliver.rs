@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use timely::ExchangeData;
 use timely::dataflow::Stream;
@@ -58,6 +59,23 @@ where
     move |_, records| {
         if let Some(target) = &target {
             apply(&mut target.borrow_mut(), records);
+        }
+    }
+}
+
+/// [`to_shared`] for a target other threads read too (the dashboard).
+pub fn to_locked<S, T>(
+    target: &Option<Arc<Mutex<S>>>,
+    apply: fn(&mut S, Vec<T>),
+) -> impl FnMut(TimeMs, Vec<T>) + 'static
+where
+    S: 'static,
+    T: 'static,
+{
+    let target = target.clone();
+    move |_, records| {
+        if let Some(target) = &target {
+            apply(&mut target.lock().expect("not poisoned"), records);
         }
     }
 }

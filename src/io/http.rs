@@ -1,11 +1,12 @@
-//! One kept-alive HTTP/1.1 connection (hyper), reopened when it breaks.
+//! HTTP/1.1 on hyper: one kept-alive client connection, reopened when it breaks, and a small
+//! server for the metrics endpoint and the dashboard.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 /// A connection to `authority` (`host:port`).
@@ -35,6 +36,16 @@ impl HttpConnection {
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
+        let (status, _, body) = self.send_with_headers(request, timeout).await?;
+        Ok((status, body))
+    }
+
+    /// [`send`](Self::send), with the answer's headers.
+    pub async fn send_with_headers(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let exchange = async {
             if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
                 let stream = tokio::net::TcpStream::connect(&self.authority)
@@ -53,6 +64,7 @@ impl HttpConnection {
                 .await
                 .map_err(|e| format!("request: {e}"))?;
             let status = response.status();
+            let headers = response.headers().clone();
             // Reading the body lets the connection carry the next request.
             let body = response
                 .into_body()
@@ -60,7 +72,7 @@ impl HttpConnection {
                 .await
                 .map_err(|e| format!("response: {e}"))?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, headers, body))
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -71,4 +83,79 @@ impl HttpConnection {
         }
         result
     }
+}
+
+/// Answers requests of a small HTTP server ([`serve`]).
+pub trait Handler: Send + Sync + 'static {
+    /// The response to `GET path?query` (`query` still percent-encoded; empty if none).
+    fn get(
+        &self,
+        path: &str,
+        query: &str,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// A response with `status`, a content type and a body.
+pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .header(hyper::header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .expect("a valid response")
+}
+
+/// Serves `handler` at `listen` from a thread of its own, for the life of the process; returns
+/// the address it listens on (the port chosen, for port 0).
+pub fn serve<H: Handler>(
+    name: &str,
+    listen: std::net::SocketAddr,
+    handler: std::sync::Arc<H>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(%server, error = %e, "listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let handler = std::sync::Arc::clone(&handler);
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(
+                            move |request: Request<hyper::body::Incoming>| {
+                                let handler = std::sync::Arc::clone(&handler);
+                                async move {
+                                    let response = if request.method() == hyper::Method::GET {
+                                        let uri = request.uri();
+                                        handler.get(uri.path(), uri.query().unwrap_or("")).await
+                                    } else {
+                                        response(405, "text/plain", "only GET is served\n")
+                                    };
+                                    Ok::<_, std::convert::Infallible>(response)
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        })?;
+    Ok(local)
 }

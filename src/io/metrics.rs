@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
 
 use crate::dataflow::model::DeadLetterReason;
 
@@ -54,9 +52,10 @@ impl Gauge {
     }
 }
 
-/// Upper bounds of the batch latency histogram, seconds.
-const LATENCY_BUCKETS_S: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+/// Upper bounds of the latency histograms, seconds: fine below a second, where the goal is.
+const LATENCY_BUCKETS_S: [f64; 18] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
 ];
 
 /// A histogram of durations.
@@ -70,20 +69,46 @@ pub struct Histogram {
 impl Histogram {
     /// Records one duration.
     pub fn observe(&self, duration: Duration) {
+        self.observe_many(duration, 1);
+    }
+
+    /// Records `n` equal durations (the messages of one batch).
+    pub fn observe_many(&self, duration: Duration, n: u64) {
         let seconds = duration.as_secs_f64();
         for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_S) {
             if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
+                bucket.fetch_add(n, Ordering::Relaxed);
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
         self.sum_us
-            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(duration.as_micros() as u64 * n, Ordering::Relaxed);
     }
 
     /// How many durations were recorded.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0 to 1), seconds; `None` when empty
+    /// or beyond the last bucket.
+    pub fn quantile_bound_s(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = (q * count as f64).ceil().max(1.0) as u64;
+        self.buckets
+            .iter()
+            .zip(LATENCY_BUCKETS_S)
+            .find(|(bucket, _)| bucket.load(Ordering::Relaxed) >= rank)
+            .map(|(_, bound)| bound)
+    }
+
+    /// The mean duration, seconds.
+    pub fn mean_s(&self) -> Option<f64> {
+        let count = self.count();
+        (count > 0).then(|| self.sum_us.load(Ordering::Relaxed) as f64 / 1e6 / count as f64)
     }
 }
 
@@ -109,6 +134,13 @@ pub struct Metrics {
     /// From reading a batch to the written frontier passing its watermark (everything the
     /// dataflow emitted at or before the batch's time is then durable).
     pub batch_latency: Histogram,
+    /// From a message's arrival at iotpipe to InfluxDB accepting its readings' points, one
+    /// observation per message.
+    pub influx_latency: Histogram,
+    /// Points InfluxDB accepted.
+    pub influx_points: Counter,
+    /// InfluxDB requests that failed and were made again.
+    pub influx_retries: Counter,
     records_out: Mutex<BTreeMap<String, Arc<Counter>>>,
     consumer_lag: Mutex<BTreeMap<i32, i64>>,
 }
@@ -233,6 +265,23 @@ impl Metrics {
             "From reading a batch to the written frontier passing its watermark.",
             &self.batch_latency,
         );
+        text.family(
+            "influx_points_total",
+            "counter",
+            "Points InfluxDB accepted.",
+            &TextFormat::plain(self.influx_points.get()),
+        );
+        text.family(
+            "influx_retries_total",
+            "counter",
+            "InfluxDB requests that failed and were made again.",
+            &TextFormat::plain(self.influx_retries.get()),
+        );
+        text.histogram(
+            "influx_latency_seconds",
+            "From a message's arrival to InfluxDB accepting its readings.",
+            &self.influx_latency,
+        );
         text.finish()
     }
 }
@@ -300,54 +349,20 @@ impl TextFormat {
 /// Serves `metrics` at `http://listen/metrics` from a thread of its own, for the life of the
 /// process; returns the address it listens on.
 pub fn serve<M: Exposed>(listen: SocketAddr, metrics: Arc<M>) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(error = %e, "metrics listener failed");
-                        return;
-                    }
-                };
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let metrics = Arc::clone(&metrics);
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let metrics = Arc::clone(&metrics);
-                            async move { Ok::<_, std::convert::Infallible>(respond(&req, &*metrics)) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            })
-        })?;
-    Ok(local)
+    crate::io::http::serve("metrics", listen, Arc::new(MetricsEndpoint(metrics)))
 }
 
-fn respond<M: Exposed>(req: &Request<Incoming>, metrics: &M) -> Response<Full<Bytes>> {
-    let (status, body) = if req.uri().path() == "/metrics" {
-        (200, metrics.render())
-    } else {
-        (404, "not found: try /metrics\n".to_owned())
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(body)))
-        .expect("a valid response")
+struct MetricsEndpoint<M>(Arc<M>);
+
+impl<M: Exposed> crate::io::http::Handler for MetricsEndpoint<M> {
+    async fn get(&self, path: &str, _query: &str) -> Response<Full<Bytes>> {
+        let content_type = "text/plain; version=0.0.4";
+        if path == "/metrics" {
+            crate::io::http::response(200, content_type, self.0.render())
+        } else {
+            crate::io::http::response(404, content_type, "not found: try /metrics\n")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct RunSummary {
     pub anomalies: BTreeMap<AnomalyKind, u64>,
     /// Alert events by kind.
     pub alert_events: BTreeMap<AlertEventKind, u64>,
+    /// Points InfluxDB accepted (none without InfluxDB).
+    #[serde(default)]
+    pub influx_points: u64,
     /// Wall-clock seconds of the run.
     pub elapsed_s: f64,
 }
@@ -94,6 +97,9 @@ impl fmt::Display for RunSummary {
         )?;
         for (kind, count) in &self.alert_events {
             writeln!(f, "  {:<20}{count}", kind.code())?;
+        }
+        if self.influx_points > 0 {
+            writeln!(f, "influxdb points   {}", self.influx_points)?;
         }
         writeln!(f, "elapsed           {:.3} s", self.elapsed_s)?;
         write!(

@@ -1,8 +1,6 @@
 //! A real InfluxDB 1.x (Debian `influxdb`) for tests: `influxd` on free loopback ports in a temp
 //! dir, killed on drop; and InfluxQL queries over plain HTTP.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,33 +74,17 @@ impl Influx {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Runs InfluxQL `q` on `db`; the JSON answer.
+    /// Runs InfluxQL `q` on `db`; the JSON answer, times in epoch ms.
     pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
         let (status, body) = self
-            .get(&format!("/query?db={db}&q={}", encode(q)))
+            .get(&format!("/query?db={db}&epoch=ms&q={}", encode(q)))
             .expect("influxd answers");
         assert_eq!(status, 200, "{q}: {body}");
         serde_json::from_str(&body).unwrap()
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b)?;
-        // Chunked answers: keep what lies between the chunk sizes.
-        let body = if text.contains("Transfer-Encoding: chunked") {
-            body.split("\r\n").skip(1).step_by(2).collect::<String>()
-        } else {
-            body.to_owned()
-        };
-        Some((status, body))
+        super::http_get(self.port, path)
     }
 
     /// Kills influxd (SIGKILL).

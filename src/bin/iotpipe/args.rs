@@ -9,6 +9,7 @@ use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::cluster::ClusterConfig;
+use iotpipe::io::influx::config::InfluxConfig;
 
 /// iotpipe: IoT telemetry on timely and differential dataflow.
 #[derive(Debug, Parser)]
@@ -195,6 +196,58 @@ impl NotifyArgs {
     }
 }
 
+/// InfluxDB output.
+#[derive(Debug, Args)]
+pub struct InfluxArgs {
+    /// Also write readings, aggregates, site rollups, anomalies and alert events to the
+    /// InfluxDB at this URL (`http://HOST:PORT`; 1.x, 2.x or 3.x, asked by `/ping`).
+    #[arg(long)]
+    pub influx_url: Option<String>,
+    /// InfluxDB settings, TOML: the fields of `iotpipe run`'s `[influx]` section (see the
+    /// README); `--influx-url` overrides its `url`.
+    #[arg(long)]
+    pub influx_config: Option<PathBuf>,
+    /// The 1.x database, 2.x bucket or 3.x database (default `iotpipe`).
+    #[arg(long)]
+    pub influx_database: Option<String>,
+    /// The environment variable holding the 2.x/3.x API token.
+    #[arg(long)]
+    pub influx_token_env: Option<String>,
+}
+
+impl InfluxArgs {
+    /// The InfluxDB configuration these flags describe (none: no InfluxDB output).
+    pub fn config(&self) -> Result<Option<InfluxConfig>, String> {
+        let mut config = match (&self.influx_config, &self.influx_url) {
+            (None, None) => {
+                if self.influx_database.is_some() || self.influx_token_env.is_some() {
+                    return Err("--influx-database and --influx-token-env need --influx-url                                 or --influx-config"
+                        .into());
+                }
+                return Ok(None);
+            }
+            (Some(path), _) => iotpipe::io::config::load_toml::<InfluxConfig>(path)
+                .map_err(|e| format!("--influx-config {e}"))?,
+            (None, Some(url)) => InfluxConfig::for_url(url),
+        };
+        if let Some(url) = &self.influx_url {
+            config.url = url.clone();
+        }
+        if let Some(database) = &self.influx_database {
+            config.database = database.clone();
+        }
+        if let Some(var) = &self.influx_token_env {
+            let token = std::env::var(var)
+                .map_err(|_| format!("--influx-token-env {var}: the variable is not set"))?;
+            config.token = Some(iotpipe::io::mqtt::Secret(token));
+        }
+        config
+            .validate()
+            .map_err(|e| format!("{e} (from --influx-url or --influx-config)"))?;
+        Ok(Some(config))
+    }
+}
+
 /// `iotpipe replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -213,6 +266,9 @@ pub struct ReplayArgs {
     /// Also write every reading's anomaly score to `scores.jsonl` (for evaluation).
     #[arg(long)]
     pub all_scores: bool,
+    /// InfluxDB output.
+    #[command(flatten)]
+    pub influx: InfluxArgs,
     /// Alert notifications.
     #[command(flatten)]
     pub notify: NotifyArgs,
@@ -239,9 +295,27 @@ pub struct DemoArgs {
     /// Random seed of the fleet.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Share of devices with an injected fault (spike, level shift, stuck value, silence).
+    #[arg(long, default_value_t = 0.01)]
+    pub fault_share: f64,
+    /// Seconds after the start when the first faults begin.
+    #[arg(long, default_value_t = 180)]
+    pub fault_start_s: u64,
+    /// Seconds over which fault starts spread after `--fault-start-s`.
+    #[arg(long, default_value_t = 420)]
+    pub fault_spread_s: u64,
     /// Print one summary line per second instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
+    /// Serve the dashboard at this address (`host:port`; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
+    /// InfluxDB output.
+    #[command(flatten)]
+    pub influx: InfluxArgs,
     /// Alert notifications.
     #[command(flatten)]
     pub notify: NotifyArgs,

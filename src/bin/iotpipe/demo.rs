@@ -1,17 +1,28 @@
 //! `iotpipe demo`: the simulated fleet through the dataflow in real time, with a live view.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::{Concat, Probe};
 
 use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
-use iotpipe::io::deliver::{DeliverInOrder, to_shared};
+use iotpipe::io::dashboard::Dashboard;
+use iotpipe::io::deliver::{DeliverInOrder, to_locked};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::influx::pool::InfluxPool;
+use iotpipe::io::influx::query::InfluxReader;
+use iotpipe::io::influx::sink::InfluxTarget;
+use iotpipe::io::influx::write_outputs;
+use iotpipe::io::latency::ArrivalLatency;
 use iotpipe::io::live::LiveStats;
+use iotpipe::io::metrics::Metrics;
 use iotpipe::io::notify::Notification;
 use iotpipe::io::source::PipelineSources;
 
@@ -19,6 +30,10 @@ use crate::args::DemoArgs;
 
 /// How often each worker moves the fleet's clock forward.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The most fleet time a worker sends in one tick when it catches up after InfluxDB held it
+/// back, ms.
+const CATCH_UP_MS: u64 = 1_000;
 
 /// Runs the demo until Ctrl-C or `--duration`.
 pub fn run(args: DemoArgs) -> Result<(), String> {
@@ -34,15 +49,44 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
     let cluster = args.cluster.config();
     let timely_config = cluster.to_timely().map_err(|e| e.to_string())?;
+    let listen: Option<SocketAddr> = if args.no_dashboard || !cluster.is_leader() {
+        None
+    } else {
+        Some(args.listen.parse().map_err(|e| {
+            format!(
+                "--listen {:?}: {e} (use host:port, e.g. 127.0.0.1:8080)",
+                args.listen
+            )
+        })?)
+    };
+    let metrics = Arc::new(Metrics::default());
+    let influx = match args.influx.config()? {
+        Some(config) => {
+            Some(InfluxPool::start(&config, Arc::clone(&metrics)).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let stats = LiveStats::new();
+    let stats = Arc::new(Mutex::new(if influx.is_some() {
+        stats.without_device_windows()
+    } else {
+        stats
+    }));
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64;
+    if !(0.0..=1.0).contains(&args.fault_share) {
+        return Err("--fault-share must be between 0 and 1 (default 0.01)".into());
+    }
+    let fault_start_ms = args.fault_start_s * 1000;
     let fleet_config = FleetConfig {
         devices: args.devices,
         rate_per_device: args.rate,
         seed: args.seed,
         start_ms: now_ms,
+        fault_share: args.fault_share,
+        fault_start_ms: (fault_start_ms, fault_start_ms + args.fault_spread_s * 1000),
         ..FleetConfig::default()
     };
     let registry_text = Fleet::new(fleet_config.clone()).registry_lines().join("\n");
@@ -69,6 +113,25 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         workers = cluster.workers,
         "demo starting"
     );
+    if let Some(listen) = listen {
+        let dashboard = Dashboard {
+            stats: Arc::clone(&stats),
+            metrics: Arc::clone(&metrics),
+            catalog: Arc::clone(schemas.catalog()),
+            influx: influx
+                .as_ref()
+                .map(|pool| InfluxReader::new(&pool.config.url, &pool.api, pool.config.timeout())),
+            window_ms: pipeline_config.window.length_ms,
+        };
+        let local = iotpipe::io::http::serve("dashboard", listen, Arc::new(dashboard))
+            .map_err(|e| format!("--listen {listen}: {e}"))?;
+        // Printed before the live view takes the screen, and for scripts that wait for it.
+        println!("dashboard at http://{local}/");
+        tracing::info!(%local, "dashboard");
+    }
+    let worker_influx = influx.clone();
+    let worker_metrics = Arc::clone(&metrics);
+    let worker_stats = Arc::clone(&stats);
 
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
@@ -79,28 +142,41 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             Arc::clone(&history),
             pipeline_config.event_time,
         );
-        let stats = Rc::new(RefCell::new(LiveStats::new()));
-        let view = Some(Rc::clone(&stats));
+        let view = (index == 0).then(|| Arc::clone(&worker_stats));
         let started = Instant::now();
         let mut sources = PipelineSources::new();
+        let influx_full = Rc::new(Cell::new(false));
+        let progress = ProbeHandle::new();
+        let stored = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let (outputs, counts) = sources.build(scope, &pipeline_config);
-            counts.deliver_in_order("ViewCounts", to_shared(&view, LiveStats::counts));
+            let counts = counts.probe_with(&progress);
+            let mut dead_letters = outputs.dead_letters.clone();
+            if let Some(pool) = &worker_influx {
+                let target = InfluxTarget {
+                    pool: pool.clone(),
+                    skip_before_ms: 0,
+                    full: Rc::clone(&influx_full),
+                };
+                let written = write_outputs(&outputs, &target, schemas.catalog());
+                written.readings.probe_with(&stored);
+                dead_letters = dead_letters.concat(written.rejected);
+            }
+            counts.deliver_in_order("ViewCounts", to_locked(&view, LiveStats::counts));
             outputs
                 .aggregates
-                .deliver_in_order("ViewAggregates", to_shared(&view, LiveStats::aggregates));
+                .deliver_in_order("ViewAggregates", to_locked(&view, LiveStats::aggregates));
             outputs
                 .site_rollups
-                .deliver_in_order("ViewRollups", to_shared(&view, LiveStats::site_rollups));
-            outputs
-                .dead_letters
-                .deliver_in_order("ViewDeadLetters", to_shared(&view, LiveStats::dead_letters));
+                .deliver_in_order("ViewRollups", to_locked(&view, LiveStats::site_rollups));
+            dead_letters
+                .deliver_in_order("ViewDeadLetters", to_locked(&view, LiveStats::dead_letters));
             outputs
                 .late
-                .deliver_in_order("ViewLate", to_shared(&view, LiveStats::late));
+                .deliver_in_order("ViewLate", to_locked(&view, LiveStats::late));
             outputs
                 .anomalies
-                .deliver_in_order("ViewAnomalies", to_shared(&view, LiveStats::anomalies));
+                .deliver_in_order("ViewAnomalies", to_locked(&view, LiveStats::anomalies));
             let alert_view = view.clone();
             let notifier = notifier.clone();
             let catalog = schemas.catalog().clone();
@@ -111,7 +187,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                         notifier.send(&Notification::for_events(&events, &catalog));
                     }
                     if let Some(view) = &alert_view {
-                        view.borrow_mut().alerts(events);
+                        view.lock().expect("not poisoned").alerts(events);
                     }
                 });
         });
@@ -124,26 +200,49 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         let mut lines = Vec::new();
         let mut next_render = started + Duration::from_secs(1);
         let mut stdout = std::io::stdout();
+        // The fleet's clock: real time, unless InfluxDB held the worker back, as a broker
+        // holds messages for a consumer that is behind.
+        let mut fleet_ms = now_ms;
+        let mut unstored = ArrivalLatency::default();
         while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
             if let Some(source) = source.as_mut() {
-                let event_now = now_ms + started.elapsed().as_millis() as u64;
-                lines.clear();
-                fleet.advance_to(event_now, &mut lines);
-                let mut batch = ingestor.start_batch();
-                for (_, line) in &lines {
-                    ingestor.ingest(line.as_bytes(), &mut batch);
+                let wall_ms = now_ms + started.elapsed().as_millis() as u64;
+                if !influx_full.get() && fleet_ms < wall_ms {
+                    let until_ms = wall_ms.min(fleet_ms + CATCH_UP_MS);
+                    lines.clear();
+                    fleet.advance_to(until_ms, &mut lines);
+                    let mut batch = ingestor.start_batch();
+                    for (_, line) in &lines {
+                        ingestor.ingest(line.as_bytes(), &mut batch);
+                    }
+                    // Latency counts from when the batch's first messages were due.
+                    let due = started + Duration::from_millis(fleet_ms - now_ms);
+                    unstored.arrived(batch.time_ms, due, lines.len() as u64);
+                    fleet_ms = until_ms;
+                    source.send(&mut batch);
+                    source.advance_to(ingestor.watermarker().watermark_ms());
+                    source.flush();
                 }
-                source.send(&mut batch);
-                source.advance_to(ingestor.watermarker().watermark_ms());
-                source.flush();
             }
             let tick_end = Instant::now() + TICK;
             while Instant::now() < tick_end {
                 worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
             }
+            if worker_influx.is_some() {
+                let frontier = stored.with_frontier(|f| f.first().copied());
+                unstored.passed(frontier, &worker_metrics.influx_latency);
+            }
+            if index == 0
+                && let Some(frontier) = progress.with_frontier(|f| f.first().copied())
+            {
+                let wall_ms = now_ms + started.elapsed().as_millis() as u64;
+                worker_metrics
+                    .watermark_lag_ms
+                    .set(wall_ms as i64 - frontier as i64);
+            }
             if index == 0 && Instant::now() >= next_render {
                 next_render += Duration::from_secs(1);
-                let stats = stats.borrow();
+                let stats = worker_stats.lock().expect("not poisoned");
                 let elapsed = started.elapsed().as_secs_f64();
                 if plain {
                     println!("{}", stats.line(elapsed));
@@ -157,16 +256,24 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         // Close the source: the frontier empties and every open window is emitted.
         drop(source);
         while worker.has_dataflows() {
-            worker.step_or_park(None);
+            worker.step_or_park(Some(Duration::from_millis(10)));
+            if worker_influx.is_some() {
+                let frontier = stored.with_frontier(|f| f.first().copied());
+                unstored.passed(frontier, &worker_metrics.influx_latency);
+            }
         }
+        unstored.passed(None, &worker_metrics.influx_latency);
         (index == 0).then(|| {
-            let mut totals = stats.borrow().totals.clone();
+            let mut totals = worker_stats.lock().expect("not poisoned").totals.clone();
             totals.elapsed_s = started.elapsed().as_secs_f64();
             totals
         })
     })
     .map_err(|e| format!("timely: {e}"))?;
     let results = guards.join();
+    if let Some(influx) = influx {
+        influx.finish();
+    }
     if let Some(notify) = notify {
         for report in notify.finish() {
             println!(
@@ -177,7 +284,21 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
     for result in results {
         match result {
-            Ok(Some(totals)) => println!("\nfinal\n{totals}"),
+            Ok(Some(mut totals)) => {
+                totals.influx_points = metrics.influx_points.get();
+                println!("\nfinal\n{totals}");
+                let latency = &metrics.influx_latency;
+                if let (Some(p50), Some(p99)) = (
+                    latency.quantile_bound_s(0.5),
+                    latency.quantile_bound_s(0.99),
+                ) {
+                    println!(
+                        "influx latency    p50 <= {p50} s, p99 <= {p99} s, mean {:.3} s ({} messages, this process)",
+                        latency.mean_s().unwrap_or_default(),
+                        latency.count()
+                    );
+                }
+            }
             Ok(None) => {}
             Err(e) => return Err(format!("worker failed: {e}")),
         }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use iotpipe::io::influx::pool::InfluxPool;
+use iotpipe::io::metrics::Metrics;
 use iotpipe::io::replay::{ReplayFiles, ReplayJob, replay};
 use iotpipe::io::schemas::load_registry;
 
@@ -24,7 +26,16 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     } else {
         None
     };
+    let metrics = Arc::new(Metrics::default());
+    // Process 0 writes nothing the others do not: every process writes its own share.
+    let influx = match args.influx.config()? {
+        Some(config) => {
+            Some(InfluxPool::start(&config, Arc::clone(&metrics)).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let job = ReplayJob {
+        influx: influx.clone(),
         notifier: notifier.as_ref().map(|n| n.handle()),
         events: args.events,
         registry: Arc::new(registry),
@@ -34,6 +45,9 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         chunk_bytes: args.chunk_bytes,
     };
     let result = replay(job, &cluster).map_err(|e| e.to_string());
+    if let Some(influx) = influx {
+        influx.finish();
+    }
     if let Some(notifier) = notifier {
         for report in notifier.finish() {
             println!(
@@ -47,7 +61,8 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
             );
         }
     }
-    if let Some(summary) = result? {
+    if let Some(mut summary) = result? {
+        summary.influx_points = metrics.influx_points.get();
         println!("{summary}");
         println!(
             "outputs           {} ({})",

@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         metrics_listen: config.metrics.listen,
         drain_timeout_ms: config.drain_timeout_ms,
         stop,
+        influx: config.influx.clone(),
     };
     run_service(job, &config.cluster).map_err(|e| e.to_string())
 }

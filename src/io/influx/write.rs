@@ -1,6 +1,8 @@
 //! Writing line protocol to InfluxDB over HTTP: the 1.x API (`/write`) or the 2.x/3.x one
-//! (`/api/v2/write`), gzip, retries with backoff on 5xx, 429 and timeouts; a 4xx other than
-//! 429 is the batch's fault and is returned to the caller.
+//! (`/api/v2/write`), gzip, retries with backoff on 5xx, 429, timeouts and refused connections.
+//! A 400, 413 or 422 is the batch's fault and is returned to the caller; any other 4xx (401,
+//! 403, 404: credentials, permissions, a database not yet created) is the deployment's, and is
+//! retried, loudly, until someone fixes it: dropping the batch would lose good points.
 
 use std::io::Write;
 use std::time::Duration;
@@ -36,7 +38,7 @@ pub enum InfluxApi {
     /// InfluxDB 2.x and 3.x: `POST /api/v2/write?org=..&bucket=..&precision=ms`, token
     /// authentication.
     V2 {
-        /// The organisation.
+        /// The organisation (empty for 3.x, which has none).
         org: String,
         /// The bucket (3.x: the database).
         bucket: String,
@@ -45,8 +47,8 @@ pub enum InfluxApi {
     },
 }
 
-/// A batch InfluxDB refused for good (a 4xx other than 429): a point in it is invalid, such
-/// as a field whose type conflicts with the series'.
+/// A batch InfluxDB refused for good (400, 413 or 422): a point in it is invalid, such as a
+/// field whose type conflicts with the series', or the batch is too large.
 #[derive(Debug, thiserror::Error)]
 #[error("influxdb refused the batch: HTTP {status}: {message}")]
 pub struct Rejected {
@@ -65,6 +67,8 @@ pub struct InfluxWriter {
     timeout: Duration,
     backoff: Backoff,
     retries: u64,
+    /// 1.x: the database, which iotpipe creates if missing.
+    database: Option<String>,
 }
 
 impl InfluxWriter {
@@ -93,6 +97,10 @@ impl InfluxWriter {
                 ))
             }
         };
+        let database = match api {
+            InfluxApi::V1 { database, .. } => Some(name("database", database)?),
+            InfluxApi::V2 { .. } => None,
+        };
         let (path_and_query, authorization) = match api {
             InfluxApi::V1 {
                 database,
@@ -114,14 +122,21 @@ impl InfluxWriter {
                 });
                 (query, authorization)
             }
-            InfluxApi::V2 { org, bucket, token } => (
-                format!(
-                    "/api/v2/write?org={}&bucket={}&precision=ms",
-                    name("org", org)?,
-                    name("bucket", bucket)?
-                ),
-                Some(format!("Token {}", token.0)),
-            ),
+            InfluxApi::V2 { org, bucket, token } => {
+                // 3.x needs no organisation.
+                let org = if org.is_empty() {
+                    String::new()
+                } else {
+                    format!("org={}&", name("org", org)?)
+                };
+                (
+                    format!(
+                        "/api/v2/write?{org}bucket={}&precision=ms",
+                        name("bucket", bucket)?
+                    ),
+                    Some(format!("Token {}", token.0)),
+                )
+            }
         };
         Ok(Self {
             http: HttpConnection::new(authority),
@@ -130,7 +145,39 @@ impl InfluxWriter {
             timeout,
             backoff,
             retries: 0,
+            database,
         })
+    }
+
+    /// 1.x: creates the database unless it exists (`CREATE DATABASE` changes nothing then). A
+    /// failure is logged and writing goes ahead: a user without the right may write to a
+    /// database an administrator made.
+    pub async fn ensure_database(&mut self) {
+        let Some(database) = &self.database else {
+            return;
+        };
+        let mut request = Request::post(format!("/query?q=CREATE%20DATABASE%20%22{database}%22"))
+            .header(hyper::header::HOST, self.http.authority());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        match self.http.send(request, self.timeout).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, body)) => tracing::warn!(
+                database = %database,
+                %status,
+                answer = %String::from_utf8_lossy(&body),
+                "could not create the influxdb database; writing to it anyway"
+            ),
+            Err(error) => tracing::warn!(
+                database = %database,
+                %error,
+                "could not create the influxdb database; writing to it anyway"
+            ),
+        }
     }
 
     /// Attempts that failed and were made again.
@@ -161,7 +208,7 @@ impl InfluxWriter {
         loop {
             let failure = match self.http.send(self.request(lines), self.timeout).await {
                 Ok((status, _)) if status.is_success() => return Ok(()),
-                Ok((status, body)) if status.is_client_error() && status.as_u16() != 429 => {
+                Ok((status, body)) if matches!(status.as_u16(), 400 | 413 | 422) => {
                     return Err(Rejected {
                         status: status.as_u16(),
                         message: String::from_utf8_lossy(&body).trim().to_owned(),

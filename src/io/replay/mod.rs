@@ -10,7 +10,7 @@
 mod chunks;
 mod output;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Inspect};
+use timely::dataflow::operators::{Concat, Input, Inspect};
 
 pub use chunks::{Chunk, ChunkedFile};
 pub use output::ReplayFiles;
@@ -33,6 +33,9 @@ use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::deliver::{DeliverInOrder, to_shared};
+use crate::io::influx::pool::InfluxPool;
+use crate::io::influx::sink::InfluxTarget;
+use crate::io::influx::write_outputs;
 use crate::io::notify::{Notification, NotifierHandle};
 use crate::io::source::{PipelineSources, SourceInputs, VecInput};
 use crate::io::summary::RunSummary;
@@ -54,6 +57,8 @@ pub struct ReplayJob {
     pub chunk_bytes: u64,
     /// Where alert events are notified (process 0's).
     pub notifier: Option<NotifierHandle>,
+    /// The InfluxDB every output is also written to, if any.
+    pub influx: Option<InfluxPool>,
 }
 
 /// A replay that could not run.
@@ -170,8 +175,19 @@ fn run_worker(
     });
 
     let mut sources = PipelineSources::new();
+    let influx_full = Rc::new(Cell::new(false));
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
+        let mut dead_letters = outputs.dead_letters.clone();
+        if let Some(pool) = &job.influx {
+            let target = InfluxTarget {
+                pool: pool.clone(),
+                skip_before_ms: 0,
+                full: Rc::clone(&influx_full),
+            };
+            let written = write_outputs(&outputs, &target, job.schemas.catalog());
+            dead_letters = dead_letters.concat(written.rejected);
+        }
         outputs.aggregates.deliver_in_order(
             "WriteAggregates",
             to_shared(&files, ReplayFiles::aggregates),
@@ -180,7 +196,7 @@ fn run_worker(
             "WriteSiteRollups",
             to_shared(&files, ReplayFiles::site_rollups),
         );
-        outputs.dead_letters.deliver_in_order(
+        dead_letters.deliver_in_order(
             "WriteDeadLetters",
             to_shared(&files, ReplayFiles::dead_letters),
         );
@@ -219,8 +235,8 @@ fn run_worker(
         &mut sources.source,
         &mut ledger,
         &prefixes,
-        index,
-        peers,
+        (index, peers),
+        &influx_full,
     );
     drop(sources);
     drop(ledger);
@@ -247,8 +263,8 @@ fn feed_chunks(
     source: &mut SourceInputs,
     ledger: &mut VecInput<u64, (u64, Option<TimeMs>)>,
     prefixes: &Rc<RefCell<HashMap<u64, Option<TimeMs>>>>,
-    index: usize,
-    peers: usize,
+    (index, peers): (usize, usize),
+    influx_full: &Cell<bool>,
 ) -> std::io::Result<()> {
     type DecodedChunk = (Chunk, Vec<Result<Decoded, DeadLetter>>);
     let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
@@ -310,6 +326,10 @@ fn feed_chunks(
         source.flush();
         prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
         worker.step();
+        // InfluxDB is behind: wait for it rather than queue the file in memory.
+        while influx_full.get() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
         spare = (chunk, decoded);
         k = next_k;
         current = next;

@@ -12,6 +12,9 @@
 //! | `IOTPIPE_CLUSTER_PROCESS` | `cluster.process` |
 //! | `IOTPIPE_CLUSTER_HOSTFILE` | `cluster.hostfile` |
 //! | `IOTPIPE_METRICS_LISTEN` | `metrics.listen` |
+//! | `IOTPIPE_INFLUX_URL` | `influx.url` |
+//! | `IOTPIPE_INFLUX_PASSWORD` | `influx.password` |
+//! | `IOTPIPE_INFLUX_TOKEN` | `influx.token` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use crate::io::cluster::ClusterConfig;
 use crate::io::config::{
     ConfigError, EnvOverride, integer, load_toml_with_overrides, parse_toml_with_overrides, text,
 };
+use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::kafka::KafkaConfig;
 use crate::io::kafka::source::SourceConfig;
 
@@ -52,6 +56,10 @@ pub struct RunConfig {
     /// How long a stopping process waits for its records to be acknowledged (ms).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// The InfluxDB readings, aggregates, rollups, anomalies and alert events also go to
+    /// (none: not written).
+    #[serde(default)]
+    pub influx: Option<InfluxConfig>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -72,6 +80,9 @@ pub enum RunConfigError {
     /// The file could not be read or parsed, or an environment override does not fit.
     #[error(transparent)]
     File(#[from] ConfigError),
+    /// A field of `[influx]` cannot work.
+    #[error(transparent)]
+    Influx(#[from] InfluxConfigError),
     /// A field's value cannot work.
     #[error("{field}: {message}")]
     Invalid {
@@ -82,7 +93,7 @@ pub enum RunConfigError {
     },
 }
 
-const OVERRIDES: [EnvOverride; 7] = [
+const OVERRIDES: [EnvOverride; 10] = [
     text("IOTPIPE_KAFKA_BROKERS", &["kafka", "brokers"]),
     text("IOTPIPE_KAFKA_GROUP_ID", &["kafka", "group_id"]),
     integer("IOTPIPE_CLUSTER_WORKERS", &["cluster", "workers"]),
@@ -90,6 +101,9 @@ const OVERRIDES: [EnvOverride; 7] = [
     integer("IOTPIPE_CLUSTER_PROCESS", &["cluster", "process"]),
     text("IOTPIPE_CLUSTER_HOSTFILE", &["cluster", "hostfile"]),
     text("IOTPIPE_METRICS_LISTEN", &["metrics", "listen"]),
+    text("IOTPIPE_INFLUX_URL", &["influx", "url"]),
+    text("IOTPIPE_INFLUX_PASSWORD", &["influx", "password"]),
+    text("IOTPIPE_INFLUX_TOKEN", &["influx", "token"]),
 ];
 
 impl RunConfig {
@@ -134,6 +148,9 @@ impl RunConfig {
         }
         if self.source.max_batch_messages == 0 {
             return invalid("source.max_batch_messages", "must be at least 1".into());
+        }
+        if let Some(influx) = &self.influx {
+            influx.validate()?;
         }
         Ok(())
     }

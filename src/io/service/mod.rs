@@ -16,7 +16,6 @@
 pub mod config;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concatenate, Input, Inspect, Probe};
+use timely::dataflow::operators::{Concat, Concatenate, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dataflow::PipelineConfig;
@@ -33,11 +32,16 @@ use crate::dataflow::model::TimeMs;
 use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
+use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
+use crate::io::influx::pool::InfluxPool;
+use crate::io::influx::sink::InfluxTarget;
+use crate::io::influx::write_outputs;
 use crate::io::jsonl;
 use crate::io::kafka::registry::{LiveRegistry, RegistryFollower};
 use crate::io::kafka::sink::{ProduceTo, SinkProducer, SinkTarget};
 use crate::io::kafka::source::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
 use crate::io::kafka::{KafkaConfig, KafkaSetupError};
+use crate::io::latency::ArrivalLatency;
 use crate::io::metrics::{self, Metrics};
 use crate::io::source::{PipelineSources, VecInput};
 
@@ -58,6 +62,8 @@ pub struct ServiceJob {
     pub drain_timeout_ms: u64,
     /// Set to stop (SIGTERM).
     pub stop: Arc<AtomicBool>,
+    /// The InfluxDB readings, aggregates, rollups, anomalies and alert events also go to.
+    pub influx: Option<InfluxConfig>,
 }
 
 /// The service could not run.
@@ -77,6 +83,9 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
+    /// InfluxDB could not be set up.
+    #[error(transparent)]
+    Influx(#[from] InfluxConfigError),
     /// Timely could not start (a peer is unreachable, for example).
     #[error("timely: {0}")]
     Timely(String),
@@ -106,6 +115,11 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
     )?;
     let producer = SinkProducer::create(&job.kafka, Arc::clone(&metrics))?;
     let worker_producer = producer.clone();
+    let influx = match &job.influx {
+        Some(config) => Some(InfluxPool::start(config, Arc::clone(&metrics))?),
+        None => None,
+    };
+    let worker_influx = influx.clone();
     let changes = Arc::new(Mutex::new(Some(changes)));
     tracing::info!(
         brokers = %job.kafka.brokers,
@@ -126,6 +140,7 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
             live: &live,
             metrics: &metrics,
             producer: &worker_producer,
+            influx: worker_influx.as_ref(),
             changes,
         };
         run_worker(worker, context)
@@ -142,6 +157,9 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
     // Checkpoints are produced detached: make sure the last ones are out.
     if !producer.flush(Duration::from_millis(job.drain_timeout_ms)) {
         tracing::warn!("stopped with records unacknowledged; the next run writes them again");
+    }
+    if let Some(influx) = influx {
+        influx.finish();
     }
     tracing::info!("workers stopped");
     job.stop.store(true, Ordering::Release);
@@ -160,6 +178,7 @@ struct WorkerContext<'a> {
     live: &'a Arc<LiveRegistry>,
     metrics: &'a Arc<Metrics>,
     producer: &'a SinkProducer,
+    influx: Option<&'a InfluxPool>,
     changes: Option<Receiver<RegistryChange>>,
 }
 
@@ -178,6 +197,7 @@ fn run_worker(
         live,
         metrics,
         producer,
+        influx,
         changes,
     } = context;
     let index = worker.index();
@@ -220,8 +240,10 @@ fn run_worker(
     });
 
     let full = Rc::new(Cell::new(false));
+    let influx_full = Rc::new(Cell::new(false));
     let source_probe = ProbeHandle::new();
     let written_probe = ProbeHandle::new();
+    let influx_probe = ProbeHandle::new();
     let mut sources = PipelineSources::new();
     let target = |topic: &str| SinkTarget {
         producer: producer.clone(),
@@ -235,10 +257,21 @@ fn run_worker(
         counts.probe_with(&source_probe);
         let topics = &job.kafka.topics;
         let catalog = Arc::clone(job.schemas.catalog());
+        let mut dead_letters = outputs.dead_letters.clone();
+        if let Some(pool) = influx {
+            let target = InfluxTarget {
+                pool: pool.clone(),
+                skip_before_ms: source.skip_before_ms(),
+                full: Rc::clone(&influx_full),
+            };
+            let written = write_outputs(&outputs, &target, &catalog);
+            written.readings.probe_with(&influx_probe);
+            // Refused points are dead letters like any other; the dead-letter sink's frontier
+            // then waits for InfluxDB too, so commits do.
+            dead_letters = dead_letters.concat(written.rejected);
+        }
         let counted = Arc::clone(metrics);
-        let dead_letters = outputs
-            .dead_letters
-            .inspect(move |d| counted.dead_letter(d.reason));
+        let dead_letters = dead_letters.inspect(move |d| counted.dead_letter(d.reason));
         let counted = Arc::clone(metrics);
         // Late readings are counted here; the file of them is `replay`'s.
         outputs.late.inspect(move |_| counted.late_readings.inc());
@@ -288,23 +321,23 @@ fn run_worker(
     let lead_ms = event_time.allowed_lateness_ms + event_time.max_clock_skew_ms;
     let mut round = 0_u64;
     let mut last_report = Instant::now() - Duration::from_secs(1);
-    // (input time of a batch, when it was read): observed as latency once written.
-    let mut unwritten: VecDeque<(TimeMs, Instant)> = VecDeque::new();
+    // Batches read, observed as latency once written; messages, once InfluxDB has them.
+    let mut unwritten = ArrivalLatency::default();
+    let mut unstored = ArrivalLatency::default();
     let mut last_status = Instant::now();
     while !job.stop.load(Ordering::Acquire) {
         let now = Instant::now();
-        let read = if full.get() {
+        let read = if full.get() || influx_full.get() {
             0
         } else {
             let floor = floor.borrow().floor(now);
             source.poll(&mut sources.source, floor)
         };
-        if read > 0
-            && unwritten
-                .back()
-                .is_none_or(|(t, _)| *t < sources.source.time())
-        {
-            unwritten.push_back((sources.source.time(), now));
+        if read > 0 {
+            unwritten.arrived(sources.source.time(), now, 1);
+            if influx.is_some() {
+                unstored.arrived(sources.source.time(), now, read as u64);
+            }
         }
         sources.source.flush();
         if let (Some(changes), Some(input)) = (&registry_changes, sources.registry_input()) {
@@ -339,11 +372,12 @@ fn run_worker(
         producer.resend_failed();
         if let Some(written) = written_probe.with_frontier(|f| f.first().copied()) {
             metrics.written_frontier_ms.set(written as i64);
-            while unwritten.front().is_some_and(|(t, _)| *t < written) {
-                let (_, read_at) = unwritten.pop_front().expect("checked");
-                metrics.batch_latency.observe(read_at.elapsed());
-            }
+            unwritten.passed(Some(written), &metrics.batch_latency);
             source.commit(written, false);
+        }
+        if influx.is_some() {
+            let stored = influx_probe.with_frontier(|f| f.first().copied());
+            unstored.passed(stored, &metrics.influx_latency);
         }
         let park = (read == 0).then_some(Duration::from_millis(1));
         worker.step_or_park(park);

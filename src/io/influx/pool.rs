@@ -1,0 +1,241 @@
+//! One process's InfluxDB writers: a bounded queue of batches, `max_in_flight` requests at a
+//! time, and each batch's outcome sent back to the sink that made it.
+//!
+//! A refused batch (400, 413, 422) is halved and each half written again until every refused
+//! record stands alone: good points land (writing a point twice leaves one point), and only the
+//! records InfluxDB refuses on their own become dead letters, with its reason.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use timely::scheduling::SyncActivator;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::dataflow::model::{DeadLetter, DeadLetterReason, TimeMs};
+use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
+use crate::io::influx::write::{InfluxApi, InfluxWriter, Rejected};
+use crate::io::metrics::Metrics;
+
+/// Records' line protocol, on their way to InfluxDB together.
+pub struct InfluxBatch {
+    /// The line protocol of every record, one or more points each.
+    pub lines: Vec<u8>,
+    /// Where each record's points end in `lines`.
+    pub ends: Vec<usize>,
+    /// Each record's timely time.
+    pub times: Vec<TimeMs>,
+    /// Where the outcome goes.
+    pub reply: BatchReply,
+}
+
+impl InfluxBatch {
+    /// An empty batch answering to `reply`.
+    pub fn new(reply: BatchReply) -> Self {
+        Self {
+            lines: Vec::new(),
+            ends: Vec::new(),
+            times: Vec::new(),
+            reply,
+        }
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The line protocol of records `from..to`.
+    fn records(&self, from: usize, to: usize) -> &[u8] {
+        let start = if from == 0 { 0 } else { self.ends[from - 1] };
+        &self.lines[start..self.ends[to - 1]]
+    }
+}
+
+/// The channel back to a sink, and the handle that wakes it.
+#[derive(Clone)]
+pub struct BatchReply {
+    /// Outcomes of the sink's batches.
+    pub outcomes: Sender<BatchOutcome>,
+    /// Schedules the sink's operator.
+    pub activator: SyncActivator,
+}
+
+/// What became of a batch: it is written, but for the records in `rejected`.
+pub struct BatchOutcome {
+    /// The times of the batch's records, one entry per record.
+    pub times: Vec<TimeMs>,
+    /// The records InfluxDB refused on their own, as dead letters, at their times.
+    pub rejected: Vec<(TimeMs, DeadLetter)>,
+}
+
+/// A process's InfluxDB writers; clones share them.
+#[derive(Clone)]
+pub struct InfluxPool {
+    queue: tokio::sync::mpsc::Sender<InfluxBatch>,
+    /// Batch size and linger, for the sinks.
+    pub config: Arc<InfluxConfig>,
+    /// The API resolved at start, for readers of the same database.
+    pub api: InfluxApi,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl InfluxPool {
+    /// Resolves the API (asking `/ping` for `auto`), creates the 1.x database if missing, and
+    /// starts the writers on a thread of their own.
+    pub fn start(config: &InfluxConfig, metrics: Arc<Metrics>) -> Result<Self, InfluxConfigError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| InfluxConfigError {
+                field: "url",
+                message: format!("cannot start the writer runtime: {e}"),
+            })?;
+        let api = runtime.block_on(config.resolve())?;
+        let mut writers = (0..config.max_in_flight)
+            .map(|_| InfluxWriter::new(&config.url, &api, config.timeout(), config.backoff))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|message| InfluxConfigError {
+                field: "url",
+                message,
+            })?;
+        runtime.block_on(writers[0].ensure_database());
+        let (queue, batches) = tokio::sync::mpsc::channel(config.queue_batches);
+        let batches = Arc::new(tokio::sync::Mutex::new(batches));
+        let thread = std::thread::Builder::new()
+            .name("influx-writer".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = writers
+                        .into_iter()
+                        .map(|writer| {
+                            tokio::spawn(write_batches(
+                                writer,
+                                Arc::clone(&batches),
+                                Arc::clone(&metrics),
+                            ))
+                        })
+                        .collect();
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                })
+            })
+            .map_err(|e| InfluxConfigError {
+                field: "url",
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::info!(url = %config.url, ?api, "writing to influxdb");
+        Ok(Self {
+            queue,
+            config: Arc::new(config.clone()),
+            api,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Moves batches from the front of `waiting` into the queue until it is full (the caller
+    /// then holds the dataflow back and tries again).
+    pub fn send_waiting(&self, waiting: &mut VecDeque<InfluxBatch>) {
+        while !waiting.is_empty() {
+            match self.queue.try_reserve() {
+                Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                Err(TrySendError::Full(())) => return,
+                Err(TrySendError::Closed(())) => panic!("the influxdb writer thread has stopped"),
+            }
+        }
+    }
+
+    /// Waits for the writers to finish what is queued; the sinks' clones must be gone.
+    pub fn finish(self) {
+        let thread = self.thread.lock().expect("not poisoned").take();
+        drop(self.queue);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn write_batches(
+    mut writer: InfluxWriter,
+    batches: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<InfluxBatch>>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let next = batches.lock().await.recv().await;
+        let Some(batch) = next else {
+            return;
+        };
+        let retries_before = writer.retries();
+        let rejected = write_halving(&mut writer, &batch).await;
+        metrics
+            .influx_retries
+            .add(writer.retries() - retries_before);
+        let points = batch.lines.iter().filter(|b| **b == b'\n').count();
+        let refused: usize = rejected
+            .iter()
+            .map(|(i, _)| {
+                batch
+                    .records(*i, *i + 1)
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+            })
+            .sum();
+        metrics.influx_points.add((points - refused) as u64);
+        let rejected = rejected
+            .into_iter()
+            .map(|(i, refusal)| {
+                let raw = String::from_utf8_lossy(batch.records(i, i + 1))
+                    .trim_end()
+                    .to_owned();
+                tracing::warn!(status = refusal.status, reason = %refusal.message, "influxdb refused a point");
+                let dead = DeadLetter {
+                    reason: DeadLetterReason::StoreRejected,
+                    detail: format!("influxdb: HTTP {}: {}", refusal.status, refusal.message),
+                    raw,
+                    origin: None,
+                };
+                (batch.times[i], dead)
+            })
+            .collect();
+        let InfluxBatch { times, reply, .. } = batch;
+        // A sink that is gone (its dataflow dropped on shutdown) needs no answer.
+        if reply
+            .outcomes
+            .send(BatchOutcome { times, rejected })
+            .is_ok()
+        {
+            let _ = reply.activator.activate();
+        }
+    }
+}
+
+/// Writes the batch; on a refusal, each half again, down to single records. Returns the
+/// records refused on their own.
+async fn write_halving(writer: &mut InfluxWriter, batch: &InfluxBatch) -> Vec<(usize, Rejected)> {
+    let mut refused = Vec::new();
+    let mut ranges = vec![(0, batch.len())];
+    while let Some((from, to)) = ranges.pop() {
+        if from == to {
+            continue;
+        }
+        match writer.write(batch.records(from, to)).await {
+            Ok(()) => {}
+            Err(refusal) if to - from == 1 => refused.push((from, refusal)),
+            Err(_) => {
+                let middle = from + (to - from) / 2;
+                ranges.push((middle, to));
+                ranges.push((from, middle));
+            }
+        }
+    }
+    refused
+}

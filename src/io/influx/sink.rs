@@ -1,0 +1,157 @@
+//! The dataflow operator that writes a stream to InfluxDB, and knows when it is written.
+//!
+//! As the Kafka sinks do (see [`crate::io::kafka::sink`]), a sink holds a capability at each
+//! time until InfluxDB has accepted every point of that time, so the frontier of its output is
+//! the time before which the stream is stored: commits and latency follow it. Its output
+//! carries the records InfluxDB refused, as dead letters, at their times.
+//!
+//! Records gather into batches of up to `batch_points` records, sent when full or when the
+//! oldest has waited `linger_ms`. When the process's queue of batches is full, the sink keeps
+//! its batches and sets `full`, and the source stops reading: a slow or dead InfluxDB holds the
+//! dataflow back instead of losing points or growing memory.
+
+use std::cell::Cell;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::dataflow::EventStream;
+use crate::dataflow::model::{DeadLetter, TimeMs};
+use crate::io::influx::pool::{BatchReply, InfluxBatch, InfluxPool};
+
+/// Where a sink writes.
+#[derive(Clone)]
+pub struct InfluxTarget {
+    /// The process's writers.
+    pub pool: InfluxPool,
+    /// Records at times before this were written by an earlier run: they are skipped.
+    pub skip_before_ms: TimeMs,
+    /// Set while this worker's batches wait for room in the queue: the source should pause.
+    pub full: Rc<Cell<bool>>,
+}
+
+/// Writes a stream to InfluxDB.
+pub trait WriteToInflux<'scope, D> {
+    /// Writes each record as `encode` appends its line protocol (one or more points, or none)
+    /// to the buffer; returns the refused records as dead letters, in a stream whose frontier
+    /// is the time before which InfluxDB holds everything of this stream.
+    fn write_to_influx<F>(
+        self,
+        name: &str,
+        target: InfluxTarget,
+        encode: F,
+    ) -> EventStream<'scope, DeadLetter>
+    where
+        F: FnMut(&D, &mut Vec<u8>) + 'static;
+}
+
+impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope, D> {
+    fn write_to_influx<F>(
+        self,
+        name: &str,
+        target: InfluxTarget,
+        mut encode: F,
+    ) -> EventStream<'scope, DeadLetter>
+    where
+        F: FnMut(&D, &mut Vec<u8>) + 'static,
+    {
+        let scope = self.scope();
+        let batch_points = target.pool.config.batch_points;
+        let linger = Duration::from_millis(target.pool.config.linger_ms);
+        self.unary_frontier::<CapacityContainerBuilder<Vec<DeadLetter>>, _, _, _>(
+            Pipeline,
+            name,
+            move |_initial, info| {
+                let activator = scope.activator_for(info.address.clone());
+                let (outcomes, replies) = std::sync::mpsc::channel();
+                let reply = BatchReply {
+                    outcomes,
+                    activator: scope.worker().sync_activator_for(info.address.to_vec()),
+                };
+                // Per time: its capability and how many sent batches still hold its records.
+                let mut held: BTreeMap<TimeMs, (Capability<TimeMs>, usize)> = BTreeMap::new();
+                let mut open = InfluxBatch::new(reply.clone());
+                let mut opened_at = Instant::now();
+                let mut waiting: VecDeque<InfluxBatch> = VecDeque::new();
+                move |(input, frontier), output| {
+                    for outcome in replies.try_iter() {
+                        for (time, dead) in outcome.rejected {
+                            let (cap, _) = &held[&time];
+                            output.session(cap).give(dead);
+                        }
+                        for time in distinct(&outcome.times) {
+                            held.get_mut(&time).expect("a sent time is held").1 -= 1;
+                        }
+                    }
+                    let mut seal = |open: &mut InfluxBatch, held: &mut BTreeMap<_, _>| {
+                        let batch = std::mem::replace(open, InfluxBatch::new(reply.clone()));
+                        for time in distinct(&batch.times) {
+                            let (_, batches): &mut (Capability<TimeMs>, usize) =
+                                held.get_mut(&time).expect("an open time is held");
+                            *batches += 1;
+                        }
+                        waiting.push_back(batch);
+                    };
+                    input.for_each(|cap, records| {
+                        let Some(time) = cap.least().copied() else {
+                            return;
+                        };
+                        if time < target.skip_before_ms {
+                            return;
+                        }
+                        if let Entry::Vacant(entry) = held.entry(time) {
+                            let Some(retained) = cap.retain_least(0) else {
+                                return;
+                            };
+                            entry.insert((retained, 0));
+                        }
+                        for record in records.drain(..) {
+                            let before = open.lines.len();
+                            encode(&record, &mut open.lines);
+                            if open.lines.len() == before {
+                                continue;
+                            }
+                            if open.is_empty() {
+                                opened_at = Instant::now();
+                            }
+                            open.ends.push(open.lines.len());
+                            open.times.push(time);
+                            if open.len() >= batch_points {
+                                seal(&mut open, &mut held);
+                            }
+                        }
+                    });
+                    if !open.is_empty() && (opened_at.elapsed() >= linger || frontier.is_empty()) {
+                        seal(&mut open, &mut held);
+                    }
+                    target.pool.send_waiting(&mut waiting);
+                    target.full.set(!waiting.is_empty());
+                    // A time is written once no record can still come for it, none waits in
+                    // the open batch, and InfluxDB has answered every batch holding it.
+                    held.retain(|time, (_, batches)| {
+                        frontier.less_equal(time) || *batches > 0 || open.times.contains(time)
+                    });
+                    if !waiting.is_empty() {
+                        activator.activate_after(Duration::from_millis(2));
+                    } else if !open.is_empty() {
+                        activator.activate_after(linger.saturating_sub(opened_at.elapsed()));
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// The distinct times of a batch's records (mostly one run of equal times).
+fn distinct(times: &[TimeMs]) -> Vec<TimeMs> {
+    let mut distinct = times.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}

@@ -1,0 +1,282 @@
+//! `iotpipe replay --influx-url` against a real InfluxDB 1.6 (Debian `influxdb`): what InfluxDB
+//! holds afterwards, read back with InfluxQL, is what the output files say; a second replay
+//! leaves the same points; InfluxDB stopped for 30 s mid-replay loses nothing; and the Grafana
+//! dashboard's queries answer over the same measurements.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::influx::Influx;
+use common::{Dataset, START_MS};
+use serde_json::Value;
+
+const DEVICES: usize = 200;
+const SECONDS: u64 = 420;
+
+/// Time bounds of every query: InfluxDB scans only what they cover.
+fn span() -> String {
+    format!(
+        "time >= {}ms AND time < {}ms",
+        START_MS - 3_600_000,
+        START_MS + 3_600_000
+    )
+}
+
+fn replay_command(data: &Dataset, out: &Path, influx_args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iotpipe"));
+    command
+        .args(["replay", "--events"])
+        .arg(&data.events)
+        .arg("--registry")
+        .arg(&data.registry)
+        .arg("--out")
+        .arg(out)
+        .args(["-w", "2"])
+        .args(influx_args);
+    command
+}
+
+fn replay(data: &Dataset, out: &Path, influx: &Influx) -> String {
+    let output = replay_command(data, out, &["--influx-url", &influx.url()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// (device, metric, window start, site) -> (count, min, max, mean, threshold breaches).
+type Windows = BTreeMap<(String, String, u64, String), (u64, f64, f64, f64, u64)>;
+
+fn windows_in_file(out: &Path) -> Windows {
+    common::sorted_lines(&out.join("aggregates.jsonl"))
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (
+                (
+                    v["device_id"].as_str().unwrap().to_owned(),
+                    v["metric"].as_str().unwrap().to_owned(),
+                    v["window_start_ms"].as_u64().unwrap(),
+                    v["site"].as_str().unwrap().to_owned(),
+                ),
+                (
+                    v["count"].as_u64().unwrap(),
+                    v["min"].as_f64().unwrap(),
+                    v["max"].as_f64().unwrap(),
+                    v["mean"].as_f64().unwrap(),
+                    v["threshold_breaches"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn windows_in_influx(influx: &Influx) -> Windows {
+    let answer = influx.query(
+        "iotpipe",
+        &format!(
+            "SELECT \"count\", \"min\", \"max\", \"mean\", \"threshold_breaches\" \
+             FROM iotpipe_aggregate WHERE {} GROUP BY \"device_id\", \"metric\", \"site\"",
+            span()
+        ),
+    );
+    let mut windows = Windows::new();
+    for series in answer["results"][0]["series"].as_array().unwrap() {
+        let tags = &series["tags"];
+        let tag = |k: &str| tags[k].as_str().unwrap().to_owned();
+        for row in series["values"].as_array().unwrap() {
+            windows.insert(
+                (
+                    tag("device_id"),
+                    tag("metric"),
+                    row[0].as_u64().unwrap(),
+                    tag("site"),
+                ),
+                (
+                    row[1].as_u64().unwrap(),
+                    row[2].as_f64().unwrap(),
+                    row[3].as_f64().unwrap(),
+                    row[4].as_f64().unwrap(),
+                    row[5].as_u64().unwrap(),
+                ),
+            );
+        }
+    }
+    windows
+}
+
+/// One number from a query of one row (`None` when no series answers).
+fn number(influx: &Influx, q: &str) -> Option<u64> {
+    let answer = influx.query("iotpipe", q);
+    answer["results"][0]["series"][0]["values"][0][1].as_u64()
+}
+
+fn line_count(path: &Path) -> u64 {
+    std::fs::read_to_string(path).unwrap().lines().count() as u64
+}
+
+/// Aggregates, rollups, readings and alert events in InfluxDB match the replay's files.
+fn assert_influx_holds_the_outputs(influx: &Influx, out: &Path) {
+    let expected = windows_in_file(out);
+    assert!(
+        expected.len() > 1_000,
+        "too few windows: {}",
+        expected.len()
+    );
+    let stored = windows_in_influx(influx);
+    assert_eq!(stored.len(), expected.len(), "aggregate points");
+    for (key, want) in &expected {
+        assert_eq!(stored.get(key), Some(want), "window {key:?}");
+    }
+    let rollups = number(
+        influx,
+        &format!(
+            "SELECT count(\"count\") FROM iotpipe_site_rollup WHERE {}",
+            span()
+        ),
+    );
+    assert_eq!(rollups, Some(line_count(&out.join("site_rollups.jsonl"))));
+    let alerts = number(
+        influx,
+        &format!("SELECT count(alert_id) FROM iotpipe_alert WHERE {}", span()),
+    );
+    assert_eq!(
+        alerts.unwrap_or(0),
+        line_count(&out.join("alerts.jsonl")),
+        "alert events"
+    );
+    // Every aggregated reading is a field of a reading point.
+    let aggregated: u64 = expected.values().map(|w| w.0).sum();
+    let answer = influx.query(
+        "iotpipe",
+        &format!("SELECT count(*) FROM iotpipe_reading WHERE {}", span()),
+    );
+    let row = answer["results"][0]["series"][0]["values"][0]
+        .as_array()
+        .unwrap();
+    let readings: u64 = row[1..].iter().filter_map(Value::as_u64).sum();
+    assert_eq!(readings, aggregated, "reading fields");
+}
+
+#[test]
+fn a_replay_lands_in_influxdb_as_its_files_say_and_a_second_leaves_the_same_points() {
+    let data = common::dataset(DEVICES, SECONDS);
+    let influx = Influx::start();
+    let out = data.dir.path().join("out");
+    let stdout = replay(&data, &out, &influx);
+    assert!(stdout.contains("influxdb points"), "{stdout}");
+    assert_influx_holds_the_outputs(&influx, &out);
+    let series = influx.query("iotpipe", "SHOW SERIES CARDINALITY");
+    replay(&data, &out, &influx);
+    assert_influx_holds_the_outputs(&influx, &out);
+    assert_eq!(
+        influx.query("iotpipe", "SHOW SERIES CARDINALITY"),
+        series,
+        "a second replay made new series"
+    );
+    grafana_queries_answer(&influx, &out);
+}
+
+/// Every panel query of `deploy/grafana` runs against what a replay wrote, and answers.
+fn grafana_queries_answer(influx: &Influx, out: &Path) {
+    // The dashboard's variables: a device of the replay, its site and a metric it has.
+    let first = &common::sorted_lines(&out.join("aggregates.jsonl"))[0];
+    let first: Value = serde_json::from_str(first).unwrap();
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/dashboards/iotpipe.json")).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let q = target["query"].as_str().unwrap();
+            // Grafana's macros, for a range over the data and a 1-minute interval.
+            let q = q
+                .replace("$timeFilter", &span())
+                .replace("$__interval", "1m")
+                .replace("$site", first["site"].as_str().unwrap())
+                .replace("$device", first["device_id"].as_str().unwrap())
+                .replace("$metric", first["metric"].as_str().unwrap());
+            let answer = influx.query("iotpipe", &q);
+            assert!(
+                answer["results"][0]["series"][0]["values"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty()),
+                "panel {:?}: {q} answered {answer}",
+                panel["title"]
+            );
+            queries += 1;
+        }
+    }
+    assert!(queries >= 6, "only {queries} queries");
+}
+
+fn wait_for_points(influx: &Influx, at_least: u64, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = format!(
+            "SELECT count(\"count\") FROM iotpipe_aggregate WHERE {}",
+            span()
+        );
+        if number(influx, &q).unwrap_or(0) >= at_least {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "replay ended early");
+        assert!(Instant::now() < deadline, "no points arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn influxdb_stopped_for_30_s_mid_replay_loses_nothing() {
+    let data = common::dataset(DEVICES, SECONDS);
+    let mut influx = Influx::start();
+    let out = data.dir.path().join("out");
+    // Small batches and a short backoff: the replay is mid-way when InfluxDB stops, and it
+    // notices InfluxDB is back within a second.
+    let config = data.dir.path().join("influx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\nbatch_points = 200\nmax_in_flight = 1\nqueue_batches = 2\n\
+             timeout_ms = 2000\nbackoff = {{ initial_ms = 100, max_ms = 1000 }}\n",
+            influx.url()
+        ),
+    )
+    .unwrap();
+    let mut child = replay_command(&data, &out, &["--influx-config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_points(&influx, 100, &mut child);
+    influx.kill();
+    std::thread::sleep(Duration::from_secs(30));
+    // Held back by InfluxDB, not finished without it.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replay finished while InfluxDB was down"
+    );
+    influx.run();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_influx_holds_the_outputs(&influx, &out);
+    assert!(
+        !std::fs::read_to_string(out.join("dead_letters.jsonl"))
+            .unwrap()
+            .contains("store_rejected"),
+        "an outage is not a refusal"
+    );
+}

@@ -1,0 +1,103 @@
+//! The InfluxDB sink operator against a real InfluxDB 1.6: a point InfluxDB refuses comes out
+//! as a dead letter with its reason, and the rest of its batch lands.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use common::influx::Influx;
+use iotpipe::dataflow::model::{DeadLetter, DeadLetterReason, ExactSum, MetricId, WindowAggregate};
+use iotpipe::dataflow::schema::SchemaSet;
+use iotpipe::io::influx::config::InfluxConfig;
+use iotpipe::io::influx::lines::aggregate_line;
+use iotpipe::io::influx::pool::InfluxPool;
+use iotpipe::io::influx::sink::{InfluxTarget, WriteToInflux};
+use iotpipe::io::metrics::Metrics;
+use timely::dataflow::InputHandle;
+use timely::dataflow::operators::Input;
+use timely::dataflow::operators::Inspect;
+
+const START_MS: u64 = 1_704_067_200_000;
+
+fn aggregate(device: usize, window: u64, min: f64) -> WindowAggregate {
+    WindowAggregate {
+        device_id: format!("dev-{device:06}").into(),
+        metric: MetricId(0),
+        window_start_ms: START_MS + window * 60_000,
+        site: "site-1".into(),
+        count: 2,
+        min,
+        max: 2.0,
+        sum: ExactSum(3_000_000_000),
+        threshold_breaches: 0,
+    }
+}
+
+#[test]
+fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
+    let influx = Influx::start();
+    let metrics = Arc::new(Metrics::default());
+    let pool =
+        InfluxPool::start(&InfluxConfig::for_url(&influx.url()), Arc::clone(&metrics)).unwrap();
+    let catalog = Arc::clone(SchemaSet::embedded().catalog());
+    // 1,000 windows in one batch; two of them hold a value InfluxDB cannot store.
+    let bad = [(17, 3), (64, 9)];
+    let records: Vec<WindowAggregate> = (0..100)
+        .flat_map(|device| (0..10).map(move |window| (device, window)))
+        .map(|(device, window)| {
+            let min = if bad.contains(&(device, window)) {
+                f64::NAN
+            } else {
+                1.0
+            };
+            aggregate(device, window, min)
+        })
+        .collect();
+    let dead: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
+    let seen = Arc::clone(&dead);
+    let worker_pool = pool.clone();
+    timely::execute_directly(move |worker| {
+        let mut input = InputHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let target = InfluxTarget {
+                pool: worker_pool.clone(),
+                skip_before_ms: 0,
+                full: Rc::new(Cell::new(false)),
+            };
+            scope
+                .input_from(&mut input)
+                .container::<Vec<WindowAggregate>>()
+                .write_to_influx("Aggregates", target, move |a, buffer| {
+                    aggregate_line(buffer, a, &catalog)
+                })
+                .inspect(move |d| seen.lock().unwrap().push(d.clone()));
+        });
+        for record in records {
+            input.send(record);
+        }
+        drop(input);
+        while worker.has_dataflows() {
+            worker.step_or_park(Some(std::time::Duration::from_millis(5)));
+        }
+    });
+    pool.finish();
+    let dead = dead.lock().unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in dead.iter() {
+        assert_eq!(d.reason, DeadLetterReason::StoreRejected);
+        assert!(d.raw.contains("min=NaN"), "{}", d.raw);
+        assert!(d.detail.contains("HTTP 400"), "{}", d.detail);
+    }
+    let answer = influx.query(
+        "iotpipe",
+        &format!(
+            "SELECT count(\"count\") FROM iotpipe_aggregate WHERE time >= {START_MS}ms AND \
+             time < {}ms",
+            START_MS + 3_600_000
+        ),
+    );
+    assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 998);
+    assert_eq!(metrics.influx_points.get(), 998);
+}
