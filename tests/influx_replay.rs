@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::influx::Influx;
+use common::influx::{Influx, Windows, windows_of_lines};
 use common::{Dataset, START_MS};
 use serde_json::Value;
 
@@ -53,65 +52,8 @@ fn replay(data: &Dataset, out: &Path, influx: &Influx) -> String {
     stdout
 }
 
-/// (device, metric, window start, site) -> (count, min, max, mean, threshold breaches).
-type Windows = BTreeMap<(String, String, u64, String), (u64, f64, f64, f64, u64)>;
-
 fn windows_in_file(out: &Path) -> Windows {
-    common::sorted_lines(&out.join("aggregates.jsonl"))
-        .iter()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap();
-            (
-                (
-                    v["device_id"].as_str().unwrap().to_owned(),
-                    v["metric"].as_str().unwrap().to_owned(),
-                    v["window_start_ms"].as_u64().unwrap(),
-                    v["site"].as_str().unwrap().to_owned(),
-                ),
-                (
-                    v["count"].as_u64().unwrap(),
-                    v["min"].as_f64().unwrap(),
-                    v["max"].as_f64().unwrap(),
-                    v["mean"].as_f64().unwrap(),
-                    v["threshold_breaches"].as_u64().unwrap(),
-                ),
-            )
-        })
-        .collect()
-}
-
-fn windows_in_influx(influx: &Influx) -> Windows {
-    let answer = influx.query(
-        "iotpipe",
-        &format!(
-            "SELECT \"count\", \"min\", \"max\", \"mean\", \"threshold_breaches\" \
-             FROM iotpipe_aggregate WHERE {} GROUP BY \"device_id\", \"metric\", \"site\"",
-            span()
-        ),
-    );
-    let mut windows = Windows::new();
-    for series in answer["results"][0]["series"].as_array().unwrap() {
-        let tags = &series["tags"];
-        let tag = |k: &str| tags[k].as_str().unwrap().to_owned();
-        for row in series["values"].as_array().unwrap() {
-            windows.insert(
-                (
-                    tag("device_id"),
-                    tag("metric"),
-                    row[0].as_u64().unwrap(),
-                    tag("site"),
-                ),
-                (
-                    row[1].as_u64().unwrap(),
-                    row[2].as_f64().unwrap(),
-                    row[3].as_f64().unwrap(),
-                    row[4].as_f64().unwrap(),
-                    row[5].as_u64().unwrap(),
-                ),
-            );
-        }
-    }
-    windows
+    windows_of_lines(&common::sorted_lines(&out.join("aggregates.jsonl")))
 }
 
 /// One number from a query of one row (`None` when no series answers).
@@ -132,7 +74,7 @@ fn assert_influx_holds_the_outputs(influx: &Influx, out: &Path) {
         "too few windows: {}",
         expected.len()
     );
-    let stored = windows_in_influx(influx);
+    let stored = influx.windows(&span());
     assert_eq!(stored.len(), expected.len(), "aggregate points");
     for (key, want) in &expected {
         assert_eq!(stored.get(key), Some(want), "window {key:?}");

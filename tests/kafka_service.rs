@@ -1,7 +1,8 @@
 //! `iotpipe run` against a real Kafka-protocol broker (tansu, sqlite engine): two processes
 //! of one worker over eight partitions, checked against the batch computation with one
 //! watermark per partition; a registry change published while running; and a process killed
-//! mid-stream, after which the restarted cluster's outputs equal an uninterrupted run's.
+//! mid-stream, after which the restarted cluster's outputs equal an uninterrupted run's; and a
+//! run that writes to a real InfluxDB 1.6 as well.
 
 mod common;
 
@@ -90,6 +91,26 @@ impl Fixture {
             TELEMETRY,
             self.lines.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())),
         );
+    }
+
+    /// Publishes the registry and the telemetry, and starts `processes` processes of one
+    /// worker that write to the topics of `run` (partitions idle after 3 s).
+    fn start_run(&self, run: &str, processes: usize, extra_toml: &str) -> (Outputs, Cluster) {
+        self.produce_registry(&self.registry_lines);
+        self.produce_telemetry();
+        let outputs = Outputs::named(run);
+        outputs.create(&self.tansu, 2);
+        let mut cluster = Cluster::configure(
+            self.data.dir.path(),
+            run,
+            &self.tansu.brokers(),
+            &outputs,
+            processes,
+            "idle_timeout_ms = 3000",
+            extra_toml,
+        );
+        cluster.start();
+        (outputs, cluster)
     }
 
     fn produce_registry(&self, lines: &[(String, String)]) {
@@ -536,21 +557,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
 fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
     let mut fixture = fixture(60, 480);
     let expected = fixture.expected();
-    fixture.produce_registry(&fixture.registry_lines);
-    fixture.produce_telemetry();
-    let outputs = Outputs::named("outage");
-    outputs.create(&fixture.tansu, 2);
-    let dir = fixture.data.dir.path().to_owned();
-    let mut cluster = Cluster::configure(
-        &dir,
-        "outage",
-        &fixture.tansu.brokers(),
-        &outputs,
-        1,
-        "idle_timeout_ms = 3000",
-        "",
-    );
-    cluster.start();
+    let (outputs, mut cluster) = fixture.start_run("outage", 1, "");
     // Down as soon as the first windows are out.
     let before = wait_for_keys(
         &fixture.tansu,
@@ -644,4 +651,45 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
             "{line} is not in the batch computation"
         );
     }
+}
+
+#[test]
+fn run_writes_to_influxdb_what_it_writes_to_kafka_and_exports_the_latency() {
+    let fixture = fixture(60, 480);
+    let expected = fixture.expected();
+    let influx = common::influx::Influx::start();
+    let influx_toml = format!("[influx]\nurl = \"{}\"\nlinger_ms = 20\n", influx.url());
+    let (outputs, mut cluster) = fixture.start_run("influx", 2, &influx_toml);
+    let aggregates = wait_for_keys(
+        &fixture.tansu,
+        &outputs.aggregates,
+        expected.aggregates.len(),
+        Duration::from_secs(240),
+        &cluster,
+    );
+    // What Kafka got, InfluxDB got: the windows of the batch computation, field for field.
+    let want = common::influx::windows_of_lines(&expected.aggregates);
+    let span = format!(
+        "time >= {}ms AND time < {}ms",
+        common::START_MS - 3_600_000,
+        common::START_MS + 7_200_000
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while influx.windows(&span).len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(influx.windows(&span), want);
+    let metrics = cluster.metrics();
+    for family in [
+        "iotpipe_influx_points_total",
+        "iotpipe_influx_latency_seconds_count",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(family)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {family} in\n{metrics}"));
+        assert!(value > 0.0, "{family} {value}");
+    }
+    cluster.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }

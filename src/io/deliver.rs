@@ -45,37 +45,40 @@ impl<T: ExchangeData> DeliverInOrder<T> for Stream<'_, TimeMs, Vec<T>> {
     }
 }
 
-/// A `deliver` function that hands each time's records to `apply` on a shared target, if this
-/// worker has one (only the worker that records go to needs it).
-pub fn to_shared<S, T>(
-    target: &Option<Rc<RefCell<S>>>,
-    apply: fn(&mut S, Vec<T>),
-) -> impl FnMut(TimeMs, Vec<T>) + 'static
-where
-    S: 'static,
-    T: 'static,
-{
-    let target = target.clone();
-    move |_, records| {
-        if let Some(target) = &target {
-            apply(&mut target.borrow_mut(), records);
-        }
+/// A target that delivering operators and others share: a worker's own
+/// (`Rc<RefCell<_>>`), or one other threads read too (`Arc<Mutex<_>>`, the dashboard's).
+pub trait SharedTarget<S>: Clone + 'static {
+    /// Runs `f` on the target.
+    fn with(&self, f: impl FnOnce(&mut S));
+}
+
+impl<S: 'static> SharedTarget<S> for Rc<RefCell<S>> {
+    fn with(&self, f: impl FnOnce(&mut S)) {
+        f(&mut self.borrow_mut());
     }
 }
 
-/// [`to_shared`] for a target other threads read too (the dashboard).
-pub fn to_locked<S, T>(
-    target: &Option<Arc<Mutex<S>>>,
+impl<S: 'static> SharedTarget<S> for Arc<Mutex<S>> {
+    fn with(&self, f: impl FnOnce(&mut S)) {
+        f(&mut self.lock().expect("not poisoned"));
+    }
+}
+
+/// A `deliver` function that hands each time's records to `apply` on a shared target, if this
+/// worker has one (only the worker that records go to needs it).
+pub fn to_shared<P, S, T>(
+    target: &Option<P>,
     apply: fn(&mut S, Vec<T>),
 ) -> impl FnMut(TimeMs, Vec<T>) + 'static
 where
+    P: SharedTarget<S>,
     S: 'static,
     T: 'static,
 {
     let target = target.clone();
     move |_, records| {
         if let Some(target) = &target {
-            apply(&mut target.lock().expect("not poisoned"), records);
+            target.with(|s| apply(s, records));
         }
     }
 }

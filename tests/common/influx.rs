@@ -1,6 +1,7 @@
 //! A real InfluxDB 1.x (Debian `influxdb`) for tests: `influxd` on free loopback ports in a temp
 //! dir, killed on drop; and InfluxQL queries over plain HTTP.
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,41 @@ impl Influx {
         super::http_get(self.port, path)
     }
 
+    /// Every window of `iotpipe_aggregate` within InfluxQL time condition `span`.
+    pub fn windows(&self, span: &str) -> Windows {
+        let answer = self.query(
+            "iotpipe",
+            &format!(
+                "SELECT \"count\", \"min\", \"max\", \"mean\", \"threshold_breaches\" \
+                 FROM iotpipe_aggregate WHERE {span} GROUP BY \"device_id\", \"metric\", \"site\""
+            ),
+        );
+        let mut windows = Windows::new();
+        let series = answer["results"][0]["series"].as_array();
+        for series in series.into_iter().flatten() {
+            let tags = &series["tags"];
+            let tag = |k: &str| tags[k].as_str().unwrap().to_owned();
+            for row in series["values"].as_array().unwrap() {
+                windows.insert(
+                    (
+                        tag("device_id"),
+                        tag("metric"),
+                        row[0].as_u64().unwrap(),
+                        tag("site"),
+                    ),
+                    (
+                        row[1].as_u64().unwrap(),
+                        row[2].as_f64().unwrap(),
+                        row[3].as_f64().unwrap(),
+                        row[4].as_f64().unwrap(),
+                        row[5].as_u64().unwrap(),
+                    ),
+                );
+            }
+        }
+        windows
+    }
+
     /// Kills influxd (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -110,6 +146,34 @@ fn encode(text: &str) -> String {
                 (b as char).to_string()
             }
             _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// (device, metric, window start, site) -> (count, min, max, mean, threshold breaches).
+pub type Windows = BTreeMap<(String, String, u64, String), (u64, f64, f64, f64, u64)>;
+
+/// The windows of `aggregates.jsonl` lines.
+pub fn windows_of_lines(lines: &[String]) -> Windows {
+    lines
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                (
+                    v["device_id"].as_str().unwrap().to_owned(),
+                    v["metric"].as_str().unwrap().to_owned(),
+                    v["window_start_ms"].as_u64().unwrap(),
+                    v["site"].as_str().unwrap().to_owned(),
+                ),
+                (
+                    v["count"].as_u64().unwrap(),
+                    v["min"].as_f64().unwrap(),
+                    v["max"].as_f64().unwrap(),
+                    v["mean"].as_f64().unwrap(),
+                    v["threshold_breaches"].as_u64().unwrap(),
+                ),
+            )
         })
         .collect()
 }

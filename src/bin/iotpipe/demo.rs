@@ -14,7 +14,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::dashboard::Dashboard;
-use iotpipe::io::deliver::{DeliverInOrder, to_locked};
+use iotpipe::io::deliver::{DeliverInOrder, to_shared};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
 use iotpipe::io::influx::pool::InfluxPool;
 use iotpipe::io::influx::query::InfluxReader;
@@ -162,21 +162,21 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 written.readings.probe_with(&stored);
                 dead_letters = dead_letters.concat(written.rejected);
             }
-            counts.deliver_in_order("ViewCounts", to_locked(&view, LiveStats::counts));
+            counts.deliver_in_order("ViewCounts", to_shared(&view, LiveStats::counts));
             outputs
                 .aggregates
-                .deliver_in_order("ViewAggregates", to_locked(&view, LiveStats::aggregates));
+                .deliver_in_order("ViewAggregates", to_shared(&view, LiveStats::aggregates));
             outputs
                 .site_rollups
-                .deliver_in_order("ViewRollups", to_locked(&view, LiveStats::site_rollups));
+                .deliver_in_order("ViewRollups", to_shared(&view, LiveStats::site_rollups));
             dead_letters
-                .deliver_in_order("ViewDeadLetters", to_locked(&view, LiveStats::dead_letters));
+                .deliver_in_order("ViewDeadLetters", to_shared(&view, LiveStats::dead_letters));
             outputs
                 .late
-                .deliver_in_order("ViewLate", to_locked(&view, LiveStats::late));
+                .deliver_in_order("ViewLate", to_shared(&view, LiveStats::late));
             outputs
                 .anomalies
-                .deliver_in_order("ViewAnomalies", to_locked(&view, LiveStats::anomalies));
+                .deliver_in_order("ViewAnomalies", to_shared(&view, LiveStats::anomalies));
             let alert_view = view.clone();
             let notifier = notifier.clone();
             let catalog = schemas.catalog().clone();

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
@@ -25,26 +24,9 @@ pub struct InfluxReader {
 impl InfluxReader {
     /// A reader of the database `api` writes to, at `url` (`http://HOST:PORT`).
     pub fn new(url: &str, api: &InfluxApi, timeout: Duration) -> Self {
-        let (database, authorization) = match api {
-            InfluxApi::V1 {
-                database,
-                username,
-                password,
-                ..
-            } => (
-                database.clone(),
-                username.as_ref().map(|user| {
-                    let password = password.as_ref().map_or("", |p| p.0.as_str());
-                    let pair = format!("{user}:{password}");
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(pair)
-                    )
-                }),
-            ),
-            InfluxApi::V2 { bucket, token, .. } => {
-                (bucket.clone(), Some(format!("Token {}", token.0)))
-            }
+        let database = match api {
+            InfluxApi::V1 { database, .. } => database.clone(),
+            InfluxApi::V2 { bucket, .. } => bucket.clone(),
         };
         Self {
             authority: url
@@ -52,7 +34,7 @@ impl InfluxReader {
                 .trim_end_matches('/')
                 .to_owned(),
             database,
-            authorization,
+            authorization: api.authorization(),
             timeout,
         }
     }

@@ -47,6 +47,25 @@ pub enum InfluxApi {
     },
 }
 
+impl InfluxApi {
+    /// The `Authorization` header: basic for 1.x with a user, a token for 2.x/3.x.
+    pub fn authorization(&self) -> Option<String> {
+        match self {
+            InfluxApi::V1 {
+                username, password, ..
+            } => username.as_ref().map(|user| {
+                let password = password.as_ref().map_or("", |p| p.0.as_str());
+                let pair = format!("{user}:{password}");
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }),
+            InfluxApi::V2 { token, .. } => Some(format!("Token {}", token.0)),
+        }
+    }
+}
+
 /// A batch InfluxDB refused for good (400, 413 or 422): a point in it is invalid, such as a
 /// field whose type conflicts with the series', or the batch is too large.
 #[derive(Debug, thiserror::Error)]
@@ -101,47 +120,35 @@ impl InfluxWriter {
             InfluxApi::V1 { database, .. } => Some(name("database", database)?),
             InfluxApi::V2 { .. } => None,
         };
-        let (path_and_query, authorization) = match api {
+        let path_and_query = match api {
             InfluxApi::V1 {
                 database,
                 retention_policy,
-                username,
-                password,
+                ..
             } => {
                 let mut query = format!("/write?db={}&precision=ms", name("database", database)?);
                 if let Some(rp) = retention_policy {
                     query += &format!("&rp={}", name("retention_policy", rp)?);
                 }
-                let authorization = username.as_ref().map(|user| {
-                    let password = password.as_ref().map_or("", |p| p.0.as_str());
-                    let pair = format!("{user}:{password}");
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(pair)
-                    )
-                });
-                (query, authorization)
+                query
             }
-            InfluxApi::V2 { org, bucket, token } => {
+            InfluxApi::V2 { org, bucket, .. } => {
                 // 3.x needs no organisation.
                 let org = if org.is_empty() {
                     String::new()
                 } else {
                     format!("org={}&", name("org", org)?)
                 };
-                (
-                    format!(
-                        "/api/v2/write?{org}bucket={}&precision=ms",
-                        name("bucket", bucket)?
-                    ),
-                    Some(format!("Token {}", token.0)),
+                format!(
+                    "/api/v2/write?{org}bucket={}&precision=ms",
+                    name("bucket", bucket)?
                 )
             }
         };
         Ok(Self {
             http: HttpConnection::new(authority),
             path_and_query,
-            authorization,
+            authorization: api.authorization(),
             timeout,
             backoff,
             retries: 0,

@@ -215,6 +215,18 @@ mod tests {
         assert_eq!(example.cluster, minimal.cluster);
         assert_eq!(example.pipeline.event_time, minimal.pipeline.event_time);
         assert_eq!(example.pipeline.window, minimal.pipeline.window);
+        assert_eq!(example.influx, None);
+        // The commented [influx] section documents the defaults.
+        let influx: String = text
+            .lines()
+            .skip_while(|l| *l != "# [influx]")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let example = RunConfig::parse(&format!("{MINIMAL}{influx}"), |_| None).unwrap();
+        let url = "http://127.0.0.1:8086";
+        assert_eq!(example.influx, Some(InfluxConfig::for_url(url)));
     }
 
     #[test]

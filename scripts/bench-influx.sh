@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The InfluxDB benchmarks of docs/benchmarks.md, against influxd 1.6 (Debian `influxdb`) started
+# here on a free port in a temp dir:
+#   1. points/s: the W1 file of bench-replay.sh through `iotpipe replay --influx-url` (-w 2);
+#   2. end-to-end latency: `iotpipe demo --influx-url` at each fleet size given (1 message/s per
+#      device), for SECONDS each, printing p50/p99 from message due to InfluxDB's acknowledgement.
+#
+#   scripts/bench-influx.sh [seconds] [devices...]   (default: 120 10000 100000)
+#   IOTPIPE_BENCH_SKIP_REPLAY=1 skips 1; the workload is ../shared/workload (IOTPIPE_WORKLOAD).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-120}
+shift || true
+fleets=("$@")
+[ ${#fleets[@]} -gt 0 ] || fleets=(10000 100000)
+workload=${IOTPIPE_WORKLOAD:-../shared/workload}
+data=target/bench/w1
+cargo build --release --quiet
+
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+rpc=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$dir/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$rpc"
+[meta]
+dir = "$dir/meta"
+[data]
+dir = "$dir/data"
+wal-dir = "$dir/wal"
+[http]
+bind-address = "127.0.0.1:$port"
+log-enabled = false
+CONF
+influxd run -config "$dir/influxdb.conf" 2>"$dir/influxd.log" &
+influxd_pid=$!
+trap 'kill $influxd_pid 2>/dev/null; wait $influxd_pid 2>/dev/null; rm -rf "$dir"' EXIT
+until curl -fs "http://127.0.0.1:$port/ping" >/dev/null; do sleep 0.2; done
+url="http://127.0.0.1:$port"
+echo "influxd 1.6 at $url"
+
+if [ -z "${IOTPIPE_BENCH_SKIP_REPLAY:-}" ]; then
+    mkdir -p "$data"
+    if [ ! -s "$data/events.jsonl" ]; then
+        python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
+            --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
+    fi
+    out=$(/usr/bin/time -f "rss_kb=%M" ./target/release/iotpipe replay \
+        --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
+        --out "$data/out-influx" -w 2 --influx-url "$url" --influx-database bench_replay 2>&1)
+    messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
+    points=$(grep '^influxdb points' <<<"$out" | awk '{print $3}')
+    elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
+    rss=$(grep -o 'rss_kb=[0-9]*' <<<"$out" | cut -d= -f2)
+    awk -v m="$messages" -v p="$points" -v e="$elapsed" -v k="$rss" \
+        'BEGIN { printf "replay: messages=%d points=%d elapsed_s=%.1f points_per_s=%.0f messages_per_s=%.0f iotpipe_peak_rss_mib=%.0f\n", m, p, e, p / e, m / e, k / 1024 }'
+fi
+
+for devices in "${fleets[@]}"; do
+    out=$(./target/release/iotpipe demo --devices "$devices" --duration "$seconds" --plain \
+        --no-dashboard -w 2 --influx-url "$url" --influx-database "bench_demo_$devices" 2>&1)
+    rate=$(grep '^t=' <<<"$out" | tail -n 10 | grep -o 'rate=[0-9]*' | cut -d= -f2 |
+        awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n }')
+    echo "demo devices=$devices offered=${devices}/s achieved_last_10s=${rate}/s"
+    grep -E '^influx latency|^influxdb points|^messages' <<<"$out" | sed 's/^/  /'
+done
