@@ -6,7 +6,10 @@
 #      device), for SECONDS each, printing p50/p99 from message due to InfluxDB's acknowledgement.
 #
 #   scripts/bench-influx.sh [seconds] [devices...]   (default: 120 10000 100000)
-#   IOTPIPE_BENCH_SKIP_REPLAY=1 skips 1; the workload is ../shared/workload (IOTPIPE_WORKLOAD).
+#   IOTPIPE_BENCH_SKIP_REPLAY=1 skips 1; IOTPIPE_BENCH_GZIP=false sends plain bodies;
+#   IOTPIPE_BENCH_WARM=1 first runs each fleet for 60 s into the same database, so the measured
+#   run finds its series in InfluxDB's index (steady state, not a fleet's first minutes); the
+#   workload is ../shared/workload (IOTPIPE_WORKLOAD).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-120}
@@ -37,30 +40,42 @@ influxd_pid=$!
 trap 'kill $influxd_pid 2>/dev/null; wait $influxd_pid 2>/dev/null; rm -rf "$dir"' EXIT
 until curl -fs "http://127.0.0.1:$port/ping" >/dev/null; do sleep 0.2; done
 url="http://127.0.0.1:$port"
-echo "influxd 1.6 at $url"
+printf 'url = "%s"\ngzip = %s\nqueue_batches = %s\n' "$url" "${IOTPIPE_BENCH_GZIP:-true}" "${IOTPIPE_BENCH_QUEUE:-8}" >"$dir/influx.toml"
+echo "influxd 1.6 at $url, gzip=${IOTPIPE_BENCH_GZIP:-true}"
+
+# CPU seconds influxd has used so far.
+influxd_cpu() { ps -o times= -p "$influxd_pid" | tr -d ' '; }
 
 if [ -z "${IOTPIPE_BENCH_SKIP_REPLAY:-}" ]; then
+    before=$(influxd_cpu)
     mkdir -p "$data"
     if [ ! -s "$data/events.jsonl" ]; then
         python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
             --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
     fi
-    out=$(/usr/bin/time -f "rss_kb=%M" ./target/release/iotpipe replay \
+    out=$(/usr/bin/time -f "rss_kb=%M cpu_s=%U+%S" ./target/release/iotpipe replay \
         --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
-        --out "$data/out-influx" -w 2 --influx-url "$url" --influx-database bench_replay 2>&1)
+        --out "$data/out-influx" -w 2 --influx-config "$dir/influx.toml" --influx-database bench_replay 2>&1)
     messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
     points=$(grep '^influxdb points' <<<"$out" | awk '{print $3}')
     elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
     rss=$(grep -o 'rss_kb=[0-9]*' <<<"$out" | cut -d= -f2)
-    awk -v m="$messages" -v p="$points" -v e="$elapsed" -v k="$rss" \
-        'BEGIN { printf "replay: messages=%d points=%d elapsed_s=%.1f points_per_s=%.0f messages_per_s=%.0f iotpipe_peak_rss_mib=%.0f\n", m, p, e, p / e, m / e, k / 1024 }'
+    cpu=$(grep -o 'cpu_s=[0-9.+]*' <<<"$out" | cut -d= -f2 | bc)
+    awk -v m="$messages" -v p="$points" -v e="$elapsed" -v k="$rss" -v c="$cpu" -v i="$(( $(influxd_cpu) - before ))" \
+        'BEGIN { printf "replay: messages=%d points=%d elapsed_s=%.1f points_per_s=%.0f messages_per_s=%.0f iotpipe_peak_rss_mib=%.0f iotpipe_cpu_s=%.1f influxd_cpu_s=%d\n", m, p, e, p / e, m / e, k / 1024, c, i }'
 fi
 
 for devices in "${fleets[@]}"; do
+    if [ -n "${IOTPIPE_BENCH_WARM:-}" ]; then
+        ./target/release/iotpipe demo --devices "$devices" --duration 60 --plain --no-dashboard \
+            -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" \
+            >/dev/null 2>&1
+    fi
+    before=$(influxd_cpu)
     out=$(./target/release/iotpipe demo --devices "$devices" --duration "$seconds" --plain \
-        --no-dashboard -w 2 --influx-url "$url" --influx-database "bench_demo_$devices" 2>&1)
+        --no-dashboard -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" 2>&1)
     rate=$(grep '^t=' <<<"$out" | tail -n 10 | grep -o 'rate=[0-9]*' | cut -d= -f2 |
         awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n }')
-    echo "demo devices=$devices offered=${devices}/s achieved_last_10s=${rate}/s"
-    grep -E '^influx latency|^influxdb points|^messages' <<<"$out" | sed 's/^/  /'
+    echo "demo devices=$devices offered=${devices}/s achieved_last_10s=${rate}/s influxd_cpu_s=$(( $(influxd_cpu) - before ))"
+    grep -E '^influx latency|^influx batches|^influxdb points|^messages' <<<"$out" | sed 's/^/  /'
 done

@@ -137,6 +137,9 @@ pub struct Metrics {
     /// From a message's arrival at iotpipe to InfluxDB accepting its readings' points, one
     /// observation per message.
     pub influx_latency: Histogram,
+    /// How long each InfluxDB batch took, from its first request to the last answer (retries
+    /// and halving included).
+    pub influx_request: Histogram,
     /// Points InfluxDB accepted.
     pub influx_points: Counter,
     /// InfluxDB requests that failed and were made again.
@@ -276,6 +279,11 @@ impl Metrics {
             "counter",
             "InfluxDB requests that failed and were made again.",
             &TextFormat::plain(self.influx_retries.get()),
+        );
+        text.histogram(
+            "influx_request_seconds",
+            "How long each InfluxDB batch took to be written, retries included.",
+            &self.influx_request,
         );
         text.histogram(
             "influx_latency_seconds",

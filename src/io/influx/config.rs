@@ -65,6 +65,10 @@ pub struct InfluxConfig {
     /// stops reading until InfluxDB catches up.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
+    /// Compress request bodies (gzip, fast level): a fifth of the bytes on a network, but CPU
+    /// on both ends, which costs more than it saves when InfluxDB shares the machine.
+    #[serde(default = "default_gzip")]
+    pub gzip: bool,
     /// Time limit of one request, ms (then it is retried).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -87,6 +91,9 @@ fn default_max_in_flight() -> usize {
 }
 fn default_queue_batches() -> usize {
     8
+}
+fn default_gzip() -> bool {
+    true
 }
 fn default_timeout_ms() -> u64 {
     10_000
@@ -118,6 +125,7 @@ impl InfluxConfig {
             linger_ms: default_linger_ms(),
             max_in_flight: default_max_in_flight(),
             queue_batches: default_queue_batches(),
+            gzip: default_gzip(),
             timeout_ms: default_timeout_ms(),
             backoff: Backoff::default(),
         }

@@ -31,10 +31,10 @@ pub struct InfluxBatch {
 }
 
 impl InfluxBatch {
-    /// An empty batch answering to `reply`.
-    pub fn new(reply: BatchReply) -> Self {
+    /// An empty batch answering to `reply`, filling `lines` (empty, perhaps a used buffer).
+    pub fn new(reply: BatchReply, lines: Vec<u8>) -> Self {
         Self {
-            lines: Vec::new(),
+            lines,
             ends: Vec::new(),
             times: Vec::new(),
             reply,
@@ -71,6 +71,9 @@ pub struct BatchReply {
 pub struct BatchOutcome {
     /// The times of the batch's records, one entry per record.
     pub times: Vec<TimeMs>,
+    /// The batch's line buffer, emptied, for the sink to fill again: the worker that made it
+    /// reuses it instead of the writer thread freeing it.
+    pub spare_lines: Vec<u8>,
     /// The records InfluxDB refused on their own, as dead letters, at their times.
     pub rejected: Vec<(TimeMs, DeadLetter)>,
 }
@@ -100,7 +103,15 @@ impl InfluxPool {
             })?;
         let api = runtime.block_on(config.resolve())?;
         let mut writers = (0..config.max_in_flight)
-            .map(|_| InfluxWriter::new(&config.url, &api, config.timeout(), config.backoff))
+            .map(|_| {
+                let writer =
+                    InfluxWriter::new(&config.url, &api, config.timeout(), config.backoff)?;
+                Ok(if config.gzip {
+                    writer
+                } else {
+                    writer.without_gzip()
+                })
+            })
             .collect::<Result<Vec<_>, String>>()
             .map_err(|message| InfluxConfigError {
                 field: "url",
@@ -174,7 +185,9 @@ async fn write_batches(
             return;
         };
         let retries_before = writer.retries();
+        let started = std::time::Instant::now();
         let rejected = write_halving(&mut writer, &batch).await;
+        metrics.influx_request.observe(started.elapsed());
         metrics
             .influx_retries
             .add(writer.retries() - retries_before);
@@ -206,13 +219,20 @@ async fn write_batches(
                 (batch.times[i], dead)
             })
             .collect();
-        let InfluxBatch { times, reply, .. } = batch;
+        let InfluxBatch {
+            times,
+            reply,
+            mut lines,
+            ..
+        } = batch;
+        lines.clear();
+        let outcome = BatchOutcome {
+            times,
+            spare_lines: lines,
+            rejected,
+        };
         // A sink that is gone (its dataflow dropped on shutdown) needs no answer.
-        if reply
-            .outcomes
-            .send(BatchOutcome { times, rejected })
-            .is_ok()
-        {
+        if reply.outcomes.send(outcome).is_ok() {
             let _ = reply.activator.activate();
         }
     }

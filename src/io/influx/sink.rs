@@ -76,7 +76,9 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                 };
                 // Per time: its capability and how many sent batches still hold its records.
                 let mut held: BTreeMap<TimeMs, (Capability<TimeMs>, usize)> = BTreeMap::new();
-                let mut open = InfluxBatch::new(reply.clone());
+                let mut open = InfluxBatch::new(reply.clone(), Vec::new());
+                // Line buffers of answered batches, filled again by the next ones.
+                let mut spare: Vec<Vec<u8>> = Vec::new();
                 let mut opened_at = Instant::now();
                 let mut waiting: VecDeque<InfluxBatch> = VecDeque::new();
                 move |(input, frontier), output| {
@@ -88,9 +90,13 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                         for time in distinct(&outcome.times) {
                             held.get_mut(&time).expect("a sent time is held").1 -= 1;
                         }
+                        if spare.len() < 2 {
+                            spare.push(outcome.spare_lines);
+                        }
                     }
                     let mut seal = |open: &mut InfluxBatch, held: &mut BTreeMap<_, _>| {
-                        let batch = std::mem::replace(open, InfluxBatch::new(reply.clone()));
+                        let lines = spare.pop().unwrap_or_default();
+                        let batch = std::mem::replace(open, InfluxBatch::new(reply.clone(), lines));
                         for time in distinct(&batch.times) {
                             let (_, batches): &mut (Capability<TimeMs>, usize) =
                                 held.get_mut(&time).expect("an open time is held");

@@ -88,6 +88,7 @@ pub struct InfluxWriter {
     retries: u64,
     /// 1.x: the database, which iotpipe creates if missing.
     database: Option<String>,
+    gzip: bool,
 }
 
 impl InfluxWriter {
@@ -153,6 +154,7 @@ impl InfluxWriter {
             backoff,
             retries: 0,
             database,
+            gzip: true,
         })
     }
 
@@ -192,21 +194,29 @@ impl InfluxWriter {
         self.retries
     }
 
-    /// The request that writes `lines`, gzipped.
+    /// Sends bodies as they are instead of gzipped.
+    pub fn without_gzip(mut self) -> Self {
+        self.gzip = false;
+        self
+    }
+
+    /// The request that writes `lines` (gzipped, unless [`without_gzip`](Self::without_gzip)).
     pub fn request(&self, lines: &[u8]) -> Request<Full<Bytes>> {
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gzip.write_all(lines).expect("writing to memory");
-        let body = gzip.finish().expect("writing to memory");
         let mut request = Request::post(&self.path_and_query)
             .header(hyper::header::HOST, self.http.authority())
-            .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(hyper::header::CONTENT_ENCODING, "gzip");
+            .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let body = if self.gzip {
+            request = request.header(hyper::header::CONTENT_ENCODING, "gzip");
+            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gzip.write_all(lines).expect("writing to memory");
+            Bytes::from(gzip.finish().expect("writing to memory"))
+        } else {
+            Bytes::copy_from_slice(lines)
+        };
         if let Some(authorization) = &self.authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization);
         }
-        request
-            .body(Full::new(Bytes::from(body)))
-            .expect("a valid request")
+        request.body(Full::new(body)).expect("a valid request")
     }
 
     /// Writes `lines` (one batch), retrying until InfluxDB accepts it or refuses it for good.
@@ -268,6 +278,8 @@ mod tests {
         assert_eq!(headers["authorization"], "Token t0k3n");
         assert_eq!(headers["content-encoding"], "gzip");
         assert_eq!(headers["host"], "127.0.0.1:8086");
+        let plain = w.without_gzip().request(b"m f=1 1\n");
+        assert!(!plain.headers().contains_key("content-encoding"));
     }
 
     #[test]
