@@ -1,6 +1,6 @@
 //! InfluxDB output: iotpipe's outputs as line protocol ([`lines`]), batched by a sink operator
 //! per stream ([`sink`]) and written by the process's writers ([`pool`]) through the 1.x or
-//! 2.x/3.x API ([`write`]), as configured ([`config`]); [`query`] reads it back with InfluxQL.
+//! 2.x/3.x API ([`mod@write`]), as configured ([`config`]); [`query`] reads it back with InfluxQL.
 
 pub mod config;
 pub mod lines;
