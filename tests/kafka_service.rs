@@ -654,11 +654,15 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
 }
 
 #[test]
-fn run_writes_to_influxdb_what_it_writes_to_kafka_and_exports_the_latency() {
+fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves_the_dashboard() {
     let fixture = fixture(60, 480);
     let expected = fixture.expected();
     let influx = common::influx::Influx::start();
-    let influx_toml = format!("[influx]\nurl = \"{}\"\nlinger_ms = 20\n", influx.url());
+    let dashboard_port = common::free_port();
+    let influx_toml = format!(
+        "[influx]\nurl = \"{}\"\nlinger_ms = 20\n\n[dashboard]\nlisten = \"127.0.0.1:{dashboard_port}\"\n",
+        influx.url()
+    );
     let (outputs, mut cluster) = fixture.start_run("influx", 2, &influx_toml);
     let aggregates = wait_for_keys(
         &fixture.tansu,
@@ -679,6 +683,30 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_and_exports_the_latency() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(influx.windows(&span), want);
+    // Process 0's dashboard follows the whole cluster and charts from InfluxDB.
+    let api = |path: &str| -> Value {
+        let (status, body) = common::http_get(dashboard_port, path).expect("dashboard answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let overview = api("/api/overview");
+    assert_eq!(
+        overview["windows"].as_u64(),
+        Some(want.len() as u64),
+        "{overview}"
+    );
+    let ((device, metric, _, _), _) = want.first_key_value().unwrap();
+    let series = api(&format!("/api/series?device={device}&metric={metric}"));
+    assert_eq!(series["source"], "influxdb");
+    let charted = want
+        .keys()
+        .filter(|(d, m, _, _)| d == device && m == metric)
+        .count();
+    assert_eq!(
+        series["points"].as_array().unwrap().len(),
+        charted.min(60),
+        "{series}"
+    );
     let metrics = cluster.metrics();
     for family in [
         "iotpipe_influx_points_total",

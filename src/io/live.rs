@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::dataflow::alert::{AlertEvent, AlertEventKind};
@@ -10,6 +11,8 @@ use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, IngestCounts, LateReading, MetricId, SiteRollup,
     WindowAggregate,
 };
+use crate::dataflow::{EventStream, PipelineOutputs};
+use crate::io::deliver::{DeliverInOrder, to_shared};
 use crate::io::summary::RunSummary;
 
 /// What the view shows, accumulated from the pipeline's outputs.
@@ -347,4 +350,57 @@ impl LiveStats {
         }
         s
     }
+}
+
+/// The streams the live view and the dashboard follow.
+pub struct ViewedStreams<'scope> {
+    /// Ingest counts.
+    pub counts: EventStream<'scope, IngestCounts>,
+    /// Every dead letter (the pipeline's and the sinks').
+    pub dead_letters: EventStream<'scope, DeadLetter>,
+}
+
+/// Delivers what [`LiveStats`] shows into `view`: every worker builds it, worker 0 (the one
+/// that records go to) passes the view. Alert events go to the view too; `on_alerts` sees
+/// them first (notifications).
+pub fn deliver_to_view<'scope, F>(
+    outputs: &PipelineOutputs<'scope>,
+    streams: ViewedStreams<'scope>,
+    view: &Option<Arc<Mutex<LiveStats>>>,
+    mut on_alerts: F,
+) where
+    F: FnMut(&[AlertEvent]) + 'static,
+{
+    streams
+        .counts
+        .deliver_in_order("ViewCounts", to_shared(view, LiveStats::counts));
+    streams
+        .dead_letters
+        .deliver_in_order("ViewDeadLetters", to_shared(view, LiveStats::dead_letters));
+    outputs
+        .aggregates
+        .clone()
+        .deliver_in_order("ViewAggregates", to_shared(view, LiveStats::aggregates));
+    outputs
+        .site_rollups
+        .clone()
+        .deliver_in_order("ViewRollups", to_shared(view, LiveStats::site_rollups));
+    outputs
+        .late
+        .clone()
+        .deliver_in_order("ViewLate", to_shared(view, LiveStats::late));
+    outputs
+        .anomalies
+        .clone()
+        .deliver_in_order("ViewAnomalies", to_shared(view, LiveStats::anomalies));
+    let alert_view = view.clone();
+    outputs
+        .alerts
+        .clone()
+        .deliver_in_order("ViewAlerts", move |_, events| {
+            on_alerts(&events);
+            if let Some(view) = &alert_view {
+                view.lock().expect("not poisoned").alerts(events);
+            }
+        });
 }

@@ -398,4 +398,17 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
+
+    #[test]
+    fn quantiles_are_the_bounds_of_their_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_bound_s(0.5), None);
+        h.observe_many(Duration::from_millis(30), 98);
+        h.observe_many(Duration::from_millis(900), 2);
+        assert_eq!(h.quantile_bound_s(0.5), Some(0.05));
+        assert_eq!(h.quantile_bound_s(0.98), Some(0.05));
+        assert_eq!(h.quantile_bound_s(0.99), Some(1.0));
+        h.observe(Duration::from_secs(100));
+        assert_eq!(h.quantile_bound_s(1.0), None);
+    }
 }

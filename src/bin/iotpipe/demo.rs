@@ -14,14 +14,12 @@ use timely::dataflow::operators::{Concat, Probe};
 use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::dashboard::Dashboard;
-use iotpipe::io::deliver::{DeliverInOrder, to_shared};
 use iotpipe::io::fleet::{Fleet, FleetConfig};
 use iotpipe::io::influx::pool::InfluxPool;
-use iotpipe::io::influx::query::InfluxReader;
 use iotpipe::io::influx::sink::InfluxTarget;
 use iotpipe::io::influx::write_outputs;
 use iotpipe::io::latency::ArrivalLatency;
-use iotpipe::io::live::LiveStats;
+use iotpipe::io::live::{LiveStats, ViewedStreams, deliver_to_view};
 use iotpipe::io::metrics::{Histogram, Metrics};
 use iotpipe::io::notify::Notification;
 use iotpipe::io::source::PipelineSources;
@@ -123,20 +121,18 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         "demo starting"
     );
     if let Some(listen) = listen {
-        let dashboard = Dashboard {
-            stats: Arc::clone(&stats),
-            metrics: Arc::clone(&metrics),
-            catalog: Arc::clone(schemas.catalog()),
-            influx: influx
-                .as_ref()
-                .map(|pool| InfluxReader::new(&pool.config.url, &pool.api, pool.config.timeout())),
-            window_ms: pipeline_config.window.length_ms,
-        };
-        let local = iotpipe::io::http::serve("dashboard", listen, Arc::new(dashboard))
+        let dashboard = Dashboard::new(
+            Arc::clone(&stats),
+            Arc::clone(&metrics),
+            Arc::clone(schemas.catalog()),
+            influx.as_ref(),
+            pipeline_config.window.length_ms,
+        );
+        let local = dashboard
+            .serve(listen)
             .map_err(|e| format!("--listen {listen}: {e}"))?;
         // Printed before the live view takes the screen, and for scripts that wait for it.
         println!("dashboard at http://{local}/");
-        tracing::info!(%local, "dashboard");
     }
     let worker_influx = influx.clone();
     let worker_metrics = Arc::clone(&metrics);
@@ -171,34 +167,17 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 written.readings.probe_with(&stored);
                 dead_letters = dead_letters.concat(written.rejected);
             }
-            counts.deliver_in_order("ViewCounts", to_shared(&view, LiveStats::counts));
-            outputs
-                .aggregates
-                .deliver_in_order("ViewAggregates", to_shared(&view, LiveStats::aggregates));
-            outputs
-                .site_rollups
-                .deliver_in_order("ViewRollups", to_shared(&view, LiveStats::site_rollups));
-            dead_letters
-                .deliver_in_order("ViewDeadLetters", to_shared(&view, LiveStats::dead_letters));
-            outputs
-                .late
-                .deliver_in_order("ViewLate", to_shared(&view, LiveStats::late));
-            outputs
-                .anomalies
-                .deliver_in_order("ViewAnomalies", to_shared(&view, LiveStats::anomalies));
-            let alert_view = view.clone();
             let notifier = notifier.clone();
             let catalog = schemas.catalog().clone();
-            outputs
-                .alerts
-                .deliver_in_order("ViewAlerts", move |_, events| {
-                    if let Some(notifier) = &notifier {
-                        notifier.send(&Notification::for_events(&events, &catalog));
-                    }
-                    if let Some(view) = &alert_view {
-                        view.lock().expect("not poisoned").alerts(events);
-                    }
-                });
+            let streams = ViewedStreams {
+                counts,
+                dead_letters,
+            };
+            deliver_to_view(&outputs, streams, &view, move |events| {
+                if let Some(notifier) = &notifier {
+                    notifier.send(&Notification::for_events(events, &catalog));
+                }
+            });
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);

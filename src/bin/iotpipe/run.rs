@@ -32,6 +32,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         schemas,
         pipeline: config.pipeline.clone(),
         metrics_listen: config.metrics.listen,
+        dashboard_listen: config.dashboard.listen,
         drain_timeout_ms: config.drain_timeout_ms,
         stop,
         influx: config.influx.clone(),

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::dataflow::model::MetricId;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::http::{Handler, response};
+use crate::io::influx::pool::InfluxPool;
 use crate::io::influx::query::{InfluxReader, string_literal};
 use crate::io::live::{LiveStats, RECENT_WINDOWS, WindowPoint};
 use crate::io::metrics::Metrics;
@@ -43,6 +44,34 @@ pub struct Dashboard {
     pub influx: Option<InfluxReader>,
     /// Window length, ms (for the span of a chart).
     pub window_ms: u64,
+}
+
+impl Dashboard {
+    /// A dashboard over `stats` and `metrics`, whose charts read from the InfluxDB `influx`
+    /// writes to, if any.
+    pub fn new(
+        stats: Arc<Mutex<LiveStats>>,
+        metrics: Arc<Metrics>,
+        catalog: Arc<MetricCatalog>,
+        influx: Option<&InfluxPool>,
+        window_ms: u64,
+    ) -> Self {
+        Self {
+            stats,
+            metrics,
+            catalog,
+            influx: influx
+                .map(|pool| InfluxReader::new(&pool.config.url, &pool.api, pool.config.timeout())),
+            window_ms,
+        }
+    }
+
+    /// Serves the dashboard at `listen` from a thread of its own; returns the address.
+    pub fn serve(self, listen: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+        let local = crate::io::http::serve("dashboard", listen, Arc::new(self))?;
+        tracing::info!(%local, "dashboard");
+        Ok(local)
+    }
 }
 
 fn json_response(status: u16, value: &Value) -> Response<Full<Bytes>> {

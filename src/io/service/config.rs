@@ -53,6 +53,9 @@ pub struct RunConfig {
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The built-in dashboard (served by process 0).
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// How long a stopping process waits for its records to be acknowledged (ms).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -71,6 +74,15 @@ fn default_drain_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` of the Prometheus endpoint (`/metrics`); none: not served.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Where the dashboard is served.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// `host:port` of the dashboard, served by process 0; none: not served. Set it in the file
+    /// every process reads (not per process): all of them build the dataflow that feeds it.
     pub listen: Option<SocketAddr>,
 }
 

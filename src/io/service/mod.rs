@@ -32,6 +32,7 @@ use crate::dataflow::model::TimeMs;
 use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
+use crate::io::dashboard::Dashboard;
 use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::influx::pool::InfluxPool;
 use crate::io::influx::sink::InfluxTarget;
@@ -42,6 +43,7 @@ use crate::io::kafka::sink::{ProduceTo, SinkProducer, SinkTarget};
 use crate::io::kafka::source::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
 use crate::io::kafka::{KafkaConfig, KafkaSetupError};
 use crate::io::latency::ArrivalLatency;
+use crate::io::live::{LiveStats, ViewedStreams, deliver_to_view};
 use crate::io::metrics::{self, Metrics};
 use crate::io::source::{PipelineSources, VecInput};
 
@@ -58,6 +60,8 @@ pub struct ServiceJob {
     pub pipeline: PipelineConfig,
     /// Where `/metrics` is served (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where process 0 serves the dashboard (none: not served). The same on every process.
+    pub dashboard_listen: Option<SocketAddr>,
     /// How long a stopping worker waits for its records to be acknowledged (ms).
     pub drain_timeout_ms: u64,
     /// Set to stop (SIGTERM).
@@ -75,6 +79,14 @@ pub enum ServiceError {
     /// Kafka could not be set up.
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
+    /// The dashboard could not listen.
+    #[error("dashboard.listen {addr}: {source}")]
+    Dashboard {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics endpoint could not listen.
     #[error("metrics.listen {addr}: {source}")]
     Metrics {
@@ -120,6 +132,29 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
         None => None,
     };
     let worker_influx = influx.clone();
+    // Every process follows the view when the dashboard is on (their dataflows must match);
+    // process 0's worker 0 receives the records and serves them.
+    let view = job.dashboard_listen.map(|_| {
+        let stats = LiveStats::new();
+        Arc::new(Mutex::new(if influx.is_some() {
+            stats.without_device_windows()
+        } else {
+            stats
+        }))
+    });
+    if let (Some(addr), Some(stats), true) = (job.dashboard_listen, &view, cluster.is_leader()) {
+        let dashboard = Dashboard::new(
+            Arc::clone(stats),
+            Arc::clone(&metrics),
+            Arc::clone(job.schemas.catalog()),
+            influx.as_ref(),
+            job.pipeline.window.length_ms,
+        );
+        let local = dashboard
+            .serve(addr)
+            .map_err(|source| ServiceError::Dashboard { addr, source })?;
+        tracing::info!(%local, "dashboard at /");
+    }
     let changes = Arc::new(Mutex::new(Some(changes)));
     tracing::info!(
         brokers = %job.kafka.brokers,
@@ -141,6 +176,7 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
             metrics: &metrics,
             producer: &worker_producer,
             influx: worker_influx.as_ref(),
+            view: view.as_ref().map(|v| (worker.index() == 0, v)),
             changes,
         };
         run_worker(worker, context)
@@ -179,6 +215,8 @@ struct WorkerContext<'a> {
     metrics: &'a Arc<Metrics>,
     producer: &'a SinkProducer,
     influx: Option<&'a InfluxPool>,
+    /// With the dashboard on: whether this worker receives the view's records, and the view.
+    view: Option<(bool, &'a Arc<Mutex<LiveStats>>)>,
     changes: Option<Receiver<RegistryChange>>,
 }
 
@@ -198,6 +236,7 @@ fn run_worker(
         metrics,
         producer,
         influx,
+        view,
         changes,
     } = context;
     let index = worker.index();
@@ -254,7 +293,7 @@ fn run_worker(
     };
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
-        counts.probe_with(&source_probe);
+        let counts = counts.probe_with(&source_probe);
         let topics = &job.kafka.topics;
         let catalog = Arc::clone(job.schemas.catalog());
         let mut dead_letters = outputs.dead_letters.clone();
@@ -272,6 +311,14 @@ fn run_worker(
         }
         let counted = Arc::clone(metrics);
         let dead_letters = dead_letters.inspect(move |d| counted.dead_letter(d.reason));
+        if let Some((receives, stats)) = view {
+            let streams = ViewedStreams {
+                counts,
+                dead_letters: dead_letters.clone(),
+            };
+            let target = receives.then(|| Arc::clone(stats));
+            deliver_to_view(&outputs, streams, &target, |_| {});
+        }
         let counted = Arc::clone(metrics);
         // Late readings are counted here; the file of them is `replay`'s.
         outputs.late.inspect(move |_| counted.late_readings.inc());
