@@ -26,30 +26,17 @@ fn span() -> String {
 }
 
 fn replay_command(data: &Dataset, out: &Path, influx_args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_iotpipe"));
-    command
-        .args(["replay", "--events"])
-        .arg(&data.events)
-        .arg("--registry")
-        .arg(&data.registry)
-        .arg("--out")
-        .arg(out)
-        .args(["-w", "2"])
-        .args(influx_args);
+    let mut command = common::replay_command(data, out);
+    command.args(influx_args);
     command
 }
 
 fn replay(data: &Dataset, out: &Path, influx: &Influx) -> String {
-    let output = replay_command(data, out, &["--influx-url", &influx.url()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::succeed(&mut replay_command(
+        data,
+        out,
+        &["--influx-url", &influx.url()],
+    ))
 }
 
 fn windows_in_file(out: &Path) -> Windows {

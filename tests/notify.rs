@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,26 +97,12 @@ fn start_receiver_on(
 }
 
 fn replay(data: &common::Dataset, out: &Path, notify: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
-        .args(["replay", "--events"])
-        .arg(&data.events)
-        .arg("--registry")
-        .arg(&data.registry)
-        .arg("--out")
-        .arg(out)
-        .arg("--notify")
-        .arg(notify)
-        .args(["-w", "2"])
-        .env("HOOK_SECRET", SECRET)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::succeed(
+        common::replay_command(data, out)
+            .arg("--notify")
+            .arg(notify)
+            .env("HOOK_SECRET", SECRET),
+    )
 }
 
 fn alert_ids(out: &Path) -> Vec<String> {

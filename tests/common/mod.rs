@@ -164,3 +164,29 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     };
     Some((status, body))
 }
+
+/// `iotpipe replay` of a dataset into `out`, with 2 workers; more arguments may follow.
+pub fn replay_command(data: &Dataset, out: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_iotpipe"));
+    command
+        .args(["replay", "--events"])
+        .arg(&data.events)
+        .arg("--registry")
+        .arg(&data.registry)
+        .arg("--out")
+        .arg(out)
+        .args(["-w", "2"]);
+    command
+}
+
+/// Runs `command` to its end, which must be a success; its standard output.
+pub fn succeed(command: &mut std::process::Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
