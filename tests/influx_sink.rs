@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use common::influx::Influx;
@@ -12,8 +10,8 @@ use iotpipe::dataflow::model::{DeadLetter, DeadLetterReason, ExactSum, MetricId,
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::io::influx::config::InfluxConfig;
 use iotpipe::io::influx::lines::aggregate_line;
-use iotpipe::io::influx::pool::InfluxPool;
-use iotpipe::io::influx::sink::{InfluxTarget, WriteToInflux};
+use iotpipe::io::influx::pool::{InfluxPool, Lane};
+use iotpipe::io::influx::sink::{HeldBack, InfluxTarget, WriteToInflux};
 use iotpipe::io::metrics::Metrics;
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::Input;
@@ -68,7 +66,8 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
             let target = InfluxTarget {
                 pool: worker_pool.clone(),
                 skip_before_ms: 0,
-                full: Rc::new(Cell::new(false)),
+                full: HeldBack::default(),
+                lane: Lane::Derived,
             };
             scope
                 .input_from(&mut input)

@@ -1,9 +1,7 @@
 //! `iotpipe demo`: the simulated fleet through the dataflow in real time, with a live view.
 
-use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,8 +13,8 @@ use iotpipe::dataflow::ingest::Ingestor;
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::dashboard::Dashboard;
 use iotpipe::io::fleet::{Fleet, FleetConfig};
-use iotpipe::io::influx::pool::InfluxPool;
-use iotpipe::io::influx::sink::InfluxTarget;
+use iotpipe::io::influx::pool::{InfluxPool, Lane};
+use iotpipe::io::influx::sink::{HeldBack, InfluxTarget};
 use iotpipe::io::influx::write_outputs;
 use iotpipe::io::latency::ArrivalLatency;
 use iotpipe::io::live::{LiveStats, ViewedStreams, deliver_to_view};
@@ -150,7 +148,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         let view = (index == 0).then(|| Arc::clone(&worker_stats));
         let started = Instant::now();
         let mut sources = PipelineSources::new();
-        let influx_full = Rc::new(Cell::new(false));
+        let influx_full = HeldBack::default();
         let progress = ProbeHandle::new();
         let stored = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
@@ -161,7 +159,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 let target = InfluxTarget {
                     pool: pool.clone(),
                     skip_before_ms: 0,
-                    full: Rc::clone(&influx_full),
+                    full: influx_full.clone(),
+                    lane: Lane::Derived,
                 };
                 let written = write_outputs(&outputs, &target, schemas.catalog());
                 written.readings.probe_with(&stored);
@@ -195,7 +194,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
             if let Some(source) = source.as_mut() {
                 let wall_ms = now_ms + started.elapsed().as_millis() as u64;
-                if !influx_full.get() && fleet_ms < wall_ms {
+                if !influx_full.is_held() && fleet_ms < wall_ms {
                     let until_ms = wall_ms.min(fleet_ms + CATCH_UP_MS);
                     lines.clear();
                     fleet.advance_to(until_ms, &mut lines);

@@ -61,8 +61,8 @@ pub struct InfluxConfig {
     /// Requests in flight at once, per process.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Full batches waiting for a request, per process; when they are all taken the dataflow
-    /// stops reading until InfluxDB catches up.
+    /// Full batches waiting for a request, per process and lane (readings, the rest); when a
+    /// lane's are all taken the dataflow stops reading until InfluxDB catches up.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
     /// Compress request bodies (gzip, fast level): a fifth of the bytes on a network, but CPU

@@ -16,6 +16,7 @@ use timely::dataflow::operators::Concatenate;
 use crate::dataflow::model::DeadLetter;
 use crate::dataflow::schema::MetricCatalog;
 use crate::dataflow::{EventStream, PipelineOutputs};
+use pool::Lane;
 use sink::{InfluxTarget, WriteToInflux};
 
 /// The streams of [`write_outputs`].
@@ -35,9 +36,13 @@ pub fn write_outputs<'scope>(
     catalog: &Arc<MetricCatalog>,
 ) -> InfluxWritten<'scope> {
     let c = Arc::clone(catalog);
+    let readings_target = InfluxTarget {
+        lane: Lane::Readings,
+        ..target.clone()
+    };
     let readings = outputs.readings.clone().write_to_influx(
         "InfluxReadings",
-        target.clone(),
+        readings_target,
         move |m, buffer| lines::reading_lines(buffer, m, &c),
     );
     let c = Arc::clone(catalog);

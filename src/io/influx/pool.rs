@@ -4,6 +4,10 @@
 //! A refused batch (400, 413, 422) is halved and each half written again until every refused
 //! record stands alone: good points land (writing a point twice leaves one point), and only the
 //! records InfluxDB refuses on their own become dead letters, with its reason.
+//!
+//! Readings have a lane of their own, served first: the burst of windows, scores and rollups
+//! that a window close emits at once does not queue ahead of the readings that dashboards wait
+//! for. Every writer takes a readings batch when one waits, the others' batches otherwise.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::Sender;
@@ -78,10 +82,22 @@ pub struct BatchOutcome {
     pub rejected: Vec<(TimeMs, DeadLetter)>,
 }
 
+/// Which queue a sink's batches take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Readings: written first.
+    Readings,
+    /// Everything derived from them (windows, rollups, scores, alert events).
+    Derived,
+}
+
+type Queue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<InfluxBatch>>>;
+
 /// A process's InfluxDB writers; clones share them.
 #[derive(Clone)]
 pub struct InfluxPool {
-    queue: tokio::sync::mpsc::Sender<InfluxBatch>,
+    readings: tokio::sync::mpsc::Sender<InfluxBatch>,
+    derived: tokio::sync::mpsc::Sender<InfluxBatch>,
     /// Batch size and linger, for the sinks.
     pub config: Arc<InfluxConfig>,
     /// The API resolved at start, for readers of the same database.
@@ -118,8 +134,12 @@ impl InfluxPool {
                 message,
             })?;
         runtime.block_on(writers[0].ensure_database());
-        let (queue, batches) = tokio::sync::mpsc::channel(config.queue_batches);
-        let batches = Arc::new(tokio::sync::Mutex::new(batches));
+        let (readings, readings_queue) = tokio::sync::mpsc::channel(config.queue_batches);
+        let (derived, derived_queue) = tokio::sync::mpsc::channel(config.queue_batches);
+        let queues: (Queue, Queue) = (
+            Arc::new(tokio::sync::Mutex::new(readings_queue)),
+            Arc::new(tokio::sync::Mutex::new(derived_queue)),
+        );
         let thread = std::thread::Builder::new()
             .name("influx-writer".into())
             .spawn(move || {
@@ -129,7 +149,7 @@ impl InfluxPool {
                         .map(|writer| {
                             tokio::spawn(write_batches(
                                 writer,
-                                Arc::clone(&batches),
+                                (Arc::clone(&queues.0), Arc::clone(&queues.1)),
                                 Arc::clone(&metrics),
                             ))
                         })
@@ -145,18 +165,23 @@ impl InfluxPool {
             })?;
         tracing::info!(url = %config.url, ?api, "writing to influxdb");
         Ok(Self {
-            queue,
+            readings,
+            derived,
             config: Arc::new(config.clone()),
             api,
             thread: Arc::new(Mutex::new(Some(thread))),
         })
     }
 
-    /// Moves batches from the front of `waiting` into the queue until it is full (the caller
-    /// then holds the dataflow back and tries again).
-    pub fn send_waiting(&self, waiting: &mut VecDeque<InfluxBatch>) {
+    /// Moves batches from the front of `waiting` into `lane`'s queue until it is full (the
+    /// caller then holds the dataflow back and tries again).
+    pub fn send_waiting(&self, lane: Lane, waiting: &mut VecDeque<InfluxBatch>) {
+        let queue = match lane {
+            Lane::Readings => &self.readings,
+            Lane::Derived => &self.derived,
+        };
         while !waiting.is_empty() {
-            match self.queue.try_reserve() {
+            match queue.try_reserve() {
                 Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
                 Err(TrySendError::Full(())) => return,
                 Err(TrySendError::Closed(())) => panic!("the influxdb writer thread has stopped"),
@@ -167,7 +192,8 @@ impl InfluxPool {
     /// Waits for the writers to finish what is queued; the sinks' clones must be gone.
     pub fn finish(self) {
         let thread = self.thread.lock().expect("not poisoned").take();
-        drop(self.queue);
+        drop(self.readings);
+        drop(self.derived);
         if let Some(thread) = thread {
             let _ = thread.join();
         }
@@ -176,11 +202,17 @@ impl InfluxPool {
 
 async fn write_batches(
     mut writer: InfluxWriter,
-    batches: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<InfluxBatch>>>,
+    (readings, derived): (Queue, Queue),
     metrics: Arc<Metrics>,
 ) {
     loop {
-        let next = batches.lock().await.recv().await;
+        // Readings first; a lane that is closed and empty drops out.
+        let next = tokio::select! {
+            biased;
+            Some(batch) = async { readings.lock().await.recv().await } => Some(batch),
+            Some(batch) = async { derived.lock().await.recv().await } => Some(batch),
+            else => None,
+        };
         let Some(batch) = next else {
             return;
         };

@@ -23,7 +23,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::model::{DeadLetter, TimeMs};
-use crate::io::influx::pool::{BatchReply, InfluxBatch, InfluxPool};
+use crate::io::influx::pool::{BatchReply, InfluxBatch, InfluxPool, Lane};
 
 /// Where a sink writes.
 #[derive(Clone)]
@@ -32,8 +32,34 @@ pub struct InfluxTarget {
     pub pool: InfluxPool,
     /// Records at times before this were written by an earlier run: they are skipped.
     pub skip_before_ms: TimeMs,
-    /// Set while this worker's batches wait for room in the queue: the source should pause.
-    pub full: Rc<Cell<bool>>,
+    /// Held while this worker's batches wait for room in the queue: the source should pause.
+    pub full: HeldBack,
+    /// The writers' queue the batches take.
+    pub lane: Lane,
+}
+
+/// The sinks of a worker that wait for room in the writers' queue: the source pauses while
+/// any does.
+#[derive(Clone, Debug, Default)]
+pub struct HeldBack(Rc<Cell<usize>>);
+
+impl HeldBack {
+    /// Whether a sink is waiting.
+    pub fn is_held(&self) -> bool {
+        self.0.get() > 0
+    }
+
+    /// One sink's state: `holding` is whether it held before, `now` whether it does now.
+    fn hold(&self, holding: &mut bool, now: bool) {
+        if now != *holding {
+            self.0.set(if now {
+                self.0.get() + 1
+            } else {
+                self.0.get() - 1
+            });
+            *holding = now;
+        }
+    }
 }
 
 /// Writes a stream to InfluxDB.
@@ -81,6 +107,7 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                 let mut spare: Vec<Vec<u8>> = Vec::new();
                 let mut opened_at = Instant::now();
                 let mut waiting: VecDeque<InfluxBatch> = VecDeque::new();
+                let mut holding = false;
                 move |(input, frontier), output| {
                     for outcome in replies.try_iter() {
                         for (time, dead) in outcome.rejected {
@@ -136,8 +163,8 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                     if !open.is_empty() && (opened_at.elapsed() >= linger || frontier.is_empty()) {
                         seal(&mut open, &mut held);
                     }
-                    target.pool.send_waiting(&mut waiting);
-                    target.full.set(!waiting.is_empty());
+                    target.pool.send_waiting(target.lane, &mut waiting);
+                    target.full.hold(&mut holding, !waiting.is_empty());
                     // A time is written once no record can still come for it, none waits in
                     // the open batch, and InfluxDB has answered every batch holding it.
                     held.retain(|time, (_, batches)| {

@@ -10,7 +10,7 @@
 mod chunks;
 mod output;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -34,7 +34,8 @@ use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::deliver::{DeliverInOrder, to_shared};
 use crate::io::influx::pool::InfluxPool;
-use crate::io::influx::sink::InfluxTarget;
+use crate::io::influx::pool::Lane;
+use crate::io::influx::sink::{HeldBack, InfluxTarget};
 use crate::io::influx::write_outputs;
 use crate::io::notify::{Notification, NotifierHandle};
 use crate::io::source::{PipelineSources, SourceInputs, VecInput};
@@ -175,7 +176,7 @@ fn run_worker(
     });
 
     let mut sources = PipelineSources::new();
-    let influx_full = Rc::new(Cell::new(false));
+    let influx_full = HeldBack::default();
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
         let mut dead_letters = outputs.dead_letters.clone();
@@ -183,7 +184,8 @@ fn run_worker(
             let target = InfluxTarget {
                 pool: pool.clone(),
                 skip_before_ms: 0,
-                full: Rc::clone(&influx_full),
+                full: influx_full.clone(),
+                lane: Lane::Derived,
             };
             let written = write_outputs(&outputs, &target, job.schemas.catalog());
             dead_letters = dead_letters.concat(written.rejected);
@@ -264,7 +266,7 @@ fn feed_chunks(
     ledger: &mut VecInput<u64, (u64, Option<TimeMs>)>,
     prefixes: &Rc<RefCell<HashMap<u64, Option<TimeMs>>>>,
     (index, peers): (usize, usize),
-    influx_full: &Cell<bool>,
+    influx_full: &HeldBack,
 ) -> std::io::Result<()> {
     type DecodedChunk = (Chunk, Vec<Result<Decoded, DeadLetter>>);
     let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
@@ -327,7 +329,7 @@ fn feed_chunks(
         prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
         worker.step();
         // InfluxDB is behind: wait for it rather than queue the file in memory.
-        while influx_full.get() {
+        while influx_full.is_held() {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         spare = (chunk, decoded);

@@ -34,8 +34,8 @@ use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::dashboard::Dashboard;
 use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
-use crate::io::influx::pool::InfluxPool;
-use crate::io::influx::sink::InfluxTarget;
+use crate::io::influx::pool::{InfluxPool, Lane};
+use crate::io::influx::sink::{HeldBack, InfluxTarget};
 use crate::io::influx::write_outputs;
 use crate::io::jsonl;
 use crate::io::kafka::registry::{LiveRegistry, RegistryFollower};
@@ -279,7 +279,7 @@ fn run_worker(
     });
 
     let full = Rc::new(Cell::new(false));
-    let influx_full = Rc::new(Cell::new(false));
+    let influx_full = HeldBack::default();
     let source_probe = ProbeHandle::new();
     let written_probe = ProbeHandle::new();
     let influx_probe = ProbeHandle::new();
@@ -301,7 +301,8 @@ fn run_worker(
             let target = InfluxTarget {
                 pool: pool.clone(),
                 skip_before_ms: source.skip_before_ms(),
-                full: Rc::clone(&influx_full),
+                full: influx_full.clone(),
+                lane: Lane::Derived,
             };
             let written = write_outputs(&outputs, &target, &catalog);
             written.readings.probe_with(&influx_probe);
@@ -374,7 +375,7 @@ fn run_worker(
     let mut last_status = Instant::now();
     while !job.stop.load(Ordering::Acquire) {
         let now = Instant::now();
-        let read = if full.get() || influx_full.get() {
+        let read = if full.get() || influx_full.is_held() {
             0
         } else {
             let floor = floor.borrow().floor(now);
