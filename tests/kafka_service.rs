@@ -376,6 +376,23 @@ fn wait_for_keys(
     }
 }
 
+/// Waits (up to 4 minutes) until `outputs` holds every window of `expected`; its records.
+fn wait_for_all_aggregates(
+    tansu: &Tansu,
+    outputs: &Outputs,
+    expected: &common::reference::Expected,
+    cluster: &Cluster,
+) -> Vec<(String, String)> {
+    let count = expected.aggregates.len();
+    wait_for_keys(
+        tansu,
+        &outputs.aggregates,
+        count,
+        Duration::from_secs(240),
+        cluster,
+    )
+}
+
 fn dead_letter_pairs(records: &[(String, String)]) -> Vec<(String, String)> {
     common::dead_letter_pairs_of(&latest_per_key(records))
 }
@@ -430,13 +447,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         "",
     );
     cluster.start();
-    let aggregates = wait_for_keys(
-        &fixture.tansu,
-        &whole.aggregates,
-        expected.aggregates.len(),
-        Duration::from_secs(240),
-        &cluster,
-    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &whole, &expected, &cluster);
     let metrics = cluster.metrics();
     cluster.stop();
     let dead = assert_outputs(&fixture.tansu, &whole, &aggregates, &expected);
@@ -485,13 +496,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     std::thread::sleep(Duration::from_secs(1));
     cluster.kill_all();
     cluster.start();
-    let aggregates = wait_for_keys(
-        &fixture.tansu,
-        &interrupted.aggregates,
-        expected.aggregates.len(),
-        Duration::from_secs(240),
-        &cluster,
-    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &interrupted, &expected, &cluster);
     cluster.stop();
     assert_outputs(&fixture.tansu, &interrupted, &aggregates, &expected);
     let alerts = fixture.tansu.read_all(&interrupted.alerts);
@@ -526,13 +531,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     cluster.processes = 1;
     cluster.workers = 2;
     cluster.start();
-    let aggregates = wait_for_keys(
-        &fixture.tansu,
-        &resumed.aggregates,
-        expected.aggregates.len(),
-        Duration::from_secs(240),
-        &cluster,
-    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &resumed, &expected, &cluster);
     let resumed_at: Vec<i64> = (0..cluster.processes)
         .flat_map(|p| {
             cluster
@@ -577,13 +576,7 @@ fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
         written_before.len() < expected.aggregates.len(),
         "the broker went down only after everything was written"
     );
-    let aggregates = wait_for_keys(
-        &fixture.tansu,
-        &outputs.aggregates,
-        expected.aggregates.len(),
-        Duration::from_secs(240),
-        &cluster,
-    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
@@ -664,13 +657,7 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves
         influx.url()
     );
     let (outputs, mut cluster) = fixture.start_run("influx", 2, &influx_toml);
-    let aggregates = wait_for_keys(
-        &fixture.tansu,
-        &outputs.aggregates,
-        expected.aggregates.len(),
-        Duration::from_secs(240),
-        &cluster,
-    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
     // What Kafka got, InfluxDB got: the windows of the batch computation, field for field.
     let want = common::influx::windows_of_lines(&expected.aggregates);
     let span = format!(
