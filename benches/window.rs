@@ -53,6 +53,7 @@ fn messages() -> Vec<(u64, EnrichedMessage)> {
                 EnrichedMessage {
                     device_id: id.clone(),
                     device: Arc::clone(info),
+                    stamp_ms: ts_ms,
                     readings,
                 },
             ));

@@ -93,6 +93,7 @@ fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
                 input.send(EnrichedMessage {
                     device_id,
                     device: Arc::clone(&info),
+                    stamp_ms: *input.time(),
                     readings: vec![reading],
                 });
             }

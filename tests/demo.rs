@@ -64,6 +64,24 @@ fn bad_arguments_get_one_clear_error_naming_the_flag() {
         (vec!["demo", "--listen", "localhost"], "--listen"),
         (vec!["demo", "--influx-url", "ftp://h:1"], "--influx-url"),
         (vec!["demo", "--fault-share", "2"], "--fault-share"),
+        (vec!["demo", "--fault-share", "NaN"], "--fault-share"),
+        (vec!["demo", "--rate", "NaN"], "--rate"),
+        (vec!["demo", "--rate=-1"], "--rate"),
+        (vec!["demo", "--duration=-1"], "--duration"),
+        (vec!["demo", "--duration", "inf"], "--duration"),
+        (vec!["demo", "--clock-quorum", "0"], "--clock-quorum"),
+        (
+            vec!["demo", "--max-message-bytes", "0"],
+            "--max-message-bytes",
+        ),
+        (
+            vec!["loadgen", "--to", "file:/tmp/x", "--rate", "NaN"],
+            "--rate",
+        ),
+        (
+            vec!["loadgen", "--to", "file:/tmp/x", "--duration=-5"],
+            "--duration",
+        ),
         (
             vec![
                 "replay",

@@ -28,6 +28,7 @@ fn message(device: &str, ts_ms: u64) -> TimedMessage {
         device_id: DeviceId::from(device),
         ts_ms,
         watermark_ms: ts_ms,
+        watermark_ceiling_ms: u64::MAX,
         readings: vec![Reading {
             metric: MetricId(0),
             ts_ms,

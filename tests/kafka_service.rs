@@ -24,18 +24,22 @@ const REGISTRY: &str = "registry";
 /// The partition a producer keyed by device id would pick; lines without an id spread by
 /// their text.
 fn partition_of(line: &str) -> i32 {
-    let id = serde_json::from_str::<Value>(line).ok().and_then(|v| {
-        v.get("device_id")
-            .or_else(|| v.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let key = id.unwrap_or_else(|| line.to_owned());
+    let key = device_of(line).unwrap_or_else(|| line.to_owned());
     // FNV-1a: stable across runs and platforms.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     (hash % PARTITIONS as u64) as i32
+}
+
+/// The device id of a message, if it has one.
+fn device_of(line: &str) -> Option<String> {
+    serde_json::from_str::<Value>(line).ok().and_then(|v| {
+        v.get("device_id")
+            .or_else(|| v.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
 }
 
 struct Fixture {
@@ -550,6 +554,78 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
         cluster.log(0)
     );
     assert_outputs(&fixture.tansu, &resumed, &aggregates, &expected);
+}
+
+#[test]
+fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact() {
+    let fixture = fixture(60, 240);
+    let expected = fixture.expected();
+    fixture.produce_registry(&fixture.registry_lines);
+    // Each partition's first message: one of its own registered devices, stamped 2100.
+    let mut first_device: BTreeMap<i32, String> = BTreeMap::new();
+    for (p, line) in &fixture.lines {
+        if let Some(id) = device_of(line) {
+            first_device.entry(*p).or_insert(id);
+        }
+    }
+    let poisoned: Vec<(i32, String)> = first_device
+        .iter()
+        .map(|(p, id)| {
+            (
+                *p,
+                format!(r#"{{"device_id":"{id}","ts":4102444800000,"t":21.5}}"#),
+            )
+        })
+        .collect();
+    assert_eq!(poisoned.len(), PARTITIONS as usize);
+    let huge = format!(
+        r#"{{"device_id":"{}","ts":1704067300000,"blob":"{}","t":21.5}}"#,
+        first_device[&0],
+        "x".repeat(2 << 20)
+    );
+    let middle = fixture.lines.len() / 2;
+    let mut records: Vec<(Option<i32>, &str, &[u8])> = poisoned
+        .iter()
+        .map(|(p, l)| (Some(*p), "", l.as_bytes()))
+        .collect();
+    for (i, (p, line)) in fixture.lines.iter().enumerate() {
+        if i == middle {
+            records.push((Some(0), "", huge.as_bytes()));
+        }
+        records.push((Some(*p), "", line.as_bytes()));
+    }
+    fixture.tansu.produce(TELEMETRY, records);
+    let outputs = Outputs::named("poisoned");
+    outputs.create(&fixture.tansu, 2);
+    let dir = fixture.data.dir.path();
+    let brokers = fixture.tansu.brokers();
+    let source = "idle_timeout_ms = 3000";
+    let mut cluster = Cluster::configure(dir, "poisoned", &brokers, &outputs, 2, source, "");
+    cluster.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    cluster.stop();
+    assert_same_lines(
+        "aggregates",
+        &latest_per_key(&aggregates),
+        &expected.aggregates,
+    );
+    // Every expected dead letter, and one per poison message, bounded.
+    let dead = fixture.tansu.read_all(&outputs.dead_letters);
+    let mut want = expected.dead_letters.clone();
+    want.extend(
+        poisoned
+            .iter()
+            .map(|(_, l)| ("future_timestamp".to_owned(), l.clone())),
+    );
+    want.push(("too_large".to_owned(), huge[..4096].to_owned()));
+    want.sort();
+    assert_eq!(dead_letter_pairs(&dead), want);
+    let (_, too_large) = dead
+        .iter()
+        .find(|(_, v)| v.contains("\"too_large\""))
+        .expect("the 2 MB message is a dead letter");
+    assert!(too_large.len() < 16 * 1024, "{} bytes", too_large.len());
+    assert!(too_large.contains(&format!("\"raw_len\":{}", huge.len())));
 }
 
 #[test]

@@ -166,6 +166,18 @@ struct Bridge {
 
 impl Bridge {
     fn start(dir: &Path, name: &str, group: &str, broker: &Mosquitto, kafka: &Tansu) -> Self {
+        Self::start_with(dir, name, group, broker, kafka, "")
+    }
+
+    /// A bridge with more `[kafka]` settings (`extra_kafka`, TOML lines).
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        group: &str,
+        broker: &Mosquitto,
+        kafka: &Tansu,
+        extra_kafka: &str,
+    ) -> Self {
         let config = dir.join(format!("{name}.toml"));
         let metrics_port = common::free_port();
         std::fs::write(
@@ -175,8 +187,8 @@ impl Bridge {
                  username = \"{BRIDGE_USER}\"\npassword_env = \"BRIDGE_PASSWORD\"\n\
                  [mqtt.tls]\nca_file = \"{}\"\n\
                  [subscription]\nmax_in_flight = 1000\nshare_group = \"{group}\"\n\
-                 [kafka]\nbrokers = \"{}\"\n\
-                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+                 [kafka]\nbrokers = \"{}\"\n{extra_kafka}\n",
                 broker.tls_port.unwrap(),
                 broker.ca_file.as_ref().unwrap().display(),
                 kafka.brokers()
@@ -629,4 +641,87 @@ fn a_bridge_with_a_wrong_password_stops_with_one_clear_error() {
         "{stderr}"
     );
     assert!(!stderr.contains("not-it"), "the password leaked: {stderr}");
+}
+
+/// Publishes one QoS 1 message as `dev-000000` and waits for its PUBACK.
+async fn publish_as_device(port: u16, payload: Vec<u8>) {
+    let password = device_password(FLEET_SECRET, "dev-000000");
+    let (device, mut events) = connect(port, "dev-000000", Some(("dev-000000", &password)))
+        .await
+        .unwrap();
+    device
+        .publish(
+            "devices/dev-000000/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.unwrap() {
+            break;
+        }
+    }
+    let _ = device.disconnect().await;
+}
+
+/// Waits up to 30 s for `topic` to hold `count` records.
+fn wait_for_records(kafka: &Tansu, topic: &str, count: usize) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = kafka.read_all(topic);
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_200_kib_message_is_forwarded_and_one_kafka_refuses_is_a_dead_letter_not_a_stall() {
+    let (broker, kafka, dir) = setup();
+    let dead_topic = "iotpipe.dead_letters";
+    kafka.create_topics(&[(dead_topic, 1)]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let big = |fill: u8| -> Vec<u8> {
+        let mut body = br#"{"device_id":"dev-000000","ts":1704067200000,"note":""#.to_vec();
+        body.extend(std::iter::repeat_n(fill, 200 * 1024));
+        body.extend(br#"","t":21.5}"#);
+        body
+    };
+    // Within the broker's and Kafka's limits: forwarded whole, and acknowledged.
+    let bridge = Bridge::start(dir.path(), "bridge-big", "", &broker, &kafka);
+    std::thread::sleep(Duration::from_secs(1));
+    runtime.block_on(publish_as_device(broker.port, big(b'a')));
+    let records = wait_for_records(&kafka, TOPIC, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1.as_bytes(), big(b'a').as_slice());
+    let report = bridge.stop();
+    assert_eq!(report_count(&report, "forwarded"), 1, "{report}");
+
+    // A Kafka that takes at most 100 kB refuses the next one: it becomes a bounded dead letter
+    // and is acknowledged, so it does not come back on every restart.
+    let small_kafka = format!(
+        "dead_letter_topic = \"{dead_topic}\"\n[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n"
+    );
+    let mut bridge =
+        Bridge::start_with(dir.path(), "bridge-big", "", &broker, &kafka, &small_kafka);
+    std::thread::sleep(Duration::from_secs(1));
+    runtime.block_on(publish_as_device(broker.port, big(b'b')));
+    let dead = wait_for_records(&kafka, dead_topic, 1);
+    assert_eq!(dead.len(), 1);
+    let letter: serde_json::Value = serde_json::from_str(&dead[0].1).unwrap();
+    assert_eq!(letter["reason"], "sink_rejected");
+    assert_eq!(letter["raw_len"].as_u64(), Some(big(b'b').len() as u64));
+    assert!(letter["raw"].as_str().unwrap().len() <= 4096);
+    let metrics = common::scrape_metrics(bridge.metrics_port);
+    assert_eq!(metric(&metrics, "iotpipe_bridge_rejected_total"), 1);
+    // Restarted, the bridge gets nothing again: the broker had its acknowledgement.
+    bridge.kill_and_restart(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_secs(3));
+    let report = bridge.stop();
+    assert_eq!(report_count(&report, "received"), 0, "{report}");
+    assert_eq!(kafka.read_all(dead_topic).len(), 1);
+    assert_eq!(kafka.read_all(TOPIC).len(), 1);
 }

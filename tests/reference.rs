@@ -5,13 +5,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use iotpipe::dataflow::PipelineConfig;
-use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::cluster::ClusterConfig;
-use iotpipe::io::replay::{ReplayJob, replay};
 use iotpipe::io::schemas::load_registry;
 
 use common::reference::{Expected, compute};
@@ -80,37 +76,6 @@ fn assert_outputs_equal(out: &Path, expected: &Expected, what: &str) {
     );
 }
 
-fn replay_in_process(
-    data: &Dataset,
-    workers: usize,
-    out: &Path,
-) -> iotpipe::io::summary::RunSummary {
-    let schemas = SchemaSet::embedded();
-    let registry = load_registry(&data.registry, &schemas).unwrap();
-    let job = ReplayJob {
-        events: data.events.clone(),
-        registry: Arc::new(registry),
-        out: out.to_owned(),
-        schemas,
-        pipeline: PipelineConfig {
-            anomaly: AnomalyConfig {
-                emit_all_scores: true,
-                ..AnomalyConfig::default()
-            },
-            ..PipelineConfig::default()
-        },
-        // Small chunks: many hand-offs of the watermark prefix between workers.
-        chunk_bytes: 64 * 1024,
-        notifier: None,
-        influx: None,
-    };
-    let cluster = ClusterConfig {
-        workers,
-        ..ClusterConfig::default()
-    };
-    replay(job, &cluster).unwrap().expect("process 0 reports")
-}
-
 #[test]
 fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
     let data = common::dataset(200, 420);
@@ -118,7 +83,7 @@ fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
     let mut first_scores: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
     for workers in [1, 2, 4] {
         let out = data.dir.path().join(format!("out-w{workers}"));
-        let summary = replay_in_process(&data, workers, &out);
+        let summary = common::replay_in_process(&data.events, &data.registry, workers, &out);
         assert_outputs_equal(&out, &expected, &format!("{workers} workers"));
         // Every reading's score, bit for bit, and the anomalies and alert events (ids
         // included), line for line, in file order.

@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, OkErr};
 use timely::progress::Antichain;
 
@@ -23,6 +24,7 @@ use crate::dataflow::EventStream;
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
+use crate::dataflow::stamp::AtStamps;
 use crate::dataflow::window::WindowConfig;
 
 /// A registry change as the dataflow takes it: `(device_id, entry or delete, effective time)`.
@@ -79,10 +81,13 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
         window: WindowConfig,
     ) -> EnrichedAndUnknown<'scope> {
         let mut trace = registry.trace.clone();
-        // The arrangement is partitioned by the same hash, so each lookup is local.
-        let by_device = Exchange::new(|m: &TimedMessage| m.device_id.hashed());
-        type Joined = Result<EnrichedMessage, DeadLetter>;
-        self.binary_frontier::<_, CapacityContainerBuilder<Vec<Joined>>, _, _, _, _>(
+        let (enriched, unknown) = {
+            // The arrangement is partitioned by the same hash, so each lookup is local.
+            let by_device = Exchange::new(|m: &TimedMessage| m.device_id.hashed());
+            // Unknown devices' dead letters carry their message's stamp (see `stamp`).
+            // Boxed: unknown devices are rare, and the `Ok` path stays small.
+            type Joined = Result<EnrichedMessage, Box<(TimeMs, DeadLetter)>>;
+            self.binary_frontier::<_, CapacityContainerBuilder<Vec<Joined>>, _, _, _, _>(
             registry.stream.clone(),
             by_device,
             Pipeline,
@@ -153,9 +158,10 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                                 Some(device) => Ok(EnrichedMessage {
                                     device_id: message.device_id,
                                     device,
+                                    stamp_ms: message.watermark_ms,
                                     readings: message.readings,
                                 }),
-                                None => Err(unknown_device(&message)),
+                                None => Err(Box::new((message.watermark_ms, unknown_device(&message)))),
                             });
                         }
                     }
@@ -178,6 +184,9 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
             },
         )
         .ok_err(|joined: Joined| joined)
+        };
+        let unknown = unknown.map(|unknown| *unknown);
+        (enriched, unknown.at_stamps("StampUnknownDevices"))
     }
 }
 
@@ -214,15 +223,15 @@ fn history_of(mut changes: Vec<(TimeMs, isize, SharedDeviceInfo)>) -> History {
 
 /// The dead letter for a message whose device the arrangement does not hold at its time.
 fn unknown_device(message: &TimedMessage) -> DeadLetter {
-    DeadLetter {
-        reason: DeadLetterReason::UnknownDevice,
-        detail: format!("not in the registry at {} ms", message.ts_ms),
-        raw: serde_json::json!({
-            "device_id": message.device_id,
-            "ts_ms": message.ts_ms,
-            "readings": message.readings.len(),
-        })
-        .to_string(),
-        origin: None,
-    }
+    let raw = serde_json::json!({
+        "device_id": message.device_id,
+        "ts_ms": message.ts_ms,
+        "readings": message.readings.len(),
+    })
+    .to_string();
+    DeadLetter::new(
+        DeadLetterReason::UnknownDevice,
+        format!("not in the registry at {} ms", message.ts_ms),
+        raw.as_bytes(),
+    )
 }

@@ -40,6 +40,7 @@ pub mod registry;
 pub mod rollup;
 pub mod schema;
 pub mod split_late;
+pub mod stamp;
 pub mod window;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,9 @@ pub type EventStream<'scope, D> = Stream<'scope, TimeMs, Vec<D>>;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// What a source accepts before decoding.
+    #[serde(default)]
+    pub ingest: ingest::IngestConfig,
     /// Watermark lateness and the clock-skew guard.
     #[serde(default)]
     pub event_time: EventTimeConfig,

@@ -49,7 +49,8 @@ pub struct DeviceMessage {
 ///
 /// Its timely time is at most `watermark_ms`. Each reading's own watermark follows from it: the
 /// readings before it in the message are valid readings too, so reading `i` is judged against
-/// `max(watermark_ms, max(ts of readings 0..i) - allowed lateness)` (see [`Self::stamped`]).
+/// `max(watermark_ms, min(max(ts of readings 0..i) - allowed lateness, watermark_ceiling_ms))`
+/// (see [`Self::stamped`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimedMessage {
     /// The sending device.
@@ -58,6 +59,9 @@ pub struct TimedMessage {
     pub ts_ms: TimeMs,
     /// The partition's watermark just before the message's first reading.
     pub watermark_ms: TimeMs,
+    /// The most the message's own readings can raise the watermark to: the fleet time plus
+    /// the allowed lead, less the lateness (see [`crate::dataflow::event_time`]).
+    pub watermark_ceiling_ms: TimeMs,
     /// The readings, in message order.
     pub readings: Vec<Reading>,
 }
@@ -69,9 +73,11 @@ impl TimedMessage {
         allowed_lateness_ms: u64,
     ) -> impl Iterator<Item = (Reading, TimeMs)> + '_ {
         let mut watermark_ms = self.watermark_ms;
+        let ceiling_ms = self.watermark_ceiling_ms;
         self.readings.iter().map(move |r| {
             let before = watermark_ms;
-            watermark_ms = watermark_ms.max(r.ts_ms.saturating_sub(allowed_lateness_ms));
+            let raised = r.ts_ms.saturating_sub(allowed_lateness_ms).min(ceiling_ms);
+            watermark_ms = watermark_ms.max(raised);
             (*r, before)
         })
     }
@@ -97,16 +103,22 @@ pub enum DeadLetterReason {
     UnknownMetric,
     /// The device is not in the registry at the message's time.
     UnknownDevice,
-    /// A reading stamped too far ahead of the watermark (a device with a wrong clock).
+    /// A reading stamped too far ahead of the fleet time or of its arrival (a device with a
+    /// wrong clock).
     FutureTimestamp,
+    /// A message larger than the configured limit (`max_message_bytes`).
+    TooLarge,
     /// An output point the time-series store refused for good (a field whose type conflicts
     /// with its series', a value it cannot hold); the raw text is the refused line protocol.
     StoreRejected,
+    /// An output record another sink (Kafka, the bridge's producer) refused for good, such as
+    /// one over the broker's size limit; the raw text is the refused record.
+    SinkRejected,
 }
 
 impl DeadLetterReason {
     /// Every reason, in a stable order (for reports).
-    pub const ALL: [DeadLetterReason; 10] = [
+    pub const ALL: [DeadLetterReason; 12] = [
         Self::InvalidJson,
         Self::NoMatchingSchema,
         Self::MissingDeviceId,
@@ -116,7 +128,9 @@ impl DeadLetterReason {
         Self::UnknownMetric,
         Self::UnknownDevice,
         Self::FutureTimestamp,
+        Self::TooLarge,
         Self::StoreRejected,
+        Self::SinkRejected,
     ];
 
     /// The reason's stable snake_case code.
@@ -131,22 +145,73 @@ impl DeadLetterReason {
             Self::UnknownMetric => "unknown_metric",
             Self::UnknownDevice => "unknown_device",
             Self::FutureTimestamp => "future_timestamp",
+            Self::TooLarge => "too_large",
             Self::StoreRejected => "store_rejected",
+            Self::SinkRejected => "sink_rejected",
         }
     }
 }
 
-/// A message that could not become readings, kept whole with the reason.
+/// A dead letter keeps at most this many bytes of the raw message, so that no dead letter can
+/// exceed a sink's record limit, whatever came in.
+pub const DEAD_LETTER_RAW_MAX_BYTES: usize = 4096;
+
+/// A dead letter's detail is cut to this many bytes (it may quote a value of the message).
+pub const DEAD_LETTER_DETAIL_MAX_BYTES: usize = 512;
+
+/// A message that could not become readings, kept with the reason: the raw bytes whole up to
+/// [`DEAD_LETTER_RAW_MAX_BYTES`], a prefix beyond, with the original length and a hash.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Why it was rejected.
     pub reason: DeadLetterReason,
     /// A human-readable detail (which field, what was expected).
     pub detail: String,
-    /// The message as received (invalid UTF-8 replaced).
+    /// The message as received (invalid UTF-8 replaced), or its first
+    /// [`DEAD_LETTER_RAW_MAX_BYTES`] bytes.
     pub raw: String,
+    /// The message's length in bytes as received (a `u32` keeps dead letters small in
+    /// `Result`s; no transport here carries 4 GiB).
+    pub raw_len: u32,
+    /// SHA-256 of the message as received, hex: finds the whole message again (in Kafka, in a
+    /// device's log) when `raw` is a prefix.
+    pub raw_sha256: String,
     /// Where the message was read, when the source is a log (Kafka).
     pub origin: Option<MessageOrigin>,
+}
+
+impl DeadLetter {
+    /// A dead letter for `raw`, bounded: see [`DEAD_LETTER_RAW_MAX_BYTES`].
+    pub fn new(reason: DeadLetterReason, detail: impl Into<String>, raw: &[u8]) -> Self {
+        use sha2::Digest;
+        let kept = &raw[..raw.len().min(DEAD_LETTER_RAW_MAX_BYTES)];
+        Self {
+            reason,
+            detail: bounded(detail.into(), DEAD_LETTER_DETAIL_MAX_BYTES),
+            raw: String::from_utf8_lossy(kept).into_owned(),
+            raw_len: u32::try_from(raw.len()).unwrap_or(u32::MAX),
+            raw_sha256: hex::encode(sha2::Sha256::digest(raw)),
+            origin: None,
+        }
+    }
+
+    /// Whether `raw` holds only a prefix of the message.
+    pub fn is_truncated(&self) -> bool {
+        self.raw_len as usize > DEAD_LETTER_RAW_MAX_BYTES
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }
 
 /// A message's place in a partitioned log: enough to find it again.
@@ -237,6 +302,11 @@ pub struct EnrichedMessage {
     pub device_id: DeviceId,
     /// Its registry entry as of the message's time.
     pub device: SharedDeviceInfo,
+    /// The message's watermark stamp ([`TimedMessage::watermark_ms`]): a function of the input
+    /// alone, never of how it was batched, and never before the message's timely time. What
+    /// the message causes (its anomaly scores) is emitted at this time, so that alert
+    /// decisions come out the same whatever the batches, workers or restarts.
+    pub stamp_ms: TimeMs,
     /// The readings, on time ones only.
     pub readings: Vec<Reading>,
 }

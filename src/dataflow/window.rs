@@ -44,14 +44,17 @@ impl WindowConfig {
     /// Whether a reading at `ts_ms` is late against watermark `watermark_ms`: its window's last
     /// millisecond is at or behind the watermark.
     pub fn is_late(&self, ts_ms: TimeMs, watermark_ms: TimeMs) -> bool {
-        self.start_of(ts_ms) + self.length_ms - 1 <= watermark_ms
+        self.close_time(self.start_of(ts_ms)) <= watermark_ms
     }
 
     /// The timely time at which the window starting at `start_ms` is emitted: its last
     /// millisecond. Every on-time reading of it travels at an earlier time, so once the frontier
     /// reaches this time the window is complete.
+    ///
+    /// Saturates: the last window before `u64::MAX` closes at `u64::MAX` rather than wrapping
+    /// to the start of time (decoding refuses stamps after the year 9999 anyway).
     pub fn close_time(&self, start_ms: TimeMs) -> TimeMs {
-        start_ms + self.length_ms - 1
+        start_ms.saturating_add(self.length_ms - 1)
     }
 }
 
@@ -425,9 +428,21 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
 
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };
-                    let mut session = scores_out.session(&cap);
                     let mut last_close = None;
+                    // Scores go out at their message's stamp, not at the batch's time (see
+                    // `EnrichedMessage::stamp_ms`); consecutive messages often share one.
+                    let mut stamp_cap = cap.delayed(&time, 1);
+                    let mut stamp_scores = Vec::new();
                     for message in data.drain(..) {
+                        let stamp_ms = message.stamp_ms.max(time);
+                        if *stamp_cap.time() != stamp_ms {
+                            if !stamp_scores.is_empty() {
+                                scores_out
+                                    .session(&stamp_cap)
+                                    .give_container(&mut stamp_scores);
+                            }
+                            stamp_cap = cap.delayed(&stamp_ms, 1);
+                        }
                         let state = match devices.get_mut(&message.device_id) {
                             Some(s) => s,
                             None => devices.entry(message.device_id.clone()).or_insert_with(|| {
@@ -479,19 +494,24 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                         &table,
                                         emit_all,
                                     ) {
-                                        session.give(score);
+                                        stamp_scores.push(score);
                                     }
                                 }
                                 None => {
                                     let waiting = held.entry(ready).or_default();
-                                    if waiting.last().is_none_or(|(c, _)| *c.time() != time) {
-                                        waiting.push((cap.delayed(&time, 1), Vec::new()));
+                                    if waiting.last().is_none_or(|(c, _)| *c.time() != stamp_ms) {
+                                        waiting.push((stamp_cap.clone(), Vec::new()));
                                     }
                                     let (_, readings) = waiting.last_mut().expect("just pushed");
                                     readings.push((message.device_id.clone(), *r));
                                 }
                             }
                         }
+                    }
+                    if !stamp_scores.is_empty() {
+                        scores_out
+                            .session(&stamp_cap)
+                            .give_container(&mut stamp_scores);
                     }
                 });
             }

@@ -34,6 +34,8 @@ struct DeadLetterLine<'a> {
     reason: &'a str,
     detail: &'a str,
     raw: &'a str,
+    raw_len: u32,
+    raw_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,7 +109,7 @@ pub fn rollup_line(r: &SiteRollup, catalog: &MetricCatalog) -> String {
     })
 }
 
-/// `dead_letters.jsonl`: `reason, detail, raw`, and `topic, partition, offset` when the message
+/// `dead_letters.jsonl`: `reason, detail, raw` (at most 4 KiB of it), `raw_len, raw_sha256`, and `topic, partition, offset` when the message
 /// was read from Kafka.
 pub fn dead_letter_line(d: &DeadLetter) -> String {
     let origin = d.origin.as_ref();
@@ -115,6 +117,8 @@ pub fn dead_letter_line(d: &DeadLetter) -> String {
         reason: d.reason.code(),
         detail: &d.detail,
         raw: &d.raw,
+        raw_len: d.raw_len,
+        raw_sha256: &d.raw_sha256,
         topic: origin.map(|o| o.topic.as_str()),
         partition: origin.map(|o| o.partition),
         offset: origin.map(|o| o.offset),

@@ -27,6 +27,14 @@ impl ArrivalLatency {
         }
     }
 
+    /// Records one arrival at `time` (a batch), unless one already waits there: a time's
+    /// latency counts from its first read.
+    pub fn first_arrival(&mut self, time: TimeMs, at: Instant) {
+        if self.pending.back().is_none_or(|(t, _, _)| *t < time) {
+            self.pending.push_back((time, at, 1));
+        }
+    }
+
     /// Observes every arrival whose time the frontier has passed (`None`: the frontier is
     /// empty and all have), as one observation per message.
     pub fn passed(&mut self, frontier: Option<TimeMs>, histogram: &Histogram) {

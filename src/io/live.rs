@@ -87,9 +87,11 @@ impl LiveStats {
         }
     }
 
-    /// Stops keeping device windows: the dashboard reads them from InfluxDB.
-    pub fn without_device_windows(mut self) -> Self {
-        self.device_windows = None;
+    /// Whether to keep device windows; not when the dashboard reads them from InfluxDB.
+    pub fn with_device_windows(mut self, keep: bool) -> Self {
+        if !keep {
+            self.device_windows = None;
+        }
         self
     }
 
@@ -371,28 +373,32 @@ pub fn deliver_to_view<'scope, F>(
 ) where
     F: FnMut(&[AlertEvent]) + 'static,
 {
-    streams
-        .counts
-        .deliver_in_order("ViewCounts", to_shared(view, LiveStats::counts));
-    streams
-        .dead_letters
-        .deliver_in_order("ViewDeadLetters", to_shared(view, LiveStats::dead_letters));
-    outputs
-        .aggregates
-        .clone()
-        .deliver_in_order("ViewAggregates", to_shared(view, LiveStats::aggregates));
-    outputs
-        .site_rollups
-        .clone()
-        .deliver_in_order("ViewRollups", to_shared(view, LiveStats::site_rollups));
-    outputs
-        .late
-        .clone()
-        .deliver_in_order("ViewLate", to_shared(view, LiveStats::late));
-    outputs
-        .anomalies
-        .clone()
-        .deliver_in_order("ViewAnomalies", to_shared(view, LiveStats::anomalies));
+    follow(&streams.counts, "ViewCounts", view, LiveStats::counts);
+    follow(
+        &streams.dead_letters,
+        "ViewDeadLetters",
+        view,
+        LiveStats::dead_letters,
+    );
+    follow(
+        &outputs.aggregates,
+        "ViewAggregates",
+        view,
+        LiveStats::aggregates,
+    );
+    follow(
+        &outputs.site_rollups,
+        "ViewRollups",
+        view,
+        LiveStats::site_rollups,
+    );
+    follow(&outputs.late, "ViewLate", view, LiveStats::late);
+    follow(
+        &outputs.anomalies,
+        "ViewAnomalies",
+        view,
+        LiveStats::anomalies,
+    );
     let alert_view = view.clone();
     outputs
         .alerts
@@ -403,4 +409,16 @@ pub fn deliver_to_view<'scope, F>(
                 view.lock().expect("not poisoned").alerts(events);
             }
         });
+}
+
+/// Delivers one stream into the view with `apply`.
+fn follow<T: timely::ExchangeData + Clone>(
+    stream: &EventStream<'_, T>,
+    name: &str,
+    view: &Option<Arc<Mutex<LiveStats>>>,
+    apply: fn(&mut LiveStats, Vec<T>),
+) {
+    stream
+        .clone()
+        .deliver_in_order(name, to_shared(view, apply));
 }

@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::Response;
 
 use crate::dataflow::model::DeadLetterReason;
+use crate::io::failure::FailureClass;
 
 /// A monotone counter.
 #[derive(Debug, Default)]
@@ -145,6 +146,7 @@ pub struct Metrics {
     /// InfluxDB requests that failed and were made again.
     pub influx_retries: Counter,
     records_out: Mutex<BTreeMap<String, Arc<Counter>>>,
+    sink_failures: Mutex<BTreeMap<(String, &'static str), Arc<Counter>>>,
     consumer_lag: Mutex<BTreeMap<i32, i64>>,
 }
 
@@ -153,6 +155,16 @@ impl Metrics {
     pub fn records_out(&self, sink: &str) -> Arc<Counter> {
         let mut sinks = self.records_out.lock().expect("not poisoned");
         Arc::clone(sinks.entry(sink.to_owned()).or_default())
+    }
+
+    /// The counter of `sink`'s failures of `class` (see [`crate::io::failure`]).
+    pub fn sink_failures(&self, sink: &str, class: FailureClass) -> Arc<Counter> {
+        let mut failures = self.sink_failures.lock().expect("not poisoned");
+        Arc::clone(
+            failures
+                .entry((sink.to_owned(), class.label()))
+                .or_default(),
+        )
     }
 
     /// Counts a dead letter.
@@ -196,6 +208,25 @@ impl Metrics {
             "counter",
             "Records acknowledged by the broker, by sink.",
             &sinks,
+        );
+        let failures: Vec<_> = self
+            .sink_failures
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|((sink, class), c)| {
+                (
+                    format!("{{sink=\"{sink}\",class=\"{class}\"}}"),
+                    c.get().to_string(),
+                )
+            })
+            .collect();
+        family(
+            "sink_failures_total",
+            "counter",
+            "Failures handing records to a service, by sink and class (transient: retried; \
+             record: a sink_rejected dead letter; sink: the service stops).",
+            &failures,
         );
         let reasons: Vec<_> = DeadLetterReason::ALL
             .iter()
@@ -383,6 +414,9 @@ mod tests {
         metrics.messages_in.add(3);
         metrics.dead_letter(DeadLetterReason::UnknownDevice);
         metrics.records_out("alerts").add(2);
+        metrics
+            .sink_failures("aggregates", FailureClass::Record)
+            .inc();
         metrics.set_consumer_lag(7, 12);
         metrics.batch_latency.observe(Duration::from_millis(30));
         let text = metrics.render();
@@ -390,6 +424,7 @@ mod tests {
             "iotpipe_messages_in_total 3",
             "iotpipe_dead_letters_total{reason=\"unknown_device\"} 1",
             "iotpipe_records_out_total{sink=\"alerts\"} 2",
+            "iotpipe_sink_failures_total{sink=\"aggregates\",class=\"record\"} 1",
             "iotpipe_consumer_lag_messages{partition=\"7\"} 12",
             "iotpipe_batch_latency_seconds_bucket{le=\"0.025\"} 0",
             "iotpipe_batch_latency_seconds_bucket{le=\"0.05\"} 1",

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dashboard;
 pub mod deliver;
 pub mod detection;
+pub mod failure;
 pub mod fleet;
 pub mod http;
 pub mod influx;

@@ -6,6 +6,7 @@ use timely::dataflow::{InputHandle, Scope, Stream};
 use crate::dataflow::ingest::IngestBatch;
 use crate::dataflow::model::{DeadLetter, IngestCounts, TimeMs, TimedMessage};
 use crate::dataflow::registry::RegistryChange;
+use crate::dataflow::stamp::AtStamps;
 use crate::dataflow::{
     EventStream, PipelineConfig, PipelineInputs, PipelineOutputs, RegistryUpdate, pipeline,
 };
@@ -16,7 +17,8 @@ pub type VecInput<T, D> = InputHandle<T, CapacityContainerBuilder<Vec<D>>>;
 /// A worker's handles for admitted messages, source dead letters and ingest counts.
 pub struct SourceInputs {
     messages: VecInput<TimeMs, TimedMessage>,
-    dead_letters: VecInput<TimeMs, DeadLetter>,
+    /// Each with its message's stamp, at which it is emitted (see [`crate::dataflow::stamp`]).
+    dead_letters: VecInput<TimeMs, (TimeMs, DeadLetter)>,
     counts: VecInput<TimeMs, IngestCounts>,
 }
 
@@ -24,7 +26,7 @@ pub struct SourceInputs {
 pub struct SourceStreams<'scope> {
     /// Admitted messages.
     pub messages: Stream<'scope, TimeMs, Vec<TimedMessage>>,
-    /// Messages the source rejected.
+    /// Messages the source rejected, at their messages' stamps.
     pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
     /// Per-batch ingest counts.
     pub counts: Stream<'scope, TimeMs, Vec<IngestCounts>>,
@@ -50,7 +52,10 @@ impl SourceInputs {
     pub fn to_streams<'scope>(&mut self, scope: Scope<'scope, TimeMs>) -> SourceStreams<'scope> {
         SourceStreams {
             messages: self.messages.to_stream(scope),
-            dead_letters: self.dead_letters.to_stream(scope),
+            dead_letters: self
+                .dead_letters
+                .to_stream(scope)
+                .at_stamps("StampDeadLetters"),
             counts: self.counts.to_stream(scope),
         }
     }

@@ -136,6 +136,8 @@ impl Tansu {
             .set("linger.ms", "20")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
+            // Room for the poison tests' oversized messages.
+            .set("message.max.bytes", "8000000")
             .create()
             .unwrap();
         for (partition, key, value) in records {

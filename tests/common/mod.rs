@@ -190,3 +190,41 @@ pub fn succeed(command: &mut std::process::Command) -> String {
     );
     stdout
 }
+
+/// `replay` in this process over `events` with every score written, in small chunks (many
+/// hand-offs of the watermark prefix between workers).
+pub fn replay_in_process(
+    events: &Path,
+    registry: &Path,
+    workers: usize,
+    out: &Path,
+) -> iotpipe::io::summary::RunSummary {
+    use iotpipe::dataflow::PipelineConfig;
+    use iotpipe::dataflow::anomaly::AnomalyConfig;
+    use iotpipe::dataflow::schema::SchemaSet;
+    let schemas = SchemaSet::embedded();
+    let registry = iotpipe::io::schemas::load_registry(registry, &schemas).unwrap();
+    let job = iotpipe::io::replay::ReplayJob {
+        events: events.to_owned(),
+        registry: std::sync::Arc::new(registry),
+        out: out.to_owned(),
+        schemas,
+        pipeline: PipelineConfig {
+            anomaly: AnomalyConfig {
+                emit_all_scores: true,
+                ..AnomalyConfig::default()
+            },
+            ..PipelineConfig::default()
+        },
+        chunk_bytes: 64 * 1024,
+        notifier: None,
+        influx: None,
+    };
+    let cluster = iotpipe::io::cluster::ClusterConfig {
+        workers,
+        ..iotpipe::io::cluster::ClusterConfig::default()
+    };
+    iotpipe::io::replay::replay(job, &cluster)
+        .unwrap()
+        .expect("process 0 reports")
+}

@@ -1,17 +1,20 @@
 //! SPEC.md computed the plain way: one pass over the file in arrival order, no dataflow.
 //!
 //! Decoding is shared with iotpipe (it has its own unit tests); everything after it, the
-//! registry's as-of lookup, watermarks, the skew guard, lateness, windows and rollups, is
-//! written again here as simply as possible.
+//! registry's as-of lookup, watermarks, clock trust (the hold at the start, the fleet time, the
+//! skew guard and the lead), lateness, windows and rollups, is written again here as simply as
+//! possible.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use iotpipe::dataflow::PipelineConfig;
+use iotpipe::dataflow::event_time::HOLD_MAX_MESSAGES;
 use iotpipe::dataflow::model::{
     DeadLetterReason, DeviceId, ExactSum, LateReading, MetricId, SiteRollup, WindowAggregate,
 };
 use iotpipe::dataflow::registry::RegistryChange;
+use iotpipe::dataflow::schema::Decoded;
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::io::jsonl;
 
@@ -72,37 +75,44 @@ pub fn compute_partitions(
     let mut messages = 0;
     // (device, metric, start, site) -> (count, min, max, sum, breaches)
     let mut windows: BTreeMap<WindowKey, WindowState> = BTreeMap::new();
+    let lateness = config.event_time.allowed_lateness_ms;
+    let skew = config.event_time.max_clock_skew_ms;
+    let quorum = config.event_time.clock_quorum as usize;
+    let lead = config.event_time.max_lead_ms;
     for events in partitions {
         let text = std::fs::read(events).unwrap();
         let mut max_valid: Option<u64> = None;
-        for raw in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            messages += 1;
-            let raw_text = String::from_utf8_lossy(raw).into_owned();
-            let decoded = match schemas.decode(raw) {
-                Ok(d) => d,
-                Err(d) => {
-                    dead.push((d.reason.code().to_owned(), raw_text));
-                    continue;
-                }
-            };
+        // Each device's latest valid event time in this partition.
+        let mut latest: HashMap<DeviceId, u64> = HashMap::new();
+        // The fleet time: the quorum-th latest device time (the least, with fewer devices).
+        let fleet = |latest: &HashMap<DeviceId, u64>| -> Option<u64> {
+            let mut times: Vec<u64> = latest.values().copied().collect();
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            times.get(quorum.min(times.len()).checked_sub(1)?).copied()
+        };
+        // Registered messages held at the start, until the quorum has spoken.
+        let mut held: Vec<(Decoded, String)> = Vec::new();
+        let mut settled = false;
+        // Admits a registered device's message, or hands it back as too far ahead.
+        let mut admit = |decoded: Decoded,
+                         raw_text: String,
+                         hold_reference: Option<u64>,
+                         max_valid: &mut Option<u64>,
+                         latest: &mut HashMap<DeviceId, u64>|
+         -> Result<(), String> {
             let m = decoded.message;
-            let Some(entry) = registered(changes, &m.device_id, m.ts_ms) else {
-                dead.push((DeadLetterReason::UnknownDevice.code().to_owned(), raw_text));
-                continue;
-            };
-            if max_valid.is_some_and(|max| m.ts_ms > max + config.event_time.max_clock_skew_ms) {
-                dead.push((
-                    DeadLetterReason::FutureTimestamp.code().to_owned(),
-                    raw_text,
-                ));
-                continue;
+            let fleet_ms = fleet(latest);
+            let ahead = |reference: Option<u64>| reference.is_some_and(|r| m.ts_ms > r + skew);
+            if ahead(hold_reference) || ahead(fleet_ms) {
+                return Err(raw_text);
             }
             out_of_range += decoded.out_of_range as u64;
+            let entry = registered(changes, &m.device_id, m.ts_ms).unwrap();
             let info = entry.info.as_ref().unwrap();
-            for r in m.readings {
-                let watermark = max_valid.map_or(0, |max| {
-                    max.saturating_sub(config.event_time.allowed_lateness_ms)
-                });
+            let ceiling = fleet_ms.map_or(u64::MAX, |f| f + lead);
+            for r in &m.readings {
+                let watermark =
+                    max_valid.map_or(0, |max| max.min(ceiling).saturating_sub(lateness));
                 let start = r.ts_ms / window * window;
                 if start + window - 1 <= watermark {
                     late.push(LateReading {
@@ -124,7 +134,81 @@ pub fn compute_partitions(
                     w.3.add(r.value);
                     w.4 += breach as u64;
                 }
-                max_valid = Some(max_valid.map_or(r.ts_ms, |max| max.max(r.ts_ms)));
+                *max_valid = Some(max_valid.map_or(r.ts_ms, |max| max.max(r.ts_ms)));
+            }
+            if let Some(t) = m.readings.iter().map(|r| r.ts_ms).max() {
+                let l = latest.entry(m.device_id.clone()).or_insert(t);
+                *l = (*l).max(t);
+            }
+            Ok(())
+        };
+        let future = |raw_text| {
+            (
+                DeadLetterReason::FutureTimestamp.code().to_owned(),
+                raw_text,
+            )
+        };
+        let lines: Vec<&[u8]> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for (i, raw) in lines.iter().enumerate() {
+            messages += 1;
+            let raw_text = String::from_utf8_lossy(raw).into_owned();
+            let decoded = match schemas.decode(raw) {
+                Ok(d) => d,
+                Err(d) => {
+                    dead.push((d.reason.code().to_owned(), raw_text));
+                    continue;
+                }
+            };
+            if registered(changes, &decoded.message.device_id, decoded.message.ts_ms).is_none() {
+                dead.push((DeadLetterReason::UnknownDevice.code().to_owned(), raw_text));
+                continue;
+            }
+            if settled {
+                if let Err(raw_text) = admit(decoded, raw_text, None, &mut max_valid, &mut latest) {
+                    dead.push(future(raw_text));
+                }
+                continue;
+            }
+            held.push((decoded, raw_text));
+            let devices: BTreeSet<&str> = held
+                .iter()
+                .map(|(d, _)| d.message.device_id.as_str())
+                .collect();
+            let last = i + 1 == lines.len();
+            if devices.len() >= quorum || held.len() >= HOLD_MAX_MESSAGES || last {
+                settled = true;
+                // Each held device's lower median stamp; of those the quorum-th latest.
+                let mut stamps: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+                for (d, _) in &held {
+                    stamps
+                        .entry(d.message.device_id.as_str())
+                        .or_default()
+                        .push(d.message.ts_ms);
+                }
+                let mut medians: Vec<u64> = stamps
+                    .into_values()
+                    .map(|mut s| {
+                        s.sort_unstable();
+                        s[(s.len() - 1) / 2]
+                    })
+                    .collect();
+                medians.sort_unstable_by(|a, b| b.cmp(a));
+                let reference = medians[quorum.min(medians.len()) - 1];
+                for (decoded, raw_text) in std::mem::take(&mut held) {
+                    let admitted = admit(
+                        decoded,
+                        raw_text,
+                        Some(reference),
+                        &mut max_valid,
+                        &mut latest,
+                    );
+                    if let Err(raw_text) = admitted {
+                        dead.push(future(raw_text));
+                    }
+                }
             }
         }
     }

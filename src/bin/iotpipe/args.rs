@@ -11,6 +11,29 @@ use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::cluster::ClusterConfig;
 use iotpipe::io::influx::config::InfluxConfig;
 
+/// Checks that a number flag is finite and above zero (`at_least_zero`: not below zero); the
+/// error names the flag and its default.
+pub fn check_number(
+    flag: &str,
+    value: f64,
+    at_least_zero: bool,
+    default: &str,
+) -> Result<f64, String> {
+    let fits = value.is_finite() && (value > 0.0 || (at_least_zero && value == 0.0));
+    if fits {
+        Ok(value)
+    } else {
+        let bound = if at_least_zero {
+            "at least 0"
+        } else {
+            "above 0"
+        };
+        Err(format!(
+            "{flag} is {value} but must be a finite number {bound} (default {default})"
+        ))
+    }
+}
+
 /// iotpipe: IoT telemetry on timely and differential dataflow.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -113,9 +136,19 @@ pub struct PipelineArgs {
     /// Allowed lateness behind the largest valid event time, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub lateness_ms: u64,
-    /// Largest allowed clock skew ahead of the largest valid event time, in milliseconds.
+    /// Largest allowed clock skew ahead of the fleet time (or of a message's arrival), in
+    /// milliseconds.
     #[arg(long, default_value_t = 600_000)]
     pub max_skew_ms: u64,
+    /// Distinct devices that must reach a time before it is the fleet time (1 to 8).
+    #[arg(long, default_value_t = 3)]
+    pub clock_quorum: u8,
+    /// How far beyond the fleet time the watermark may run, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub max_lead_ms: u64,
+    /// Messages larger than this many bytes are `too_large` dead letters.
+    #[arg(long, default_value_t = iotpipe::dataflow::schema::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// Directory of schema files (default: the schemas built into iotpipe).
     #[arg(long)]
     pub schemas: Option<PathBuf>,
@@ -135,11 +168,23 @@ impl PipelineArgs {
         if self.window_ms == 0 {
             return Err("--window-ms must be at least 1 (default 60000)".into());
         }
+        let event_time = EventTimeConfig {
+            allowed_lateness_ms: self.lateness_ms,
+            max_clock_skew_ms: self.max_skew_ms,
+            clock_quorum: self.clock_quorum,
+            max_lead_ms: self.max_lead_ms,
+        };
+        event_time
+            .validate()
+            .map_err(|e| format!("--clock-quorum: {}", e.problem))?;
+        if self.max_message_bytes == 0 {
+            return Err("--max-message-bytes must be at least 1 (default 65536)".into());
+        }
         Ok(PipelineConfig {
-            event_time: EventTimeConfig {
-                allowed_lateness_ms: self.lateness_ms,
-                max_clock_skew_ms: self.max_skew_ms,
+            ingest: iotpipe::dataflow::ingest::IngestConfig {
+                max_message_bytes: self.max_message_bytes,
             },
+            event_time,
             window: WindowConfig {
                 length_ms: self.window_ms,
             },
@@ -221,8 +266,11 @@ impl InfluxArgs {
         let mut config = match (&self.influx_config, &self.influx_url) {
             (None, None) => {
                 if self.influx_database.is_some() || self.influx_token_env.is_some() {
-                    return Err("--influx-database and --influx-token-env need --influx-url                                 or --influx-config"
-                        .into());
+                    return Err(
+                        "--influx-database and --influx-token-env need --influx-url or \
+                         --influx-config"
+                            .into(),
+                    );
                 }
                 return Ok(None);
             }
@@ -245,6 +293,20 @@ impl InfluxArgs {
             .validate()
             .map_err(|e| format!("{e} (from --influx-url or --influx-config)"))?;
         Ok(Some(config))
+    }
+
+    /// Starts the InfluxDB writers these flags describe (none without `--influx-url` or
+    /// `--influx-config`), counting into `metrics`.
+    pub fn start(
+        &self,
+        metrics: &std::sync::Arc<iotpipe::io::metrics::Metrics>,
+    ) -> Result<Option<iotpipe::io::influx::pool::InfluxPool>, String> {
+        let Some(config) = self.config()? else {
+            return Ok(None);
+        };
+        iotpipe::io::influx::pool::InfluxPool::start(&config, std::sync::Arc::clone(metrics))
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Concat, Probe};
 
-use iotpipe::dataflow::ingest::Ingestor;
+use iotpipe::dataflow::ingest::{Ingestor, Provenance};
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::dashboard::Dashboard;
 use iotpipe::io::fleet::{Fleet, FleetConfig};
-use iotpipe::io::influx::pool::{InfluxPool, Lane};
-use iotpipe::io::influx::sink::{HeldBack, InfluxTarget};
+use iotpipe::io::influx::sink::HeldBack;
 use iotpipe::io::influx::write_outputs;
 use iotpipe::io::latency::ArrivalLatency;
 use iotpipe::io::live::{LiveStats, ViewedStreams, deliver_to_view};
@@ -22,7 +21,7 @@ use iotpipe::io::metrics::{Histogram, Metrics};
 use iotpipe::io::notify::Notification;
 use iotpipe::io::source::PipelineSources;
 
-use crate::args::DemoArgs;
+use crate::args::{DemoArgs, check_number};
 
 /// How often each worker moves the fleet's clock forward.
 const TICK: Duration = Duration::from_millis(100);
@@ -65,24 +64,20 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         })?)
     };
     let metrics = Arc::new(Metrics::default());
-    let influx = match args.influx.config()? {
-        Some(config) => {
-            Some(InfluxPool::start(&config, Arc::clone(&metrics)).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let stats = LiveStats::new();
-    let stats = Arc::new(Mutex::new(if influx.is_some() {
-        stats.without_device_windows()
-    } else {
-        stats
-    }));
+    let influx = args.influx.start(&metrics)?;
+    let stats = Arc::new(Mutex::new(
+        LiveStats::new().with_device_windows(influx.is_none()),
+    ));
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64;
     if !(0.0..=1.0).contains(&args.fault_share) {
         return Err("--fault-share must be between 0 and 1 (default 0.01)".into());
+    }
+    check_number("--rate", args.rate, false, "1")?;
+    if let Some(duration) = args.duration {
+        check_number("--duration", duration, true, "until Ctrl-C")?;
     }
     let fault_start_ms = args.fault_start_s * 1000;
     let fleet_config = FleetConfig {
@@ -144,7 +139,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             schemas.clone(),
             Arc::clone(&history),
             pipeline_config.event_time,
-        );
+        )
+        .with_max_message_bytes(pipeline_config.ingest.max_message_bytes);
         let view = (index == 0).then(|| Arc::clone(&worker_stats));
         let started = Instant::now();
         let mut sources = PipelineSources::new();
@@ -156,13 +152,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             let counts = counts.probe_with(&progress);
             let mut dead_letters = outputs.dead_letters.clone();
             if let Some(pool) = &worker_influx {
-                let target = InfluxTarget {
-                    pool: pool.clone(),
-                    skip_before_ms: 0,
-                    full: influx_full.clone(),
-                    lane: Lane::Derived,
-                };
-                let written = write_outputs(&outputs, &target, schemas.catalog());
+                let written = write_outputs(&outputs, pool, 0, &influx_full, schemas.catalog());
                 written.readings.probe_with(&stored);
                 dead_letters = dead_letters.concat(written.rejected);
             }
@@ -199,9 +189,15 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                     lines.clear();
                     fleet.advance_to(until_ms, &mut lines);
                     let mut batch = ingestor.start_batch();
-                    for (_, line) in &lines {
-                        ingestor.ingest(line.as_bytes(), &mut batch);
+                    for (arrival_ms, line) in &lines {
+                        let provenance = Provenance {
+                            arrival_ms: Some(*arrival_ms),
+                            offset: None,
+                        };
+                        ingestor.ingest(line.as_bytes(), provenance, &mut batch);
                     }
+                    // The fleet has said all it has for now: a start still held is judged.
+                    ingestor.release_held(&mut batch);
                     // Latency counts from when the batch's first messages were due.
                     let due = started + Duration::from_millis(fleet_ms - now_ms);
                     unstored.arrived(batch.time_ms, due, lines.len() as u64);

@@ -11,7 +11,7 @@ use iotpipe::io::loadgen::{Connections, LoadPlan, Progress, Target, run_load};
 use iotpipe::io::mqtt::Secret;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::args::{FleetPasswordsArgs, LoadgenArgs};
+use crate::args::{FleetPasswordsArgs, LoadgenArgs, check_number};
 
 /// Sends the fleet, showing progress, and prints the final report.
 pub fn run(args: LoadgenArgs) -> Result<(), String> {
@@ -73,6 +73,9 @@ pub fn run(args: LoadgenArgs) -> Result<(), String> {
             .expect("clock after 1970")
             .as_millis() as u64
     });
+    check_number("--rate", args.rate, false, "1000")?;
+    check_number("--duration", args.duration, true, "60")?;
+    check_number("--drain-timeout", args.drain_timeout, true, "30")?;
     let plan = LoadPlan {
         fleet: FleetConfig {
             devices: args.devices,

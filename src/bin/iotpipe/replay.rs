@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use iotpipe::io::influx::pool::InfluxPool;
 use iotpipe::io::metrics::Metrics;
 use iotpipe::io::replay::{ReplayFiles, ReplayJob, replay};
 use iotpipe::io::schemas::load_registry;
@@ -27,13 +26,8 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         None
     };
     let metrics = Arc::new(Metrics::default());
-    // Process 0 writes nothing the others do not: every process writes its own share.
-    let influx = match args.influx.config()? {
-        Some(config) => {
-            Some(InfluxPool::start(&config, Arc::clone(&metrics)).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
+    // Every process writes its own share of the points.
+    let influx = args.influx.start(&metrics)?;
     let job = ReplayJob {
         influx: influx.clone(),
         notifier: notifier.as_ref().map(|n| n.handle()),

@@ -20,11 +20,19 @@ pub struct Decoded {
 /// A rejection before the raw bytes are attached.
 type Reject = (DeadLetterReason, String);
 
+/// The default largest message, in bytes: larger ones are `too_large` dead letters.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The latest timestamp a message may carry: 9999-12-31T23:59:59.999Z. Later ones are
+/// `bad_timestamp`, so that event time plus any window or lateness stays far from overflow.
+pub const MAX_TIMESTAMP_MS: u64 = 253_402_300_799_999;
+
 /// Decodes messages with a schema set, reusing its parse buffers from message to message.
 #[derive(Debug)]
 pub struct Decoder {
     schemas: SchemaSet,
     tape: Tape,
+    max_message_bytes: usize,
 }
 
 impl SchemaSet {
@@ -38,6 +46,7 @@ impl SchemaSet {
         Decoder {
             schemas: self.clone(),
             tape: Tape::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -48,26 +57,33 @@ impl Decoder {
         &self.schemas
     }
 
+    /// Sets the largest message it decodes; larger ones are `too_large` dead letters.
+    pub fn with_max_message_bytes(mut self, max_message_bytes: usize) -> Self {
+        self.max_message_bytes = max_message_bytes;
+        self
+    }
+
     /// Decodes one raw message.
     ///
     /// The checks run in a fixed order, so a message with several faults always gets the same
     /// reason: JSON object, variant, device id, timestamp(s), then each metric value and unit.
     pub fn decode(&mut self, raw: &[u8]) -> Result<Decoded, DeadLetter> {
-        let doc = self.tape.parse(raw).map_err(|e| DeadLetter {
-            reason: DeadLetterReason::InvalidJson,
-            detail: e.to_string(),
-            raw: String::from_utf8_lossy(raw).into_owned(),
-            origin: None,
-        });
+        if raw.len() > self.max_message_bytes {
+            let detail = format!(
+                "{} bytes, more than max_message_bytes = {}",
+                raw.len(),
+                self.max_message_bytes
+            );
+            return Err(DeadLetter::new(DeadLetterReason::TooLarge, detail, raw));
+        }
+        let doc = self
+            .tape
+            .parse(raw)
+            .map_err(|e| DeadLetter::new(DeadLetterReason::InvalidJson, e.to_string(), raw));
         doc.and_then(|doc| {
             self.schemas
                 .decode_document(doc.root())
-                .map_err(|(reason, detail)| DeadLetter {
-                    reason,
-                    detail,
-                    raw: String::from_utf8_lossy(raw).into_owned(),
-                    origin: None,
-                })
+                .map_err(|(reason, detail)| DeadLetter::new(reason, detail, raw))
         })
     }
 }
@@ -268,9 +284,11 @@ impl<'a> ReadingSink<'a> {
 fn read_time(object: Node<'_>, field: &str, format: TimeFormat) -> Result<u64, String> {
     match object.get(field) {
         None => Err(format!("no `{field}`")),
-        Some(value) => format
-            .parse(value)
-            .ok_or_else(|| format!("`{field}` = {} is not {format:?}", value.display())),
+        Some(value) => match format.parse(value) {
+            Some(ts_ms) if ts_ms <= MAX_TIMESTAMP_MS => Ok(ts_ms),
+            Some(ts_ms) => Err(format!("`{field}` = {ts_ms} ms is after the year 9999")),
+            None => Err(format!("`{field}` = {} is not {format:?}", value.display())),
+        },
     }
 }
 
@@ -432,5 +450,176 @@ mod tests {
         let dl = SchemaSet::embedded().decode(raw).unwrap_err();
         assert_eq!(dl.reason, DeadLetterReason::InvalidJson);
         assert_eq!(dl.raw, String::from_utf8_lossy(raw));
+    }
+}
+
+/// Inputs no device should send, and what becomes of them: never a panic, always readings or
+/// one dead letter with a reason, and a dead letter no larger than its bound.
+#[cfg(test)]
+mod poison {
+    use super::*;
+    use crate::dataflow::model::{DEAD_LETTER_DETAIL_MAX_BYTES, DEAD_LETTER_RAW_MAX_BYTES};
+    use proptest::prelude::*;
+
+    const VALID: [&str; 3] = [
+        r#"{"device_id":"dev-000068","ts":1704067200065,"rms":1.05,"pk":3.64,"t":37.53}"#,
+        r#"{"id":"dev-000844","time":"2024-01-01T00:00:00.001Z","fw":"2.8.5","metrics":{"temperature":{"value":38.82,"unit":"C"},"humidity":{"value":40.1,"unit":"%"}}}"#,
+        r#"{"id":"dev-1","time":"2024-01-01T00:00:01.000Z","fw":"3.1.1","batch":[{"time":"2024-01-01T00:00:00.500Z","metrics":{"temperature":{"value":100.4,"unit":"F"}}},{"time":"2024-01-01T00:00:01.000Z","metrics":{"temperature":{"value":212,"unit":"F"}}}]}"#,
+    ];
+
+    /// Decodes and checks what every outcome must satisfy.
+    fn check(decoder: &mut Decoder, raw: &[u8]) -> Result<Decoded, DeadLetterReason> {
+        match decoder.decode(raw) {
+            Ok(d) => {
+                for r in &d.message.readings {
+                    assert!(r.value.is_finite(), "{r:?}");
+                    assert!(r.ts_ms <= MAX_TIMESTAMP_MS, "{r:?}");
+                }
+                assert!(d.message.ts_ms <= MAX_TIMESTAMP_MS);
+                assert!(!d.message.device_id.is_empty());
+                assert_eq!(
+                    d.readings_seen as usize,
+                    d.message.readings.len() + d.out_of_range as usize
+                );
+                Ok(d)
+            }
+            Err(dead) => {
+                assert!(
+                    dead.raw.len() <= DEAD_LETTER_RAW_MAX_BYTES + 3 * 4,
+                    "raw bound"
+                );
+                assert!(
+                    dead.detail.len() <= DEAD_LETTER_DETAIL_MAX_BYTES + 3,
+                    "detail bound"
+                );
+                assert_eq!(dead.raw_len as usize, raw.len());
+                assert_eq!(dead.raw_sha256.len(), 64);
+                Err(dead.reason)
+            }
+        }
+    }
+
+    fn reason(raw: &[u8]) -> DeadLetterReason {
+        check(&mut SchemaSet::embedded().decoder(), raw).unwrap_err()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_readings_or_one_dead_letter(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
+            check(&mut SchemaSet::embedded().decoder(), &raw).ok();
+        }
+
+        #[test]
+        fn mutated_messages_of_every_variant(
+            variant in 0..VALID.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..8),
+        ) {
+            let mut raw = VALID[variant].as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                let len = raw.len();
+                let i = at.index(len.max(1));
+                match op {
+                    0 if len > 0 => raw[i.min(len - 1)] = byte,
+                    1 => raw.insert(i.min(len), byte),
+                    _ if len > 0 => {
+                        raw.remove(i.min(len - 1));
+                    }
+                    _ => {}
+                }
+            }
+            check(&mut SchemaSet::embedded().decoder(), &raw).ok();
+        }
+
+        #[test]
+        fn any_number_in_a_field_is_a_reading_or_a_reason(number in "-?(0|[1-9][0-9]{0,29})(\\.[0-9]{1,20})?([eE][-+]?[0-9]{1,4})?") {
+            let ts = format!(r#"{{"device_id":"d","ts":{number},"temp":20}}"#);
+            let value = format!(r#"{{"device_id":"d","ts":1704067200000,"temp":{number}}}"#);
+            let mut decoder = SchemaSet::embedded().decoder();
+            if let Err(reason) = check(&mut decoder, ts.as_bytes()) {
+                prop_assert_eq!(reason, DeadLetterReason::BadTimestamp);
+            }
+            check(&mut decoder, value.as_bytes()).ok();
+        }
+    }
+
+    #[test]
+    fn absurd_timestamps_are_bad_timestamps() {
+        for ts in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e30",
+            "-5",
+            "253402300800000",
+            "1704067200000.5",
+        ] {
+            let line = format!(r#"{{"device_id":"d","ts":{ts},"temp":20}}"#);
+            assert_eq!(
+                reason(line.as_bytes()),
+                DeadLetterReason::BadTimestamp,
+                "{ts}"
+            );
+        }
+        let line = r#"{"id":"d","time":"9999-12-31T23:59:59.999Z","metrics":{"co2":{"value":5}}}"#;
+        assert!(check(&mut SchemaSet::embedded().decoder(), line.as_bytes()).is_ok());
+        let line = r#"{"id":"d","time":"10000-01-01T00:00:00.000Z","metrics":{}}"#;
+        assert_eq!(reason(line.as_bytes()), DeadLetterReason::BadTimestamp);
+    }
+
+    #[test]
+    fn absurd_values_and_shapes_are_dead_letters() {
+        use DeadLetterReason::*;
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(reason(deep.as_bytes()), TooLarge);
+        let deep_small = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(reason(deep_small.as_bytes()), InvalidJson);
+        let nested_value = format!(
+            r#"{{"device_id":"d","ts":1,"temp":{}1{}}}"#,
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        assert_eq!(reason(nested_value.as_bytes()), InvalidJson);
+        assert_eq!(
+            reason(br#"{"device_id":"d","ts":1,"temp":1e400}"#),
+            WrongValueType
+        );
+        assert_eq!(reason(b"\0\0\0"), InvalidJson);
+        assert_eq!(reason(b"{\"device_id\":\"d\0\",\"ts\":1}"), InvalidJson);
+        assert_eq!(reason(&[0xff, 0xfe, 0x7b]), InvalidJson);
+        let big = format!(
+            r#"{{"device_id":"d","ts":1,"note":"{}","temp":20}}"#,
+            "x".repeat(4 << 20)
+        );
+        let dead = SchemaSet::embedded().decode(big.as_bytes()).unwrap_err();
+        assert_eq!(dead.reason, TooLarge);
+        assert!(dead.is_truncated());
+        assert_eq!(dead.raw.len(), DEAD_LETTER_RAW_MAX_BYTES);
+        assert_eq!(dead.raw_len as usize, big.len());
+    }
+
+    #[test]
+    fn the_size_limit_is_a_setting() {
+        let line = VALID[0].as_bytes();
+        let mut decoder = SchemaSet::embedded()
+            .decoder()
+            .with_max_message_bytes(line.len());
+        assert!(decoder.decode(line).is_ok());
+        let mut decoder = decoder.with_max_message_bytes(line.len() - 1);
+        assert_eq!(
+            decoder.decode(line).unwrap_err().reason,
+            DeadLetterReason::TooLarge
+        );
+    }
+
+    #[test]
+    fn a_long_value_in_a_detail_is_cut() {
+        let line = format!(
+            r#"{{"device_id":"d","ts":"{}","temp":20}}"#,
+            "9".repeat(20_000)
+        );
+        let dead = SchemaSet::embedded().decode(line.as_bytes()).unwrap_err();
+        assert_eq!(dead.reason, DeadLetterReason::BadTimestamp);
+        assert!(dead.detail.len() <= DEAD_LETTER_DETAIL_MAX_BYTES + 3);
     }
 }

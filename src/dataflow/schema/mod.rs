@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use catalog::{Metric, MetricCatalog};
-pub use decode::{Decoded, Decoder};
+pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, Decoded, Decoder, MAX_TIMESTAMP_MS};
 pub use time_format::{TimeFormat, parse_rfc3339_ms};
 
 use crate::dataflow::model::MetricId;

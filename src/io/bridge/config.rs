@@ -80,6 +80,11 @@ pub struct SubscriptionConfig {
     /// lists in-flight quota fixes): the bridge then stops reading at the bound, which pauses
     /// its keep-alive too.
     pub max_in_flight: u16,
+    /// The largest MQTT packet the bridge takes, bytes, announced to the broker as the MQTT 5
+    /// maximum packet size. Match the broker's `max_packet_size` (`deploy/mosquitto`: 256 KiB):
+    /// smaller, and the broker drops larger messages for the bridge; the pipeline itself
+    /// dead-letters messages over its own `max_message_bytes`.
+    pub max_packet_bytes: u32,
 }
 
 impl Default for SubscriptionConfig {
@@ -89,6 +94,7 @@ impl Default for SubscriptionConfig {
             share_group: String::new(),
             session_expiry_s: 86_400,
             max_in_flight: 1_000,
+            max_packet_bytes: 262_144,
         }
     }
 }
@@ -118,6 +124,11 @@ pub struct BridgeKafkaConfig {
     /// The topic device messages are written to (the pipeline's `kafka.topics.telemetry`).
     #[serde(default = "default_topic")]
     pub topic: String,
+    /// Where a message Kafka refuses for good (larger than the broker takes) goes instead, as a
+    /// `sink_rejected` dead letter (the pipeline's `kafka.topics.dead_letters`); it is then
+    /// acknowledged on MQTT, so it does not come back on every restart.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
     /// Extra librdkafka producer properties (security, compression, batching).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -125,6 +136,10 @@ pub struct BridgeKafkaConfig {
 
 fn default_topic() -> String {
     "iotpipe.telemetry".into()
+}
+
+fn default_dead_letter_topic() -> String {
+    "iotpipe.dead_letters".into()
 }
 
 /// A bridge configuration that cannot be used; names the field and the fix.
@@ -209,6 +224,12 @@ impl BridgeConfig {
         if self.subscription.max_in_flight == 0 {
             return invalid("subscription.max_in_flight", "must be at least 1");
         }
+        if self.subscription.max_packet_bytes < 1024 {
+            return invalid(
+                "subscription.max_packet_bytes",
+                "must be at least 1024 (default 262144, the deploy broker's max_packet_size)",
+            );
+        }
         if self.subscription.session_expiry_s == 0 {
             return invalid(
                 "subscription.session_expiry_s",
@@ -224,6 +245,12 @@ impl BridgeConfig {
         }
         if self.kafka.topic.is_empty() {
             return invalid("kafka.topic", "is empty: name the telemetry topic");
+        }
+        if self.kafka.dead_letter_topic.is_empty() {
+            return invalid(
+                "kafka.dead_letter_topic",
+                "is empty: name the pipeline's dead-letter topic",
+            );
         }
         Ok(())
     }

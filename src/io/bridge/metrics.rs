@@ -16,6 +16,8 @@ pub struct BridgeMetrics {
     pub left_for_redelivery: Counter,
     /// Connection attempts after the first (lost connections, refused or failed connects).
     pub reconnects: Counter,
+    /// Messages Kafka refused for good, written to the dead-letter topic instead.
+    pub rejected: Counter,
     /// 1 while connected to the MQTT broker.
     pub connected: Gauge,
     /// Messages received and not yet acknowledged by Kafka.
@@ -49,6 +51,11 @@ impl Exposed for BridgeMetrics {
             "bridge_left_for_redelivery_total",
             "Messages in Kafka whose MQTT connection was lost before they were acknowledged.",
             self.left_for_redelivery.get(),
+        );
+        counter(
+            "bridge_rejected_total",
+            "Messages Kafka refused for good, written to the dead-letter topic instead.",
+            self.rejected.get(),
         );
         counter(
             "bridge_reconnects_total",

@@ -29,6 +29,9 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish, SubscribeRe
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
 use tokio::sync::mpsc;
 
+use crate::dataflow::model::{DeadLetter, DeadLetterReason};
+use crate::io::failure::FailureClass;
+use crate::io::jsonl;
 use crate::io::mqtt::Secret;
 pub use config::BridgeConfig;
 pub use metrics::BridgeMetrics;
@@ -63,8 +66,11 @@ pub enum BridgeError {
         /// The broker's reason.
         code: SubscribeReasonCode,
     },
-    /// Kafka refused a message for good (the message stays unacknowledged on MQTT).
-    #[error("kafka refused a message for {topic}: {source}")]
+    /// Kafka cannot take messages at all (the message stays unacknowledged on MQTT).
+    #[error(
+        "kafka refused a message for {topic}: {source} (check kafka.topic, \
+         kafka.dead_letter_topic and the credentials in kafka.properties)"
+    )]
     Kafka {
         /// The telemetry topic.
         topic: String,
@@ -121,6 +127,7 @@ pub async fn run_bridge(
         .set_clean_start(false)
         .set_session_expiry_interval(Some(subscription.session_expiry_s))
         .set_receive_maximum(Some(max_in_flight))
+        .set_max_packet_size(Some(subscription.max_packet_bytes))
         .set_manual_acks(true);
     let (client, event_loop) = AsyncClient::new(options, max_in_flight as usize + 64);
     let (arrivals, mut arrived) = mpsc::channel(max_in_flight as usize);
@@ -138,6 +145,10 @@ pub async fn run_bridge(
 
     let device_level = subscription.device_level();
     let topic = config.kafka.topic.as_str();
+    let topics = Topics {
+        telemetry: config.kafka.topic.clone(),
+        dead_letters: config.kafka.dead_letter_topic.clone(),
+    };
     let mut in_flight = FuturesOrdered::new();
     let mut acks = Acks {
         waiting: VecDeque::new(),
@@ -165,7 +176,8 @@ pub async fn run_bridge(
             // Acknowledgements never count against the bound: only the poll loop sends them.
             next = arrived.recv(), if in_flight.len() < max_in_flight as usize => match next {
                 Some(arrival) => {
-                    in_flight.push_back(produce(&producer, topic, device_level, arrival).await);
+                    let forward = produce(&producer, &topics, device_level, &metrics, arrival);
+                    in_flight.push_back(forward.await);
                     metrics.in_flight.set(in_flight.len() as i64);
                     let unacknowledged = in_flight.len() + acks.waiting.len() + arrived.len();
                     if !warned && unacknowledged > max_in_flight as usize {
@@ -251,14 +263,23 @@ fn producer(config: &BridgeConfig) -> Result<FutureProducer, BridgeError> {
     client.create().map_err(BridgeError::Producer)
 }
 
-/// Hands `arrival` to the producer; the future resolves when Kafka acknowledged it (or
-/// refused it for good).
+/// Where the bridge writes.
+struct Topics {
+    telemetry: String,
+    dead_letters: String,
+}
+
+/// Hands `arrival` to the producer; the future resolves when Kafka acknowledged it, or, if Kafka
+/// refused it for good (see [`crate::io::failure`]), acknowledged a `sink_rejected` dead letter
+/// of it in the dead-letter topic instead. Any other refusal is the error.
 async fn produce(
     producer: &FutureProducer,
-    topic: &str,
+    topics: &Topics,
     device_level: Option<usize>,
+    metrics: &Arc<BridgeMetrics>,
     arrival: Arrival,
 ) -> impl Future<Output = (Arrival, Result<(), KafkaError>)> + use<> {
+    let topic = topics.telemetry.as_str();
     let mqtt_topic = String::from_utf8_lossy(&arrival.publish.topic).into_owned();
     let key = match device_level {
         Some(level) => mqtt_topic.split('/').nth(level).unwrap_or(&mqtt_topic),
@@ -290,6 +311,10 @@ async fn produce(
             Err((e, _)) => break Err(e),
         }
     };
+    let producer = producer.clone();
+    let dead_letters = topics.dead_letters.clone();
+    let telemetry = topics.telemetry.clone();
+    let metrics = Arc::clone(metrics);
     async move {
         let result = match delivery {
             Ok(delivery) => match delivery.await {
@@ -298,6 +323,31 @@ async fn produce(
                 Err(_) => Err(KafkaError::Canceled),
             },
             Err(e) => Err(e),
+        };
+        let result = match result {
+            Err(error) if FailureClass::of_kafka(&error) == FailureClass::Record => {
+                let mqtt_topic = String::from_utf8_lossy(&arrival.publish.topic);
+                tracing::warn!(
+                    %mqtt_topic,
+                    %error,
+                    bytes = arrival.publish.payload.len(),
+                    "kafka refused a message for good; writing it as a dead letter"
+                );
+                metrics.rejected.inc();
+                let dead = DeadLetter::new(
+                    DeadLetterReason::SinkRejected,
+                    format!("kafka refused the message from {mqtt_topic} for {telemetry}: {error}"),
+                    &arrival.publish.payload,
+                );
+                let key = format!("{}/{}", dead.reason.code(), dead.raw_sha256);
+                let line = jsonl::dead_letter_line(&dead);
+                let record = FutureRecord::to(&dead_letters).key(&key).payload(&line);
+                match producer.send(record, rdkafka::util::Timeout::Never).await {
+                    Ok(_) => Ok(()),
+                    Err((e, _)) => Err(e),
+                }
+            }
+            other => other,
         };
         (arrival, result)
     }

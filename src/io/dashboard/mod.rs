@@ -229,19 +229,15 @@ impl Dashboard {
             (None, Some(s)) => ("site", s, "iotpipe_site_rollup"),
             (None, None) => return Err((400, "give device= or site=".to_owned())),
         };
-        let (local, latest) = {
-            let stats = self.stats();
-            let local = match device {
-                Some(d) => stats.device_windows(d, metric),
-                None => Some(stats.site_windows(subject, metric)),
-            };
-            (local, stats.latest_window().map(|(w, _)| w))
-        };
         let Some(reader) = &self.influx else {
-            let points = local.unwrap_or_default();
+            let stats = self.stats();
+            let points = match device {
+                Some(d) => stats.device_windows(d, metric).unwrap_or_default(),
+                None => stats.site_windows(subject, metric),
+            };
             return Ok(json!({"source": "iotpipe", "points": points}));
         };
-        let Some(latest) = latest else {
+        let Some(latest) = self.stats().latest_window().map(|(w, _)| w) else {
             return Ok(json!({"source": "influxdb", "points": []}));
         };
         // Always bounded by time: an unbounded query can scan the whole database.

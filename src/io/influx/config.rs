@@ -142,6 +142,28 @@ impl InfluxConfig {
         if !self.url.starts_with("http://") {
             return invalid("url", "use http://HOST:PORT");
         }
+        let authority = self.url.trim_start_matches("http://").trim_end_matches('/');
+        if authority.parse::<hyper::http::uri::Authority>().is_err() {
+            return invalid(
+                "url",
+                "use http://HOST:PORT (no path, spaces or control characters)",
+            );
+        }
+        // They go into the Authorization header, which cannot hold control characters: a
+        // trailing newline from an env file is the usual cause.
+        let credentials = [
+            ("username", self.username.as_deref()),
+            ("password", self.password.as_ref().map(|p| p.0.as_str())),
+            ("token", self.token.as_ref().map(|t| t.0.as_str())),
+        ];
+        for (field, value) in credentials {
+            if value.is_some_and(|v| v.chars().any(char::is_control)) {
+                return invalid(
+                    field,
+                    "holds a control character (a trailing newline?): remove it",
+                );
+            }
+        }
         if self.batch_points == 0 {
             return invalid("batch_points", "must be at least 1 (default 5000)");
         }
@@ -259,6 +281,23 @@ mod tests {
         assert_eq!(major_version("3.0.1"), Some(3));
         assert_eq!(major_version(""), None);
         assert_eq!(major_version("OSS"), None);
+    }
+
+    #[test]
+    fn credentials_and_urls_that_cannot_be_sent_are_named() {
+        let mut config = InfluxConfig::for_url("http://h:1");
+        config.token = Some(crate::io::mqtt::Secret("t0k3n\n".into()));
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.field, "token");
+        assert!(
+            !error.to_string().contains("t0k3n"),
+            "the secret is not shown"
+        );
+        config.token = None;
+        config.username = Some("ad\rmin".into());
+        assert_eq!(config.validate().unwrap_err().field, "username");
+        let config = InfluxConfig::for_url("http://bad host:1");
+        assert_eq!(config.validate().unwrap_err().field, "url");
     }
 
     #[test]

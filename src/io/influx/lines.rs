@@ -206,6 +206,7 @@ mod tests {
                 site: "site\n1".into(),
                 ..DeviceInfo::default()
             }),
+            stamp_ms: 0,
             readings: vec![
                 reading(a, 10, 1.5),
                 reading(b, 10, 2.0),

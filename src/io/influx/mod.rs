@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use timely::dataflow::operators::Concatenate;
 
-use crate::dataflow::model::DeadLetter;
+use crate::dataflow::model::{DeadLetter, TimeMs};
 use crate::dataflow::schema::MetricCatalog;
 use crate::dataflow::{EventStream, PipelineOutputs};
-use pool::Lane;
-use sink::{InfluxTarget, WriteToInflux};
+use pool::{InfluxPool, Lane};
+use sink::{HeldBack, InfluxTarget, WriteToInflux};
 
 /// The streams of [`write_outputs`].
 pub struct InfluxWritten<'scope> {
@@ -29,51 +29,78 @@ pub struct InfluxWritten<'scope> {
     pub readings: EventStream<'scope, DeadLetter>,
 }
 
-/// Writes readings, aggregates, site rollups, anomalies and alert events to InfluxDB.
+/// Writes readings, aggregates, site rollups, anomalies and alert events to InfluxDB, readings
+/// in a lane of their own. Records before `skip_before_ms` are not written (an earlier run
+/// wrote them); `full` is held while a sink waits for room in the writers' queue.
 pub fn write_outputs<'scope>(
     outputs: &PipelineOutputs<'scope>,
-    target: &InfluxTarget,
+    pool: &InfluxPool,
+    skip_before_ms: TimeMs,
+    full: &HeldBack,
     catalog: &Arc<MetricCatalog>,
 ) -> InfluxWritten<'scope> {
-    let c = Arc::clone(catalog);
-    let readings_target = InfluxTarget {
-        lane: Lane::Readings,
-        ..target.clone()
+    let target = |lane| InfluxTarget {
+        pool: pool.clone(),
+        skip_before_ms,
+        full: full.clone(),
+        lane,
     };
-    let readings = outputs.readings.clone().write_to_influx(
+    let readings = write(
+        &outputs.readings,
         "InfluxReadings",
-        readings_target,
-        move |m, buffer| lines::reading_lines(buffer, m, &c),
+        target(Lane::Readings),
+        catalog,
+        lines::reading_lines,
     );
-    let c = Arc::clone(catalog);
-    let aggregates = outputs.aggregates.clone().write_to_influx(
-        "InfluxAggregates",
-        target.clone(),
-        move |a, buffer| lines::aggregate_line(buffer, a, &c),
-    );
-    let c = Arc::clone(catalog);
-    let rollups = outputs.site_rollups.clone().write_to_influx(
-        "InfluxSiteRollups",
-        target.clone(),
-        move |r, buffer| lines::rollup_line(buffer, r, &c),
-    );
-    let c = Arc::clone(catalog);
-    let anomalies = outputs.anomalies.clone().write_to_influx(
-        "InfluxAnomalies",
-        target.clone(),
-        move |a, buffer| lines::anomaly_line(buffer, a, &c),
-    );
-    let c = Arc::clone(catalog);
-    let alerts =
-        outputs
-            .alerts
-            .clone()
-            .write_to_influx("InfluxAlerts", target.clone(), move |a, buffer| {
-                lines::alert_line(buffer, a, &c)
-            });
+    let derived = [
+        write(
+            &outputs.aggregates,
+            "InfluxAggregates",
+            target(Lane::Derived),
+            catalog,
+            lines::aggregate_line,
+        ),
+        write(
+            &outputs.site_rollups,
+            "InfluxSiteRollups",
+            target(Lane::Derived),
+            catalog,
+            lines::rollup_line,
+        ),
+        write(
+            &outputs.anomalies,
+            "InfluxAnomalies",
+            target(Lane::Derived),
+            catalog,
+            lines::anomaly_line,
+        ),
+        write(
+            &outputs.alerts,
+            "InfluxAlerts",
+            target(Lane::Derived),
+            catalog,
+            lines::alert_line,
+        ),
+    ];
     let scope = outputs.readings.scope();
     InfluxWritten {
-        rejected: scope.concatenate([readings.clone(), aggregates, rollups, anomalies, alerts]),
+        rejected: scope.concatenate(std::iter::once(readings.clone()).chain(derived)),
         readings,
     }
+}
+
+/// One stream's sink, each record encoded by `line`.
+fn write<'scope, D: Clone + 'static>(
+    stream: &EventStream<'scope, D>,
+    name: &str,
+    target: InfluxTarget,
+    catalog: &Arc<MetricCatalog>,
+    line: fn(&mut Vec<u8>, &D, &MetricCatalog),
+) -> EventStream<'scope, DeadLetter> {
+    let catalog = Arc::clone(catalog);
+    stream
+        .clone()
+        .write_to_influx(name, target, move |record, buffer| {
+            line(buffer, record, &catalog)
+        })
 }

@@ -238,16 +238,13 @@ async fn write_batches(
         let rejected = rejected
             .into_iter()
             .map(|(i, refusal)| {
-                let raw = String::from_utf8_lossy(batch.records(i, i + 1))
-                    .trim_end()
-                    .to_owned();
+                let raw = batch.records(i, i + 1).trim_ascii_end();
                 tracing::warn!(status = refusal.status, reason = %refusal.message, "influxdb refused a point");
-                let dead = DeadLetter {
-                    reason: DeadLetterReason::StoreRejected,
-                    detail: format!("influxdb: HTTP {}: {}", refusal.status, refusal.message),
+                let dead = DeadLetter::new(
+                    DeadLetterReason::StoreRejected,
+                    format!("influxdb: HTTP {}: {}", refusal.status, refusal.message),
                     raw,
-                    origin: None,
-                };
+                );
                 (batch.times[i], dead)
             })
             .collect();

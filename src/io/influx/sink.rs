@@ -7,7 +7,7 @@
 //!
 //! Records gather into batches of up to `batch_points` records, sent when full or when the
 //! oldest has waited `linger_ms`. When the process's queue of batches is full, the sink keeps
-//! its batches and sets `full`, and the source stops reading: a slow or dead InfluxDB holds the
+//! its batches and holds `full`, and the source stops reading: a slow or dead InfluxDB holds the
 //! dataflow back instead of losing points or growing memory.
 
 use std::cell::Cell;
@@ -100,7 +100,8 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                     outcomes,
                     activator: scope.worker().sync_activator_for(info.address.to_vec()),
                 };
-                // Per time: its capability and how many sent batches still hold its records.
+                // Per time: its capability and how many runs of its records wait in batches
+                // (open, queued or in flight) that InfluxDB has not answered.
                 let mut held: BTreeMap<TimeMs, (Capability<TimeMs>, usize)> = BTreeMap::new();
                 let mut open = InfluxBatch::new(reply.clone(), Vec::new());
                 // Line buffers of answered batches, filled again by the next ones.
@@ -114,21 +115,16 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                             let (cap, _) = &held[&time];
                             output.session(cap).give(dead);
                         }
-                        for time in distinct(&outcome.times) {
+                        for time in runs(&outcome.times) {
                             held.get_mut(&time).expect("a sent time is held").1 -= 1;
                         }
                         if spare.len() < 2 {
                             spare.push(outcome.spare_lines);
                         }
                     }
-                    let mut seal = |open: &mut InfluxBatch, held: &mut BTreeMap<_, _>| {
+                    let mut seal = |open: &mut InfluxBatch| {
                         let lines = spare.pop().unwrap_or_default();
                         let batch = std::mem::replace(open, InfluxBatch::new(reply.clone(), lines));
-                        for time in distinct(&batch.times) {
-                            let (_, batches): &mut (Capability<TimeMs>, usize) =
-                                held.get_mut(&time).expect("an open time is held");
-                            *batches += 1;
-                        }
                         waiting.push_back(batch);
                     };
                     input.for_each(|cap, records| {
@@ -153,23 +149,25 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                             if open.is_empty() {
                                 opened_at = Instant::now();
                             }
+                            if open.times.last() != Some(&time) {
+                                // A run of this time starts in the batch: one more holds it.
+                                held.get_mut(&time).expect("held above").1 += 1;
+                            }
                             open.ends.push(open.lines.len());
                             open.times.push(time);
                             if open.len() >= batch_points {
-                                seal(&mut open, &mut held);
+                                seal(&mut open);
                             }
                         }
                     });
                     if !open.is_empty() && (opened_at.elapsed() >= linger || frontier.is_empty()) {
-                        seal(&mut open, &mut held);
+                        seal(&mut open);
                     }
                     target.pool.send_waiting(target.lane, &mut waiting);
                     target.full.hold(&mut holding, !waiting.is_empty());
-                    // A time is written once no record can still come for it, none waits in
-                    // the open batch, and InfluxDB has answered every batch holding it.
-                    held.retain(|time, (_, batches)| {
-                        frontier.less_equal(time) || *batches > 0 || open.times.contains(time)
-                    });
+                    // A time is written once no record can still come for it and InfluxDB has
+                    // answered every batch holding it (the open one counts too).
+                    held.retain(|time, (_, runs)| frontier.less_equal(time) || *runs > 0);
                     if !waiting.is_empty() {
                         activator.activate_after(Duration::from_millis(2));
                     } else if !open.is_empty() {
@@ -181,10 +179,8 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
     }
 }
 
-/// The distinct times of a batch's records (mostly one run of equal times).
-fn distinct(times: &[TimeMs]) -> Vec<TimeMs> {
-    let mut distinct = times.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    distinct
+/// The time of each run of equal times in a batch's records (records arrive a time at a time,
+/// so mostly one run).
+fn runs(times: &[TimeMs]) -> impl Iterator<Item = TimeMs> + '_ {
+    times.chunk_by(|a, b| a == b).map(|run| run[0])
 }

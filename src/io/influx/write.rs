@@ -117,21 +117,18 @@ impl InfluxWriter {
                 ))
             }
         };
-        let database = match api {
-            InfluxApi::V1 { database, .. } => Some(name("database", database)?),
-            InfluxApi::V2 { .. } => None,
-        };
-        let path_and_query = match api {
+        let (path_and_query, database) = match api {
             InfluxApi::V1 {
                 database,
                 retention_policy,
                 ..
             } => {
-                let mut query = format!("/write?db={}&precision=ms", name("database", database)?);
+                let database = name("database", database)?;
+                let mut query = format!("/write?db={database}&precision=ms");
                 if let Some(rp) = retention_policy {
                     query += &format!("&rp={}", name("retention_policy", rp)?);
                 }
-                query
+                (query, Some(database))
             }
             InfluxApi::V2 { org, bucket, .. } => {
                 // 3.x needs no organisation.
@@ -140,10 +137,11 @@ impl InfluxWriter {
                 } else {
                     format!("org={}&", name("org", org)?)
                 };
-                format!(
+                let query = format!(
                     "/api/v2/write?{org}bucket={}&precision=ms",
                     name("bucket", bucket)?
-                )
+                );
+                (query, None)
             }
         };
         Ok(Self {

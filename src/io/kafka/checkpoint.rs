@@ -26,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::event_time::PartitionClock;
 use crate::dataflow::model::TimeMs;
 use crate::io::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
 
@@ -35,8 +36,13 @@ use crate::io::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_cou
 pub struct Checkpoint {
     /// The offset to resume at.
     pub offset: i64,
-    /// The partition's largest valid event time before the offset.
+    /// The partition's largest valid event time before the offset (also in `clock`; kept for
+    /// people reading the topic and for checkpoints written before `clock` was).
     pub max_valid_ms: Option<TimeMs>,
+    /// The partition's clock before the offset: its fleet time and whether its start was
+    /// judged (see [`crate::dataflow::event_time`]).
+    #[serde(default)]
+    pub clock: Option<PartitionClock>,
     /// The floor its watermark had been raised to there (after an idle spell).
     #[serde(default)]
     pub floor_ms: TimeMs,
@@ -45,6 +51,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The clock to resume with.
+    pub fn resume_clock(&self) -> PartitionClock {
+        self.clock
+            .unwrap_or_else(|| PartitionClock::from_max_valid(self.max_valid_ms))
+    }
+
     /// The record's key: `topic/partition`.
     pub fn key(topic: &str, partition: i32) -> String {
         format!("{topic}/{partition}")
@@ -127,8 +139,8 @@ pub struct ResumePoint {
     pub time_ms: TimeMs,
     /// The offset.
     pub offset: i64,
-    /// The largest valid event time before the offset.
-    pub max_valid_ms: Option<TimeMs>,
+    /// The partition's clock before the offset.
+    pub clock: PartitionClock,
     /// The floor the partition's watermark had been raised to.
     pub floor_ms: TimeMs,
 }
@@ -188,7 +200,10 @@ mod tests {
         ResumePoint {
             time_ms,
             offset,
-            max_valid_ms: Some(time_ms + 30_000),
+            clock: PartitionClock {
+                max_valid_ms: Some(time_ms + 30_000),
+                ..PartitionClock::default()
+            },
             floor_ms: 0,
         }
     }

@@ -32,9 +32,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::event_time::{EventTimeConfig, Watermarker};
-use crate::dataflow::ingest::{IngestBatch, Ingestor};
-use crate::dataflow::model::{MessageOrigin, TimeMs};
+use crate::dataflow::PipelineConfig;
+use crate::dataflow::event_time::Watermarker;
+use crate::dataflow::ingest::{IngestBatch, Ingestor, Provenance};
+use crate::dataflow::model::TimeMs;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::kafka::checkpoint::{Checkpoint, ResumePoint, ResumeTrail, read_checkpoints};
 use crate::io::kafka::registry::LiveRegistry;
@@ -116,6 +117,8 @@ struct PartitionReader {
     next_offset: i64,
     last_message: Instant,
     trail: ResumeTrail,
+    /// Since when messages wait at the partition's start for the fleet time.
+    holding_since: Option<Instant>,
     /// Idle, as last decided; and when the broker was last asked where the partition ends.
     idle: bool,
     end_checked: Option<Instant>,
@@ -214,7 +217,7 @@ impl KafkaSource {
         kafka: &KafkaConfig,
         config: SourceConfig,
         schemas: &SchemaSet,
-        event_time: EventTimeConfig,
+        pipeline: &PipelineConfig,
         registry: Arc<LiveRegistry>,
         metrics: Arc<Metrics>,
         checkpoints: SinkProducer,
@@ -258,13 +261,17 @@ impl KafkaSource {
             assignment
                 .add_partition_offset(&topic, p, start)
                 .map_err(client_error("assignment"))?;
-            let mut ingestor = Ingestor::new(schemas.clone(), Arc::clone(&initial.1), event_time);
-            let mut watermarker = Watermarker::resume(event_time, checkpoint.max_valid_ms);
+            let mut ingestor =
+                Ingestor::new(schemas.clone(), Arc::clone(&initial.1), pipeline.event_time)
+                    .with_max_message_bytes(pipeline.ingest.max_message_bytes);
+            ingestor.set_origin(&topic, p);
+            let clock = checkpoint.resume_clock();
+            let mut watermarker = Watermarker::resume(pipeline.event_time, clock);
             watermarker.raise_to(checkpoint.floor_ms);
             let point = ResumePoint {
                 time_ms: watermarker.watermark_ms(),
                 offset: checkpoint.offset,
-                max_valid_ms: checkpoint.max_valid_ms,
+                clock,
                 floor_ms: checkpoint.floor_ms,
             };
             tracing::info!(
@@ -282,6 +289,7 @@ impl KafkaSource {
                 next_offset: checkpoint.offset,
                 last_message: Instant::now(),
                 trail: ResumeTrail::new(point, 1_000),
+                holding_since: None,
                 idle: false,
                 end_checked: None,
             });
@@ -371,35 +379,51 @@ impl KafkaSource {
                 reader.ingestor.set_watermarker(watermarker);
                 reader.ingestor.start_batch()
             });
-            let watermarker = reader.ingestor.watermarker();
-            reader.trail.record(ResumePoint {
-                time_ms: watermarker.watermark_ms(),
-                offset: message.offset(),
-                max_valid_ms: watermarker.max_valid_ms(),
-                floor_ms: watermarker.floor_ms(),
-            });
-            let dead_before = batch.dead_letters.len();
+            // A message still held cannot be resumed after: its clock is not yet decided.
+            if !reader.ingestor.is_holding() {
+                let watermarker = reader.ingestor.watermarker();
+                reader.trail.record(ResumePoint {
+                    time_ms: watermarker.watermark_ms(),
+                    offset: message.offset(),
+                    clock: watermarker.clock(),
+                    floor_ms: watermarker.floor_ms(),
+                });
+            }
+            let provenance = Provenance {
+                // The bridge sets it to the MQTT arrival; a negative one is no time.
+                arrival_ms: message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(|ms| u64::try_from(ms).ok()),
+                offset: Some(message.offset()),
+            };
             reader
                 .ingestor
-                .ingest(message.payload().unwrap_or_default(), batch);
-            for dead in &mut batch.dead_letters[dead_before..] {
-                dead.origin = Some(MessageOrigin {
-                    topic: self.topic.clone(),
-                    partition: reader.partition,
-                    offset: message.offset(),
-                });
+                .ingest(message.payload().unwrap_or_default(), provenance, batch);
+            if reader.ingestor.is_holding() {
+                reader.holding_since.get_or_insert(now);
             }
             reader.next_offset = message.offset() + 1;
             reader.last_message = now;
             reader.idle = false;
         }
         self.metrics.messages_in.add(read as u64);
+        self.update_idle(now);
+        let hold_limit = Duration::from_millis(self.config.idle_timeout_ms);
         for reader in &mut self.readers {
+            // Fewer devices than the quorum, and quiet or waiting long enough: judge the start.
+            if let Some(since) = reader.holding_since
+                && (reader.idle || now.duration_since(since) >= hold_limit)
+            {
+                let ingestor = &mut reader.ingestor;
+                let batch = reader.batch.get_or_insert_with(|| ingestor.start_batch());
+                ingestor.release_held(batch);
+                reader.holding_since = None;
+            }
             if let Some(mut batch) = reader.batch.take() {
                 inputs.send_now(&mut batch);
             }
         }
-        self.update_idle(now);
         let active_min = self
             .readers
             .iter()
@@ -499,7 +523,8 @@ impl KafkaSource {
             let point = reader.trail.commit_point(written_ms, self.config.rewind_ms);
             let checkpoint = Checkpoint {
                 offset: point.offset,
-                max_valid_ms: point.max_valid_ms,
+                max_valid_ms: point.clock.max_valid_ms,
+                clock: Some(point.clock),
                 floor_ms: point.floor_ms,
                 written_ms,
             };

@@ -92,8 +92,8 @@ impl WebhookChannel {
                     .into_bytes(),
             ),
         };
-        if config.max_per_second <= 0.0 {
-            return Err(field("max_per_second must be above 0"));
+        if !(config.max_per_second.is_finite() && config.max_per_second > 0.0) {
+            return Err(field("max_per_second must be a finite number above 0"));
         }
         Ok(Self {
             http: HttpConnection::new(authority),

@@ -25,8 +25,8 @@ pub use chunks::{Chunk, ChunkedFile};
 pub use output::ReplayFiles;
 
 use crate::dataflow::PipelineConfig;
-use crate::dataflow::event_time::{Watermarker, watermark_after};
-use crate::dataflow::ingest::Ingestor;
+use crate::dataflow::event_time::{PartitionClock, Watermarker, watermark_after};
+use crate::dataflow::ingest::{Ingestor, Provenance};
 use crate::dataflow::model::{DeadLetter, TimeMs};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
 use crate::dataflow::schema::Decoded;
@@ -34,8 +34,7 @@ use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::deliver::{DeliverInOrder, to_shared};
 use crate::io::influx::pool::InfluxPool;
-use crate::io::influx::pool::Lane;
-use crate::io::influx::sink::{HeldBack, InfluxTarget};
+use crate::io::influx::sink::HeldBack;
 use crate::io::influx::write_outputs;
 use crate::io::notify::{Notification, NotifierHandle};
 use crate::io::source::{PipelineSources, SourceInputs, VecInput};
@@ -162,9 +161,9 @@ fn run_worker(
     let peers = worker.peers();
     let files = files.map(|f| Rc::new(RefCell::new(f)));
 
-    // The ledger: chunk k's prefix (largest valid event time through chunk k), seen by all.
-    let prefixes: Rc<RefCell<HashMap<u64, Option<TimeMs>>>> = Rc::default();
-    let mut ledger: VecInput<u64, (u64, Option<TimeMs>)> = InputHandle::new();
+    // The ledger: chunk k's prefix (the partition clock through chunk k), seen by all.
+    let prefixes: Rc<RefCell<HashMap<u64, PartitionClock>>> = Rc::default();
+    let mut ledger: VecInput<u64, (u64, PartitionClock)> = InputHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let seen = Rc::clone(&prefixes);
         scope
@@ -181,13 +180,7 @@ fn run_worker(
         let (outputs, counts) = sources.build(scope, &job.pipeline);
         let mut dead_letters = outputs.dead_letters.clone();
         if let Some(pool) = &job.influx {
-            let target = InfluxTarget {
-                pool: pool.clone(),
-                skip_before_ms: 0,
-                full: influx_full.clone(),
-                lane: Lane::Derived,
-            };
-            let written = write_outputs(&outputs, &target, job.schemas.catalog());
+            let written = write_outputs(&outputs, pool, 0, &influx_full, job.schemas.catalog());
             dead_letters = dead_letters.concat(written.rejected);
         }
         outputs.aggregates.deliver_in_order(
@@ -263,8 +256,8 @@ fn feed_chunks(
     job: &ReplayJob,
     history: &Arc<RegistryHistory>,
     source: &mut SourceInputs,
-    ledger: &mut VecInput<u64, (u64, Option<TimeMs>)>,
-    prefixes: &Rc<RefCell<HashMap<u64, Option<TimeMs>>>>,
+    ledger: &mut VecInput<u64, (u64, PartitionClock)>,
+    prefixes: &Rc<RefCell<HashMap<u64, PartitionClock>>>,
     (index, peers): (usize, usize),
     influx_full: &HeldBack,
 ) -> std::io::Result<()> {
@@ -272,8 +265,13 @@ fn feed_chunks(
     let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
     let chunk_count = file.chunk_count();
     let event_time = job.pipeline.event_time;
-    let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time);
-    let mut decoder = job.schemas.decoder();
+    let max_message_bytes = job.pipeline.ingest.max_message_bytes;
+    let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time)
+        .with_max_message_bytes(max_message_bytes);
+    let mut decoder = job
+        .schemas
+        .decoder()
+        .with_max_message_bytes(max_message_bytes);
     // Two chunks are alive at a time (one scanned, one decoded ahead); their buffers are reused.
     let mut read_and_decode =
         |k: u64, (mut chunk, mut decoded): DecodedChunk| -> std::io::Result<DecodedChunk> {
@@ -298,7 +296,7 @@ fn feed_chunks(
             None
         };
         let prefix = if k == 0 {
-            None
+            PartitionClock::default()
         } else {
             loop {
                 if let Some(prefix) = prefixes.borrow().get(&(k - 1)) {
@@ -310,9 +308,12 @@ fn feed_chunks(
         ingestor.set_watermarker(Watermarker::resume(event_time, prefix));
         let mut batch = ingestor.start_batch();
         for (i, result) in decoded.drain(..).enumerate() {
-            ingestor.admit(chunk.line(i), result, &mut batch);
+            ingestor.admit(chunk.line(i), result, Provenance::default(), &mut batch);
         }
-        let prefix_after = ingestor.watermarker().max_valid_ms();
+        // A file has no arrival times; a hold still open here (fewer devices than the quorum
+        // so far) is judged at the chunk's end, the same for any number of workers.
+        ingestor.release_held(&mut batch);
+        let prefix_after = ingestor.watermarker().clock();
         tracing::debug!(
             chunk = k,
             messages = batch.counts.messages,
@@ -324,7 +325,7 @@ fn feed_chunks(
         ledger.advance_to(next_k);
         ledger.flush();
         source.send(&mut batch);
-        source.advance_to(watermark_after(event_time, prefix_after));
+        source.advance_to(watermark_after(event_time, &prefix_after));
         source.flush();
         prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
         worker.step();

@@ -145,9 +145,27 @@ impl RunConfig {
             return invalid("pipeline.window.length_ms", "must be at least 1".into());
         }
         let event_time = self.pipeline.event_time;
-        let needed = self.pipeline.window.length_ms
-            + event_time.allowed_lateness_ms
-            + event_time.max_clock_skew_ms;
+        if let Err(e) = event_time.validate() {
+            return invalid(
+                match e.field {
+                    "clock_quorum" => "pipeline.event_time.clock_quorum",
+                    _ => "pipeline.event_time",
+                },
+                e.problem,
+            );
+        }
+        if self.pipeline.ingest.max_message_bytes == 0 {
+            return invalid(
+                "pipeline.ingest.max_message_bytes",
+                "must be at least 1 (default 65536)".into(),
+            );
+        }
+        let needed = self
+            .pipeline
+            .window
+            .length_ms
+            .saturating_add(event_time.allowed_lateness_ms)
+            .saturating_add(event_time.max_clock_skew_ms);
         if self.source.rewind_ms < needed {
             return invalid(
                 "source.rewind_ms",
@@ -215,6 +233,30 @@ mod tests {
         .unwrap();
         assert_eq!(config.kafka.brokers, "kafka-0:9092");
         assert_eq!((config.cluster.process, config.cluster.processes), (3, 4));
+    }
+
+    #[test]
+    fn clock_and_size_settings_that_cannot_work_name_their_field() {
+        let error = |extra: &str| {
+            RunConfig::parse(&format!("{MINIMAL}{extra}"), |_| None)
+                .unwrap_err()
+                .to_string()
+        };
+        let quorum = error(
+            "[pipeline.event_time]\nallowed_lateness_ms = 30000\nmax_clock_skew_ms = 600000\nclock_quorum = 0\n",
+        );
+        assert!(
+            quorum.contains("pipeline.event_time.clock_quorum"),
+            "{quorum}"
+        );
+        let size = error("[pipeline.ingest]\nmax_message_bytes = 0\n");
+        assert!(size.contains("pipeline.ingest.max_message_bytes"), "{size}");
+        // Sums that would overflow are an error, not a panic (TOML integers stop at i64).
+        let huge = error(&format!(
+            "[pipeline.event_time]\nallowed_lateness_ms = {0}\nmax_clock_skew_ms = {0}\n",
+            i64::MAX
+        ));
+        assert!(huge.contains("source.rewind_ms"), "{huge}");
     }
 
     #[test]

@@ -34,12 +34,12 @@ use crate::dataflow::schema::SchemaSet;
 use crate::io::cluster::{ClusterConfig, ClusterError};
 use crate::io::dashboard::Dashboard;
 use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
-use crate::io::influx::pool::{InfluxPool, Lane};
-use crate::io::influx::sink::{HeldBack, InfluxTarget};
+use crate::io::influx::pool::InfluxPool;
+use crate::io::influx::sink::HeldBack;
 use crate::io::influx::write_outputs;
 use crate::io::jsonl;
 use crate::io::kafka::registry::{LiveRegistry, RegistryFollower};
-use crate::io::kafka::sink::{ProduceTo, SinkProducer, SinkTarget};
+use crate::io::kafka::sink::{ProduceTo, SinkFailure, SinkProducer, SinkTarget};
 use crate::io::kafka::source::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
 use crate::io::kafka::{KafkaConfig, KafkaSetupError};
 use crate::io::latency::ArrivalLatency;
@@ -104,6 +104,14 @@ pub enum ServiceError {
     /// A worker failed.
     #[error("worker failed: {0}")]
     Worker(String),
+    /// Kafka refuses every record for one of the output topics.
+    #[error("{field}: {failure}")]
+    Sink {
+        /// The config field naming the topic.
+        field: &'static str,
+        /// What Kafka said.
+        failure: SinkFailure,
+    },
 }
 
 /// Runs until `job.stop` is set.
@@ -135,12 +143,9 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
     // Every process follows the view when the dashboard is on (their dataflows must match);
     // process 0's worker 0 receives the records and serves them.
     let view = job.dashboard_listen.map(|_| {
-        let stats = LiveStats::new();
-        Arc::new(Mutex::new(if influx.is_some() {
-            stats.without_device_windows()
-        } else {
-            stats
-        }))
+        Arc::new(Mutex::new(
+            LiveStats::new().with_device_windows(influx.is_none()),
+        ))
     });
     if let (Some(addr), Some(stats), true) = (job.dashboard_listen, &view, cluster.is_leader()) {
         let dashboard = Dashboard::new(
@@ -189,6 +194,22 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
             Ok(Err(e)) => failure = Some(ServiceError::Kafka(e)),
             Err(e) => failure = Some(ServiceError::Worker(e)),
         }
+    }
+    if let Some(sink) = producer.failure() {
+        let topics = &job.kafka.topics;
+        let field = if sink.topic == topics.dead_letters {
+            "kafka.topics.dead_letters"
+        } else if sink.topic == topics.alerts {
+            "kafka.topics.alerts"
+        } else if Some(&sink.topic) == topics.aggregates.as_ref() {
+            "kafka.topics.aggregates"
+        } else {
+            "kafka.topics.checkpoints"
+        };
+        failure = Some(ServiceError::Sink {
+            field,
+            failure: sink,
+        });
     }
     // Checkpoints are produced detached: make sure the last ones are out.
     if !producer.flush(Duration::from_millis(job.drain_timeout_ms)) {
@@ -253,7 +274,7 @@ fn run_worker(
         &job.kafka,
         job.source.clone(),
         &job.schemas,
-        event_time,
+        &job.pipeline,
         Arc::clone(live),
         Arc::clone(metrics),
         producer.clone(),
@@ -298,13 +319,13 @@ fn run_worker(
         let catalog = Arc::clone(job.schemas.catalog());
         let mut dead_letters = outputs.dead_letters.clone();
         if let Some(pool) = influx {
-            let target = InfluxTarget {
-                pool: pool.clone(),
-                skip_before_ms: source.skip_before_ms(),
-                full: influx_full.clone(),
-                lane: Lane::Derived,
-            };
-            let written = write_outputs(&outputs, &target, &catalog);
+            let written = write_outputs(
+                &outputs,
+                pool,
+                source.skip_before_ms(),
+                &influx_full,
+                &catalog,
+            );
             written.readings.probe_with(&influx_probe);
             // Refused points are dead letters like any other; the dead-letter sink's frontier
             // then waits for InfluxDB too, so commits do.
@@ -323,24 +344,16 @@ fn run_worker(
         let counted = Arc::clone(metrics);
         // Late readings are counted here; the file of them is `replay`'s.
         outputs.late.inspect(move |_| counted.late_readings.inc());
+        // The output topics first: what they refuse for good goes on as dead letters.
+        let alert_catalog = Arc::clone(&catalog);
         let mut written =
             vec![
-                dead_letters.produce_to("dead_letters", target(&topics.dead_letters), |d| {
-                    let key = d.origin.as_ref().map_or_else(
-                        || format!("{}/{}", d.reason.code(), d.raw),
-                        |o| format!("{}/{}/{}", o.topic, o.partition, o.offset),
-                    );
-                    (key, jsonl::dead_letter_line(d))
-                }),
+                outputs
+                    .alerts
+                    .produce_to("alerts", target(&topics.alerts), move |a| {
+                        (a.alert_id.clone(), jsonl::alert_line(a, &alert_catalog))
+                    }),
             ];
-        let alert_catalog = Arc::clone(&catalog);
-        written.push(
-            outputs
-                .alerts
-                .produce_to("alerts", target(&topics.alerts), move |a| {
-                    (a.alert_id.clone(), jsonl::alert_line(a, &alert_catalog))
-                }),
-        );
         if let Some(topic) = &topics.aggregates {
             written.push(
                 outputs
@@ -358,6 +371,22 @@ fn run_worker(
                     }),
             );
         }
+        let refused = scope.concatenate(written.clone());
+        let counted = Arc::clone(metrics);
+        let refused = refused.inspect(move |d| counted.dead_letter(d.reason));
+        // A dead letter the broker refuses has nowhere further to go: it is counted
+        // (`sink_failures_total{sink="dead_letters",class="record"}`) and logged, with its hash.
+        written.push(dead_letters.concat(refused).produce_to(
+            "dead_letters",
+            target(&topics.dead_letters),
+            |d| {
+                let key = d.origin.as_ref().map_or_else(
+                    || format!("{}/{}", d.reason.code(), d.raw_sha256),
+                    |o| format!("{}/{}/{}", o.topic, o.partition, o.offset),
+                );
+                (key, jsonl::dead_letter_line(d))
+            },
+        ));
         scope.concatenate(written).probe_with(&written_probe);
     });
     let registry_changes = changes;
@@ -382,7 +411,7 @@ fn run_worker(
             source.poll(&mut sources.source, floor)
         };
         if read > 0 {
-            unwritten.arrived(sources.source.time(), now, 1);
+            unwritten.first_arrival(sources.source.time(), now);
             if influx.is_some() {
                 unstored.arrived(sources.source.time(), now, read as u64);
             }
@@ -393,6 +422,10 @@ fn run_worker(
         }
         if now.duration_since(last_report) >= Duration::from_millis(100) {
             last_report = now;
+            if producer.failure().is_some() {
+                // Flush what can be written, commit it, and stop: see `run_service`.
+                job.stop.store(true, Ordering::Release);
+            }
             reports.send((index, source.report()));
             round += 1;
             reports.advance_to(round);
