@@ -136,8 +136,9 @@ impl Fixture {
     }
 }
 
-/// Output topics of one run.
+/// Output topics of one run (and the telemetry topic it reads).
 struct Outputs {
+    telemetry: String,
     aggregates: String,
     alerts: String,
     dead_letters: String,
@@ -156,6 +157,7 @@ impl Outputs {
 
     fn named(run: &str) -> Outputs {
         Outputs {
+            telemetry: TELEMETRY.to_owned(),
             aggregates: format!("{run}.aggregates"),
             alerts: format!("{run}.alerts"),
             dead_letters: format!("{run}.dead-letters"),
@@ -199,7 +201,7 @@ brokers = "{brokers}"
 group_id = "{run}"
 
 [kafka.topics]
-telemetry = "{TELEMETRY}"
+telemetry = "{telemetry}"
 registry = "{REGISTRY}"
 dead_letters = "{dead}"
 alerts = "{alerts}"
@@ -217,6 +219,7 @@ listen = "127.0.0.1:{metrics_port}"
 
 {extra_toml}
 "#,
+                telemetry = outputs.telemetry,
                 dead = outputs.dead_letters,
                 alerts = outputs.alerts,
                 aggregates = outputs.aggregates,
@@ -429,6 +432,183 @@ fn alert_event_ids(records: &[(String, String)]) -> BTreeSet<String> {
         .collect()
 }
 
+/// What a run wrote to its output topics.
+struct Written {
+    aggregates: Vec<(String, String)>,
+    alerts: Vec<(String, String)>,
+    dead_letters: Vec<(String, String)>,
+}
+
+impl Written {
+    /// Reads a run's outputs; dead letters name their telemetry topic, which is the run's own,
+    /// as `telemetry`.
+    fn read(tansu: &Tansu, outputs: &Outputs) -> Written {
+        let topic = &outputs.telemetry;
+        let dead_letters = tansu
+            .read_all(&outputs.dead_letters)
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.replacen(&format!("{topic}/"), "telemetry/", 1),
+                    v.replace(&format!("\"topic\":\"{topic}\""), "\"topic\":\"telemetry\""),
+                )
+            })
+            .collect();
+        Written {
+            aggregates: tansu.read_all(&outputs.aggregates),
+            alerts: tansu.read_all(&outputs.alerts),
+            dead_letters,
+        }
+    }
+
+    fn topics(&self) -> [(&str, &Vec<(String, String)>); 3] {
+        [
+            ("aggregates", &self.aggregates),
+            ("alerts", &self.alerts),
+            ("dead letters", &self.dead_letters),
+        ]
+    }
+
+    /// Asserts that every topic holds exactly the records of `want` (the same keys with the
+    /// same values, none missing, none extra); returns how many records came more than once.
+    fn assert_same_as(&self, what: &str, want: &Written) -> usize {
+        let mut duplicates = 0;
+        for ((topic, got), (_, expected)) in self.topics().into_iter().zip(want.topics()) {
+            let distinct: BTreeSet<&(String, String)> = got.iter().collect();
+            let expected: BTreeSet<&(String, String)> = expected.iter().collect();
+            let missing: Vec<_> = expected.difference(&distinct).take(5).collect();
+            let extra: Vec<_> = distinct.difference(&expected).take(5).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{what}: {topic} differ from the uninterrupted run's\nmissing: {missing:#?}\nextra: {extra:#?}"
+            );
+            duplicates += got.len() - distinct.len();
+        }
+        duplicates
+    }
+}
+
+/// Produces `lines` to `topic` in slices over about `over`, as a live fleet would.
+fn stream_telemetry(tansu: &Tansu, topic: &str, lines: &[(i32, String)], over: Duration) {
+    let slices = 20;
+    for slice in lines.chunks(lines.len().div_ceil(slices).max(1)) {
+        tansu.produce(
+            topic,
+            slice.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())),
+        );
+        std::thread::sleep(over / slices as u32);
+    }
+}
+
+/// Starts a cluster of two processes on `run`'s topics with the first third of the telemetry
+/// already in Kafka and the rest streamed while it runs; SIGKILLs process 1 once `kill_at`
+/// windows are out, checks that process 0 then stops on its own with one clear error, restarts
+/// the cluster and lets it finish. Returns what the run wrote.
+fn run_killed_at(fixture: &Fixture, run: &str, kill_at: usize, total: usize) -> Written {
+    let outputs = Outputs {
+        telemetry: format!("{run}.telemetry"),
+        ..Outputs::named(run)
+    };
+    outputs.create(&fixture.tansu, 4);
+    fixture
+        .tansu
+        .create_topics(&[(&outputs.telemetry, PARTITIONS)]);
+    let dir = fixture.data.dir.path();
+    let brokers = fixture.tansu.brokers();
+    let source = "idle_timeout_ms = 3000";
+    let mut cluster = Cluster::configure(dir, run, &brokers, &outputs, 2, source, "");
+    let (first, rest) = fixture.lines.split_at(fixture.lines.len() / 3);
+    stream_telemetry(&fixture.tansu, &outputs.telemetry, first, Duration::ZERO);
+    cluster.start();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            stream_telemetry(
+                &fixture.tansu,
+                &outputs.telemetry,
+                rest,
+                Duration::from_secs(20),
+            )
+        });
+        wait_for_keys(
+            &fixture.tansu,
+            &outputs.aggregates,
+            kill_at,
+            Duration::from_secs(120),
+            &cluster,
+        );
+        cluster.signal(1, "-KILL");
+        // The survivor loses its peer: it must stop on its own, with one clear error.
+        let status = wait_with_timeout(&mut cluster.children[0], Duration::from_secs(30));
+        let log = cluster.log(0);
+        assert!(
+            status.is_some_and(|code| code != 0),
+            "{run}: process 0 went on without its peer ({status:?})\n{log}"
+        );
+        assert!(
+            log.contains("iotpipe: cluster peer lost") && !log.contains("panicked at"),
+            "{run}: process 0 did not end with one clear error\n{log}"
+        );
+        cluster.kill_all();
+        cluster.start();
+    });
+    wait_for_keys(
+        &fixture.tansu,
+        &outputs.aggregates,
+        total,
+        Duration::from_secs(240),
+        &cluster,
+    );
+    cluster.stop();
+    Written::read(&fixture.tansu, &outputs)
+}
+
+#[test]
+fn a_cluster_killed_early_mid_or_late_writes_exactly_the_uninterrupted_runs_records() {
+    let fixture = fixture(120, 480);
+    let expected = fixture.expected();
+    fixture.produce_registry(&fixture.registry_lines);
+    let whole = Outputs {
+        telemetry: "uninterrupted.telemetry".to_owned(),
+        ..Outputs::named("uninterrupted")
+    };
+    whole.create(&fixture.tansu, 4);
+    fixture
+        .tansu
+        .create_topics(&[(&whole.telemetry, PARTITIONS)]);
+    stream_telemetry(
+        &fixture.tansu,
+        &whole.telemetry,
+        &fixture.lines,
+        Duration::ZERO,
+    );
+    let dir = fixture.data.dir.path();
+    let brokers = fixture.tansu.brokers();
+    let source = "idle_timeout_ms = 3000";
+    let mut cluster = Cluster::configure(dir, "uninterrupted", &brokers, &whole, 2, source, "");
+    cluster.start();
+    wait_for_all_aggregates(&fixture.tansu, &whole, &expected, &cluster);
+    cluster.stop();
+    let want = Written::read(&fixture.tansu, &whole);
+    assert_eq!(
+        want.assert_same_as("uninterrupted", &want),
+        0,
+        "duplicates without a kill"
+    );
+    assert!(!want.alerts.is_empty() && !want.dead_letters.is_empty());
+    // Each killed run reads the same telemetry from a topic of its own.
+    let total = expected.aggregates.len();
+    for (run, kill_at) in [
+        ("killed-early", total / 10),
+        ("killed-mid", total / 2),
+        ("killed-late", total * 9 / 10),
+    ] {
+        let written = run_killed_at(&fixture, run, kill_at, total);
+        let duplicates = written.assert_same_as(run, &want);
+        let records: usize = written.topics().iter().map(|(_, r)| r.len()).sum();
+        eprintln!("{run}: {records} records, {duplicates} written twice");
+    }
+}
+
 #[test]
 fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a_kill() {
     let fixture = fixture(150, 480);
@@ -474,37 +654,6 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
-
-    // The same input, with process 1 killed mid-stream and the cluster restarted.
-    let interrupted = Outputs::named("interrupted");
-    interrupted.create(&fixture.tansu, 4);
-    let mut cluster = Cluster::configure(
-        dir,
-        "interrupted",
-        &brokers,
-        &interrupted,
-        2,
-        "idle_timeout_ms = 3000",
-        "",
-    );
-    cluster.start();
-    wait_for_keys(
-        &fixture.tansu,
-        &interrupted.aggregates,
-        expected.aggregates.len() / 3,
-        Duration::from_secs(120),
-        &cluster,
-    );
-    cluster.signal(1, "-KILL");
-    // Process 0 loses its peer; whatever it does, the cluster is restarted as a whole.
-    std::thread::sleep(Duration::from_secs(1));
-    cluster.kill_all();
-    cluster.start();
-    let aggregates = wait_for_all_aggregates(&fixture.tansu, &interrupted, &expected, &cluster);
-    cluster.stop();
-    assert_outputs(&fixture.tansu, &interrupted, &aggregates, &expected);
-    let alerts = fixture.tansu.read_all(&interrupted.alerts);
-    assert_eq!(alert_event_ids(&alerts), alert_ids);
 
     // Killed late, with the shortest rewind the clock skew allows: the restart resumes
     // mid-stream from the committed offsets and still rebuilds every unwritten window whole.

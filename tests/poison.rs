@@ -160,5 +160,12 @@ fn poison_changes_nothing_but_its_own_dead_letters() {
             clean_summary.ingest.messages + lines.len() as u64
         );
         assert_eq!(summary.windows, clean_summary.windows);
+        // Every message is admitted or one dead letter; every reading aggregated, late or out
+        // of range.
+        assert_eq!(
+            summary.unaccounted(),
+            (0, 0),
+            "{workers} workers:\n{summary}"
+        );
     }
 }

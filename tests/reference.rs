@@ -102,6 +102,7 @@ fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
         assert_eq!(summary.ingest.messages, expected.messages);
         assert_eq!(summary.ingest.out_of_range, expected.out_of_range);
         assert_eq!(summary.late as usize, expected.late.len());
+        assert_eq!(summary.unaccounted(), (0, 0), "{summary}");
     }
 }
 

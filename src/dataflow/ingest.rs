@@ -233,6 +233,7 @@ impl Ingestor {
             .admit(decoded.message, provenance.arrival_ms)
         {
             Ok(timed) => {
+                batch.counts.admitted += 1;
                 batch.counts.readings += decoded.readings_seen as u64;
                 batch.counts.out_of_range += decoded.out_of_range as u64;
                 if !timed.readings.is_empty() {
@@ -310,6 +311,7 @@ mod tests {
         assert_eq!(batch.messages.len(), 3);
         assert_eq!(ingestor.watermarker().max_valid_ms(), Some(1_000_000));
         assert_eq!(batch.counts.messages, 5);
+        assert_eq!(batch.counts.admitted + batch.dead_letters.len() as u64, 5);
     }
 
     #[test]

@@ -425,6 +425,10 @@ pub struct LateReading {
 pub struct IngestCounts {
     /// Messages received.
     pub messages: u64,
+    /// Messages of registered devices admitted with their readings (in range or not): every
+    /// other message is one dead letter.
+    #[serde(default)]
+    pub admitted: u64,
     /// Readings in messages that decoded (before the range check).
     pub readings: u64,
     /// Readings dropped one by one for lying outside their metric's physical range.
@@ -435,6 +439,7 @@ impl IngestCounts {
     /// Adds another set of counts.
     pub fn merge(&mut self, other: &IngestCounts) {
         self.messages += other.messages;
+        self.admitted += other.admitted;
         self.readings += other.readings;
         self.out_of_range += other.out_of_range;
     }

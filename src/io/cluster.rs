@@ -50,6 +50,43 @@ pub enum ClusterError {
     },
 }
 
+/// Makes a lost cluster peer end this process with one clear error instead of a cascade of
+/// panics and backtraces.
+///
+/// Timely's network thread panics when a peer's socket closes, and the workers then panic on
+/// the poisoned queues. Nothing can go on without the peer (the frontier waits for it), and
+/// nothing is lost by stopping: outputs are committed only up to what the sinks have written,
+/// so the restarted cluster resumes from its checkpoints. Call it once, before the cluster
+/// starts, in a process of a cluster of several.
+pub fn end_on_lost_peer() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if is_lost_peer(message) {
+                tracing::error!(cause = message, "cluster peer lost");
+                eprintln!(
+                    "iotpipe: cluster peer lost ({message}): this process stops; restart every \
+                     process of the cluster, and they resume from their checkpoints"
+                );
+                std::process::exit(1);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// Whether a panic message is timely's report of a peer gone (or its consequence).
+fn is_lost_peer(message: &str) -> bool {
+    message.starts_with("timely communication error") || message == "MergeQueue poisoned."
+}
+
 impl ClusterConfig {
     /// Whether this process is the one that writes cluster-wide outputs (process 0).
     pub fn is_leader(&self) -> bool {
@@ -119,5 +156,19 @@ impl ClusterConfig {
             communication,
             worker: timely::WorkerConfig::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timely_reports_of_a_lost_peer_are_recognised() {
+        assert!(is_lost_peer(
+            "timely communication error: reading data: socket closed"
+        ));
+        assert!(is_lost_peer("MergeQueue poisoned."));
+        assert!(!is_lost_peer("index out of bounds"));
     }
 }

@@ -57,6 +57,30 @@ impl RunSummary {
         }
     }
 
+    /// Messages neither admitted nor a dead letter (0 unless something is lost), and readings
+    /// neither aggregated, late nor out of range (0 likewise). Dead letters of outputs
+    /// (`store_rejected`, `sink_rejected`) are not messages and do not count.
+    pub fn unaccounted(&self) -> (i64, i64) {
+        let input_dead: u64 = self
+            .dead_letters
+            .iter()
+            .filter(|(reason, _)| {
+                !matches!(
+                    reason,
+                    DeadLetterReason::StoreRejected | DeadLetterReason::SinkRejected
+                )
+            })
+            .map(|(_, n)| n)
+            .sum();
+        let ingest = &self.ingest;
+        let messages = ingest.messages as i64 - ingest.admitted as i64 - input_dead as i64;
+        let readings = ingest.readings as i64
+            - self.aggregated_readings as i64
+            - self.late as i64
+            - ingest.out_of_range as i64;
+        (messages, readings)
+    }
+
     /// Anomalies over all kinds.
     pub fn anomaly_total(&self) -> u64 {
         self.anomalies.values().sum()
@@ -84,6 +108,11 @@ impl fmt::Display for RunSummary {
         for (reason, count) in &self.dead_letters {
             writeln!(f, "  {:<20}{count}", reason.code())?;
         }
+        let (messages, readings) = self.unaccounted();
+        writeln!(
+            f,
+            "unaccounted       {messages} messages, {readings} readings"
+        )?;
         writeln!(f, "windows           {}", self.windows)?;
         writeln!(f, "site rollups      {}", self.site_rollups)?;
         writeln!(f, "anomalies         {}", self.anomaly_total())?;

@@ -53,6 +53,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
     let cluster = args.cluster.config();
     let timely_config = cluster.to_timely().map_err(|e| e.to_string())?;
+    if cluster.processes > 1 {
+        iotpipe::io::cluster::end_on_lost_peer();
+    }
     let listen: Option<SocketAddr> = if args.no_dashboard || !cluster.is_leader() {
         None
     } else {

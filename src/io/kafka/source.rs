@@ -512,7 +512,12 @@ impl KafkaSource {
     pub fn commit(&mut self, written_ms: TimeMs, force: bool) {
         let due =
             self.last_commit.elapsed() >= Duration::from_millis(self.config.commit_interval_ms);
+        // Until the written frontier passes where this run resumed, the committed checkpoints
+        // are newer than anything it could commit: a restarted process that committed its
+        // catch-up frontier would make a peer still starting resume behind, and write again
+        // what was written before.
         if self.committed_written_ms == Some(written_ms)
+            || written_ms <= self.skip_before_ms
             || !(due || force)
             || self.readers.is_empty()
         {

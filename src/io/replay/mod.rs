@@ -87,6 +87,9 @@ pub enum ReplayError {
 pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSummary>, ReplayError> {
     let started = Instant::now();
     let timely_config = cluster.to_timely()?;
+    if cluster.processes > 1 {
+        crate::io::cluster::end_on_lost_peer();
+    }
     let io_error = |path: &PathBuf| {
         let path = path.clone();
         move |source| ReplayError::Io { path, source }

@@ -117,6 +117,9 @@ pub enum ServiceError {
 /// Runs until `job.stop` is set.
 pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), ServiceError> {
     let timely_config = cluster.to_timely()?;
+    if cluster.processes > 1 {
+        crate::io::cluster::end_on_lost_peer();
+    }
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = job.metrics_listen {
         let local = metrics::serve(addr, Arc::clone(&metrics))
