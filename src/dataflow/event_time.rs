@@ -314,6 +314,15 @@ impl Watermarker {
         }
     }
 
+    /// If a message stamped `ts_ms` is more than the allowed skew behind the fleet time: that
+    /// time. Such a message is admitted (its readings will be late); many of them are a clock
+    /// far behind. Only the fleet can say so: a message behind its arrival may be history
+    /// replayed through Kafka.
+    pub fn behind(&self, ts_ms: TimeMs) -> Option<TimeMs> {
+        self.fleet_ms()
+            .filter(|fleet_ms| ts_ms.saturating_add(self.config.max_clock_skew_ms) < *fleet_ms)
+    }
+
     /// Admits a decoded message from a registered device, stamping it with the watermark before
     /// its first reading; refuses it whole if it is stamped too far ahead of the fleet time or
     /// of `arrival_ms`.
@@ -564,6 +573,15 @@ mod tests {
         let mut hold = ClockHold::default();
         let released = (0..HOLD_MAX_MESSAGES).map(|i| hold.vote("one", i as u64, config));
         assert_eq!(released.filter(|r| *r).count(), 1);
+    }
+
+    #[test]
+    fn a_stamp_far_behind_the_fleet_is_noticed() {
+        let mut w = Watermarker::new(EventTimeConfig::default());
+        assert_eq!(w.behind(0), None);
+        w.admit(message(&[10_000_000]), None).unwrap();
+        assert_eq!(w.behind(9_400_000), None);
+        assert_eq!(w.behind(9_399_999), Some(10_000_000));
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::dataflow::event_time::{
     ClockHold, ClockReference, EventTimeConfig, TooFarAhead, Watermarker,
 };
 use crate::dataflow::model::{
-    DeadLetter, DeadLetterReason, IngestCounts, MessageOrigin, TimeMs, TimedMessage,
+    ClockDirection, ClockFault, DeadLetter, DeadLetterReason, DeviceId, IngestCounts,
+    MessageOrigin, TimeMs, TimedMessage,
 };
 use crate::dataflow::registry::RegistryHistory;
 use crate::dataflow::schema::{DEFAULT_MAX_MESSAGE_BYTES, Decoded, Decoder, SchemaSet};
@@ -45,6 +46,8 @@ pub struct IngestBatch {
     /// Rejected messages, each with the watermark before it: its stamp, a time that depends
     /// on the input alone (see [`crate::dataflow::stamp`]).
     pub dead_letters: Vec<(TimeMs, DeadLetter)>,
+    /// Messages of registered devices stamped far off the fleet time, with their stamps.
+    pub clock_faults: Vec<(TimeMs, ClockFault)>,
     /// Counts over the batch.
     pub counts: IngestCounts,
 }
@@ -213,6 +216,7 @@ impl Ingestor {
                     ahead.to_string(),
                     &held.raw,
                 );
+                self.clock_fault(&held.decoded.message.device_id, &ahead, batch);
                 self.reject(dead, held.provenance, batch);
             } else {
                 self.stamp(&held.raw, held.decoded, held.provenance, batch);
@@ -228,6 +232,17 @@ impl Ingestor {
         provenance: Provenance,
         batch: &mut IngestBatch,
     ) {
+        let message = &decoded.message;
+        if let Some(reference_ms) = self.watermarker.behind(message.ts_ms) {
+            let behind = TooFarAhead {
+                ts_ms: message.ts_ms,
+                reference_ms,
+                reference: ClockReference::Fleet,
+            };
+            self.clock_fault(&message.device_id, &behind, batch);
+        }
+        // Kept for a refusal, which consumes the message (a cheap clone: ids are inline).
+        let device = decoded.message.device_id.clone();
         match self
             .watermarker
             .admit(decoded.message, provenance.arrival_ms)
@@ -241,11 +256,37 @@ impl Ingestor {
                 }
             }
             Err(ahead) => {
+                self.clock_fault(&device, &ahead, batch);
                 let dead =
                     DeadLetter::new(DeadLetterReason::FutureTimestamp, ahead.to_string(), raw);
                 self.reject(dead, provenance, batch);
             }
         }
+    }
+
+    /// Notes a registered device's message stamped `off.ts_ms` against `off.reference_ms`.
+    fn clock_fault(&self, device_id: &DeviceId, off: &TooFarAhead, batch: &mut IngestBatch) {
+        let Some(device) = self.registry.at(device_id, off.ts_ms) else {
+            return;
+        };
+        let offset_ms = off.ts_ms as i64 - off.reference_ms as i64;
+        let direction = if offset_ms > 0 {
+            batch.counts.clock_ahead += 1;
+            ClockDirection::Ahead
+        } else {
+            batch.counts.clock_behind += 1;
+            ClockDirection::Behind
+        };
+        let fault = ClockFault {
+            device_id: device_id.clone(),
+            device: Arc::clone(device),
+            at_ms: off.reference_ms,
+            offset_ms,
+            direction,
+        };
+        batch
+            .clock_faults
+            .push((self.watermarker.watermark_ms(), fault));
     }
 
     fn reject(&self, mut dead: DeadLetter, provenance: Provenance, batch: &mut IngestBatch) {

@@ -43,10 +43,11 @@ pub mod split_late;
 pub mod stamp;
 pub mod window;
 
+use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concat, Exchange};
 
 pub use enrich::{ArrangeRegistry, Enrich, RegistryUpdate};
 pub use event_time::EventTimeConfig;
@@ -57,7 +58,8 @@ pub use window::{AggregateWindows, WindowConfig};
 use alert::{AlertConfig, AlertEvent, CorrelateSites, EvaluateAlerts, Signal};
 use anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress};
 use model::{
-    DeadLetter, EnrichedMessage, LateReading, SiteRollup, TimeMs, TimedMessage, WindowAggregate,
+    ClockFault, DeadLetter, EnrichedMessage, LateReading, SiteRollup, TimeMs, TimedMessage,
+    WindowAggregate,
 };
 
 /// A stream of `D` records whose timely time is event time (ms).
@@ -90,6 +92,9 @@ pub struct PipelineInputs<'scope> {
     pub messages: EventStream<'scope, TimedMessage>,
     /// Messages the source already rejected.
     pub dead_letters: EventStream<'scope, DeadLetter>,
+    /// Messages of registered devices stamped far off the fleet time (see
+    /// [`event_time`]): the `clock` alert rule's signal.
+    pub clock_faults: EventStream<'scope, ClockFault>,
     /// The registry changelog.
     pub registry: EventStream<'scope, RegistryUpdate>,
 }
@@ -137,6 +142,12 @@ pub fn pipeline<'scope>(
         .clone()
         .flat_map(|a| (a.kind != AnomalyKind::None).then_some(Signal::Anomaly(a)))
         .concat(windowed.breaches.map(Signal::Breach))
+        .concat(
+            inputs
+                .clock_faults
+                .exchange(|f: &ClockFault| f.device_id.hashed())
+                .map(Signal::Clock),
+        )
         .concat(windowed.activity.clone().map(Signal::Heard));
     let alerts = signals
         .evaluate_alerts(progress, alert_config.clone(), config.window)

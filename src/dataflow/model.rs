@@ -420,6 +420,44 @@ pub struct LateReading {
     pub value: f64,
 }
 
+/// Which way a device's clock is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockDirection {
+    /// Stamped more than the allowed skew ahead (the message is a `future_timestamp` dead
+    /// letter).
+    Ahead,
+    /// Stamped more than the allowed skew behind the fleet time (the message is admitted; its
+    /// readings are late).
+    Behind,
+}
+
+impl ClockDirection {
+    /// The direction's code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Ahead => "ahead",
+            Self::Behind => "behind",
+        }
+    }
+}
+
+/// A registered device's message stamped more than the allowed clock skew ahead of the fleet
+/// time or its arrival, or behind the fleet time: what the `clock` alert rule counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockFault {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its registry entry.
+    pub device: SharedDeviceInfo,
+    /// The time it was judged against (the fleet time or its arrival): the fault's event time.
+    pub at_ms: TimeMs,
+    /// How far off the device's stamp was, ms (positive: ahead).
+    pub offset_ms: i64,
+    /// Which way.
+    pub direction: ClockDirection,
+}
+
 /// Counts from the edge of the dataflow, where messages are decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestCounts {
@@ -429,6 +467,12 @@ pub struct IngestCounts {
     /// other message is one dead letter.
     #[serde(default)]
     pub admitted: u64,
+    /// Messages stamped more than the allowed skew ahead of the fleet time or their arrival.
+    #[serde(default)]
+    pub clock_ahead: u64,
+    /// Messages stamped more than the allowed skew behind it.
+    #[serde(default)]
+    pub clock_behind: u64,
     /// Readings in messages that decoded (before the range check).
     pub readings: u64,
     /// Readings dropped one by one for lying outside their metric's physical range.
@@ -440,6 +484,8 @@ impl IngestCounts {
     pub fn merge(&mut self, other: &IngestCounts) {
         self.messages += other.messages;
         self.admitted += other.admitted;
+        self.clock_ahead += other.clock_ahead;
+        self.clock_behind += other.clock_behind;
         self.readings += other.readings;
         self.out_of_range += other.out_of_range;
     }

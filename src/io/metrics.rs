@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 
-use crate::dataflow::model::DeadLetterReason;
+use crate::dataflow::model::{DeadLetterReason, IngestCounts};
 use crate::io::failure::FailureClass;
 
 /// A monotone counter.
@@ -122,6 +122,12 @@ pub struct Metrics {
     pub dead_letters: [Counter; DeadLetterReason::ALL.len()],
     /// Readings that arrived after their window closed.
     pub late_readings: Counter,
+    /// Messages admitted with their readings (every other message read is a dead letter).
+    pub messages_admitted: Counter,
+    /// Messages stamped more than the allowed skew ahead of the fleet time or their arrival.
+    pub clock_ahead: Counter,
+    /// Messages stamped more than the allowed skew behind it.
+    pub clock_behind: Counter,
     /// Registry changes applied, and registry records skipped as malformed.
     pub registry_changes: Counter,
     /// Registry records skipped as malformed.
@@ -165,6 +171,13 @@ impl Metrics {
                 .entry((sink.to_owned(), class.label()))
                 .or_default(),
         )
+    }
+
+    /// Counts what a source batch admitted and what clocks it found off.
+    pub fn ingest(&self, counts: &IngestCounts) {
+        self.messages_admitted.add(counts.admitted);
+        self.clock_ahead.add(counts.clock_ahead);
+        self.clock_behind.add(counts.clock_behind);
     }
 
     /// Counts a dead letter.
@@ -244,6 +257,29 @@ impl Metrics {
             "counter",
             "Readings that arrived after their window closed.",
             &TextFormat::plain(self.late_readings.get().to_string()),
+        );
+        family(
+            "messages_admitted_total",
+            "counter",
+            "Messages admitted with their readings; every other message read is a dead letter.",
+            &TextFormat::plain(self.messages_admitted.get().to_string()),
+        );
+        let clocks = [
+            (
+                "{direction=\"ahead\"}".to_owned(),
+                self.clock_ahead.get().to_string(),
+            ),
+            (
+                "{direction=\"behind\"}".to_owned(),
+                self.clock_behind.get().to_string(),
+            ),
+        ];
+        family(
+            "clock_faults_total",
+            "counter",
+            "Messages of registered devices stamped more than the allowed skew off the fleet \
+             time or their arrival, by direction.",
+            &clocks,
         );
         family(
             "registry_changes_total",

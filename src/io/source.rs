@@ -4,7 +4,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, Scope, Stream};
 
 use crate::dataflow::ingest::IngestBatch;
-use crate::dataflow::model::{DeadLetter, IngestCounts, TimeMs, TimedMessage};
+use crate::dataflow::model::{ClockFault, DeadLetter, IngestCounts, TimeMs, TimedMessage};
 use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::stamp::AtStamps;
 use crate::dataflow::{
@@ -19,6 +19,8 @@ pub struct SourceInputs {
     messages: VecInput<TimeMs, TimedMessage>,
     /// Each with its message's stamp, at which it is emitted (see [`crate::dataflow::stamp`]).
     dead_letters: VecInput<TimeMs, (TimeMs, DeadLetter)>,
+    /// Likewise, each with its message's stamp.
+    clock_faults: VecInput<TimeMs, (TimeMs, ClockFault)>,
     counts: VecInput<TimeMs, IngestCounts>,
 }
 
@@ -28,6 +30,8 @@ pub struct SourceStreams<'scope> {
     pub messages: Stream<'scope, TimeMs, Vec<TimedMessage>>,
     /// Messages the source rejected, at their messages' stamps.
     pub dead_letters: Stream<'scope, TimeMs, Vec<DeadLetter>>,
+    /// Messages stamped far off the fleet time, at their stamps.
+    pub clock_faults: Stream<'scope, TimeMs, Vec<ClockFault>>,
     /// Per-batch ingest counts.
     pub counts: Stream<'scope, TimeMs, Vec<IngestCounts>>,
 }
@@ -44,6 +48,7 @@ impl SourceInputs {
         Self {
             messages: InputHandle::new(),
             dead_letters: InputHandle::new(),
+            clock_faults: InputHandle::new(),
             counts: InputHandle::new(),
         }
     }
@@ -56,6 +61,10 @@ impl SourceInputs {
                 .dead_letters
                 .to_stream(scope)
                 .at_stamps("StampDeadLetters"),
+            clock_faults: self
+                .clock_faults
+                .to_stream(scope)
+                .at_stamps("StampClockFaults"),
             counts: self.counts.to_stream(scope),
         }
     }
@@ -87,6 +96,9 @@ impl SourceInputs {
         for dead in batch.dead_letters.drain(..) {
             self.dead_letters.send(dead);
         }
+        for fault in batch.clock_faults.drain(..) {
+            self.clock_faults.send(fault);
+        }
         self.counts.send(batch.counts);
         batch.counts = IngestCounts::default();
     }
@@ -96,6 +108,7 @@ impl SourceInputs {
         if time_ms > self.time() {
             self.messages.advance_to(time_ms);
             self.dead_letters.advance_to(time_ms);
+            self.clock_faults.advance_to(time_ms);
             self.counts.advance_to(time_ms);
         }
     }
@@ -104,6 +117,7 @@ impl SourceInputs {
     pub fn flush(&mut self) {
         self.messages.flush();
         self.dead_letters.flush();
+        self.clock_faults.flush();
         self.counts.flush();
     }
 }
@@ -145,6 +159,7 @@ impl PipelineSources {
         let inputs = PipelineInputs {
             messages: streams.messages,
             dead_letters: streams.dead_letters,
+            clock_faults: streams.clock_faults,
             registry,
         };
         (pipeline(inputs, config), streams.counts)

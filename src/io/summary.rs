@@ -108,6 +108,11 @@ impl fmt::Display for RunSummary {
         for (reason, count) in &self.dead_letters {
             writeln!(f, "  {:<20}{count}", reason.code())?;
         }
+        writeln!(
+            f,
+            "clock faults      {} ahead, {} behind",
+            self.ingest.clock_ahead, self.ingest.clock_behind
+        )?;
         let (messages, readings) = self.unaccounted();
         writeln!(
             f,

@@ -49,6 +49,8 @@ pub struct AlertBook {
     /// Per (device, metric, rule): the last window that met a threshold rule, and the run of
     /// consecutive such windows it ends.
     runs: FxHashMap<(DeviceId, MetricId, usize), (TimeMs, u32)>,
+    /// Per (device, rule): the times of its recent clock faults, within the rule's span.
+    clock_faults: FxHashMap<(DeviceId, usize), VecDeque<TimeMs>>,
 }
 
 /// What fired.
@@ -71,6 +73,7 @@ impl AlertBook {
             open: BTreeMap::new(),
             opened: FxHashMap::default(),
             runs: FxHashMap::default(),
+            clock_faults: FxHashMap::default(),
         }
     }
 
@@ -181,6 +184,43 @@ impl AlertBook {
                     }
                 }
             }
+            Signal::Clock(c) => {
+                for (i, rule) in config.rules.iter().enumerate() {
+                    let Condition::Clock {
+                        min_faults,
+                        within_ms,
+                    } = rule.when
+                    else {
+                        continue;
+                    };
+                    if !rule.selector.matches(&c.device_id, &c.device, None) {
+                        continue;
+                    }
+                    let recent = self
+                        .clock_faults
+                        .entry((c.device_id.clone(), i))
+                        .or_default();
+                    recent.push_back(c.at_ms);
+                    while recent.front().is_some_and(|t| t + within_ms <= c.at_ms) {
+                        recent.pop_front();
+                    }
+                    if recent.len() >= min_faults as usize {
+                        self.fire(
+                            Firing {
+                                device_id: &c.device_id,
+                                device: &c.device,
+                                metric: None,
+                                rule: i,
+                                ts_ms: c.at_ms,
+                                score: None,
+                                // Seconds off: positive ahead, negative behind.
+                                value: Some(c.offset_ms as f64 / 1000.0),
+                            },
+                            out,
+                        );
+                    }
+                }
+            }
             Signal::Heard(h) => {
                 let key = (h.device_id.clone(), None, Cause::Silence);
                 if let Some(alert) = self.open.get(&key)
@@ -276,6 +316,14 @@ impl AlertBook {
         let window_ms = self.window_ms;
         self.runs
             .retain(|_, (last, _)| *last + 2 * window_ms > clock_ms);
+        let rules = &self.config.rules;
+        self.clock_faults.retain(|(_, rule), recent| {
+            let within_ms = match rules[*rule].when {
+                Condition::Clock { within_ms, .. } => within_ms,
+                _ => 0,
+            };
+            recent.back().is_some_and(|t| t + within_ms > clock_ms)
+        });
     }
 
     fn emit(
@@ -417,6 +465,51 @@ mod tests {
         // One alert, one id prefix, and event ids that differ.
         assert!(out.iter().all(|e| e.alert_id == out[0].alert_id));
         assert_eq!(book.open_count(), 0);
+    }
+
+    fn clock(at_ms: TimeMs, offset_ms: i64) -> Signal {
+        Signal::Clock(crate::dataflow::model::ClockFault {
+            device_id: "dev-1".into(),
+            device: device(),
+            at_ms,
+            offset_ms,
+            direction: if offset_ms > 0 {
+                crate::dataflow::model::ClockDirection::Ahead
+            } else {
+                crate::dataflow::model::ClockDirection::Behind
+            },
+        })
+    }
+
+    #[test]
+    fn a_clock_alert_needs_many_faults_close_together_and_clears_after_them() {
+        let mut book = book("");
+        let mut out = Vec::new();
+        // Nine scattered faults: a chance, not a clock.
+        for i in 0..9 {
+            book.apply(&clock(i * 2 * MINUTE, 900_000), &mut out);
+        }
+        book.tick(20 * MINUTE, &mut out);
+        assert!(out.is_empty(), "{:?}", events(&out));
+        // Ten within ten minutes (an hour behind, every second): the clock is wrong.
+        for s in 0..10 {
+            book.apply(&clock(30 * MINUTE + s * 1000, -3_600_000), &mut out);
+        }
+        book.tick(31 * MINUTE, &mut out);
+        book.tick(34 * MINUTE, &mut out);
+        assert_eq!(
+            events(&out),
+            [
+                (AlertEventKind::Opened, "device-clock", 30 * MINUTE + 9_000),
+                (
+                    AlertEventKind::Resolved,
+                    "device-clock",
+                    33 * MINUTE + 9_000
+                ),
+            ]
+        );
+        assert_eq!(out[0].cause, Cause::Clock);
+        assert_eq!(out[0].value, Some(-3_600.0));
     }
 
     #[test]

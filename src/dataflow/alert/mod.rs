@@ -25,7 +25,7 @@ pub use sites::CorrelateSites;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore, DeviceActivity};
-use crate::dataflow::model::{DeviceId, MetricId, ThresholdBreach, TimeMs};
+use crate::dataflow::model::{ClockFault, DeviceId, MetricId, ThresholdBreach, TimeMs};
 use crate::dataflow::window::WindowConfig;
 use book::AlertBook;
 
@@ -91,6 +91,8 @@ pub enum Signal {
     Breach(ThresholdBreach),
     /// A device was heard in a closed window (ends its silence alert).
     Heard(DeviceActivity),
+    /// A device's message was stamped far off the fleet time.
+    Clock(ClockFault),
 }
 
 impl Signal {
@@ -106,6 +108,7 @@ impl Signal {
                 AnomalyKind::None,
             ),
             Self::Heard(h) => (h.window_start_ms, &h.device_id, 2, None, AnomalyKind::None),
+            Self::Clock(c) => (c.at_ms, &c.device_id, 3, None, AnomalyKind::None),
         }
     }
 }

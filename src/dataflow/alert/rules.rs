@@ -47,6 +47,9 @@ pub enum Cause {
     Silence,
     /// Most of a site's devices silent at once.
     Site,
+    /// A device whose clock is far off: its stamps keep landing more than the allowed skew
+    /// ahead of the fleet time (dead letters) or behind it (late readings).
+    Clock,
 }
 
 impl Cause {
@@ -57,6 +60,7 @@ impl Cause {
             Self::Threshold => "threshold",
             Self::Silence => "silence",
             Self::Site => "site",
+            Self::Clock => "clock",
         }
     }
 }
@@ -127,6 +131,24 @@ pub enum Condition {
     },
     /// The device went silent (its type's silence timeout, see the anomaly parameters).
     Silence {},
+    /// At least `min_faults` of the device's messages within `within_ms` of event time were
+    /// stamped more than the allowed clock skew off the fleet time (or their arrival).
+    Clock {
+        /// Faults needed.
+        #[serde(default = "ten")]
+        min_faults: u32,
+        /// Within this much event time.
+        #[serde(default = "ten_minutes")]
+        within_ms: u64,
+    },
+}
+
+fn ten() -> u32 {
+    10
+}
+
+fn ten_minutes() -> u64 {
+    600_000
 }
 
 fn one() -> u64 {
@@ -144,6 +166,7 @@ impl Condition {
             Self::Anomaly { .. } => Cause::Anomaly,
             Self::Threshold { .. } => Cause::Threshold,
             Self::Silence {} => Cause::Silence,
+            Self::Clock { .. } => Cause::Clock,
         }
     }
 }
@@ -271,6 +294,12 @@ impl AlertConfig {
             {
                 return Err(format!(
                     "rules.{}: min_score must be within 0..=1, not {min_score}",
+                    rule.name
+                ));
+            }
+            if let Condition::Clock { min_faults: 0, .. } = rule.when {
+                return Err(format!(
+                    "rules.{}: clock.min_faults must be at least 1",
                     rule.name
                 ));
             }

@@ -503,8 +503,17 @@ mod poison {
         check(&mut SchemaSet::embedded().decoder(), raw).unwrap_err()
     }
 
+    /// 4,096 cases a property in the test suite; `PROPTEST_CASES` and `PROPTEST_RNG_SEED` run
+    /// a longer campaign with a seed of one's own (docs/benchmarks.md records them).
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn arbitrary_bytes_are_readings_or_one_dead_letter(raw in proptest::collection::vec(any::<u8>(), 0..600)) {

@@ -317,7 +317,10 @@ fn run_worker(
     };
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
-        let counts = counts.probe_with(&source_probe);
+        let counted = Arc::clone(metrics);
+        let counts = counts
+            .inspect(move |c| counted.ingest(c))
+            .probe_with(&source_probe);
         let topics = &job.kafka.topics;
         let catalog = Arc::clone(job.schemas.catalog());
         let mut dead_letters = outputs.dead_letters.clone();
