@@ -3,9 +3,19 @@
 # (--devices 10000 --seconds 200 --seed 42) through `iotpipe replay` at -w 1 and -w 2,
 # three runs each, with messages/s, readings/s and peak RSS.
 #
-#   scripts/bench-replay.sh [path/to/shared/workload]   (default: ../shared/workload)
+#   scripts/bench-replay.sh [path/to/shared/workload]            (default: ../shared/workload)
+#   scripts/bench-replay.sh --compare OLD_BINARY NEW_BINARY [workload]
+#
+# --compare runs two builds interleaved (old, new, old, new, ...) on the same file, so a change
+# is measured before and after under the same machine load; build the old one from its commit
+# (for example in a git worktree) and pass both release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+binaries=()
+if [ "${1:-}" = "--compare" ]; then
+    binaries=("$2" "$3")
+    shift 3
+fi
 workload=${1:-../shared/workload}
 data=target/bench/w1
 mkdir -p "$data"
@@ -13,17 +23,23 @@ if [ ! -s "$data/events.jsonl" ]; then
     python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
         --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
 fi
-cargo build --release --quiet
+if [ ${#binaries[@]} -eq 0 ]; then
+    cargo build --release --quiet
+    binaries=(./target/release/iotpipe)
+fi
 for workers in 1 2; do
     for run in 1 2 3; do
-        out=$(/usr/bin/time -f "rss_kb=%M" ./target/release/iotpipe replay \
-            --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
-            --out "$data/out-w$workers" -w "$workers" 2>&1)
-        messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
-        readings=$(grep '^readings' <<<"$out" | awk '{print $2}')
-        elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
-        rss=$(grep -o 'rss_kb=[0-9]*' <<<"$out" | cut -d= -f2)
-        awk -v w="$workers" -v r="$run" -v m="$messages" -v n="$readings" -v e="$elapsed" -v k="$rss" \
-            'BEGIN { printf "workers=%d run=%d elapsed_s=%.2f messages_per_s=%.0f readings_per_s=%.0f peak_rss_mib=%.0f\n", w, r, e, m / e, n / e, k / 1024 }'
+        for binary in "${binaries[@]}"; do
+            out=$(/usr/bin/time -f "rss_kb=%M" "$binary" replay \
+                --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
+                --out "$data/out-w$workers" -w "$workers" 2>&1)
+            messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
+            readings=$(grep '^readings' <<<"$out" | awk '{print $2}')
+            elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
+            rss=$(grep -o 'rss_kb=[0-9]*' <<<"$out" | cut -d= -f2)
+            awk -v b="$binary" -v w="$workers" -v r="$run" -v m="$messages" -v n="$readings" \
+                -v e="$elapsed" -v k="$rss" \
+                'BEGIN { printf "binary=%s workers=%d run=%d elapsed_s=%.2f messages_per_s=%.0f readings_per_s=%.0f peak_rss_mib=%.0f\n", b, w, r, e, m / e, n / e, k / 1024 }'
+        done
     done
 done
