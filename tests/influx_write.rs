@@ -11,7 +11,8 @@ use iotpipe::dataflow::model::{ExactSum, MetricId, WindowAggregate};
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::io::backoff::Backoff;
 use iotpipe::io::influx::lines::aggregate_line;
-use iotpipe::io::influx::write::{InfluxApi, InfluxWriter};
+use iotpipe::io::influx::write::{InfluxApi, InfluxWriter, WriteError};
+use iotpipe::io::mqtt::Secret;
 
 const START_MS: u64 = 1_704_067_200_000;
 
@@ -110,7 +111,11 @@ fn points_land_once_however_often_they_are_written() {
          iotpipe_aggregate,device_id=dev-000000,metric=x,site=s count=3i {}\n",
         t + 60_000
     );
-    let rejected = runtime.block_on(writer.write(bad.as_bytes())).unwrap_err();
+    let WriteError::Rejected(rejected) =
+        runtime.block_on(writer.write(bad.as_bytes())).unwrap_err()
+    else {
+        panic!("a type conflict is a refusal of the batch, not of the sink");
+    };
     assert_eq!(rejected.status, 400);
     assert!(
         rejected.message.contains("conflict"),
@@ -161,4 +166,59 @@ fn a_writer_retries_while_influxdb_is_down_and_loses_nothing() {
     let retries = sender.join().unwrap();
     assert!(retries >= 1, "no retry");
     assert_eq!(totals(&influx), (points, readings));
+}
+
+#[test]
+fn refused_credentials_stop_the_writer_with_an_error_naming_the_fields() {
+    let influx = Influx::start_with_auth();
+    let api = InfluxApi::V1 {
+        database: "iotpipe".into(),
+        retention_policy: None,
+        username: Some("iotpipe".into()),
+        password: Some(Secret("wrong".into())),
+    };
+    let backoff = Backoff {
+        initial_ms: 50,
+        max_ms: 200,
+    };
+    let mut writer =
+        InfluxWriter::new(&influx.url(), &api, Duration::from_secs(5), backoff).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let line = format!("iotpipe_reading,device_id=d value=1 {START_MS}\n");
+    let started = std::time::Instant::now();
+    let error = runtime.block_on(writer.write(line.as_bytes())).unwrap_err();
+    let WriteError::Sink(failure) = error else {
+        panic!("401 is the sink's failure, not the batch's: {error}");
+    };
+    assert_eq!(failure.status, 401);
+    assert!(failure.to_string().contains("influx.password"), "{failure}");
+    assert!(
+        !failure.to_string().contains("wrong"),
+        "the password is not shown"
+    );
+    // Retried a few times (a credential being rotated), then given up, not retried forever.
+    assert_eq!(writer.retries(), 4);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn replay_into_an_influxdb_that_refuses_its_credentials_stops_with_one_error() {
+    let influx = Influx::start_with_auth();
+    let data = common::dataset(20, 120);
+    let out = data.dir.path().join("out");
+    // No credentials at all: InfluxDB with authentication on answers 401.
+    let output = common::replay_command(&data, &out)
+        .args(["--influx-url", &influx.url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "replay succeeded against a refusing InfluxDB"
+    );
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("iotpipe: ") && last.contains("HTTP 401") && last.contains("influx."),
+        "{stderr}"
+    );
 }

@@ -14,8 +14,9 @@ pub struct Influx {
 }
 
 impl Influx {
-    /// Writes the configuration for free ports; `run` starts it.
-    fn configure() -> Self {
+    /// Writes the configuration for free ports (with authentication on, if `auth`); `run`
+    /// starts it.
+    fn configure(auth: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let port = super::free_port();
@@ -26,7 +27,8 @@ impl Influx {
             format!(
                 "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
                  [meta]\ndir = \"{0}/meta\"\n[data]\ndir = \"{0}/data\"\nwal-dir = \"{0}/wal\"\n\
-                 [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n",
+                 [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n\
+                 auth-enabled = {auth}\n",
                 d.display()
             ),
         )
@@ -41,8 +43,29 @@ impl Influx {
 
     /// Configures and starts, and waits until `/ping` answers.
     pub fn start() -> Self {
-        let mut influx = Self::configure();
+        let mut influx = Self::configure(false);
         influx.run();
+        influx
+    }
+
+    /// Like [`start`](Self::start), with authentication on and one admin user, `admin` with
+    /// password `secret`: a write with other credentials is refused (401).
+    pub fn start_with_auth() -> Self {
+        use std::io::{Read, Write};
+        let mut influx = Self::configure(true);
+        influx.run();
+        // With no user yet, 1.x lets anyone create the first admin.
+        let q = "CREATE%20USER%20admin%20WITH%20PASSWORD%20%27secret%27%20WITH%20ALL%20PRIVILEGES";
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", influx.port)).unwrap();
+        write!(
+            stream,
+            "POST /query?q={q} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         influx
     }
 

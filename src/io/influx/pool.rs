@@ -19,7 +19,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::dataflow::model::{DeadLetter, DeadLetterReason, TimeMs};
 use crate::io::influx::config::{InfluxConfig, InfluxConfigError};
-use crate::io::influx::write::{InfluxApi, InfluxWriter, Rejected};
+use crate::io::influx::write::{InfluxApi, InfluxSinkFailure, InfluxWriter, Rejected, WriteError};
 use crate::io::metrics::Metrics;
 
 /// Records' line protocol, on their way to InfluxDB together.
@@ -103,6 +103,9 @@ pub struct InfluxPool {
     /// The API resolved at start, for readers of the same database.
     pub api: InfluxApi,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set once InfluxDB says writing cannot work; the writers then stop, their batches
+    /// unacknowledged, and the command stops with it.
+    failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
 }
 
 impl InfluxPool {
@@ -140,6 +143,8 @@ impl InfluxPool {
             Arc::new(tokio::sync::Mutex::new(readings_queue)),
             Arc::new(tokio::sync::Mutex::new(derived_queue)),
         );
+        let failure: Arc<Mutex<Option<InfluxSinkFailure>>> = Arc::default();
+        let failed = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("influx-writer".into())
             .spawn(move || {
@@ -151,6 +156,7 @@ impl InfluxPool {
                                 writer,
                                 (Arc::clone(&queues.0), Arc::clone(&queues.1)),
                                 Arc::clone(&metrics),
+                                Arc::clone(&failed),
                             ))
                         })
                         .collect();
@@ -170,7 +176,13 @@ impl InfluxPool {
             config: Arc::new(config.clone()),
             api,
             thread: Arc::new(Mutex::new(Some(thread))),
+            failure,
         })
+    }
+
+    /// Why InfluxDB cannot be written to, once it has said so (see [`crate::io::failure`]).
+    pub fn failure(&self) -> Option<InfluxSinkFailure> {
+        self.failure.lock().expect("not poisoned").clone()
     }
 
     /// Moves batches from the front of `waiting` into `lane`'s queue until it is full (the
@@ -184,7 +196,9 @@ impl InfluxPool {
             match queue.try_reserve() {
                 Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
                 Err(TrySendError::Full(())) => return,
-                Err(TrySendError::Closed(())) => panic!("the influxdb writer thread has stopped"),
+                // The writers stopped on a sink failure: the batches stay unwritten (their
+                // capabilities held) until the command, seeing `failure`, stops.
+                Err(TrySendError::Closed(())) => return,
             }
         }
     }
@@ -204,6 +218,7 @@ async fn write_batches(
     mut writer: InfluxWriter,
     (readings, derived): (Queue, Queue),
     metrics: Arc<Metrics>,
+    failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
 ) {
     loop {
         // Readings first; a lane that is closed and empty drops out.
@@ -218,7 +233,17 @@ async fn write_batches(
         };
         let retries_before = writer.retries();
         let started = std::time::Instant::now();
-        let rejected = write_halving(&mut writer, &batch).await;
+        let rejected = match write_halving(&mut writer, &batch).await {
+            Ok(rejected) => rejected,
+            Err(sink) => {
+                tracing::error!(error = %sink, "influxdb cannot be written to; stopping");
+                metrics
+                    .sink_failures("influx", crate::io::failure::FailureClass::Sink)
+                    .inc();
+                failure.lock().expect("not poisoned").get_or_insert(sink);
+                return;
+            }
+        };
         metrics.influx_request.observe(started.elapsed());
         metrics
             .influx_retries
@@ -235,6 +260,11 @@ async fn write_batches(
             })
             .sum();
         metrics.influx_points.add((points - refused) as u64);
+        if !rejected.is_empty() {
+            metrics
+                .sink_failures("influx", crate::io::failure::FailureClass::Record)
+                .add(rejected.len() as u64);
+        }
         let rejected = rejected
             .into_iter()
             .map(|(i, refusal)| {
@@ -268,8 +298,11 @@ async fn write_batches(
 }
 
 /// Writes the batch; on a refusal, each half again, down to single records. Returns the
-/// records refused on their own.
-async fn write_halving(writer: &mut InfluxWriter, batch: &InfluxBatch) -> Vec<(usize, Rejected)> {
+/// records refused on their own, or the sink's failure.
+async fn write_halving(
+    writer: &mut InfluxWriter,
+    batch: &InfluxBatch,
+) -> Result<Vec<(usize, Rejected)>, InfluxSinkFailure> {
     let mut refused = Vec::new();
     let mut ranges = vec![(0, batch.len())];
     while let Some((from, to)) = ranges.pop() {
@@ -278,13 +311,14 @@ async fn write_halving(writer: &mut InfluxWriter, batch: &InfluxBatch) -> Vec<(u
         }
         match writer.write(batch.records(from, to)).await {
             Ok(()) => {}
-            Err(refusal) if to - from == 1 => refused.push((from, refusal)),
-            Err(_) => {
+            Err(WriteError::Sink(failure)) => return Err(failure),
+            Err(WriteError::Rejected(refusal)) if to - from == 1 => refused.push((from, refusal)),
+            Err(WriteError::Rejected(_)) => {
                 let middle = from + (to - from) / 2;
                 ranges.push((middle, to));
                 ranges.push((from, middle));
             }
         }
     }
-    refused
+    Ok(refused)
 }

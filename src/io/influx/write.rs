@@ -14,6 +14,7 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 
 use crate::io::backoff::Backoff;
+use crate::io::failure::{FailureClass, SinkStrikes};
 use crate::io::http::HttpConnection;
 use crate::io::mqtt::Secret;
 
@@ -76,6 +77,42 @@ pub struct Rejected {
     /// InfluxDB's message (for 1.x a type conflict names the field and says how many points
     /// were dropped; the others are stored).
     pub message: String,
+}
+
+/// InfluxDB says the sink cannot work (see [`crate::io::failure`]): authorisation refused, or
+/// no such database or bucket, [`SINK_FAILURE_TRIES`](crate::io::failure::SINK_FAILURE_TRIES)
+/// answers in a row.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: influxdb at {authority} answered HTTP {status}: {message}")]
+pub struct InfluxSinkFailure {
+    /// The config fields to check.
+    pub field: &'static str,
+    /// Where.
+    pub authority: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// InfluxDB's message.
+    pub message: String,
+}
+
+/// Why a batch did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A point in it is refused for good: halve it down to the refused points.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// The sink cannot work: stop.
+    #[error(transparent)]
+    Sink(#[from] InfluxSinkFailure),
+}
+
+/// The fields to check when InfluxDB answers `status` for every write.
+fn failing_field(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "influx.username and influx.password (1.x), or influx.token (2.x, 3.x)",
+        404 => "influx.database (2.x: influx.org and the bucket)",
+        _ => "influx.url",
+    }
 }
 
 /// Writes batches of line protocol to one InfluxDB.
@@ -217,19 +254,33 @@ impl InfluxWriter {
         request.body(Full::new(body)).expect("a valid request")
     }
 
-    /// Writes `lines` (one batch), retrying until InfluxDB accepts it or refuses it for good.
-    pub async fn write(&mut self, lines: &[u8]) -> Result<(), Rejected> {
+    /// Writes `lines` (one batch): retries transient failures without limit; returns a
+    /// refusal of the batch, or, after several answers in a row that say writing cannot work
+    /// (401, 403, 404), the sink's failure.
+    pub async fn write(&mut self, lines: &[u8]) -> Result<(), WriteError> {
         let mut attempt = 0;
+        let mut strikes = SinkStrikes::default();
         loop {
             let failure = match self.http.send(self.request(lines), self.timeout).await {
                 Ok((status, _)) if status.is_success() => return Ok(()),
-                Ok((status, body)) if matches!(status.as_u16(), 400 | 413 | 422) => {
-                    return Err(Rejected {
-                        status: status.as_u16(),
-                        message: String::from_utf8_lossy(&body).trim().to_owned(),
-                    });
+                Ok((status, body)) => {
+                    let message = String::from_utf8_lossy(&body).trim().to_owned();
+                    let status = status.as_u16();
+                    let class = FailureClass::of_http_status(status);
+                    if class == FailureClass::Record {
+                        return Err(Rejected { status, message }.into());
+                    }
+                    if strikes.note(Some(class)) {
+                        return Err(InfluxSinkFailure {
+                            field: failing_field(status),
+                            authority: self.http.authority().to_owned(),
+                            status,
+                            message,
+                        }
+                        .into());
+                    }
+                    format!("HTTP {status}: {message}")
                 }
-                Ok((status, body)) => format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
                 Err(e) => e,
             };
             tracing::warn!(

@@ -81,6 +81,9 @@ pub enum ReplayError {
     /// A worker failed.
     #[error("worker failed: {0}")]
     Worker(String),
+    /// InfluxDB says it cannot be written to: the replay stopped.
+    #[error(transparent)]
+    Influx(#[from] crate::io::influx::write::InfluxSinkFailure),
 }
 
 /// Runs a replay; returns the summary on process 0, `None` on the others.
@@ -121,6 +124,7 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
     let files = Arc::new(Mutex::new(files));
     let history = Arc::new(RegistryHistory::new(&job.registry));
     let worker_files = Arc::clone(&files);
+    let job_influx = job.influx.clone();
     let guards = timely::execute(timely_config, move |worker| {
         let leader_files = if worker.index() == 0 {
             worker_files.lock().expect("not poisoned").take()
@@ -130,8 +134,12 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
         run_worker(worker, &job, &history, leader_files)
     })
     .map_err(ReplayError::Timely)?;
+    let results = guards.join();
+    if let Some(failure) = job_influx.as_ref().and_then(InfluxPool::failure) {
+        return Err(ReplayError::Influx(failure));
+    }
     let mut summary = None;
-    for result in guards.join() {
+    for result in results {
         match result {
             Ok(Some(Ok(s))) => summary = Some(s),
             Ok(Some(Err((path, source)))) => return Err(ReplayError::Io { path, source }),
@@ -238,8 +246,18 @@ fn run_worker(
     );
     drop(sources);
     drop(ledger);
+    let influx_failed = || job.influx.as_ref().and_then(InfluxPool::failure).is_some();
     while worker.has_dataflows() {
-        worker.step_or_park(None);
+        if influx_failed() {
+            // The InfluxDB sinks hold what they could not write: nothing more can complete.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            break;
+        }
+        // With InfluxDB, wake now and then to see whether it gave up.
+        let park = job.influx.as_ref().map(|_| Duration::from_millis(50));
+        worker.step_or_park(park);
     }
     if let Err(e) = result {
         return Some(Err((job.events.clone(), e)));
@@ -332,8 +350,12 @@ fn feed_chunks(
         source.flush();
         prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
         worker.step();
-        // InfluxDB is behind: wait for it rather than queue the file in memory.
+        // InfluxDB is behind: wait for it rather than queue the file in memory; stop if it
+        // says it cannot be written to.
         while influx_full.is_held() {
+            if job.influx.as_ref().and_then(InfluxPool::failure).is_some() {
+                return Ok(());
+            }
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         spare = (chunk, decoded);

@@ -104,6 +104,9 @@ pub enum ServiceError {
     /// A worker failed.
     #[error("worker failed: {0}")]
     Worker(String),
+    /// InfluxDB says it cannot be written to (authorisation, database).
+    #[error(transparent)]
+    InfluxSink(#[from] crate::io::influx::write::InfluxSinkFailure),
     /// Kafka refuses every record for one of the output topics.
     #[error("{field}: {failure}")]
     Sink {
@@ -217,6 +220,9 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
     // Checkpoints are produced detached: make sure the last ones are out.
     if !producer.flush(Duration::from_millis(job.drain_timeout_ms)) {
         tracing::warn!("stopped with records unacknowledged; the next run writes them again");
+    }
+    if let Some(sink) = influx.as_ref().and_then(InfluxPool::failure) {
+        failure = Some(ServiceError::InfluxSink(sink));
     }
     if let Some(influx) = influx {
         influx.finish();
@@ -428,7 +434,7 @@ fn run_worker(
         }
         if now.duration_since(last_report) >= Duration::from_millis(100) {
             last_report = now;
-            if producer.failure().is_some() {
+            if producer.failure().is_some() || influx.and_then(InfluxPool::failure).is_some() {
                 // Flush what can be written, commit it, and stop: see `run_service`.
                 job.stop.store(true, Ordering::Release);
             }
