@@ -13,6 +13,7 @@ use iotpipe::dataflow::ingest::{Ingestor, Provenance};
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use iotpipe::io::dashboard::Dashboard;
 use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::influx::pool::InfluxPool;
 use iotpipe::io::influx::sink::HeldBack;
 use iotpipe::io::influx::write_outputs;
 use iotpipe::io::latency::ArrivalLatency;
@@ -184,7 +185,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         // holds messages for a consumer that is behind.
         let mut fleet_ms = now_ms;
         let mut unstored = ArrivalLatency::default();
+        let influx_failed = || {
+            worker_influx
+                .as_ref()
+                .and_then(InfluxPool::failure)
+                .is_some()
+        };
         while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+            if influx_failed() {
+                break;
+            }
             if let Some(source) = source.as_mut() {
                 let wall_ms = now_ms + started.elapsed().as_millis() as u64;
                 if !influx_full.is_held() && fleet_ms < wall_ms {
@@ -242,6 +252,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         // Close the source: the frontier empties and every open window is emitted.
         drop(source);
         while worker.has_dataflows() {
+            if influx_failed() {
+                // The InfluxDB sinks hold what they could not write: nothing more completes.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                break;
+            }
             worker.step_or_park(Some(Duration::from_millis(10)));
             if worker_influx.is_some() {
                 let frontier = stored.with_frontier(|f| f.first().copied());
@@ -257,6 +274,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     })
     .map_err(|e| format!("timely: {e}"))?;
     let results = guards.join();
+    if let Some(failure) = influx.as_ref().and_then(InfluxPool::failure) {
+        return Err(failure.to_string());
+    }
     if let Some(influx) = influx {
         influx.finish();
     }
