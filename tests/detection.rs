@@ -74,6 +74,15 @@ fn alerts_catch_injected_faults_within_two_minutes_without_false_alarms() {
         .collect();
     let report = evaluate(&faults, &alerts, DEVICES, SECONDS * 1000, 120_000, 300_000);
     println!("{}", report.table());
+    // Every kind of fault must be in the data, or its floor would pass unchecked.
+    let kinds: Vec<&str> = report.by_kind.keys().map(|k| k.as_str()).collect();
+    for kind in ["level_shift", "silence", "spike", "stuck"] {
+        assert!(
+            kinds.contains(&kind),
+            "no {kind} injected: {}",
+            report.table()
+        );
+    }
     for (kind, k) in &report.by_kind {
         assert!(k.injected > 0);
         assert!(k.share() >= 0.8, "{kind}: {}", report.table());
