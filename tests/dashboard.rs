@@ -79,13 +79,20 @@ fn the_dashboard_shows_charts_from_influxdb_and_open_alerts_without_errors() {
     let influx = Influx::start();
     let dir = tempfile::tempdir().unwrap();
     // Alert on a single reading over its threshold, so alerts open within seconds.
-    let rules = std::fs::read_to_string(concat!(
+    let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/datasets/alert_rules.toml"
     ))
-    .unwrap()
-    .replace(
-        "when.threshold = { min_breaches = 5, for_windows = 1 }",
+    .unwrap();
+    let rule = "when.threshold = { min_breaches = 5, for_windows = 1 }";
+    // The edit must find its rule: a renamed or retuned default would otherwise leave the test
+    // waiting on the shipped rule and proving nothing about the edit.
+    assert!(
+        shipped.contains(rule),
+        "the shipped rules no longer hold `{rule}`"
+    );
+    let rules = shipped.replace(
+        rule,
         "when.threshold = { min_breaches = 1, for_windows = 1 }",
     );
     let rules_path = dir.path().join("rules.toml");
