@@ -189,6 +189,35 @@ impl RegistryHistory {
     }
 }
 
+/// The registry parser on input no one wrote: never a panic, an error naming the line.
+#[cfg(test)]
+mod poison {
+    use super::*;
+    use crate::dataflow::schema::SchemaSet;
+    use proptest::prelude::*;
+
+    const LINE: &str = r#"{"device_id":"dev-1","device_type":"thermostat","firmware":"1.0","schema":"v1","org":"o","site":"s","building":"b","model":"m","thresholds":{"temperature":{"min":10,"max":30}}}"#;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_is_a_change_or_an_error_naming_its_line(text in "\\PC{0,300}", line in 1usize..10_000) {
+            let schemas = SchemaSet::embedded();
+            if let Err(e) = parse_registry_line(&text, line, schemas.catalog()) {
+                prop_assert_eq!(e.line, line);
+            }
+        }
+
+        #[test]
+        fn mutations_of_a_valid_line_never_panic(at in 0usize..LINE.len(), byte in any::<u8>(), remove in any::<bool>()) {
+            let mut bytes = LINE.as_bytes().to_vec();
+            if remove { bytes.remove(at); } else { bytes.insert(at, byte); }
+            let text = String::from_utf8_lossy(&bytes);
+            let schemas = SchemaSet::embedded();
+            let _ = parse_registry_line(&text, 1, schemas.catalog());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

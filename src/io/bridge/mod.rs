@@ -263,6 +263,15 @@ fn producer(config: &BridgeConfig) -> Result<FutureProducer, BridgeError> {
     client.create().map_err(BridgeError::Producer)
 }
 
+/// The Kafka key of a message published to `mqtt_topic`: the level the filter's `+` matched
+/// (the device id: with the broker's ACL, the publisher's own identity), or the whole topic.
+pub fn kafka_key(mqtt_topic: &str, device_level: Option<usize>) -> &str {
+    match device_level {
+        Some(level) => mqtt_topic.split('/').nth(level).unwrap_or(mqtt_topic),
+        None => mqtt_topic,
+    }
+}
+
 /// Where the bridge writes.
 struct Topics {
     telemetry: String,
@@ -281,10 +290,7 @@ async fn produce(
 ) -> impl Future<Output = (Arrival, Result<(), KafkaError>)> + use<> {
     let topic = topics.telemetry.as_str();
     let mqtt_topic = String::from_utf8_lossy(&arrival.publish.topic).into_owned();
-    let key = match device_level {
-        Some(level) => mqtt_topic.split('/').nth(level).unwrap_or(&mqtt_topic),
-        None => mqtt_topic.as_str(),
-    };
+    let key = kafka_key(&mqtt_topic, device_level);
     let received_ms = arrival.received_ms.to_string();
     let headers = OwnedHeaders::new_with_capacity(2)
         .insert(Header {
@@ -534,4 +540,27 @@ fn refuses_identity(code: ConnectReturnCode) -> bool {
             | ConnectReturnCode::Banned
             | ConnectReturnCode::BadAuthenticationMethod
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::bridge::config::SubscriptionConfig;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_key_is_the_device_a_filter_names(id in "[A-Za-z0-9_.:-]{1,40}", tail in "(/[a-z]{1,8}){0,2}") {
+            let subscription = SubscriptionConfig::default();
+            let level = subscription.device_level();
+            let topic = format!("devices/{id}/telemetry{tail}");
+            prop_assert_eq!(kafka_key(&topic, level), id.as_str());
+        }
+
+        #[test]
+        fn any_topic_has_a_key_and_no_panic(topic in "\\PC{0,80}", level in proptest::option::of(0usize..6)) {
+            let key = kafka_key(&topic, level);
+            prop_assert!(topic.contains(key));
+        }
+    }
 }

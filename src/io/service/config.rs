@@ -210,6 +210,38 @@ impl RunConfig {
     }
 }
 
+/// The config loader on text no one wrote: never a panic.
+#[cfg(test)]
+mod poison {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_is_a_config_or_an_error(text in "\\PC{0,400}") {
+            let _ = RunConfig::parse(&text, |_| None);
+        }
+
+        #[test]
+        fn any_number_in_any_field_is_a_config_or_an_error(
+            field in prop::sample::select(vec![
+                "[source]\nrewind_ms", "[source]\nidle_timeout_ms", "[source]\nmax_batch_messages",
+                "[pipeline.window]\nlength_ms", "[pipeline.event_time]\nallowed_lateness_ms = 1\nmax_clock_skew_ms",
+                "[pipeline.event_time]\nallowed_lateness_ms = 1\nmax_clock_skew_ms = 1\nclock_quorum",
+                "[pipeline.ingest]\nmax_message_bytes", "[cluster]\nworkers", "drain_timeout_ms",
+            ]),
+            value in prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                Just("nan".to_owned()), Just("inf".to_owned()), Just("-inf".to_owned()),
+            ],
+        ) {
+            let text = format!("[kafka]\nbrokers = \"127.0.0.1:9092\"\n{field} = {value}\n");
+            let _ = RunConfig::parse(&text, |_| None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
