@@ -224,21 +224,15 @@ fn replay_into_an_influxdb_that_refuses_its_credentials_stops_with_one_error() {
 }
 
 /// A string of `len` characters from what line protocol must escape or cannot hold, and some
-/// that need nothing (SplitMix64 from `seed`: the same strings every run).
+/// that need nothing (the same strings every run).
 fn hostile_string(seed: u64, len: usize) -> String {
     const ALPHABET: &[char] = &[
         ' ', ',', '=', '"', '\'', '\\', '\n', '\r', '\t', 'a', 'Z', '0', '-', '_', '/', '#', 'é',
         'ß', '中', '🦀', '\u{7f}', '{', '}', '[', ']',
     ];
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ALPHABET[((z ^ (z >> 31)) % ALPHABET.len() as u64) as usize]
-        })
+    common::split_mix(seed)
+        .take(len)
+        .map(|z| ALPHABET[(z % ALPHABET.len() as u64) as usize])
         .collect()
 }
 

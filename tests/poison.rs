@@ -8,17 +8,11 @@ use std::collections::BTreeMap;
 
 use common::{START_MS, dead_letter_pairs, sorted_lines};
 
-/// SplitMix64, for random bytes that are the same in every run.
+/// Random bytes that are the same in every run.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) as u8
-        })
+    common::split_mix(seed)
+        .take(len)
+        .map(|z| z as u8)
         // A line break would make two lines of one; leading bytes keep it from being blank.
         .filter(|b| *b != b'\n' && *b != b'\r')
         .collect()

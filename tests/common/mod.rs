@@ -228,3 +228,15 @@ pub fn replay_in_process(
         .unwrap()
         .expect("process 0 reports")
 }
+
+/// SplitMix64 from `seed`: numbers that are the same in every run, for fuzz inputs.
+pub fn split_mix(seed: u64) -> impl Iterator<Item = u64> {
+    let mut state = seed;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
