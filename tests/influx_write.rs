@@ -190,7 +190,7 @@ fn refused_credentials_stop_the_writer_with_an_error_naming_the_fields() {
     let WriteError::Sink(failure) = error else {
         panic!("401 is the sink's failure, not the batch's: {error}");
     };
-    assert_eq!(failure.status, 401);
+    assert_eq!(failure.status, Some(401));
     assert!(failure.to_string().contains("influx.password"), "{failure}");
     assert!(
         !failure.to_string().contains("wrong"),

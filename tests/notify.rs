@@ -21,7 +21,7 @@ const SECRET: &str = "test-secret-of-the-webhook";
 /// What the receiver saw.
 #[derive(Default)]
 struct Received {
-    /// Requests answered 500 so far (the first `fail_first` are).
+    /// Requests answered with an error so far.
     failed: usize,
     /// (event id header, body) of accepted requests, in arrival order.
     accepted: Vec<(String, String)>,
@@ -41,6 +41,18 @@ fn start_receiver_on(
     port: u16,
     fail_first: usize,
 ) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
+    start_answering_receiver(port, move |request| {
+        (request < fail_first).then_some((500, "try again later"))
+    })
+}
+
+/// A receiver on `port` (0: any) that answers request number `n` (from 0) with
+/// `answer(n)`'s status and body, or accepts it (200) when that is `None`.
+fn start_answering_receiver(
+    port: u16,
+    answer: impl Fn(usize) -> Option<(u16, &'static str)> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
+    let answer = Arc::new(answer);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let listener = runtime
@@ -52,9 +64,11 @@ fn start_receiver_on(
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let state = Arc::clone(&state);
+            let answer = Arc::clone(&answer);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = Arc::clone(&state);
+                    let answer = Arc::clone(&answer);
                     async move {
                         let id = req
                             .headers()
@@ -68,21 +82,25 @@ fn start_receiver_on(
                             .unwrap_or_default();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let mut s = state.lock().unwrap();
-                        let status = if s.failed < fail_first {
-                            s.failed += 1;
-                            500
-                        } else {
-                            if sig != signature(SECRET.as_bytes(), &body) {
-                                s.bad_signatures += 1;
+                        let request = s.failed + s.accepted.len();
+                        let (status, reason) = match answer(request) {
+                            Some(refusal) => {
+                                s.failed += 1;
+                                refusal
                             }
-                            s.accepted
-                                .push((id, String::from_utf8(body.to_vec()).unwrap()));
-                            200
+                            None => {
+                                if sig != signature(SECRET.as_bytes(), &body) {
+                                    s.bad_signatures += 1;
+                                }
+                                s.accepted
+                                    .push((id, String::from_utf8(body.to_vec()).unwrap()));
+                                (200, "")
+                            }
                         };
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .status(status)
-                                .body(Full::new(Bytes::new()))
+                                .body(Full::new(Bytes::from_static(reason.as_bytes())))
                                 .unwrap(),
                         )
                     }
@@ -195,6 +213,173 @@ fn events_a_dead_webhook_missed_are_kept_and_sent_by_the_next_run() {
     let r = received.lock().unwrap();
     let got: Vec<String> = r.accepted.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(got, ids);
+}
+
+/// A notify config with one webhook at `url` and a ledger directory in `data`'s temp dir.
+fn webhook_config(data: &common::Dataset, url: &str) -> std::path::PathBuf {
+    let notify = data.dir.path().join("notify.toml");
+    std::fs::write(
+        &notify,
+        format!(
+            "ledger_dir = {:?}\ndrain_timeout_ms = 2000\n\n[[webhook]]\nname = \"ops\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\nmax_per_second = 1000.0\nbackoff = {{ initial_ms = 20, max_ms = 100 }}\n",
+            data.dir.path().join("ledger").display().to_string()
+        ),
+    )
+    .unwrap();
+    notify
+}
+
+/// A replay with `--notify` that must fail; its standard output and last line of standard
+/// error.
+fn failing_replay(data: &common::Dataset, out: &Path, notify: &Path) -> (String, String) {
+    let output = common::replay_command(data, out)
+        .arg("--notify")
+        .arg(notify)
+        .env("HOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default().to_owned();
+    (stdout, last)
+}
+
+#[test]
+fn a_webhook_that_refuses_the_sender_stops_the_replay_naming_the_field_and_loses_nothing() {
+    let data = common::dataset(200, 420);
+    let (addr, received, _runtime) = start_answering_receiver(0, |_| Some((401, "bad signature")));
+    let notify = webhook_config(&data, &format!("http://{addr}/alerts"));
+    let out = data.dir.path().join("out");
+    let (stdout, last) = failing_replay(&data, &out, &notify);
+    assert!(
+        last.starts_with("iotpipe: notify channel `ops`: secret_env")
+            && last.contains("HTTP 401: bad signature")
+            && last.contains("5 times in a row"),
+        "{last}"
+    );
+    // Asked five times, then given up: not retried forever, and nothing lost.
+    assert_eq!(received.lock().unwrap().failed, 5);
+    let ids = alert_ids(&out);
+    assert!(ids.len() >= 10, "too few alert events: {}", ids.len());
+    assert!(
+        stdout.contains(&format!("undelivered {}", ids.len())),
+        "{stdout}"
+    );
+    let spool = data.dir.path().join("ledger/ops.pending.jsonl");
+    let kept: Vec<String> = std::fs::read_to_string(&spool)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kept, ids, "every event kept, in order");
+}
+
+#[test]
+fn events_a_webhook_refuses_for_good_are_kept_with_the_reason_and_the_rest_delivered() {
+    let data = common::dataset(200, 420);
+    // The second and third requests are refused as the receiver's 422 says.
+    let (addr, received, _runtime) = start_answering_receiver(0, |request| {
+        (1..=2)
+            .contains(&request)
+            .then_some((422, "unknown severity"))
+    });
+    let notify = webhook_config(&data, &format!("http://{addr}/alerts"));
+    let out = data.dir.path().join("out");
+    let stdout = replay(&data, &out, &notify);
+    let ids = alert_ids(&out);
+    assert!(
+        stdout.contains(&format!(
+            "delivered {} (already 0), rejected 2, retries 0, undelivered 0",
+            ids.len() - 2
+        )),
+        "{stdout}"
+    );
+    let rejected: Vec<serde_json::Value> =
+        std::fs::read_to_string(data.dir.path().join("ledger/ops.rejected.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(rejected.len(), 2);
+    for (kept, id) in rejected.iter().zip(&ids[1..3]) {
+        assert_eq!(kept["id"].as_str(), Some(id.as_str()));
+        assert_eq!(kept["reason"].as_str(), Some("HTTP 422: unknown severity"));
+        let event: serde_json::Value =
+            serde_json::from_str(kept["event"].as_str().unwrap()).unwrap();
+        assert_eq!(event["id"].as_str(), Some(id.as_str()));
+    }
+    let r = received.lock().unwrap();
+    let got: Vec<&String> = r.accepted.iter().map(|(id, _)| id).collect();
+    let want: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(1..=2).contains(i))
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_file_channel_that_cannot_be_opened_stops_the_replay_naming_its_path() {
+    let data = common::dataset(200, 420);
+    let notify = data.dir.path().join("notify.toml");
+    let missing = data.dir.path().join("no-such-dir/alerts.jsonl");
+    std::fs::write(
+        &notify,
+        format!(
+            "ledger_dir = {:?}\n\n[[file]]\nname = \"archive\"\npath = {:?}\n",
+            data.dir.path().join("ledger").display().to_string(),
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = data.dir.path().join("out");
+    let (_, last) = failing_replay(&data, &out, &notify);
+    assert!(
+        last.starts_with("iotpipe: notify channel `archive`: path: ")
+            && last.contains("no-such-dir"),
+        "{last}"
+    );
+    let kept =
+        std::fs::read_to_string(data.dir.path().join("ledger/archive.pending.jsonl")).unwrap();
+    assert_eq!(kept.lines().count(), alert_ids(&out).len());
+}
+
+#[test]
+fn an_mqtt_broker_that_refuses_the_credentials_stops_the_replay_naming_the_fields() {
+    let broker = common::mqtt::Mosquitto::fleet(1, "");
+    let data = common::dataset(200, 420);
+    let notify = data.dir.path().join("notify.toml");
+    std::fs::write(
+        &notify,
+        format!(
+            "[[mqtt]]\nname = \"bus\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\npassword_env = \"BUS_PASSWORD\"\nack_timeout_ms = 2000\nbackoff = {{ initial_ms = 20, max_ms = 100 }}\n",
+            broker.port,
+            common::mqtt::BRIDGE_USER
+        ),
+    )
+    .unwrap();
+    let out = data.dir.path().join("out");
+    let output = common::replay_command(&data, &out)
+        .arg("--notify")
+        .arg(&notify)
+        .env("BUS_PASSWORD", "not-the-password")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("iotpipe: notify channel `bus`: username and password_env")
+            && last.contains("refused the connection"),
+        "{last}"
+    );
 }
 
 #[test]

@@ -202,7 +202,7 @@ impl DeadLetter {
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, marked when cut.
-fn bounded(mut text: String, max: usize) -> String {
+pub fn bounded(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut at = max;
         while !text.is_char_boundary(at) {

@@ -228,14 +228,18 @@ pub struct NotifyArgs {
 }
 
 impl NotifyArgs {
-    /// Starts the configured channels (none without `--notify`).
-    pub fn start(&self) -> Result<Option<iotpipe::io::notify::Notifier>, String> {
+    /// Starts the configured channels (none without `--notify`), counting their failures in
+    /// `metrics`.
+    pub fn start(
+        &self,
+        metrics: &std::sync::Arc<iotpipe::io::metrics::Metrics>,
+    ) -> Result<Option<iotpipe::io::notify::Notifier>, String> {
         let Some(path) = &self.notify else {
             return Ok(None);
         };
         let config: iotpipe::io::notify::NotifyConfig =
             iotpipe::io::config::load_toml(path).map_err(|e| format!("--notify {e}"))?;
-        iotpipe::io::notify::Notifier::start(&config)
+        iotpipe::io::notify::Notifier::start(&config, metrics)
             .map(Some)
             .map_err(|e| format!("--notify {}: {e}", path.display()))
     }

@@ -106,7 +106,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let devices = args.devices;
     // Process 0 receives every alert event, so only it notifies.
     let notify = if cluster.is_leader() {
-        args.notify.start()?
+        args.notify.start(&metrics)?
     } else {
         None
     };
@@ -191,8 +191,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 .and_then(InfluxPool::failure)
                 .is_some()
         };
+        // A notification channel that gave up stops the demo (it says why at the end).
+        let notify_failed = || notifier.as_ref().is_some_and(|n| n.failure().is_some());
         while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
-            if influx_failed() {
+            if influx_failed() || notify_failed() {
                 break;
             }
             if let Some(source) = source.as_mut() {
@@ -281,11 +283,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         influx.finish();
     }
     if let Some(notify) = notify {
+        let mut channel_failure = None;
         for report in notify.finish() {
             println!(
                 "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
                 report.name, report.delivered, report.rejected, report.retries, report.undelivered
             );
+            channel_failure = channel_failure.or(report.failure);
+        }
+        if let Some(failure) = channel_failure {
+            return Err(failure.to_string());
         }
     }
     for result in results {

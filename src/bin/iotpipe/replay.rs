@@ -19,13 +19,13 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     let registry =
         load_registry(&args.registry, &schemas).map_err(|e| format!("--registry {e}"))?;
     let cluster = args.cluster.config();
+    let metrics = Arc::new(Metrics::default());
     // Process 0 receives every alert event, so only it notifies.
     let notifier = if cluster.is_leader() {
-        args.notify.start()?
+        args.notify.start(&metrics)?
     } else {
         None
     };
-    let metrics = Arc::new(Metrics::default());
     // Every process writes its own share of the points.
     let influx = args.influx.start(&metrics)?;
     let job = ReplayJob {
@@ -42,6 +42,7 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     if let Some(influx) = influx {
         influx.finish();
     }
+    let mut channel_failure = None;
     if let Some(notifier) = notifier {
         for report in notifier.finish() {
             println!(
@@ -53,9 +54,14 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
                 report.retries,
                 report.undelivered
             );
+            channel_failure = channel_failure.or(report.failure);
         }
     }
-    if let Some(mut summary) = result? {
+    let summary = result?;
+    if let Some(failure) = channel_failure {
+        return Err(failure.to_string());
+    }
+    if let Some(mut summary) = summary {
         summary.influx_points = metrics.influx_points.get();
         println!("{summary}");
         println!(

@@ -241,7 +241,7 @@ impl InfluxConfig {
                     }
                 }
                 Ok((status, _, _)) => format!("/ping answered HTTP {status}"),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() >= deadline {
                 break failure;

@@ -55,7 +55,10 @@ impl InfluxReader {
             .body(Full::new(Bytes::new()))
             .expect("a valid request");
         let mut http = HttpConnection::new(self.authority.clone());
-        let (status, body) = http.send(request, self.timeout).await?;
+        let (status, body) = http
+            .send(request, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!(
                 "influxdb answered HTTP {status}: {}",

@@ -1,8 +1,9 @@
 //! Writing line protocol to InfluxDB over HTTP: the 1.x API (`/write`) or the 2.x/3.x one
 //! (`/api/v2/write`), gzip, retries with backoff on 5xx, 429, timeouts and refused connections.
-//! A 400, 413 or 422 is the batch's fault and is returned to the caller; any other 4xx (401,
-//! 403, 404: credentials, permissions, a database not yet created) is the deployment's, and is
-//! retried, loudly, until someone fixes it: dropping the batch would lose good points.
+//! Failures are classed by [`crate::io::failure`]: a 400, 413 or 422 is the batch's fault and is
+//! returned to the caller; 401, 403, 404 (credentials, permissions, no such database) or answers
+//! that are not HTTP, several in a row, are the deployment's, and end the sink with an error
+//! naming the config field; everything else is retried without limit.
 
 use std::io::Write;
 use std::time::Duration;
@@ -79,19 +80,19 @@ pub struct Rejected {
     pub message: String,
 }
 
-/// InfluxDB says the sink cannot work (see [`crate::io::failure`]): authorisation refused, or
-/// no such database or bucket, [`SINK_FAILURE_TRIES`](crate::io::failure::SINK_FAILURE_TRIES)
-/// answers in a row.
+/// InfluxDB says the sink cannot work (see [`crate::io::failure`]): authorisation refused, no
+/// such database or bucket, or answers that are not HTTP,
+/// [`SINK_FAILURE_TRIES`](crate::io::failure::SINK_FAILURE_TRIES) times in a row.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: influxdb at {authority} answered HTTP {status}: {message}")]
+#[error("{field}: influxdb at {authority}: {message}")]
 pub struct InfluxSinkFailure {
     /// The config fields to check.
     pub field: &'static str,
     /// Where.
     pub authority: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// InfluxDB's message.
+    /// The HTTP status, if InfluxDB answered at all.
+    pub status: Option<u16>,
+    /// What was answered (`answered HTTP 401: ...`, or why the answer was not HTTP).
     pub message: String,
 }
 
@@ -106,12 +107,15 @@ pub enum WriteError {
     Sink(#[from] InfluxSinkFailure),
 }
 
+/// The field to check when what answers is not InfluxDB.
+const URL_FIELD: &str = "influx.url";
+
 /// The fields to check when InfluxDB answers `status` for every write.
 fn failing_field(status: u16) -> &'static str {
     match status {
         401 | 403 => "influx.username and influx.password (1.x), or influx.token (2.x, 3.x)",
         404 => "influx.database (2.x: influx.org and the bucket)",
-        _ => "influx.url",
+        _ => URL_FIELD,
     }
 }
 
@@ -254,6 +258,21 @@ impl InfluxWriter {
         request.body(Full::new(body)).expect("a valid request")
     }
 
+    fn sink_failure(
+        &self,
+        field: &'static str,
+        status: Option<u16>,
+        message: String,
+    ) -> WriteError {
+        InfluxSinkFailure {
+            field,
+            authority: self.http.authority().to_owned(),
+            status,
+            message,
+        }
+        .into()
+    }
+
     /// Writes `lines` (one batch): retries transient failures without limit; returns a
     /// refusal of the batch, or, after several answers in a row that say writing cannot work
     /// (401, 403, 404), the sink's failure.
@@ -264,24 +283,32 @@ impl InfluxWriter {
             let failure = match self.http.send(self.request(lines), self.timeout).await {
                 Ok((status, _)) if status.is_success() => return Ok(()),
                 Ok((status, body)) => {
-                    let message = String::from_utf8_lossy(&body).trim().to_owned();
+                    let body = String::from_utf8_lossy(&body).trim().to_owned();
                     let status = status.as_u16();
                     let class = FailureClass::of_http_status(status);
                     if class == FailureClass::Record {
-                        return Err(Rejected { status, message }.into());
-                    }
-                    if strikes.note(Some(class)) {
-                        return Err(InfluxSinkFailure {
-                            field: failing_field(status),
-                            authority: self.http.authority().to_owned(),
+                        return Err(Rejected {
                             status,
-                            message,
+                            message: body,
                         }
                         .into());
                     }
-                    format!("HTTP {status}: {message}")
+                    let message = format!("answered HTTP {status}: {body}");
+                    if strikes.note(Some(class)) {
+                        return Err(self.sink_failure(
+                            failing_field(status),
+                            Some(status),
+                            message,
+                        ));
+                    }
+                    message
                 }
-                Err(e) => e,
+                Err(e) => {
+                    if strikes.note(Some(e.class())) {
+                        return Err(self.sink_failure(URL_FIELD, None, e.to_string()));
+                    }
+                    e.to_string()
+                }
             };
             tracing::warn!(
                 influxdb = %self.http.authority(),
@@ -308,6 +335,61 @@ mod tests {
             Backoff::default(),
         )
         .unwrap()
+    }
+
+    /// Something that is not an HTTP server at the URL (here a server of another protocol that
+    /// greets first) answers what cannot be parsed: a few times in a row and the writer stops
+    /// with an error naming the URL, rather than retrying forever.
+    #[test]
+    fn answers_that_are_not_http_stop_the_writer_naming_the_url() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+                    // Like such a server, keep the connection until the client leaves.
+                    let mut buffer = [0u8; 4096];
+                    while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let backoff = Backoff {
+            initial_ms: 1,
+            max_ms: 5,
+        };
+        let api = InfluxApi::V1 {
+            database: "iotpipe".into(),
+            retention_policy: None,
+            username: None,
+            password: None,
+        };
+        let mut writer = InfluxWriter::new(
+            &format!("http://{addr}"),
+            &api,
+            Duration::from_secs(5),
+            backoff,
+        )
+        .unwrap();
+        // Retried forever, it would never end.
+        let error = runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), writer.write(b"m f=1 1\n")).await
+            })
+            .expect("the writer gives up")
+            .unwrap_err();
+        let WriteError::Sink(failure) = error else {
+            panic!("an answer that is not HTTP is the sink's failure: {error}");
+        };
+        assert_eq!(failure.field, "influx.url");
+        assert_eq!(failure.status, None);
+        // The greeting sometimes meets the request as a reset, which is transient and not
+        // counted: at least the strikes were tried.
+        assert!(writer.retries() >= u64::from(crate::io::failure::SINK_FAILURE_TRIES) - 1);
     }
 
     /// The 2.x/3.x request shape, as InfluxDB documents it: no 2.x server can run here.

@@ -6,6 +6,14 @@
 //! retrying with backoff while the receiver is down. A channel with a ledger directory records
 //! each delivered event id and skips ids it has delivered before, so a replay or a restart
 //! never sends an event twice.
+//!
+//! Failures follow [`crate::io::failure`]: a transient one (refused connection, timeout, 5xx,
+//! 429) is retried with backoff; an event the receiver refuses for good (400, 413, 422) is
+//! kept in `LEDGER_DIR/NAME.rejected.jsonl` with the receiver's reason, and the channel moves
+//! on; answers that say the channel cannot work (401, 403, 404, a broker refusing the
+//! credentials, a file that cannot be opened), [`SINK_FAILURE_TRIES`] in a row, end the
+//! channel: what it still holds is kept for the next run, and the command stops with one error
+//! naming the channel's config field.
 
 mod ledger;
 mod mqtt;
@@ -13,8 +21,8 @@ mod spool;
 mod webhook;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +34,8 @@ pub use webhook::{WebhookChannel, signature};
 
 use crate::dataflow::alert::{AlertEvent, Severity};
 use crate::dataflow::schema::MetricCatalog;
+use crate::io::failure::{FailureClass, SINK_FAILURE_TRIES, SinkStrikes};
+use crate::io::metrics::Metrics;
 use ledger::Ledger;
 
 /// One event as channels send it: its id, severity and site (for filters and topics), and the
@@ -112,7 +122,7 @@ pub struct ChannelCounts {
     pub delivered: AtomicU64,
     /// Events skipped because the ledger had them (delivered by an earlier run).
     pub already_delivered: AtomicU64,
-    /// Events the receiver refused for good (a 4xx other than 429).
+    /// Events the receiver refused for good (400, 413, 422).
     pub rejected: AtomicU64,
     /// Failed attempts that were retried.
     pub retries: AtomicU64,
@@ -135,6 +145,8 @@ pub struct ChannelReport {
     pub retries: u64,
     /// Events not delivered when the notifier finished.
     pub undelivered: u64,
+    /// Why the channel gave up, if it did (the command then ends with this error).
+    pub failure: Option<ChannelFailure>,
 }
 
 /// A channel that can deliver one notification (retrying is the caller's).
@@ -143,8 +155,8 @@ pub trait Channel: Send + 'static {
     fn name(&self) -> &str;
     /// Events below this severity are skipped.
     fn min_severity(&self) -> Severity;
-    /// Delivers one notification: `Ok` when delivered, `Err(Retry)` to retry after backoff,
-    /// `Err(Reject)` when the receiver refused it for good.
+    /// Delivers one notification: `Ok` when delivered, else a [`Failure`] of its class
+    /// (retrying is the caller's).
     fn deliver(
         &mut self,
         n: &Notification,
@@ -155,15 +167,75 @@ pub trait Channel: Send + 'static {
     }
 }
 
-/// Why a delivery failed.
+/// Why a delivery failed, classed by [`crate::io::failure`].
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
+#[error("{reason}")]
+pub struct Failure {
+    /// What the failure means for the event and the channel.
+    pub class: FailureClass,
+    /// The channel's config field to check when the channel cannot work.
+    pub field: &'static str,
+    /// What the receiver or the system said.
+    pub reason: String,
+}
+
+impl Failure {
     /// Try again later (connection refused, timeout, 5xx, 429).
-    #[error("retry: {0}")]
-    Retry(String),
-    /// Refused for good.
-    #[error("rejected: {0}")]
-    Reject(String),
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::Transient,
+            field: "",
+            reason: reason.into(),
+        }
+    }
+
+    /// This event is refused for good.
+    pub fn record(reason: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::Record,
+            field: "",
+            reason: reason.into(),
+        }
+    }
+
+    /// The channel cannot work until `field` is fixed.
+    pub fn sink(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            class: FailureClass::Sink,
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The failure of an answer with HTTP `status`, `field` naming what to check when it says
+    /// the channel cannot work.
+    pub fn of_http_status(status: u16, field: &'static str) -> Self {
+        Self {
+            class: FailureClass::of_http_status(status),
+            field,
+            reason: format!("HTTP {status}"),
+        }
+    }
+}
+
+/// A channel that gave up: the receiver said it cannot take events
+/// [`SINK_FAILURE_TRIES`] times in a row.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "notify channel `{channel}`: {field}: {reason} ({tries} times in a row); its undelivered \
+     events are {kept}"
+)]
+pub struct ChannelFailure {
+    /// The channel's name.
+    pub channel: String,
+    /// The config field to check.
+    pub field: &'static str,
+    /// The last answer.
+    pub reason: String,
+    /// How many answers in a row said so.
+    pub tries: u32,
+    /// Where the undelivered events are kept.
+    pub kept: String,
 }
 
 /// A file channel.
@@ -181,19 +253,36 @@ impl Channel for FileChannel {
     }
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
         use std::io::Write;
+        let path = &self.config.path;
         if self.file.is_none() {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.config.path)
-                .map_err(|e| Failure::Retry(format!("{}: {e}", self.config.path.display())))?;
+                .open(path)
+                .map_err(|e| file_failure(path, &e))?;
             self.file = Some(file);
         }
         let file = self.file.as_mut().expect("opened above");
         writeln!(file, "{}", n.json).map_err(|e| {
             self.file = None;
-            Failure::Retry(e.to_string())
+            file_failure(path, &e)
         })
+    }
+}
+
+/// A file error's class: one that no retry mends (no such directory, no permission, not a
+/// file, a read-only file system) is the channel's; the rest (a full disk) pass.
+fn file_failure(path: &std::path::Path, error: &std::io::Error) -> Failure {
+    use std::io::ErrorKind as K;
+    let reason = format!("{}: {error}", path.display());
+    match error.kind() {
+        K::NotFound
+        | K::PermissionDenied
+        | K::IsADirectory
+        | K::NotADirectory
+        | K::ReadOnlyFilesystem
+        | K::InvalidInput => Failure::sink("path", reason),
+        _ => Failure::transient(reason),
     }
 }
 
@@ -201,6 +290,7 @@ impl Channel for FileChannel {
 #[derive(Clone)]
 pub struct NotifierHandle {
     senders: Vec<mpsc::UnboundedSender<Notification>>,
+    failures: Vec<Arc<Mutex<Option<ChannelFailure>>>>,
 }
 
 impl NotifierHandle {
@@ -213,16 +303,31 @@ impl NotifierHandle {
             }
         }
     }
+
+    /// The first channel that gave up, if one did: the command is to stop with it.
+    pub fn failure(&self) -> Option<ChannelFailure> {
+        self.failures
+            .iter()
+            .find_map(|f| f.lock().expect("not poisoned").clone())
+    }
 }
 
 /// The running channels.
 pub struct Notifier {
     handle: Option<NotifierHandle>,
     runtime: tokio::runtime::Runtime,
-    tasks: Vec<(String, Arc<ChannelCounts>, tokio::task::JoinHandle<()>)>,
+    tasks: Vec<ChannelTask>,
     /// Tells channels the drain time is over: spool what is left.
     stop: tokio::sync::watch::Sender<bool>,
     drain_timeout: Duration,
+}
+
+/// One channel's delivery task and what it shares.
+struct ChannelTask {
+    name: String,
+    counts: Arc<ChannelCounts>,
+    failure: Arc<Mutex<Option<ChannelFailure>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// A notifier that could not start.
@@ -244,9 +349,58 @@ pub enum NotifyError {
     Config(String),
 }
 
+/// Where a channel keeps what it cannot deliver, and how it tells.
+struct Keeping {
+    /// Events still to send when a run ended or the channel gave up.
+    spool: Option<PathBuf>,
+    /// Events the receiver refused for good, with its reason.
+    rejected: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    /// The `sink` label of the channel's failures.
+    sink_label: String,
+}
+
+impl Keeping {
+    fn count(&self, class: FailureClass) {
+        self.metrics.sink_failures(&self.sink_label, class).inc();
+    }
+
+    /// Appends a refused event, with the reason, to the rejected file (or the log).
+    fn reject(&self, channel: &str, n: &Notification, reason: &str) {
+        let line = serde_json::json!({ "id": n.id, "reason": reason, "event": n.json });
+        let written = self.rejected.as_ref().map(|path| {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut file| writeln!(file, "{line}"))
+        });
+        match written {
+            Some(Ok(())) => {
+                tracing::error!(%channel, id = %n.id, %reason, "alert event refused by the receiver; kept as rejected")
+            }
+            Some(Err(e)) => {
+                tracing::error!(%channel, id = %n.id, %reason, error = %e, "alert event refused by the receiver; could not keep it")
+            }
+            None => {
+                tracing::error!(%channel, id = %n.id, %reason, event = %n.json, "alert event refused by the receiver")
+            }
+        }
+    }
+
+    fn kept_where(&self) -> String {
+        match &self.spool {
+            Some(path) => format!("kept in {} for the next run", path.display()),
+            None => "logged by id (set ledger_dir to keep them)".into(),
+        }
+    }
+}
+
 impl Notifier {
-    /// Starts every configured channel.
-    pub fn start(config: &NotifyConfig) -> Result<Self, NotifyError> {
+    /// Starts every configured channel; their failures are counted in `metrics`
+    /// (`iotpipe_sink_failures_total{sink="notify_NAME"}`).
+    pub fn start(config: &NotifyConfig, metrics: &Arc<Metrics>) -> Result<Self, NotifyError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("iotpipe-notify")
@@ -256,30 +410,31 @@ impl Notifier {
         let mut notifier = Notifier {
             handle: Some(NotifierHandle {
                 senders: Vec::new(),
+                failures: Vec::new(),
             }),
             runtime,
             tasks: Vec::new(),
             stop: tokio::sync::watch::channel(false).0,
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         };
+        let ledger_dir = config.ledger_dir.as_ref();
         for c in &config.webhook {
             let channel = WebhookChannel::new(c.clone()).map_err(NotifyError::Config)?;
-            let backoff = c.backoff;
-            notifier.spawn(channel, backoff, config.ledger_dir.as_ref())?;
+            notifier.spawn(channel, c.backoff, ledger_dir, metrics)?;
         }
         for c in &config.mqtt {
             let channel = {
                 let _guard = notifier.runtime.enter();
                 MqttChannel::new(c.clone()).map_err(NotifyError::Config)?
             };
-            notifier.spawn(channel, c.backoff, config.ledger_dir.as_ref())?;
+            notifier.spawn(channel, c.backoff, ledger_dir, metrics)?;
         }
         for c in &config.file {
             let channel = FileChannel {
                 config: c.clone(),
                 file: None,
             };
-            notifier.spawn(channel, Backoff::default(), config.ledger_dir.as_ref())?;
+            notifier.spawn(channel, Backoff::default(), ledger_dir, metrics)?;
         }
         Ok(notifier)
     }
@@ -289,6 +444,7 @@ impl Notifier {
         mut channel: C,
         backoff: Backoff,
         ledger_dir: Option<&PathBuf>,
+        metrics: &Arc<Metrics>,
     ) -> Result<(), NotifyError> {
         let name = channel.name().to_string();
         let mut ledger = match ledger_dir {
@@ -298,8 +454,13 @@ impl Notifier {
             }
             None => None,
         };
-        let spool_path = ledger_dir.map(|dir| dir.join(format!("{name}.pending.jsonl")));
-        let mut pending: std::collections::VecDeque<Notification> = match &spool_path {
+        let keeping = Keeping {
+            spool: ledger_dir.map(|dir| dir.join(format!("{name}.pending.jsonl"))),
+            rejected: ledger_dir.map(|dir| dir.join(format!("{name}.rejected.jsonl"))),
+            metrics: Arc::clone(metrics),
+            sink_label: format!("notify_{name}"),
+        };
+        let mut pending: std::collections::VecDeque<Notification> = match &keeping.spool {
             Some(path) => spool::take(path).map_err(|source| NotifyError::Ledger {
                 path: path.clone(),
                 source,
@@ -308,15 +469,19 @@ impl Notifier {
         };
         let mut stop = self.stop.subscribe();
         let counts = Arc::new(ChannelCounts::default());
+        let failure: Arc<Mutex<Option<ChannelFailure>>> = Arc::default();
         let (sender, mut receiver) = mpsc::unbounded_channel::<Notification>();
-        self.handle
+        let handle = self
+            .handle
             .as_mut()
-            .expect("channels start before the handle is taken")
-            .senders
-            .push(sender);
+            .expect("channels start before the handle is taken");
+        handle.senders.push(sender);
+        handle.failures.push(Arc::clone(&failure));
         let task_counts = Arc::clone(&counts);
+        let task_failure = Arc::clone(&failure);
         let task = self.runtime.spawn(async move {
             let counts = task_counts;
+            let mut strikes = SinkStrikes::default();
             'events: loop {
                 let n = match pending.pop_front() {
                     Some(n) => n,
@@ -340,11 +505,12 @@ impl Notifier {
                     };
                     let Some(outcome) = outcome else {
                         pending.push_front(n);
-                        spool::keep(&channel, &counts, pending, receiver, spool_path.as_deref());
+                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
                         break 'events;
                     };
-                    match outcome {
+                    let failure = match outcome {
                         Ok(()) => {
+                            strikes.note(None);
                             counts.delivered.fetch_add(1, Ordering::Relaxed);
                             if let Some(l) = ledger.as_mut()
                                 && let Err(e) = l.record(&n.id)
@@ -353,32 +519,62 @@ impl Notifier {
                             }
                             break;
                         }
-                        Err(Failure::Reject(reason)) => {
-                            counts.rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(channel = %channel.name(), id = %n.id, %reason, "alert event rejected");
-                            break;
-                        }
-                        Err(Failure::Retry(reason)) => {
-                            counts.retries.fetch_add(1, Ordering::Relaxed);
-                            let wait = backoff.wait(attempt);
-                            tracing::warn!(channel = %channel.name(), id = %n.id, %reason, wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
-                            let stopped = tokio::select! {
-                                _ = tokio::time::sleep(wait) => false,
-                                _ = stop.changed() => true,
-                            };
-                            if stopped {
-                                pending.push_front(n);
-                                spool::keep(&channel, &counts, pending, receiver, spool_path.as_deref());
-                                break 'events;
-                            }
-                            attempt += 1;
-                        }
+                        Err(failure) => failure,
+                    };
+                    keeping.count(failure.class);
+                    if failure.class == FailureClass::Record {
+                        strikes.note(Some(FailureClass::Record));
+                        counts.rejected.fetch_add(1, Ordering::Relaxed);
+                        keeping.reject(channel.name(), &n, &failure.reason);
+                        break;
                     }
+                    if strikes.note(Some(failure.class)) {
+                        let given_up = ChannelFailure {
+                            channel: channel.name().to_owned(),
+                            field: failure.field,
+                            reason: failure.reason,
+                            tries: SINK_FAILURE_TRIES,
+                            kept: keeping.kept_where(),
+                        };
+                        tracing::error!(channel = %given_up.channel, field = given_up.field, reason = %given_up.reason, "notify channel cannot work; giving up");
+                        *task_failure.lock().expect("not poisoned") = Some(given_up);
+                        // Keep what it holds and everything still sent to it until the end.
+                        pending.push_front(n);
+                        loop {
+                            tokio::select! {
+                                next = receiver.recv() => match next {
+                                    Some(n) => pending.push_back(n),
+                                    None => break,
+                                },
+                                _ = stop.changed() => break,
+                            }
+                        }
+                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
+                        break 'events;
+                    }
+                    counts.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = backoff.wait(attempt);
+                    tracing::warn!(channel = %channel.name(), id = %n.id, reason = %failure.reason, class = failure.class.label(), wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(wait) => false,
+                        _ = stop.changed() => true,
+                    };
+                    if stopped {
+                        pending.push_front(n);
+                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
+                        break 'events;
+                    }
+                    attempt += 1;
                 }
             }
             channel.flush().await;
         });
-        self.tasks.push((name, counts, task));
+        self.tasks.push(ChannelTask {
+            name,
+            counts,
+            failure,
+            task,
+        });
         Ok(())
     }
 
@@ -396,7 +592,13 @@ impl Notifier {
         let runtime = self.runtime;
         let until = tokio::time::Instant::now() + self.drain_timeout;
         let mut reports = Vec::new();
-        for (name, counts, mut task) in tasks {
+        for ChannelTask {
+            name,
+            counts,
+            failure,
+            mut task,
+        } in tasks
+        {
             let done =
                 runtime.block_on(async { tokio::time::timeout_at(until, &mut task).await.is_ok() });
             if !done {
@@ -414,6 +616,7 @@ impl Notifier {
                 rejected: counts.rejected.load(Ordering::Relaxed),
                 retries: counts.retries.load(Ordering::Relaxed),
                 undelivered: counts.undelivered.load(Ordering::Relaxed),
+                failure: failure.lock().expect("not poisoned").clone(),
             });
         }
         runtime.shutdown_timeout(Duration::from_secs(1));

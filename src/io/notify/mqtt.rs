@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -56,11 +56,35 @@ fn default_ack_timeout_ms() -> u64 {
 }
 
 /// The MQTT channel: a client whose event loop runs in its own task and reports
-/// acknowledgements.
+/// acknowledgements and refusals.
 pub struct MqttChannel {
     config: MqttConfig,
     client: AsyncClient,
-    acks: mpsc::UnboundedReceiver<u16>,
+    broker: mpsc::UnboundedReceiver<BrokerSaid>,
+}
+
+/// What the event loop heard from the broker that a delivery waits for.
+enum BrokerSaid {
+    /// A publish was acknowledged.
+    Ack,
+    /// The broker refused the connection.
+    Refused(ConnectReturnCode),
+}
+
+/// The failure of a connection the broker refused: credentials and client ids are the
+/// channel's to fix; a broker that says it is unavailable is transient.
+fn refusal(code: ConnectReturnCode) -> Failure {
+    let reason = format!("the broker refused the connection: {code:?}");
+    match code {
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+            Failure::sink("username and password_env", reason)
+        }
+        ConnectReturnCode::BadClientId => Failure::sink("client_id", reason),
+        ConnectReturnCode::RefusedProtocolVersion => Failure::sink("host and port", reason),
+        ConnectReturnCode::ServiceUnavailable | ConnectReturnCode::Success => {
+            Failure::transient(reason)
+        }
+    }
 }
 
 impl MqttChannel {
@@ -83,39 +107,47 @@ impl MqttChannel {
             options.set_credentials(user.clone(), password);
         }
         let (client, mut event_loop) = AsyncClient::new(options, 64);
-        let (ack_sender, acks) = mpsc::unbounded_channel();
+        let (broker_said, broker) = mpsc::unbounded_channel();
         let name = config.name.clone();
         tokio::spawn(async move {
             let mut connected = false;
             loop {
-                match event_loop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if ack_sender.send(ack.pkid).is_err() {
-                            return;
-                        }
-                    }
+                let said = match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => Some(BrokerSaid::Ack),
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         tracing::info!(channel = %name, "mqtt connected");
+                        None
                     }
-                    Ok(_) => {}
+                    Ok(_) => None,
                     Err(e) => {
                         if connected {
                             tracing::warn!(channel = %name, error = %e, "mqtt connection lost; reconnecting");
                         }
                         connected = false;
-                        if ack_sender.is_closed() {
+                        if broker_said.is_closed() {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
+                        match e {
+                            ConnectionError::ConnectionRefused(code) => {
+                                Some(BrokerSaid::Refused(code))
+                            }
+                            _ => None,
+                        }
                     }
+                };
+                if let Some(said) = said
+                    && broker_said.send(said).is_err()
+                {
+                    return;
                 }
             }
         });
         Ok(Self {
             config,
             client,
-            acks,
+            broker,
         })
     }
 }
@@ -130,8 +162,8 @@ impl Channel for MqttChannel {
     }
 
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
-        // Acknowledgements of earlier, timed-out attempts are stale.
-        while self.acks.try_recv().is_ok() {}
+        // What the broker said of earlier, timed-out attempts is stale.
+        while self.broker.try_recv().is_ok() {}
         let topic = self
             .config
             .topic
@@ -140,16 +172,17 @@ impl Channel for MqttChannel {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, n.json.clone().into_bytes())
             .await
-            .map_err(|e| Failure::Retry(format!("publish: {e}")))?;
+            .map_err(|e| Failure::transient(format!("publish: {e}")))?;
         match tokio::time::timeout(
             Duration::from_millis(self.config.ack_timeout_ms),
-            self.acks.recv(),
+            self.broker.recv(),
         )
         .await
         {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(Failure::Retry("event loop stopped".into())),
-            Err(_) => Err(Failure::Retry("no acknowledgement".into())),
+            Ok(Some(BrokerSaid::Ack)) => Ok(()),
+            Ok(Some(BrokerSaid::Refused(code))) => Err(refusal(code)),
+            Ok(None) => Err(Failure::transient("event loop stopped")),
+            Err(_) => Err(Failure::transient("no acknowledgement")),
         }
     }
 

@@ -11,6 +11,7 @@ use sha2::Sha256;
 
 use super::{Backoff, Channel, Failure, Notification};
 use crate::dataflow::alert::Severity;
+use crate::dataflow::model::bounded;
 use crate::io::http::HttpConnection;
 
 /// A webhook receiver.
@@ -128,22 +129,42 @@ impl Channel for WebhookChannel {
         }
         let request = request
             .body(Full::new(Bytes::from(n.json.clone())))
-            .map_err(|e| Failure::Reject(format!("request: {e}")))?;
+            .map_err(|e| Failure::record(format!("request: {e}")))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let (status, _) = self
+        let (status, body) = self
             .http
             .send(request, timeout)
             .await
-            .map_err(Failure::Retry)?;
+            .map_err(|e| Failure {
+                class: e.class(),
+                field: "url",
+                reason: e.to_string(),
+            })?;
         if status.is_success() {
-            Ok(())
-        } else if status.is_server_error() || status.as_u16() == 429 {
-            Err(Failure::Retry(format!("HTTP {status}")))
-        } else {
-            Err(Failure::Reject(format!("HTTP {status}")))
+            return Ok(());
         }
+        let status = status.as_u16();
+        let field = match status {
+            // A receiver that checks signatures answers so to a wrong secret.
+            401 | 403 => "secret_env (the receiver refused the request's signature or sender)",
+            _ => "url",
+        };
+        let mut failure = Failure::of_http_status(status, field);
+        let answer = String::from_utf8_lossy(&body).trim().to_owned();
+        if !answer.is_empty() {
+            // The receiver's reason, bounded: it ends up in logs and the rejected file.
+            failure.reason = format!(
+                "{}: {}",
+                failure.reason,
+                bounded(answer, ANSWER_SHOWN_BYTES)
+            );
+        }
+        Err(failure)
     }
 }
+
+/// How much of a receiver's answer a failure carries.
+const ANSWER_SHOWN_BYTES: usize = 512;
 
 #[cfg(test)]
 mod tests {
