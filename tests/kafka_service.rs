@@ -872,6 +872,68 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
 }
 
 #[test]
+fn run_into_an_influxdb_that_refuses_its_credentials_stops_with_one_error_and_loses_nothing() {
+    let fixture = fixture(30, 240);
+    let expected = fixture.expected();
+    let influx = common::influx::Influx::start_with_auth();
+    const WRONG: &str = "not-the-password-4711";
+    let influx_toml = |password: &str| {
+        format!(
+            "[influx]\nurl = \"{}\"\nlinger_ms = 20\nusername = \"admin\"\npassword = \"{password}\"\n\
+             backoff = {{ initial_ms = 50, max_ms = 200 }}\n",
+            influx.url()
+        )
+    };
+    let (outputs, mut cluster) = fixture.start_run("influx-auth", 2, &influx_toml(WRONG));
+    // Every process stops by itself, with exit 1: its own InfluxDB writer gives up, or its peer
+    // is lost.
+    let children: Vec<Child> = cluster.children.drain(..).collect();
+    for (process, mut child) in children.into_iter().enumerate() {
+        let status = wait_with_timeout(&mut child, Duration::from_secs(90));
+        assert_eq!(
+            status,
+            Some(1),
+            "process {process}:\n{}",
+            cluster.log(process)
+        );
+    }
+    let log = cluster.log(0);
+    let last = log.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("iotpipe: influx.username and influx.password")
+            && last.contains("HTTP 401"),
+        "{log}"
+    );
+    assert!(!log.contains(WRONG), "the password is not shown:\n{log}");
+    // The password fixed, a restart writes every window to both, as if nothing had happened:
+    // nothing InfluxDB refused was checkpointed.
+    let mut fixed = Cluster::configure(
+        fixture.data.dir.path(),
+        "influx-auth",
+        &fixture.tansu.brokers(),
+        &outputs,
+        2,
+        "idle_timeout_ms = 3000",
+        &influx_toml("secret"),
+    );
+    fixed.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &fixed);
+    let want = common::influx::windows_of_lines(&expected.aggregates);
+    let span = format!(
+        "time >= {}ms AND time < {}ms",
+        common::START_MS - 3_600_000,
+        common::START_MS + 7_200_000
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while influx.windows(&span).len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(influx.windows(&span), want);
+    fixed.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+}
+
+#[test]
 fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves_the_dashboard() {
     let fixture = fixture(60, 480);
     let expected = fixture.expected();

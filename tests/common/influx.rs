@@ -11,6 +11,8 @@ pub struct Influx {
     config: std::path::PathBuf,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Whether authentication is on (queries then go as `admin`).
+    auth: bool,
 }
 
 impl Influx {
@@ -38,6 +40,7 @@ impl Influx {
             config,
             port,
             dir,
+            auth,
         }
     }
 
@@ -108,7 +111,11 @@ impl Influx {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        super::http_get(self.port, path)
+        if self.auth && path.starts_with("/query?") {
+            super::http_get(self.port, &format!("{path}&u=admin&p=secret"))
+        } else {
+            super::http_get(self.port, path)
+        }
     }
 
     /// Every window of `iotpipe_aggregate` within InfluxQL time condition `span`.
