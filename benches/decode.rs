@@ -2,7 +2,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::sources::fleet::{Fleet, FleetConfig};
 
 fn messages() -> Vec<String> {
     let mut fleet = Fleet::new(FleetConfig {

@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use iotpipe::io::detection::{evaluate, read_alerts, read_manifest};
+#[path = "../tests/common/detection.rs"]
+mod detection;
+
+use detection::{evaluate, read_alerts, read_manifest};
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();

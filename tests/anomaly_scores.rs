@@ -8,7 +8,7 @@ use iotpipe::dataflow::anomaly::{
 };
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading};
 use iotpipe::dataflow::{AggregateWindows, WindowConfig};
-use iotpipe::io::source::VecInput;
+use iotpipe::io::sources::inputs::VecInput;
 use timely::dataflow::operators::capture::Event;
 use timely::dataflow::operators::{Capture, Concat};
 

@@ -3,16 +3,20 @@
 //! devices. (docs/benchmarks.md has the full table on the workload's 10,000-device file.)
 
 mod common;
+// Shared with examples/detection.rs, which reads manifests as well.
+#[allow(dead_code)]
+#[path = "common/detection.rs"]
+mod detection;
 
 use std::sync::Arc;
 
+use detection::{InjectedFault, evaluate, read_alerts};
+use iotpipe::commands::replay::{ReplayJob, replay};
 use iotpipe::dataflow::PipelineConfig;
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::cluster::ClusterConfig;
-use iotpipe::io::detection::{InjectedFault, evaluate, read_alerts};
-use iotpipe::io::fleet::{Fleet, FleetConfig};
-use iotpipe::io::replay::{ReplayJob, replay};
-use iotpipe::io::schemas::load_registry;
+use iotpipe::io::sources::fleet::{Fleet, FleetConfig};
+use iotpipe::io::support::cluster::ClusterConfig;
+use iotpipe::io::support::schema_files::load_registry;
 
 const DEVICES: usize = 400;
 const SECONDS: u64 = 1_200;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, MetricId, Reading, TimedMessage};
 use iotpipe::dataflow::{ArrangeRegistry, Enrich, RegistryUpdate, WindowConfig};
-use iotpipe::io::source::VecInput;
+use iotpipe::io::sources::inputs::VecInput;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::capture::Event;
 use timely::dataflow::operators::{Capture, Probe};

@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::influx::Influx;
 use iotpipe::dataflow::model::{ExactSum, MetricId, WindowAggregate};
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::backoff::Backoff;
-use iotpipe::io::influx::lines::aggregate_line;
-use iotpipe::io::influx::write::{InfluxApi, InfluxWriter, WriteError};
-use iotpipe::io::mqtt::Secret;
+use iotpipe::io::connect::influx::write::{InfluxApi, InfluxWriter, WriteError};
+use iotpipe::io::connect::secret::Secret;
+use iotpipe::io::sinks::influx::lines::aggregate_line;
+use iotpipe::io::support::backoff::Backoff;
 
 const START_MS: u64 = 1_704_067_200_000;
 

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{Engine, Tansu};
 use common::mqtt::{BRIDGE_PASSWORD, BRIDGE_USER, FLEET_SECRET, Mosquitto};
-use iotpipe::io::fleet::{FleetConfig, device_id};
-use iotpipe::io::loadgen::LoadPlan;
-use iotpipe::io::loadgen::credentials::device_password;
-use iotpipe::io::mqtt::{MqttConnectionConfig, Secret, TlsConfig};
+use iotpipe::commands::loadgen::LoadPlan;
+use iotpipe::commands::loadgen::credentials::device_password;
+use iotpipe::io::connect::mqtt::{MqttConnectionConfig, TlsConfig};
+use iotpipe::io::connect::secret::Secret;
+use iotpipe::io::sources::fleet::{FleetConfig, device_id};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use iotpipe::io::notify::signature;
+use iotpipe::io::sinks::notify::signature;
 
 const SECRET: &str = "test-secret-of-the-webhook";
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use iotpipe::dataflow::PipelineConfig;
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::schemas::load_registry;
+use iotpipe::io::support::schema_files::load_registry;
 
 use common::reference::{Expected, compute};
 use common::{Dataset, dead_letter_pairs, sorted_lines};

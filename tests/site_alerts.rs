@@ -8,7 +8,7 @@ use iotpipe::dataflow::alert::{
 };
 use iotpipe::dataflow::anomaly::DeviceActivity;
 use iotpipe::dataflow::model::DeviceInfo;
-use iotpipe::io::source::VecInput;
+use iotpipe::io::sources::inputs::VecInput;
 use timely::dataflow::operators::Capture;
 use timely::dataflow::operators::capture::Event;
 

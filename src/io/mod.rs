@@ -1,26 +1,17 @@
-//! Adapters between the world and the pure dataflow: files, the simulated fleet, the terminal.
+//! Adapters between the world and the pure dataflow, in folders named by role. Imports run
+//! downwards only: `support` and `connect` know no adapter; `sources` and `sinks` know
+//! `support` and `connect`; `serve` may read what sinks keep; commands ([`crate::commands`])
+//! wire them all. `tests/layers.rs` checks the rule.
+//!
+//! - [`support`]: config loading, backoff, the failure policy, cluster shape, metrics.
+//! - [`connect`]: client settings shared by several adapters: HTTP, Kafka, MQTT, InfluxDB,
+//!   TLS, secrets.
+//! - [`sources`]: what feeds the dataflow: Kafka partitions, files, the simulated fleet.
+//! - [`sinks`]: where outputs go: Kafka, InfluxDB, files, notification channels, the live view.
+//! - [`serve`]: what iotpipe serves over HTTP: `/metrics` and the dashboard.
 
-pub mod backoff;
-pub mod bridge;
-pub mod cluster;
-pub mod config;
-pub mod dashboard;
-pub mod deliver;
-pub mod detection;
-pub mod failure;
-pub mod fleet;
-pub mod http;
-pub mod influx;
-pub mod jsonl;
-pub mod kafka;
-pub mod latency;
-pub mod live;
-pub mod loadgen;
-pub mod metrics;
-pub mod mqtt;
-pub mod notify;
-pub mod replay;
-pub mod schemas;
-pub mod service;
-pub mod source;
-pub mod summary;
+pub mod connect;
+pub mod serve;
+pub mod sinks;
+pub mod sources;
+pub mod support;

@@ -9,7 +9,7 @@ pub mod reference;
 
 use std::path::{Path, PathBuf};
 
-use iotpipe::io::fleet::{Fleet, FleetConfig};
+use iotpipe::io::sources::fleet::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 /// Event time of the first message.
@@ -198,13 +198,13 @@ pub fn replay_in_process(
     registry: &Path,
     workers: usize,
     out: &Path,
-) -> iotpipe::io::summary::RunSummary {
+) -> iotpipe::io::support::summary::RunSummary {
     use iotpipe::dataflow::PipelineConfig;
     use iotpipe::dataflow::anomaly::AnomalyConfig;
     use iotpipe::dataflow::schema::SchemaSet;
     let schemas = SchemaSet::embedded();
-    let registry = iotpipe::io::schemas::load_registry(registry, &schemas).unwrap();
-    let job = iotpipe::io::replay::ReplayJob {
+    let registry = iotpipe::io::support::schema_files::load_registry(registry, &schemas).unwrap();
+    let job = iotpipe::commands::replay::ReplayJob {
         events: events.to_owned(),
         registry: std::sync::Arc::new(registry),
         out: out.to_owned(),
@@ -220,11 +220,11 @@ pub fn replay_in_process(
         notifier: None,
         influx: None,
     };
-    let cluster = iotpipe::io::cluster::ClusterConfig {
+    let cluster = iotpipe::io::support::cluster::ClusterConfig {
         workers,
-        ..iotpipe::io::cluster::ClusterConfig::default()
+        ..iotpipe::io::support::cluster::ClusterConfig::default()
     };
-    iotpipe::io::replay::replay(job, &cluster)
+    iotpipe::commands::replay::replay(job, &cluster)
         .unwrap()
         .expect("process 0 reports")
 }

@@ -65,7 +65,8 @@ impl Mosquitto {
         let d = dir.path();
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mosquitto");
         let mut passwords: Vec<String> =
-            iotpipe::io::loadgen::credentials::password_lines(FLEET_SECRET, devices).collect();
+            iotpipe::commands::loadgen::credentials::password_lines(FLEET_SECRET, devices)
+                .collect();
         passwords.push(format!("{BRIDGE_USER}:{BRIDGE_PASSWORD}"));
         passwords.push("iotpipe-loadgen:loadgen-secret".into());
         std::fs::write(d.join("passwd"), passwords.join("\n") + "\n").unwrap();

@@ -16,7 +16,7 @@ use iotpipe::dataflow::model::{
 use iotpipe::dataflow::registry::RegistryChange;
 use iotpipe::dataflow::schema::Decoded;
 use iotpipe::dataflow::schema::SchemaSet;
-use iotpipe::io::jsonl;
+use iotpipe::io::sinks::files::jsonl;
 
 /// (device, metric, window start, site)
 type WindowKey = (DeviceId, MetricId, u64, String);

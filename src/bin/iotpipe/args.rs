@@ -8,8 +8,8 @@ use iotpipe::dataflow::alert::AlertConfig;
 use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
-use iotpipe::io::cluster::ClusterConfig;
-use iotpipe::io::influx::config::InfluxConfig;
+use iotpipe::io::connect::influx::config::InfluxConfig;
+use iotpipe::io::support::cluster::ClusterConfig;
 
 /// Checks that a number flag is finite and above zero (`at_least_zero`: not below zero); the
 /// error names the flag and its default.
@@ -190,13 +190,13 @@ impl PipelineArgs {
             },
             anomaly: match &self.anomaly_config {
                 None => AnomalyConfig::default(),
-                Some(path) => iotpipe::io::config::load_toml(path)
+                Some(path) => iotpipe::io::support::config::load_toml(path)
                     .map_err(|e| format!("--anomaly-config {e}"))?,
             },
             alerts: match &self.alert_rules {
                 None => AlertConfig::default(),
                 Some(path) => {
-                    let mut rules: AlertConfig = iotpipe::io::config::load_toml(path)
+                    let mut rules: AlertConfig = iotpipe::io::support::config::load_toml(path)
                         .map_err(|e| format!("--alert-rules {e}"))?;
                     rules
                         .resolve(schemas.catalog())
@@ -211,9 +211,8 @@ impl PipelineArgs {
     pub fn schemas(&self) -> Result<SchemaSet, String> {
         match &self.schemas {
             None => Ok(SchemaSet::embedded()),
-            Some(dir) => {
-                iotpipe::io::schemas::load_schema_dir(dir).map_err(|e| format!("--schemas: {e}"))
-            }
+            Some(dir) => iotpipe::io::support::schema_files::load_schema_dir(dir)
+                .map_err(|e| format!("--schemas: {e}")),
         }
     }
 }
@@ -232,14 +231,14 @@ impl NotifyArgs {
     /// `metrics`.
     pub fn start(
         &self,
-        metrics: &std::sync::Arc<iotpipe::io::metrics::Metrics>,
-    ) -> Result<Option<iotpipe::io::notify::Notifier>, String> {
+        metrics: &std::sync::Arc<iotpipe::io::support::metrics::Metrics>,
+    ) -> Result<Option<iotpipe::io::sinks::notify::Notifier>, String> {
         let Some(path) = &self.notify else {
             return Ok(None);
         };
-        let config: iotpipe::io::notify::NotifyConfig =
-            iotpipe::io::config::load_toml(path).map_err(|e| format!("--notify {e}"))?;
-        iotpipe::io::notify::Notifier::start(&config, metrics)
+        let config: iotpipe::io::sinks::notify::NotifyConfig =
+            iotpipe::io::support::config::load_toml(path).map_err(|e| format!("--notify {e}"))?;
+        iotpipe::io::sinks::notify::Notifier::start(&config, metrics)
             .map(Some)
             .map_err(|e| format!("--notify {}: {e}", path.display()))
     }
@@ -278,7 +277,7 @@ impl InfluxArgs {
                 }
                 return Ok(None);
             }
-            (Some(path), _) => iotpipe::io::config::load_toml::<InfluxConfig>(path)
+            (Some(path), _) => iotpipe::io::support::config::load_toml::<InfluxConfig>(path)
                 .map_err(|e| format!("--influx-config {e}"))?,
             (None, Some(url)) => InfluxConfig::for_url(url),
         };
@@ -291,7 +290,7 @@ impl InfluxArgs {
         if let Some(var) = &self.influx_token_env {
             let token = std::env::var(var)
                 .map_err(|_| format!("--influx-token-env {var}: the variable is not set"))?;
-            config.token = Some(iotpipe::io::mqtt::Secret(token));
+            config.token = Some(iotpipe::io::connect::secret::Secret(token));
         }
         config
             .validate()
@@ -303,12 +302,12 @@ impl InfluxArgs {
     /// `--influx-config`), counting into `metrics`.
     pub fn start(
         &self,
-        metrics: &std::sync::Arc<iotpipe::io::metrics::Metrics>,
-    ) -> Result<Option<iotpipe::io::influx::pool::InfluxPool>, String> {
+        metrics: &std::sync::Arc<iotpipe::io::support::metrics::Metrics>,
+    ) -> Result<Option<iotpipe::io::sinks::influx::pool::InfluxPool>, String> {
         let Some(config) = self.config()? else {
             return Ok(None);
         };
-        iotpipe::io::influx::pool::InfluxPool::start(&config, std::sync::Arc::clone(metrics))
+        iotpipe::io::sinks::influx::pool::InfluxPool::start(&config, std::sync::Arc::clone(metrics))
             .map(Some)
             .map_err(|e| e.to_string())
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use iotpipe::io::bridge::{BridgeConfig, BridgeMetrics, run_bridge};
+use iotpipe::commands::bridge::{BridgeConfig, BridgeMetrics, run_bridge};
 
 use crate::args::BridgeArgs;
 
@@ -21,7 +21,7 @@ pub fn run(args: BridgeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let metrics = Arc::new(BridgeMetrics::default());
     if let Some(listen) = config.metrics.listen {
-        let address = iotpipe::io::metrics::serve(listen, Arc::clone(&metrics))
+        let address = iotpipe::io::serve::metrics::serve(listen, Arc::clone(&metrics))
             .map_err(|e| format!("metrics.listen {listen}: {e}"))?;
         tracing::info!(%address, "serving /metrics");
     }

@@ -11,16 +11,16 @@ use timely::dataflow::operators::{Concat, Probe};
 
 use iotpipe::dataflow::ingest::{Ingestor, Provenance};
 use iotpipe::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
-use iotpipe::io::dashboard::Dashboard;
-use iotpipe::io::fleet::{Fleet, FleetConfig};
-use iotpipe::io::influx::pool::InfluxPool;
-use iotpipe::io::influx::sink::HeldBack;
-use iotpipe::io::influx::write_outputs;
-use iotpipe::io::latency::ArrivalLatency;
-use iotpipe::io::live::{LiveStats, ViewedStreams, deliver_to_view};
-use iotpipe::io::metrics::{Histogram, Metrics};
-use iotpipe::io::notify::Notification;
-use iotpipe::io::source::PipelineSources;
+use iotpipe::io::serve::dashboard::Dashboard;
+use iotpipe::io::sinks::influx::pool::InfluxPool;
+use iotpipe::io::sinks::influx::sink::HeldBack;
+use iotpipe::io::sinks::influx::write_outputs;
+use iotpipe::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
+use iotpipe::io::sinks::notify::Notification;
+use iotpipe::io::sources::fleet::{Fleet, FleetConfig};
+use iotpipe::io::sources::inputs::PipelineSources;
+use iotpipe::io::support::latency::ArrivalLatency;
+use iotpipe::io::support::metrics::{Histogram, Metrics};
 
 use crate::args::{DemoArgs, check_number};
 
@@ -55,7 +55,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let cluster = args.cluster.config();
     let timely_config = cluster.to_timely().map_err(|e| e.to_string())?;
     if cluster.processes > 1 {
-        iotpipe::io::cluster::end_on_lost_peer();
+        iotpipe::io::support::cluster::end_on_lost_peer();
     }
     let listen: Option<SocketAddr> = if args.no_dashboard || !cluster.is_leader() {
         None

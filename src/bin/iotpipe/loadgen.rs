@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use iotpipe::io::fleet::FleetConfig;
-use iotpipe::io::loadgen::credentials::password_lines;
-use iotpipe::io::loadgen::{Connections, LoadPlan, Progress, Target, run_load};
-use iotpipe::io::mqtt::Secret;
+use iotpipe::commands::loadgen::credentials::password_lines;
+use iotpipe::commands::loadgen::{Connections, LoadPlan, Progress, Target, run_load};
+use iotpipe::io::connect::secret::Secret;
+use iotpipe::io::sources::fleet::FleetConfig;
 use rumqttc::v5::mqttbytes::QoS;
 
 use crate::args::{FleetPasswordsArgs, LoadgenArgs, check_number};

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use iotpipe::io::metrics::Metrics;
-use iotpipe::io::replay::{ReplayFiles, ReplayJob, replay};
-use iotpipe::io::schemas::load_registry;
+use iotpipe::commands::replay::{ReplayJob, replay};
+use iotpipe::io::sinks::files::replay::ReplayFiles;
+use iotpipe::io::support::metrics::Metrics;
+use iotpipe::io::support::schema_files::load_registry;
 
 use crate::args::ReplayArgs;
 

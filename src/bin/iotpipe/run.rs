@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use iotpipe::io::service::config::RunConfig;
-use iotpipe::io::service::{ServiceJob, run_service};
+use iotpipe::commands::run::config::RunConfig;
+use iotpipe::commands::run::{ServiceJob, run_service};
 
 use crate::args::RunArgs;
 

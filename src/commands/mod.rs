@@ -1,0 +1,12 @@
+//! The commands: each a config and a function that runs it. `src/bin/iotpipe` only turns flags
+//! and files into these configs.
+//!
+//! - [`replay`]: the whole dataflow over a recorded file, as fast as it goes.
+//! - [`run`]: the service: Kafka partitions in, Kafka topics and InfluxDB out, clustered.
+//! - [`bridge`]: MQTT to Kafka, acknowledging devices once Kafka has the message.
+//! - [`loadgen`]: a simulated fleet publishing to MQTT or Kafka.
+
+pub mod bridge;
+pub mod loadgen;
+pub mod replay;
+pub mod run;

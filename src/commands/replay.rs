@@ -1,0 +1,362 @@
+//! `iotpipe replay`: the whole dataflow over a recorded file, as fast as it goes.
+//!
+//! The file is one partition in arrival order, but it is decoded by all workers at once: it is
+//! cut into chunks of whole lines, worker `w` decodes chunks `w, w + peers, ...`, and the only
+//! sequential step is the cheap scan that stamps watermarks, which needs the largest valid event
+//! time of all earlier chunks. Workers pass that prefix along through a small *ledger* dataflow
+//! (chunk `k` publishes the prefix through `k`), so the scan of chunk `k` starts as soon as chunk
+//! `k - 1` is scanned, while every worker is already decoding its next chunk.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::InputHandle;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, Input, Inspect};
+
+use crate::dataflow::PipelineConfig;
+use crate::dataflow::event_time::{PartitionClock, Watermarker, watermark_after};
+use crate::dataflow::ingest::{Ingestor, Provenance};
+use crate::dataflow::model::{DeadLetter, TimeMs};
+use crate::dataflow::registry::{RegistryChange, RegistryHistory};
+use crate::dataflow::schema::Decoded;
+use crate::dataflow::schema::SchemaSet;
+use crate::io::sinks::deliver::{DeliverInOrder, to_shared};
+use crate::io::sinks::files::replay::ReplayFiles;
+use crate::io::sinks::influx::pool::InfluxPool;
+use crate::io::sinks::influx::sink::HeldBack;
+use crate::io::sinks::influx::write_outputs;
+use crate::io::sinks::notify::{Notification, NotifierHandle};
+use crate::io::sources::file::{Chunk, ChunkedFile};
+use crate::io::sources::inputs::{PipelineSources, SourceInputs, VecInput};
+use crate::io::support::cluster::{ClusterConfig, ClusterError};
+use crate::io::support::summary::RunSummary;
+
+/// Everything a replay needs.
+#[derive(Clone)]
+pub struct ReplayJob {
+    /// The recorded messages, JSON Lines in arrival order.
+    pub events: PathBuf,
+    /// The registry changelog.
+    pub registry: Arc<Vec<RegistryChange>>,
+    /// Where the outputs go (written by process 0).
+    pub out: PathBuf,
+    /// Message schemas.
+    pub schemas: SchemaSet,
+    /// Pipeline semantics.
+    pub pipeline: PipelineConfig,
+    /// Bytes per chunk of the events file.
+    pub chunk_bytes: u64,
+    /// Where alert events are notified (process 0's).
+    pub notifier: Option<NotifierHandle>,
+    /// The InfluxDB every output is also written to, if any.
+    pub influx: Option<InfluxPool>,
+}
+
+/// A replay that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The cluster shape is wrong.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Timely could not start (e.g. a cluster peer is unreachable).
+    #[error("timely: {0}")]
+    Timely(String),
+    /// A worker failed.
+    #[error("worker failed: {0}")]
+    Worker(String),
+    /// InfluxDB says it cannot be written to: the replay stopped.
+    #[error(transparent)]
+    Influx(#[from] crate::io::connect::influx::write::InfluxSinkFailure),
+}
+
+/// Runs a replay; returns the summary on process 0, `None` on the others.
+pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSummary>, ReplayError> {
+    let started = Instant::now();
+    let timely_config = cluster.to_timely()?;
+    if cluster.processes > 1 {
+        crate::io::support::cluster::end_on_lost_peer();
+    }
+    let io_error = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| ReplayError::Io { path, source }
+    };
+    // Fail before starting workers if the input is unreadable.
+    let chunks = ChunkedFile::open(&job.events, job.chunk_bytes)
+        .map_err(io_error(&job.events))?
+        .chunk_count();
+    tracing::info!(
+        events = %job.events.display(),
+        chunks,
+        workers = cluster.workers,
+        processes = cluster.processes,
+        process = cluster.process,
+        "replay starting"
+    );
+    let files = if cluster.is_leader() {
+        Some(
+            ReplayFiles::create(
+                &job.out,
+                job.schemas.catalog().clone(),
+                job.pipeline.anomaly.emit_all_scores,
+            )
+            .map_err(io_error(&job.out))?,
+        )
+    } else {
+        None
+    };
+    let files = Arc::new(Mutex::new(files));
+    let history = Arc::new(RegistryHistory::new(&job.registry));
+    let worker_files = Arc::clone(&files);
+    let job_influx = job.influx.clone();
+    let guards = timely::execute(timely_config, move |worker| {
+        let leader_files = if worker.index() == 0 {
+            worker_files.lock().expect("not poisoned").take()
+        } else {
+            None
+        };
+        run_worker(worker, &job, &history, leader_files)
+    })
+    .map_err(ReplayError::Timely)?;
+    let results = guards.join();
+    if let Some(failure) = job_influx.as_ref().and_then(InfluxPool::failure) {
+        return Err(ReplayError::Influx(failure));
+    }
+    let mut summary = None;
+    for result in results {
+        match result {
+            Ok(Some(Ok(s))) => summary = Some(s),
+            Ok(Some(Err((path, source)))) => return Err(ReplayError::Io { path, source }),
+            Ok(None) => {}
+            Err(e) => return Err(ReplayError::Worker(e)),
+        }
+    }
+    Ok(summary.map(|mut s| {
+        s.elapsed_s = started.elapsed().as_secs_f64();
+        tracing::info!(
+            messages = s.ingest.messages,
+            windows = s.windows,
+            dead_letters = s.dead_letter_total(),
+            elapsed_s = s.elapsed_s,
+            "replay finished"
+        );
+        s
+    }))
+}
+
+type WorkerResult = Option<Result<RunSummary, (PathBuf, std::io::Error)>>;
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    job: &ReplayJob,
+    history: &Arc<RegistryHistory>,
+    files: Option<ReplayFiles>,
+) -> WorkerResult {
+    let index = worker.index();
+    let peers = worker.peers();
+    let files = files.map(|f| Rc::new(RefCell::new(f)));
+
+    // The ledger: chunk k's prefix (the partition clock through chunk k), seen by all.
+    let prefixes: Rc<RefCell<HashMap<u64, PartitionClock>>> = Rc::default();
+    let mut ledger: VecInput<u64, (u64, PartitionClock)> = InputHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let seen = Rc::clone(&prefixes);
+        scope
+            .input_from(&mut ledger)
+            .broadcast()
+            .inspect(move |(k, prefix)| {
+                seen.borrow_mut().insert(*k, *prefix);
+            });
+    });
+
+    let mut sources = PipelineSources::new();
+    let influx_full = HeldBack::default();
+    worker.dataflow::<TimeMs, _, _>(|scope| {
+        let (outputs, counts) = sources.build(scope, &job.pipeline);
+        let mut dead_letters = outputs.dead_letters.clone();
+        if let Some(pool) = &job.influx {
+            let written = write_outputs(&outputs, pool, 0, &influx_full, job.schemas.catalog());
+            dead_letters = dead_letters.concat(written.rejected);
+        }
+        outputs.aggregates.deliver_in_order(
+            "WriteAggregates",
+            to_shared(&files, ReplayFiles::aggregates),
+        );
+        outputs.site_rollups.deliver_in_order(
+            "WriteSiteRollups",
+            to_shared(&files, ReplayFiles::site_rollups),
+        );
+        dead_letters.deliver_in_order(
+            "WriteDeadLetters",
+            to_shared(&files, ReplayFiles::dead_letters),
+        );
+        outputs
+            .late
+            .deliver_in_order("WriteLate", to_shared(&files, ReplayFiles::late));
+        outputs
+            .anomalies
+            .deliver_in_order("WriteAnomalies", to_shared(&files, ReplayFiles::anomalies));
+        let alert_files = files.clone();
+        let notifier = job.notifier.clone();
+        let catalog = job.schemas.catalog().clone();
+        outputs
+            .alerts
+            .deliver_in_order("WriteAlerts", move |_, events| {
+                if let Some(notifier) = &notifier {
+                    let mut notifications = Notification::for_events(&events, &catalog);
+                    // In the order of alerts.jsonl: by time, then line.
+                    notifications.sort_by(|a, b| a.json.cmp(&b.json));
+                    notifier.send(&notifications);
+                }
+                if let Some(files) = &alert_files {
+                    files.borrow_mut().alerts(events);
+                }
+            });
+        counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
+    });
+    // The registry is known up front: worker 0 loads it whole, every worker closes its input.
+    let changes: &[RegistryChange] = if index == 0 { &job.registry } else { &[] };
+    sources.load_registry_and_close(changes);
+
+    let result = feed_chunks(
+        worker,
+        job,
+        history,
+        &mut sources.source,
+        &mut ledger,
+        &prefixes,
+        (index, peers),
+        &influx_full,
+    );
+    drop(sources);
+    drop(ledger);
+    let influx_failed = || job.influx.as_ref().and_then(InfluxPool::failure).is_some();
+    while worker.has_dataflows() {
+        if influx_failed() {
+            // The InfluxDB sinks hold what they could not write: nothing more can complete.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            break;
+        }
+        // With InfluxDB, wake now and then to see whether it gave up.
+        let park = job.influx.as_ref().map(|_| Duration::from_millis(50));
+        worker.step_or_park(park);
+    }
+    if let Err(e) = result {
+        return Some(Err((job.events.clone(), e)));
+    }
+    files.map(|f| {
+        Rc::try_unwrap(f)
+            .ok()
+            .expect("the dataflow has finished with the files")
+            .into_inner()
+            .finish()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn feed_chunks(
+    worker: &mut timely::worker::Worker,
+    job: &ReplayJob,
+    history: &Arc<RegistryHistory>,
+    source: &mut SourceInputs,
+    ledger: &mut VecInput<u64, (u64, PartitionClock)>,
+    prefixes: &Rc<RefCell<HashMap<u64, PartitionClock>>>,
+    (index, peers): (usize, usize),
+    influx_full: &HeldBack,
+) -> std::io::Result<()> {
+    type DecodedChunk = (Chunk, Vec<Result<Decoded, DeadLetter>>);
+    let mut file = ChunkedFile::open(&job.events, job.chunk_bytes)?;
+    let chunk_count = file.chunk_count();
+    let event_time = job.pipeline.event_time;
+    let max_message_bytes = job.pipeline.ingest.max_message_bytes;
+    let mut ingestor = Ingestor::new(job.schemas.clone(), Arc::clone(history), event_time)
+        .with_max_message_bytes(max_message_bytes);
+    let mut decoder = job
+        .schemas
+        .decoder()
+        .with_max_message_bytes(max_message_bytes);
+    // Two chunks are alive at a time (one scanned, one decoded ahead); their buffers are reused.
+    let mut read_and_decode =
+        |k: u64, (mut chunk, mut decoded): DecodedChunk| -> std::io::Result<DecodedChunk> {
+            file.read_into(k, &mut chunk)?;
+            decoded.clear();
+            decoded.extend((0..chunk.lines.len()).map(|i| decoder.decode(chunk.line(i))));
+            Ok((chunk, decoded))
+        };
+    let mut k = index as u64;
+    let mut spare = DecodedChunk::default();
+    let mut current = if k < chunk_count {
+        Some(read_and_decode(k, DecodedChunk::default())?)
+    } else {
+        None
+    };
+    while let Some((chunk, mut decoded)) = current.take() {
+        // Decode our next chunk before waiting, so the wait overlaps work.
+        let next_k = k + peers as u64;
+        let next = if next_k < chunk_count {
+            Some(read_and_decode(next_k, std::mem::take(&mut spare))?)
+        } else {
+            None
+        };
+        let prefix = if k == 0 {
+            PartitionClock::default()
+        } else {
+            loop {
+                if let Some(prefix) = prefixes.borrow().get(&(k - 1)) {
+                    break *prefix;
+                }
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        };
+        ingestor.set_watermarker(Watermarker::resume(event_time, prefix));
+        let mut batch = ingestor.start_batch();
+        for (i, result) in decoded.drain(..).enumerate() {
+            ingestor.admit(chunk.line(i), result, Provenance::default(), &mut batch);
+        }
+        // A file has no arrival times; a hold still open here (fewer devices than the quorum
+        // so far) is judged at the chunk's end, the same for any number of workers.
+        ingestor.release_held(&mut batch);
+        let prefix_after = ingestor.watermarker().clock();
+        tracing::debug!(
+            chunk = k,
+            messages = batch.counts.messages,
+            dead_letters = batch.dead_letters.len(),
+            watermark_ms = batch.time_ms,
+            "chunk admitted"
+        );
+        ledger.send((k, prefix_after));
+        ledger.advance_to(next_k);
+        ledger.flush();
+        source.send(&mut batch);
+        source.advance_to(watermark_after(event_time, &prefix_after));
+        source.flush();
+        prefixes.borrow_mut().retain(|&j, _| j + 1 >= k);
+        worker.step();
+        // InfluxDB is behind: wait for it rather than queue the file in memory; stop if it
+        // says it cannot be written to.
+        while influx_full.is_held() {
+            if job.influx.as_ref().and_then(InfluxPool::failure).is_some() {
+                return Ok(());
+            }
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        spare = (chunk, decoded);
+        k = next_k;
+        current = next;
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Reading back from InfluxDB with InfluxQL (`GET /query`, which 1.x serves and 2.x and 3.x
+//! keep for compatibility), for the dashboard: it shows what dashboards see.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+
+use crate::io::connect::http::HttpConnection;
+use crate::io::connect::influx::write::InfluxApi;
+
+/// Runs InfluxQL queries against one database.
+#[derive(Clone, Debug)]
+pub struct InfluxReader {
+    authority: String,
+    database: String,
+    authorization: Option<String>,
+    timeout: Duration,
+}
+
+impl InfluxReader {
+    /// A reader of the database `api` writes to, at `url` (`http://HOST:PORT`).
+    pub fn new(url: &str, api: &InfluxApi, timeout: Duration) -> Self {
+        let database = match api {
+            InfluxApi::V1 { database, .. } => database.clone(),
+            InfluxApi::V2 { bucket, .. } => bucket.clone(),
+        };
+        Self {
+            authority: url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned(),
+            database,
+            authorization: api.authorization(),
+            timeout,
+        }
+    }
+
+    /// The rows of the first series `q` answers, as `(column names, rows)`; times are epoch
+    /// ms. No series is an empty answer, not an error.
+    pub async fn query(&self, q: &str) -> Result<(Vec<String>, Vec<Vec<Value>>), String> {
+        let path = format!(
+            "/query?db={}&epoch=ms&q={}",
+            utf8_percent_encode(&self.database, NON_ALPHANUMERIC),
+            utf8_percent_encode(q, NON_ALPHANUMERIC)
+        );
+        let mut request = Request::get(path).header(hyper::header::HOST, &self.authority);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let mut http = HttpConnection::new(self.authority.clone());
+        let (status, body) = http
+            .send(request, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "influxdb answered HTTP {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        let answer: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("influxdb's answer: {e}"))?;
+        let result = &answer["results"][0];
+        if let Some(error) = result["error"].as_str() {
+            return Err(format!("influxdb: {error}"));
+        }
+        let series = &result["series"][0];
+        let columns = series["columns"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rows = series["values"]
+            .as_array()
+            .map(|rows| rows.iter().filter_map(|r| r.as_array().cloned()).collect())
+            .unwrap_or_default();
+        Ok((columns, rows))
+    }
+}
+
+/// `text` as an InfluxQL string literal (single quotes; backslash and quote escaped).
+pub fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_cannot_close_their_quotes() {
+        assert_eq!(string_literal("dev-1"), "'dev-1'");
+        assert_eq!(string_literal("a' OR 'b"), "'a\\' OR \\'b'");
+        assert_eq!(string_literal("a\\"), "'a\\\\'");
+    }
+}

@@ -1,0 +1,313 @@
+//! The built-in dashboard: one page (shipped in the binary, no CDN) and the JSON it reads.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | the page |
+//! | `/api/overview` | messages/s, devices reporting, dead letters, late readings, windows |
+//! | `/api/health` | throughput, watermark lag, end-to-end latency, InfluxDB points and retries |
+//! | `/api/sites` | sites with their devices and metrics |
+//! | `/api/devices?site=S` | a site's devices and their metrics |
+//! | `/api/series?device=D&metric=M` or `?site=S&metric=M` | recent 1-minute windows |
+//! | `/api/alerts` | open alerts, most severe first |
+//!
+//! With an InfluxDB, series are read back from it with InfluxQL, so the page shows what other
+//! dashboards see; without one, from the pipeline's own recent windows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+
+use crate::dataflow::model::MetricId;
+use crate::dataflow::schema::MetricCatalog;
+use crate::io::connect::influx::query::{InfluxReader, string_literal};
+use crate::io::serve::http::{Handler, response};
+use crate::io::sinks::influx::pool::InfluxPool;
+use crate::io::sinks::live_view::{LiveStats, RECENT_WINDOWS, WindowPoint};
+use crate::io::support::metrics::Metrics;
+
+const PAGE: &str = include_str!("page.html");
+
+/// What the dashboard shows, shared with the pipeline that fills it.
+pub struct Dashboard {
+    /// Outputs as they close (process 0's worker 0 fills it).
+    pub stats: Arc<Mutex<LiveStats>>,
+    /// The process's metrics: latency, InfluxDB counts, watermark lag.
+    pub metrics: Arc<Metrics>,
+    /// Metric names.
+    pub catalog: Arc<MetricCatalog>,
+    /// Where series are read from, if an InfluxDB holds them.
+    pub influx: Option<InfluxReader>,
+    /// Window length, ms (for the span of a chart).
+    pub window_ms: u64,
+}
+
+impl Dashboard {
+    /// A dashboard over `stats` and `metrics`, whose charts read from the InfluxDB `influx`
+    /// writes to, if any.
+    pub fn new(
+        stats: Arc<Mutex<LiveStats>>,
+        metrics: Arc<Metrics>,
+        catalog: Arc<MetricCatalog>,
+        influx: Option<&InfluxPool>,
+        window_ms: u64,
+    ) -> Self {
+        Self {
+            stats,
+            metrics,
+            catalog,
+            influx: influx
+                .map(|pool| InfluxReader::new(&pool.config.url, &pool.api, pool.config.timeout())),
+            window_ms,
+        }
+    }
+
+    /// Serves the dashboard at `listen` from a thread of its own; returns the address.
+    pub fn serve(self, listen: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+        let local = crate::io::serve::http::serve("dashboard", listen, Arc::new(self))?;
+        tracing::info!(%local, "dashboard");
+        Ok(local)
+    }
+}
+
+fn json_response(status: u16, value: &Value) -> Response<Full<Bytes>> {
+    response(status, "application/json", value.to_string())
+}
+
+/// The decoded `key=value` pairs of a query string.
+fn parameters(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+impl Dashboard {
+    fn stats(&self) -> std::sync::MutexGuard<'_, LiveStats> {
+        self.stats.lock().expect("not poisoned")
+    }
+
+    fn metric(&self, name: &str) -> Option<MetricId> {
+        (0..self.catalog.len())
+            .map(|i| MetricId(i as u16))
+            .find(|m| self.catalog.name(*m) == name)
+    }
+
+    fn overview(&self) -> Value {
+        let stats = self.stats();
+        let totals = &stats.totals;
+        let by_reason: serde_json::Map<String, Value> = totals
+            .dead_letters
+            .iter()
+            .map(|(reason, n)| (reason.code().to_owned(), json!(n)))
+            .collect();
+        let (latest_window_ms, devices_reporting) = match stats.latest_window() {
+            Some((window, devices)) => (json!(window), json!(devices)),
+            None => (Value::Null, json!(0)),
+        };
+        json!({
+            "messages_per_s": stats.messages_per_s(),
+            "messages": totals.ingest.messages,
+            "readings": totals.ingest.readings,
+            "devices_reporting": devices_reporting,
+            "latest_window_ms": latest_window_ms,
+            "dead_letters": totals.dead_letter_total(),
+            "dead_letters_by_reason": by_reason,
+            "late_readings": totals.late,
+            "windows": totals.windows,
+            "anomalies": totals.anomaly_total(),
+            "open_alerts": stats.open_alerts().len(),
+            "series_source": if self.influx.is_some() { "influxdb" } else { "iotpipe" },
+        })
+    }
+
+    fn health(&self) -> Value {
+        let m = &self.metrics;
+        let latency = &m.influx_latency;
+        let latency = (latency.count() > 0).then(|| {
+            json!({
+                "messages": latency.count(),
+                "p50_s": latency.quantile_bound_s(0.5),
+                "p99_s": latency.quantile_bound_s(0.99),
+                "mean_s": latency.mean_s(),
+            })
+        });
+        json!({
+            "messages_per_s": self.stats().messages_per_s(),
+            "watermark_lag_s": m.watermark_lag_ms.get() as f64 / 1000.0,
+            "influx": self.influx.as_ref().map(|_| json!({
+                "points": m.influx_points.get(),
+                "retries": m.influx_retries.get(),
+            })),
+            "latency": latency,
+        })
+    }
+
+    fn sites(&self) -> Value {
+        let stats = self.stats();
+        let sites: Vec<Value> = stats
+            .site_devices()
+            .iter()
+            .map(|(site, devices)| {
+                let metrics: Vec<&str> = stats
+                    .site_metrics(site)
+                    .into_iter()
+                    .map(|m| self.catalog.name(m))
+                    .collect();
+                json!({"site": site, "devices": devices.len(), "metrics": metrics})
+            })
+            .collect();
+        Value::Array(sites)
+    }
+
+    fn devices(&self, site: &str) -> Value {
+        let stats = self.stats();
+        let devices: Vec<Value> = stats
+            .site_devices()
+            .get(site)
+            .into_iter()
+            .flatten()
+            .map(|(device, metrics)| {
+                let names: Vec<&str> = (0..self.catalog.len().min(64))
+                    .filter(|m| metrics & (1 << m) != 0)
+                    .map(|m| self.catalog.name(MetricId(m as u16)))
+                    .collect();
+                json!({"device_id": device.as_str(), "metrics": names})
+            })
+            .collect();
+        Value::Array(devices)
+    }
+
+    fn alerts(&self) -> Value {
+        let stats = self.stats();
+        let alerts: Vec<Value> = stats
+            .open_alerts()
+            .into_iter()
+            .map(|a| {
+                json!({
+                    "alert_id": a.alert_id,
+                    "event": a.event.code(),
+                    "severity": a.severity.code(),
+                    "rule": a.rule,
+                    "cause": a.cause.code(),
+                    "site": a.site,
+                    "device_id": a.device_id.as_deref(),
+                    "metric": a.metric.map(|m| self.catalog.name(m)),
+                    "ts_ms": a.ts_ms,
+                    "score": a.score,
+                    "value": a.value,
+                })
+            })
+            .collect();
+        Value::Array(alerts)
+    }
+
+    /// Recent windows of a device or a site, from InfluxDB when it holds them.
+    async fn series(&self, query: &HashMap<String, String>) -> Result<Value, (u16, String)> {
+        let name = query
+            .get("metric")
+            .ok_or((400, "give metric=".to_owned()))?;
+        let metric = self
+            .metric(name)
+            .ok_or((404, format!("no metric {name:?}")))?;
+        let device = query.get("device");
+        let site = query.get("site");
+        let (subject_tag, subject, measurement) = match (device, site) {
+            (Some(d), _) => ("device_id", d, "iotpipe_aggregate"),
+            (None, Some(s)) => ("site", s, "iotpipe_site_rollup"),
+            (None, None) => return Err((400, "give device= or site=".to_owned())),
+        };
+        let Some(reader) = &self.influx else {
+            let stats = self.stats();
+            let points = match device {
+                Some(d) => stats.device_windows(d, metric).unwrap_or_default(),
+                None => stats.site_windows(subject, metric),
+            };
+            return Ok(json!({"source": "iotpipe", "points": points}));
+        };
+        let Some(latest) = self.stats().latest_window().map(|(w, _)| w) else {
+            return Ok(json!({"source": "influxdb", "points": []}));
+        };
+        // Always bounded by time: an unbounded query can scan the whole database.
+        let from = latest.saturating_sub(RECENT_WINDOWS as u64 * self.window_ms);
+        let fields = if device.is_some() {
+            "\"count\", \"min\", \"max\", \"mean\""
+        } else {
+            "\"count\", \"mean\""
+        };
+        let q = format!(
+            "SELECT {fields} FROM \"{measurement}\" WHERE \"{subject_tag}\" = {} AND \
+             \"metric\" = {} AND time >= {from}ms AND time <= {latest}ms",
+            string_literal(subject),
+            string_literal(name),
+        );
+        let (columns, rows) = reader.query(&q).await.map_err(|e| (502, e))?;
+        let column = |row: &[Value], name: &str| {
+            columns
+                .iter()
+                .position(|c| c == name)
+                .and_then(|i| row.get(i))
+                .and_then(Value::as_f64)
+        };
+        let points: Vec<WindowPoint> = rows
+            .iter()
+            .filter_map(|row| {
+                Some(WindowPoint {
+                    t: column(row, "time")? as u64,
+                    count: column(row, "count")? as u64,
+                    min: column(row, "min"),
+                    max: column(row, "max"),
+                    mean: column(row, "mean")?,
+                })
+            })
+            .collect();
+        Ok(json!({"source": "influxdb", "points": points}))
+    }
+}
+
+impl Handler for Dashboard {
+    async fn get(&self, path: &str, query: &str) -> Response<Full<Bytes>> {
+        let query = parameters(query);
+        match path {
+            "/" | "/index.html" => response(200, "text/html; charset=utf-8", PAGE),
+            "/api/overview" => json_response(200, &self.overview()),
+            "/api/health" => json_response(200, &self.health()),
+            "/api/sites" => json_response(200, &self.sites()),
+            "/api/devices" => match query.get("site") {
+                Some(site) => json_response(200, &self.devices(site)),
+                None => json_response(400, &json!({"error": "give site="})),
+            },
+            "/api/alerts" => json_response(200, &self.alerts()),
+            "/api/series" => match self.series(&query).await {
+                Ok(series) => json_response(200, &series),
+                Err((status, error)) => json_response(status, &json!({"error": error})),
+            },
+            _ => json_response(404, &json!({"error": format!("no page {path}")})),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        let p = parameters("site=site%200001&metric=temperature&x");
+        assert_eq!(p["site"], "site 0001");
+        assert_eq!(p["metric"], "temperature");
+        assert_eq!(p.len(), 2);
+    }
+}

@@ -1,0 +1,326 @@
+//! One process's InfluxDB writers: a bounded queue of batches, `max_in_flight` requests at a
+//! time, and each batch's outcome sent back to the sink that made it.
+//!
+//! A refused batch (400, 413, 422) is halved and each half written again until every refused
+//! record stands alone: good points land (writing a point twice leaves one point), and only the
+//! records InfluxDB refuses on their own become dead letters, with its reason.
+//!
+//! Readings have a lane of their own, served first: the burst of windows, scores and rollups
+//! that a window close emits at once does not queue ahead of the readings that dashboards wait
+//! for. Every writer takes a readings batch when one waits, the others' batches otherwise.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use timely::scheduling::SyncActivator;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::dataflow::model::{DeadLetter, DeadLetterReason, TimeMs};
+use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
+use crate::io::connect::influx::write::{
+    InfluxApi, InfluxSinkFailure, InfluxWriter, Rejected, WriteError,
+};
+use crate::io::support::metrics::Metrics;
+
+/// Records' line protocol, on their way to InfluxDB together.
+pub struct InfluxBatch {
+    /// The line protocol of every record, one or more points each.
+    pub lines: Vec<u8>,
+    /// Where each record's points end in `lines`.
+    pub ends: Vec<usize>,
+    /// Each record's timely time.
+    pub times: Vec<TimeMs>,
+    /// Where the outcome goes.
+    pub reply: BatchReply,
+}
+
+impl InfluxBatch {
+    /// An empty batch answering to `reply`, filling `lines` (empty, perhaps a used buffer).
+    pub fn new(reply: BatchReply, lines: Vec<u8>) -> Self {
+        Self {
+            lines,
+            ends: Vec::new(),
+            times: Vec::new(),
+            reply,
+        }
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The line protocol of records `from..to`.
+    fn records(&self, from: usize, to: usize) -> &[u8] {
+        let start = if from == 0 { 0 } else { self.ends[from - 1] };
+        &self.lines[start..self.ends[to - 1]]
+    }
+}
+
+/// The channel back to a sink, and the handle that wakes it.
+#[derive(Clone)]
+pub struct BatchReply {
+    /// Outcomes of the sink's batches.
+    pub outcomes: Sender<BatchOutcome>,
+    /// Schedules the sink's operator.
+    pub activator: SyncActivator,
+}
+
+/// What became of a batch: it is written, but for the records in `rejected`.
+pub struct BatchOutcome {
+    /// The times of the batch's records, one entry per record.
+    pub times: Vec<TimeMs>,
+    /// The batch's line buffer, emptied, for the sink to fill again: the worker that made it
+    /// reuses it instead of the writer thread freeing it.
+    pub spare_lines: Vec<u8>,
+    /// The records InfluxDB refused on their own, as dead letters, at their times.
+    pub rejected: Vec<(TimeMs, DeadLetter)>,
+}
+
+/// Which queue a sink's batches take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Readings: written first.
+    Readings,
+    /// Everything derived from them (windows, rollups, scores, alert events).
+    Derived,
+}
+
+type Queue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<InfluxBatch>>>;
+
+/// A process's InfluxDB writers; clones share them.
+#[derive(Clone)]
+pub struct InfluxPool {
+    readings: tokio::sync::mpsc::Sender<InfluxBatch>,
+    derived: tokio::sync::mpsc::Sender<InfluxBatch>,
+    /// Batch size and linger, for the sinks.
+    pub config: Arc<InfluxConfig>,
+    /// The API resolved at start, for readers of the same database.
+    pub api: InfluxApi,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set once InfluxDB says writing cannot work; the writers then stop, their batches
+    /// unacknowledged, and the command stops with it.
+    failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
+}
+
+impl InfluxPool {
+    /// Resolves the API (asking `/ping` for `auto`), creates the 1.x database if missing, and
+    /// starts the writers on a thread of their own.
+    pub fn start(config: &InfluxConfig, metrics: Arc<Metrics>) -> Result<Self, InfluxConfigError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| InfluxConfigError {
+                field: "url",
+                message: format!("cannot start the writer runtime: {e}"),
+            })?;
+        let api = runtime.block_on(config.resolve())?;
+        let mut writers = (0..config.max_in_flight)
+            .map(|_| {
+                let writer =
+                    InfluxWriter::new(&config.url, &api, config.timeout(), config.backoff)?;
+                Ok(if config.gzip {
+                    writer
+                } else {
+                    writer.without_gzip()
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|message| InfluxConfigError {
+                field: "url",
+                message,
+            })?;
+        runtime.block_on(writers[0].ensure_database());
+        let (readings, readings_queue) = tokio::sync::mpsc::channel(config.queue_batches);
+        let (derived, derived_queue) = tokio::sync::mpsc::channel(config.queue_batches);
+        let queues: (Queue, Queue) = (
+            Arc::new(tokio::sync::Mutex::new(readings_queue)),
+            Arc::new(tokio::sync::Mutex::new(derived_queue)),
+        );
+        let failure: Arc<Mutex<Option<InfluxSinkFailure>>> = Arc::default();
+        let failed = Arc::clone(&failure);
+        let thread = std::thread::Builder::new()
+            .name("influx-writer".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = writers
+                        .into_iter()
+                        .map(|writer| {
+                            tokio::spawn(write_batches(
+                                writer,
+                                (Arc::clone(&queues.0), Arc::clone(&queues.1)),
+                                Arc::clone(&metrics),
+                                Arc::clone(&failed),
+                            ))
+                        })
+                        .collect();
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                })
+            })
+            .map_err(|e| InfluxConfigError {
+                field: "url",
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::info!(url = %config.url, ?api, "writing to influxdb");
+        Ok(Self {
+            readings,
+            derived,
+            config: Arc::new(config.clone()),
+            api,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            failure,
+        })
+    }
+
+    /// Why InfluxDB cannot be written to, once it has said so (see [`crate::io::support::failure`]).
+    pub fn failure(&self) -> Option<InfluxSinkFailure> {
+        self.failure.lock().expect("not poisoned").clone()
+    }
+
+    /// Moves batches from the front of `waiting` into `lane`'s queue until it is full (the
+    /// caller then holds the dataflow back and tries again).
+    pub fn send_waiting(&self, lane: Lane, waiting: &mut VecDeque<InfluxBatch>) {
+        let queue = match lane {
+            Lane::Readings => &self.readings,
+            Lane::Derived => &self.derived,
+        };
+        while !waiting.is_empty() {
+            match queue.try_reserve() {
+                Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                Err(TrySendError::Full(())) => return,
+                // The writers stopped on a sink failure: the batches stay unwritten (their
+                // capabilities held) until the command, seeing `failure`, stops.
+                Err(TrySendError::Closed(())) => return,
+            }
+        }
+    }
+
+    /// Waits for the writers to finish what is queued; the sinks' clones must be gone.
+    pub fn finish(self) {
+        let thread = self.thread.lock().expect("not poisoned").take();
+        drop(self.readings);
+        drop(self.derived);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn write_batches(
+    mut writer: InfluxWriter,
+    (readings, derived): (Queue, Queue),
+    metrics: Arc<Metrics>,
+    failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
+) {
+    loop {
+        // Readings first; a lane that is closed and empty drops out.
+        let next = tokio::select! {
+            biased;
+            Some(batch) = async { readings.lock().await.recv().await } => Some(batch),
+            Some(batch) = async { derived.lock().await.recv().await } => Some(batch),
+            else => None,
+        };
+        let Some(batch) = next else {
+            return;
+        };
+        let retries_before = writer.retries();
+        let started = std::time::Instant::now();
+        let rejected = match write_halving(&mut writer, &batch).await {
+            Ok(rejected) => rejected,
+            Err(sink) => {
+                tracing::error!(error = %sink, "influxdb cannot be written to; stopping");
+                metrics
+                    .sink_failures("influx", crate::io::support::failure::FailureClass::Sink)
+                    .inc();
+                failure.lock().expect("not poisoned").get_or_insert(sink);
+                return;
+            }
+        };
+        metrics.influx_request.observe(started.elapsed());
+        metrics
+            .influx_retries
+            .add(writer.retries() - retries_before);
+        let points = batch.lines.iter().filter(|b| **b == b'\n').count();
+        let refused: usize = rejected
+            .iter()
+            .map(|(i, _)| {
+                batch
+                    .records(*i, *i + 1)
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+            })
+            .sum();
+        metrics.influx_points.add((points - refused) as u64);
+        if !rejected.is_empty() {
+            metrics
+                .sink_failures("influx", crate::io::support::failure::FailureClass::Record)
+                .add(rejected.len() as u64);
+        }
+        let rejected = rejected
+            .into_iter()
+            .map(|(i, refusal)| {
+                let raw = batch.records(i, i + 1).trim_ascii_end();
+                tracing::warn!(status = refusal.status, reason = %refusal.message, "influxdb refused a point");
+                let dead = DeadLetter::new(
+                    DeadLetterReason::StoreRejected,
+                    format!("influxdb: HTTP {}: {}", refusal.status, refusal.message),
+                    raw,
+                );
+                (batch.times[i], dead)
+            })
+            .collect();
+        let InfluxBatch {
+            times,
+            reply,
+            mut lines,
+            ..
+        } = batch;
+        lines.clear();
+        let outcome = BatchOutcome {
+            times,
+            spare_lines: lines,
+            rejected,
+        };
+        // A sink that is gone (its dataflow dropped on shutdown) needs no answer.
+        if reply.outcomes.send(outcome).is_ok() {
+            let _ = reply.activator.activate();
+        }
+    }
+}
+
+/// Writes the batch; on a refusal, each half again, down to single records. Returns the
+/// records refused on their own, or the sink's failure.
+async fn write_halving(
+    writer: &mut InfluxWriter,
+    batch: &InfluxBatch,
+) -> Result<Vec<(usize, Rejected)>, InfluxSinkFailure> {
+    let mut refused = Vec::new();
+    let mut ranges = vec![(0, batch.len())];
+    while let Some((from, to)) = ranges.pop() {
+        if from == to {
+            continue;
+        }
+        match writer.write(batch.records(from, to)).await {
+            Ok(()) => {}
+            Err(WriteError::Sink(failure)) => return Err(failure),
+            Err(WriteError::Rejected(refusal)) if to - from == 1 => refused.push((from, refusal)),
+            Err(WriteError::Rejected(_)) => {
+                let middle = from + (to - from) / 2;
+                ranges.push((middle, to));
+                ranges.push((from, middle));
+            }
+        }
+    }
+    Ok(refused)
+}

@@ -1,0 +1,204 @@
+//! Webhook: an HTTP POST of each alert event's JSON, signed with HMAC-SHA256.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::Request;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::{Backoff, Channel, Failure, Notification};
+use crate::dataflow::alert::Severity;
+use crate::dataflow::model::bounded;
+use crate::io::connect::http::HttpConnection;
+
+/// A webhook receiver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The channel's name (ledger file name, logs).
+    pub name: String,
+    /// `http://host:port/path` (put TLS in front with a proxy).
+    pub url: String,
+    /// Name of the environment variable holding the signing secret (secrets stay out of
+    /// config files and logs). Without one, requests are not signed.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// At most this many requests per second.
+    #[serde(default = "default_rate")]
+    pub max_per_second: f64,
+    /// Events below this severity are not sent.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Waits between retries.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_rate() -> f64 {
+    20.0
+}
+
+/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`: the `X-Iotpipe-Signature`
+/// header, which receivers recompute to check the sender.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The webhook channel.
+pub struct WebhookChannel {
+    config: WebhookConfig,
+    http: HttpConnection,
+    path: String,
+    secret: Option<Vec<u8>>,
+    next_send: tokio::time::Instant,
+}
+
+impl WebhookChannel {
+    /// Checks the configuration: an `http` URL, a secret variable that is set.
+    pub fn new(config: WebhookConfig) -> Result<Self, String> {
+        let field = |f: &str| format!("webhook `{}`: {f}", config.name);
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(|e| field(&format!("url: {e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(field(
+                "url must be http://host:port/path (terminate TLS in a proxy)",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| field("url has no host"))?
+            .to_string();
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        let secret = match &config.secret_env {
+            None => None,
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| field(&format!("secret_env: ${var} is not set")))?
+                    .into_bytes(),
+            ),
+        };
+        if !(config.max_per_second.is_finite() && config.max_per_second > 0.0) {
+            return Err(field("max_per_second must be a finite number above 0"));
+        }
+        Ok(Self {
+            http: HttpConnection::new(authority),
+            path,
+            secret,
+            next_send: tokio::time::Instant::now(),
+            config,
+        })
+    }
+}
+
+impl Channel for WebhookChannel {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn min_severity(&self) -> Severity {
+        self.config.min_severity
+    }
+
+    async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
+        // The rate limit: one request per 1/max_per_second, retries included.
+        tokio::time::sleep_until(self.next_send).await;
+        self.next_send =
+            tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / self.config.max_per_second);
+        let mut request = Request::post(&self.path)
+            .header(hyper::header::HOST, self.http.authority())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("x-iotpipe-event-id", &n.id);
+        if let Some(secret) = &self.secret {
+            request = request.header("x-iotpipe-signature", signature(secret, n.json.as_bytes()));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(n.json.clone())))
+            .map_err(|e| Failure::record(format!("request: {e}")))?;
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let (status, body) = self
+            .http
+            .send(request, timeout)
+            .await
+            .map_err(|e| Failure {
+                class: e.class(),
+                field: "url",
+                reason: e.to_string(),
+            })?;
+        if status.is_success() {
+            return Ok(());
+        }
+        let status = status.as_u16();
+        let field = match status {
+            // A receiver that checks signatures answers so to a wrong secret.
+            401 | 403 => "secret_env (the receiver refused the request's signature or sender)",
+            _ => "url",
+        };
+        let mut failure = Failure::of_http_status(status, field);
+        let answer = String::from_utf8_lossy(&body).trim().to_owned();
+        if !answer.is_empty() {
+            // The receiver's reason, bounded: it ends up in logs and the rejected file.
+            failure.reason = format!(
+                "{}: {}",
+                failure.reason,
+                bounded(answer, ANSWER_SHOWN_BYTES)
+            );
+        }
+        Err(failure)
+    }
+}
+
+/// How much of a receiver's answer a failure carries.
+const ANSWER_SHOWN_BYTES: usize = 512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_missing_secrets_are_named() {
+        let config = WebhookConfig {
+            name: "ops".into(),
+            url: "https://example.org/hook".into(),
+            secret_env: None,
+            timeout_ms: 1000,
+            max_per_second: 1.0,
+            min_severity: Severity::Warning,
+            backoff: Backoff::default(),
+        };
+        let err = WebhookChannel::new(config.clone()).err().unwrap();
+        assert!(err.contains("webhook `ops`: url"), "{err}");
+        let err = WebhookChannel::new(WebhookConfig {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret_env: Some("IOTPIPE_TEST_SECRET_THAT_IS_NOT_SET".into()),
+            ..config
+        })
+        .err()
+        .unwrap();
+        assert!(err.contains("secret_env"), "{err}");
+    }
+}

@@ -1,0 +1,570 @@
+//! The telemetry topic as the dataflow's source: partitions spread over workers, one watermark
+//! per partition, idle partitions set aside.
+//!
+//! Partition `p` is read by global worker `p % workers`, so the assignment follows the shape of
+//! the cluster and a restart with another shape spreads the partitions again; each partition
+//! resumes where its last commit says (see [`super::checkpoint`]).
+//!
+//! Watermarks follow SPEC.md per partition: each partition has its own [`Ingestor`], which
+//! stamps every message with the partition's watermark. A worker's input time is the least
+//! watermark of its partitions, and timely's frontier, the least over all workers, is the
+//! dataflow's watermark.
+//!
+//! Idle partitions. A partition is *idle* once it has been read to its end and nothing new has
+//! come for `idle_timeout_ms`; it then stops holding the frontier back:
+//! - a worker's input time is the least watermark of its *active* partitions;
+//! - a worker whose partitions are all idle follows the largest watermark of any partition in
+//!   the cluster, which the workers tell each other ([`IdleFloor`]);
+//! - when every partition in the cluster is idle, that watermark advances with the wall clock
+//!   (`idle_advance_ms_per_s`), so the last windows of a stream that stopped still close;
+//! - a partition that speaks again resumes at the input time if its own watermark fell behind
+//!   it: its messages are stamped no earlier than what the dataflow has already passed, so
+//!   readings for closed windows are late, never lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::PipelineConfig;
+use crate::dataflow::event_time::Watermarker;
+use crate::dataflow::ingest::{IngestBatch, Ingestor, Provenance};
+use crate::dataflow::model::TimeMs;
+use crate::dataflow::schema::SchemaSet;
+use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
+use crate::io::sinks::kafka::SinkProducer;
+use crate::io::sources::inputs::SourceInputs;
+use crate::io::sources::kafka::checkpoint::{
+    Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
+};
+use crate::io::sources::kafka::registry::LiveRegistry;
+use crate::io::support::metrics::{Counter, Metrics};
+
+/// How the source reads, sets idle partitions aside, and commits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// A partition read to its end with nothing new for this long (wall clock, ms) is idle and
+    /// stops holding the frontier back.
+    pub idle_timeout_ms: u64,
+    /// When every partition is idle, the watermark advances this many event-time ms per
+    /// wall-clock second (1000: as fast as the clock), so the last windows close.
+    pub idle_advance_ms_per_s: u64,
+    /// At most this many messages are read per worker between dataflow steps.
+    pub max_batch_messages: usize,
+    /// How much event time before the written frontier each partition's commit resumes at:
+    /// at least a window, the allowed lateness and the clock skew, so windows are rebuilt
+    /// whole; more gives anomaly models a longer history to rebuild from.
+    pub rewind_ms: u64,
+    /// How often each worker commits its partitions' resume points (ms).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 10_000,
+            idle_advance_ms_per_s: 1_000,
+            max_batch_messages: 10_000,
+            rewind_ms: 3_600_000,
+            commit_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Keeps the partitions' end offsets from librdkafka's statistics (once a second), for the
+/// consumer lag metric.
+#[derive(Default)]
+struct SourceContext {
+    topic: String,
+    ends: Mutex<FxHashMap<i32, i64>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            let mut ends = self.ends.lock().expect("not poisoned");
+            for (p, partition) in &topic.partitions {
+                if *p >= 0 && partition.hi_offset >= 0 {
+                    ends.insert(*p, partition.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+impl SourceContext {
+    fn end(&self, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .expect("not poisoned")
+            .get(&partition)
+            .copied()
+    }
+}
+
+/// One partition this worker reads.
+struct PartitionReader {
+    partition: i32,
+    ingestor: Ingestor,
+    batch: Option<IngestBatch>,
+    next_offset: i64,
+    last_message: Instant,
+    trail: ResumeTrail,
+    /// Since when messages wait at the partition's start for the fleet time.
+    holding_since: Option<Instant>,
+    /// Idle, as last decided; and when the broker was last asked where the partition ends.
+    idle: bool,
+    end_checked: Option<Instant>,
+}
+
+/// A worker's share of the telemetry topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer<SourceContext>,
+    /// A client of its own for end offsets: on the consumer's connection the request would
+    /// wait behind a long-polling fetch.
+    ends: BaseConsumer,
+    topic: String,
+    readers: Vec<PartitionReader>,
+    by_partition: FxHashMap<i32, usize>,
+    config: SourceConfig,
+    registry: Arc<LiveRegistry>,
+    registry_version: u64,
+    metrics: Arc<Metrics>,
+    checkpoints: SinkProducer,
+    checkpoint_topic: String,
+    checkpoints_written: Arc<Counter>,
+    committed_written_ms: Option<TimeMs>,
+    last_commit: Instant,
+    skip_before_ms: TimeMs,
+}
+
+/// What a worker tells the others about its partitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionReport {
+    /// The largest watermark of its partitions.
+    pub max_watermark_ms: TimeMs,
+    /// Whether all its partitions are idle (or it has none).
+    pub all_idle: bool,
+}
+
+/// The input time a worker whose partitions are all idle moves to, from every worker's
+/// [`PartitionReport`].
+#[derive(Debug)]
+pub struct IdleFloor {
+    reports: Vec<Option<PartitionReport>>,
+    all_idle_since: Option<(Instant, TimeMs)>,
+    advance_ms_per_s: u64,
+}
+
+impl IdleFloor {
+    /// No reports yet, from `peers` workers.
+    pub fn new(peers: usize, advance_ms_per_s: u64) -> Self {
+        Self {
+            reports: vec![None; peers],
+            all_idle_since: None,
+            advance_ms_per_s,
+        }
+    }
+
+    /// Takes a worker's latest report.
+    pub fn report(&mut self, worker: usize, report: PartitionReport, now: Instant) {
+        self.reports[worker] = Some(report);
+        let all_idle = self.reports.iter().all(|r| r.is_some_and(|r| r.all_idle));
+        self.all_idle_since = match (all_idle, self.all_idle_since) {
+            (false, _) => None,
+            (true, Some(since)) => Some(since),
+            (true, None) => Some((now, self.largest_watermark())),
+        };
+    }
+
+    fn largest_watermark(&self) -> TimeMs {
+        self.reports
+            .iter()
+            .flatten()
+            .map(|r| r.max_watermark_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The floor now: the largest watermark in the cluster, advancing with the wall clock
+    /// while every partition is idle; `None` until every worker has reported.
+    pub fn floor(&self, now: Instant) -> Option<TimeMs> {
+        if self.reports.iter().any(Option::is_none) {
+            return None;
+        }
+        let largest = self.largest_watermark();
+        Some(match self.all_idle_since {
+            Some((since, at)) => {
+                let elapsed_ms = now.duration_since(since).as_millis() as u64;
+                largest.max(at + elapsed_ms * self.advance_ms_per_s / 1000)
+            }
+            None => largest,
+        })
+    }
+}
+
+impl KafkaSource {
+    /// Opens this worker's partitions (`p % peers == index`) at their committed resume points.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        kafka: &KafkaConfig,
+        config: SourceConfig,
+        schemas: &SchemaSet,
+        pipeline: &PipelineConfig,
+        registry: Arc<LiveRegistry>,
+        metrics: Arc<Metrics>,
+        checkpoints: SinkProducer,
+        index: usize,
+        peers: usize,
+    ) -> Result<Self, KafkaSetupError> {
+        let topic = kafka.topics.telemetry.clone();
+        let context = SourceContext {
+            topic: topic.clone(),
+            ..SourceContext::default()
+        };
+        let consumer: BaseConsumer<SourceContext> = kafka
+            .client()
+            .set("statistics.interval.ms", "1000")
+            .set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create_with_context(context)
+            .map_err(client_error("telemetry consumer"))?;
+        let ends: BaseConsumer = kafka
+            .client()
+            .set("group.id", &kafka.group_id)
+            .create()
+            .map_err(client_error("end offset client"))?;
+        let timeout = Duration::from_secs(10);
+        let partitions = partition_count(&consumer, &topic, &kafka.brokers, timeout)?;
+        let resume = read_checkpoints(kafka, &topic)?;
+        let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
+        let initial = registry.snapshot();
+        let mut assignment = TopicPartitionList::new();
+        let mut readers = Vec::new();
+        for p in (0..partitions).filter(|p| *p as usize % peers == index) {
+            let checkpoint = resume.get(&p).copied();
+            let start = match checkpoint {
+                Some(c) => Offset::Offset(c.offset),
+                None => Offset::Beginning,
+            };
+            let checkpoint = checkpoint.unwrap_or_default();
+            assignment
+                .add_partition_offset(&topic, p, start)
+                .map_err(client_error("assignment"))?;
+            let mut ingestor =
+                Ingestor::new(schemas.clone(), Arc::clone(&initial.1), pipeline.event_time)
+                    .with_max_message_bytes(pipeline.ingest.max_message_bytes);
+            ingestor.set_origin(&topic, p);
+            let clock = checkpoint.resume_clock();
+            let mut watermarker = Watermarker::resume(pipeline.event_time, clock);
+            watermarker.raise_to(checkpoint.floor_ms);
+            let point = ResumePoint {
+                time_ms: watermarker.watermark_ms(),
+                offset: checkpoint.offset,
+                clock,
+                floor_ms: checkpoint.floor_ms,
+            };
+            tracing::info!(
+                topic,
+                partition = p,
+                offset = point.offset,
+                watermark_ms = point.time_ms,
+                "partition resumes"
+            );
+            ingestor.set_watermarker(watermarker);
+            readers.push(PartitionReader {
+                partition: p,
+                ingestor,
+                batch: None,
+                next_offset: checkpoint.offset,
+                last_message: Instant::now(),
+                trail: ResumeTrail::new(point, 1_000),
+                holding_since: None,
+                idle: false,
+                end_checked: None,
+            });
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(client_error("assignment"))?;
+        tracing::info!(
+            topic,
+            worker = index,
+            partitions = ?readers.iter().map(|r| r.partition).collect::<Vec<_>>(),
+            skip_before_ms,
+            "telemetry partitions assigned"
+        );
+        let checkpoints_written = metrics.records_out("checkpoints");
+        let by_partition = readers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.partition, i))
+            .collect();
+        Ok(Self {
+            consumer,
+            ends,
+            topic,
+            readers,
+            by_partition,
+            config,
+            registry,
+            registry_version: initial.0,
+            metrics,
+            checkpoints,
+            checkpoint_topic: kafka.topics.checkpoints.clone(),
+            checkpoints_written,
+            committed_written_ms: None,
+            last_commit: Instant::now(),
+            skip_before_ms,
+        })
+    }
+
+    /// Outputs at times before this were written by an earlier run (the largest written
+    /// frontier any partition committed).
+    pub fn skip_before_ms(&self) -> TimeMs {
+        self.skip_before_ms
+    }
+
+    /// The least watermark of this worker's partitions as resumed: where its input starts.
+    pub fn start_time_ms(&self) -> TimeMs {
+        self.readers
+            .iter()
+            .map(|r| r.ingestor.watermarker().watermark_ms())
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Reads what is there (at most `max_batch_messages`), sends it into the dataflow, and
+    /// advances the input to the least watermark of the active partitions (or to `floor` when
+    /// all are idle). Returns how many messages were read.
+    pub fn poll(&mut self, inputs: &mut SourceInputs, floor: Option<TimeMs>) -> usize {
+        if self.registry.version() != self.registry_version {
+            let (version, history) = self.registry.snapshot();
+            for reader in &mut self.readers {
+                reader.ingestor.set_registry(Arc::clone(&history));
+            }
+            self.registry_version = version;
+        }
+        let now = Instant::now();
+        let mut read = 0;
+        while read < self.config.max_batch_messages {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(topic = %self.topic, %error, "telemetry read failed; retrying");
+                    break;
+                }
+            };
+            read += 1;
+            let Some(&at) = self.by_partition.get(&message.partition()) else {
+                continue;
+            };
+            let reader = &mut self.readers[at];
+            let input_time = inputs.time();
+            let batch = reader.batch.get_or_insert_with(|| {
+                // Back from idle behind the frontier: stamped no earlier than the input time.
+                let mut watermarker = reader.ingestor.watermarker().clone();
+                watermarker.raise_to(input_time);
+                reader.ingestor.set_watermarker(watermarker);
+                reader.ingestor.start_batch()
+            });
+            // A message still held cannot be resumed after: its clock is not yet decided.
+            if !reader.ingestor.is_holding() {
+                let watermarker = reader.ingestor.watermarker();
+                reader.trail.record(ResumePoint {
+                    time_ms: watermarker.watermark_ms(),
+                    offset: message.offset(),
+                    clock: watermarker.clock(),
+                    floor_ms: watermarker.floor_ms(),
+                });
+            }
+            let provenance = Provenance {
+                // The bridge sets it to the MQTT arrival; a negative one is no time.
+                arrival_ms: message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(|ms| u64::try_from(ms).ok()),
+                offset: Some(message.offset()),
+            };
+            reader
+                .ingestor
+                .ingest(message.payload().unwrap_or_default(), provenance, batch);
+            if reader.ingestor.is_holding() {
+                reader.holding_since.get_or_insert(now);
+            }
+            reader.next_offset = message.offset() + 1;
+            reader.last_message = now;
+            reader.idle = false;
+        }
+        self.metrics.messages_in.add(read as u64);
+        self.update_idle(now);
+        let hold_limit = Duration::from_millis(self.config.idle_timeout_ms);
+        for reader in &mut self.readers {
+            // Fewer devices than the quorum, and quiet or waiting long enough: judge the start.
+            if let Some(since) = reader.holding_since
+                && (reader.idle || now.duration_since(since) >= hold_limit)
+            {
+                let ingestor = &mut reader.ingestor;
+                let batch = reader.batch.get_or_insert_with(|| ingestor.start_batch());
+                ingestor.release_held(batch);
+                reader.holding_since = None;
+            }
+            if let Some(mut batch) = reader.batch.take() {
+                inputs.send_now(&mut batch);
+            }
+        }
+        let active_min = self
+            .readers
+            .iter()
+            .filter(|r| !r.idle)
+            .map(|r| r.ingestor.watermarker().watermark_ms())
+            .min();
+        if let Some(target) = active_min.or(floor) {
+            inputs.advance_to(target);
+        }
+        read
+    }
+
+    /// A partition quiet for `idle_timeout_ms` is idle if the broker says it has been read to
+    /// its end; asked at most once per timeout (statistics may be a second old, and a
+    /// partition the fetcher has not reached yet must not be mistaken for an idle one). If the
+    /// broker cannot say, the partition keeps holding the frontier: waiting is safe, guessing
+    /// is not.
+    fn update_idle(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        for reader in &mut self.readers {
+            let quiet = now.duration_since(reader.last_message) >= timeout;
+            let asked_recently = reader
+                .end_checked
+                .is_some_and(|at| now.duration_since(at) < timeout.min(Duration::from_secs(1)));
+            if !quiet {
+                reader.idle = false;
+            } else if !asked_recently {
+                reader.end_checked = Some(now);
+                reader.idle = match self.ends.fetch_watermarks(
+                    &self.topic,
+                    reader.partition,
+                    Duration::from_secs(5),
+                ) {
+                    Ok((_, end)) => reader.next_offset >= end,
+                    Err(error) => {
+                        tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "end offset unknown");
+                        false
+                    }
+                };
+            }
+        }
+    }
+
+    /// Each partition's watermark, position and idleness, for logs.
+    pub fn describe(&self) -> String {
+        self.readers
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}@{}:{}{}",
+                    r.partition,
+                    r.next_offset,
+                    r.ingestor.watermarker().watermark_ms(),
+                    if r.idle { " idle" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// This worker's partitions, for the others.
+    pub fn report(&self) -> PartitionReport {
+        PartitionReport {
+            max_watermark_ms: self
+                .readers
+                .iter()
+                .map(|r| r.ingestor.watermarker().watermark_ms())
+                .max()
+                .unwrap_or(0),
+            all_idle: self.readers.iter().all(|r| r.idle),
+        }
+    }
+
+    /// Publishes each partition's consumer lag.
+    pub fn report_lag(&self) {
+        for reader in &self.readers {
+            if let Some(high) = self.consumer.context().end(reader.partition) {
+                self.metrics
+                    .set_consumer_lag(reader.partition, (high - reader.next_offset).max(0));
+            }
+        }
+    }
+
+    /// Commits each partition's resume point for the written frontier, at most once per
+    /// `commit_interval_ms` and only when the frontier moved.
+    pub fn commit(&mut self, written_ms: TimeMs, force: bool) {
+        let due =
+            self.last_commit.elapsed() >= Duration::from_millis(self.config.commit_interval_ms);
+        // Until the written frontier passes where this run resumed, the committed checkpoints
+        // are newer than anything it could commit: a restarted process that committed its
+        // catch-up frontier would make a peer still starting resume behind, and write again
+        // what was written before.
+        if self.committed_written_ms == Some(written_ms)
+            || written_ms <= self.skip_before_ms
+            || !(due || force)
+            || self.readers.is_empty()
+        {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for reader in &mut self.readers {
+            let point = reader.trail.commit_point(written_ms, self.config.rewind_ms);
+            let checkpoint = Checkpoint {
+                offset: point.offset,
+                max_valid_ms: point.clock.max_valid_ms,
+                clock: Some(point.clock),
+                floor_ms: point.floor_ms,
+                written_ms,
+            };
+            let value = serde_json::to_string(&checkpoint).expect("plain struct");
+            let key = Checkpoint::key(&self.topic, reader.partition);
+            if !self.checkpoints.send_detached(
+                &self.checkpoint_topic,
+                &key,
+                &value,
+                Arc::clone(&self.checkpoints_written),
+            ) {
+                // The queue is full: the next round writes a newer checkpoint.
+                return;
+            }
+            // The group's offsets are for lag tooling; resuming reads the checkpoints.
+            let _ = offsets.add_partition_offset(
+                &self.topic,
+                reader.partition,
+                Offset::Offset(point.offset),
+            );
+        }
+        let mode = if force {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        match self.consumer.commit(&offsets, mode) {
+            Ok(()) => {
+                tracing::debug!(written_ms, offsets = ?offsets.to_topic_map(), "commit");
+                self.committed_written_ms = Some(written_ms);
+                self.last_commit = Instant::now();
+            }
+            Err(error) => tracing::warn!(topic = %self.topic, %error, "offset commit failed"),
+        }
+    }
+}
