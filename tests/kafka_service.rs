@@ -262,7 +262,7 @@ listen = "127.0.0.1:{metrics_port}"
                 )
                 .env(
                     "IOTPIPE_LOG",
-                    "info,iotpipe::io::service=debug,iotpipe::io::kafka=debug",
+                    "info,iotpipe::commands::run=debug,iotpipe::io::connect::kafka=debug",
                 )
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -869,6 +869,45 @@ fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
             "{line} is not in the batch computation"
         );
     }
+}
+
+#[test]
+fn run_with_an_alerts_topic_the_broker_does_not_have_stops_with_one_error_naming_the_field() {
+    let fixture = fixture(30, 240);
+    fixture.produce_registry(&fixture.registry_lines);
+    fixture.produce_telemetry();
+    let outputs = Outputs {
+        alerts: "no-such-topic".into(),
+        ..Outputs::named("missing-topic")
+    };
+    fixture.tansu.create_topics(&[
+        (&outputs.aggregates, 2),
+        (&outputs.dead_letters, 2),
+        (&outputs.checkpoints, 1),
+    ]);
+    let mut cluster = Cluster::configure(
+        fixture.data.dir.path(),
+        "missing-topic",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        "",
+    );
+    cluster.start();
+    let mut child = cluster.children.pop().unwrap();
+    // Before reading anything: a producer without a delivery deadline would hold the missing
+    // topic's records, and the written frontier, forever.
+    let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+    let log = cluster.log(0);
+    assert_eq!(status, Some(1), "{log}");
+    let last = log.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "iotpipe: kafka.topics.alerts: kafka topic no-such-topic cannot be written"
+        ) && last.contains("create it"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -107,6 +107,9 @@ pub enum ServiceError {
     /// InfluxDB says it cannot be written to (authorisation, database).
     #[error(transparent)]
     InfluxSink(#[from] crate::io::connect::influx::write::InfluxSinkFailure),
+    /// An output topic is missing.
+    #[error(transparent)]
+    MissingTopic(#[from] crate::io::sinks::kafka::MissingTopic),
     /// Kafka refuses every record for one of the output topics.
     #[error("{field}: {failure}")]
     Sink {
@@ -140,6 +143,15 @@ pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), Servi
         Arc::clone(&job.stop),
     )?;
     let producer = SinkProducer::create(&job.kafka, Arc::clone(&metrics))?;
+    let topics = &job.kafka.topics;
+    let mut outputs = vec![
+        ("kafka.topics.dead_letters", topics.dead_letters.as_str()),
+        ("kafka.topics.alerts", topics.alerts.as_str()),
+    ];
+    if let Some(aggregates) = &topics.aggregates {
+        outputs.push(("kafka.topics.aggregates", aggregates.as_str()));
+    }
+    producer.check_topics(&outputs, &job.kafka.brokers, Duration::from_secs(10))?;
     let worker_producer = producer.clone();
     let influx = match &job.influx {
         Some(config) => Some(InfluxPool::start(config, Arc::clone(&metrics))?),

@@ -65,6 +65,23 @@ pub struct SinkFailure {
     pub error: String,
 }
 
+/// An output topic the broker does not have (or will not describe).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field}: kafka topic {topic} cannot be written on {brokers}: {reason} (create it, or check \
+     kafka.brokers and {field})"
+)]
+pub struct MissingTopic {
+    /// The config field naming the topic.
+    pub field: &'static str,
+    /// The topic.
+    pub topic: String,
+    /// The brokers asked.
+    pub brokers: String,
+    /// What the broker said.
+    pub reason: String,
+}
+
 /// The dead letter for a record the broker refused for good.
 fn refused_record(topic: &str, error: &KafkaError, payload: &[u8]) -> DeadLetter {
     DeadLetter::new(
@@ -186,6 +203,42 @@ impl SinkProducer {
             .create_with_context(context)
             .map_err(client_error("producer"))?;
         Ok(Self { producer })
+    }
+
+    /// Checks that the broker has each `(config field, topic)`: a producer with no delivery
+    /// deadline would otherwise hold a missing topic's records forever, and with them the
+    /// written frontier, without an error to show for it.
+    pub fn check_topics(
+        &self,
+        topics: &[(&'static str, &str)],
+        brokers: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), MissingTopic> {
+        for (field, topic) in topics {
+            let missing = |reason: String| MissingTopic {
+                field,
+                topic: (*topic).to_owned(),
+                brokers: brokers.to_owned(),
+                reason,
+            };
+            let metadata = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| missing(e.to_string()))?;
+            let found = metadata.topics().iter().find(|t| t.name() == *topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+                Some(t) => {
+                    let reason = t.error().map_or("no partitions".to_owned(), |e| {
+                        RDKafkaErrorCode::from(e).to_string()
+                    });
+                    return Err(missing(reason));
+                }
+                None => return Err(missing("not in the broker's metadata".into())),
+            }
+        }
+        Ok(())
     }
 
     /// Sends again the records whose delivery failed; returns how many are still waiting.
