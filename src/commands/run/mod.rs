@@ -298,7 +298,7 @@ fn run_worker(
         &job.pipeline,
         Arc::clone(live),
         Arc::clone(metrics),
-        producer.clone(),
+        Arc::new(producer.clone()),
         index,
         peers,
     )?;

@@ -143,3 +143,18 @@ where
     }
     Ok(count as i32)
 }
+
+/// A producer of records nothing waits for: checkpoints, where a later one supersedes an
+/// earlier one. The sinks' process-wide producer is one; the telemetry source commits its
+/// resume points through it without knowing the sinks.
+pub trait DetachedProducer: Send + Sync {
+    /// Produces `value` under `key` to `topic`, counted in `written` once the broker has it;
+    /// `false` if the queue is full (the caller tries again later with a newer record).
+    fn send_detached(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &str,
+        written: std::sync::Arc<crate::io::support::metrics::Counter>,
+    ) -> bool;
+}

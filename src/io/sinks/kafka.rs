@@ -33,7 +33,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::model::{DeadLetter, DeadLetterReason, TimeMs};
-use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError, client_error};
+use crate::io::connect::kafka::{DetachedProducer, KafkaConfig, KafkaSetupError, client_error};
 use crate::io::support::failure::{FailureClass, SinkStrikes};
 use crate::io::support::metrics::{Counter, Metrics};
 
@@ -177,6 +177,20 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+impl DetachedProducer for SinkProducer {
+    fn send_detached(&self, topic: &str, key: &str, value: &str, written: Arc<Counter>) -> bool {
+        let delivery = Box::new(Delivery {
+            in_flight: Arc::new(InFlight(AtomicUsize::new(1))),
+            written,
+            refused: None,
+        });
+        let record = BaseRecord::with_opaque_to(topic, delivery)
+            .key(key)
+            .payload(value);
+        self.producer.send(record).is_ok()
+    }
+}
+
 /// One process's producer, shared by the sinks of all its workers.
 #[derive(Clone)]
 pub struct SinkProducer {
@@ -272,26 +286,6 @@ impl SinkProducer {
         let count = waiting.len();
         resend.lock().expect("not poisoned").extend(waiting);
         count
-    }
-
-    /// Produces a record nothing waits for (a checkpoint: a later one supersedes it); `false`
-    /// if the queue is full, and the caller tries again with a newer one later.
-    pub fn send_detached(
-        &self,
-        topic: &str,
-        key: &str,
-        value: &str,
-        written: Arc<Counter>,
-    ) -> bool {
-        let delivery = Box::new(Delivery {
-            in_flight: Arc::new(InFlight(AtomicUsize::new(1))),
-            written,
-            refused: None,
-        });
-        let record = BaseRecord::with_opaque_to(topic, delivery)
-            .key(key)
-            .payload(value);
-        self.producer.send(record).is_ok()
     }
 
     /// Why the producer cannot write, once Kafka has said so [`SINK_FAILURE_TRIES`] times in a

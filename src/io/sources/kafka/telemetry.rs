@@ -37,8 +37,9 @@ use crate::dataflow::event_time::Watermarker;
 use crate::dataflow::ingest::{IngestBatch, Ingestor, Provenance};
 use crate::dataflow::model::TimeMs;
 use crate::dataflow::schema::SchemaSet;
-use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
-use crate::io::sinks::kafka::SinkProducer;
+use crate::io::connect::kafka::{
+    DetachedProducer, KafkaConfig, KafkaSetupError, client_error, partition_count,
+};
 use crate::io::sources::inputs::SourceInputs;
 use crate::io::sources::kafka::checkpoint::{
     Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
@@ -139,7 +140,7 @@ pub struct KafkaSource {
     registry: Arc<LiveRegistry>,
     registry_version: u64,
     metrics: Arc<Metrics>,
-    checkpoints: SinkProducer,
+    checkpoints: Arc<dyn DetachedProducer>,
     checkpoint_topic: String,
     checkpoints_written: Arc<Counter>,
     committed_written_ms: Option<TimeMs>,
@@ -222,7 +223,7 @@ impl KafkaSource {
         pipeline: &PipelineConfig,
         registry: Arc<LiveRegistry>,
         metrics: Arc<Metrics>,
-        checkpoints: SinkProducer,
+        checkpoints: Arc<dyn DetachedProducer>,
         index: usize,
         peers: usize,
     ) -> Result<Self, KafkaSetupError> {
