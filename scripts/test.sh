@@ -55,6 +55,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 # Library, binaries, integration tests, and the benches once each in test mode.
 cargo test --lib --bins --tests --benches --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# The examples in the documentation of the dataflow's stages are tests too.
+cargo test --doc --no-fail-fast "$@" 2>&1 | tee -a "$log" || status=$?
 passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
 echo "iotpipe: $passed passed, $failed failed"

@@ -34,6 +34,7 @@ pub mod alert;
 pub mod anomaly;
 pub mod enrich;
 pub mod event_time;
+pub mod gather;
 pub mod ingest;
 pub mod model;
 pub mod registry;

@@ -12,7 +12,6 @@ pub mod book;
 pub mod rules;
 mod sites;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +24,7 @@ pub use sites::CorrelateSites;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore, DeviceActivity};
+use crate::dataflow::gather::GatherByTime;
 use crate::dataflow::model::{ClockFault, DeviceId, MetricId, ThresholdBreach, TimeMs};
 use crate::dataflow::window::WindowConfig;
 use book::AlertBook;
@@ -113,9 +113,6 @@ impl Signal {
     }
 }
 
-/// Pending work of one timely time: signals, and whether it is a tick.
-type Pending = (Capability<TimeMs>, Vec<Signal>, bool);
-
 /// Evaluates alert rules.
 pub trait EvaluateAlerts<'scope> {
     /// Applies each time's signals in event-time order once the frontier has passed it, and
@@ -143,30 +140,22 @@ impl<'scope> EvaluateAlerts<'scope> for EventStream<'scope, Signal> {
             "EvaluateAlerts",
             move |_cap, _info| {
                 let mut book = AlertBook::new(config, window.length_ms);
-                let mut pending: BTreeMap<TimeMs, Pending> = BTreeMap::new();
+                // Per time: its signals, and whether it is a tick.
+                let mut pending: GatherByTime<Capability<TimeMs>, Vec<Signal>, bool> =
+                    GatherByTime::default();
                 let mut events = Vec::new();
                 move |(input, frontier), (ticks, ticks_frontier), output| {
                     input.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), false))
-                            .1
-                            .append(data);
+                        pending.at(time, || cap.delayed(&time, 0)).0.append(data);
                     });
                     ticks.for_each(|cap, _| {
                         let Some(&time) = cap.least() else { return };
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), false))
-                            .2 = true;
+                        *pending.at(time, || cap.delayed(&time, 0)).1 = true;
                     });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) || ticks_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, mut signals, tick) = entry.remove();
+                    while let Some((time, cap, mut signals, tick)) =
+                        pending.next_ready(&[frontier, ticks_frontier])
+                    {
                         if tick {
                             book.tick(time, &mut events);
                         }

@@ -14,6 +14,7 @@ use super::rules::{AlertConfig, Cause};
 use super::{AlertEvent, AlertEventKind};
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::DeviceActivity;
+use crate::dataflow::gather::GatherByTime;
 use crate::dataflow::model::{DeviceId, TimeMs};
 
 /// One site's state.
@@ -34,9 +35,6 @@ impl Site {
         self.silent.len() as f64 / self.known.len().max(1) as f64
     }
 }
-
-/// Pending work of one timely time.
-type Pending = (Capability<TimeMs>, Vec<AlertEvent>, Vec<DeviceActivity>);
 
 /// Correlates device alerts per site.
 pub trait CorrelateSites<'scope> {
@@ -66,30 +64,23 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
             "CorrelateSites",
             move |_cap, _info| {
                 let mut sites: FxHashMap<String, Site> = FxHashMap::default();
-                let mut pending: BTreeMap<TimeMs, Pending> = BTreeMap::new();
+                let mut pending: GatherByTime<
+                    Capability<TimeMs>,
+                    Vec<AlertEvent>,
+                    Vec<DeviceActivity>,
+                > = GatherByTime::default();
                 move |(events, frontier), (activity, activity_frontier), output| {
                     events.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                            .1
-                            .append(data);
+                        pending.at(time, || cap.delayed(&time, 0)).0.append(data);
                     });
                     activity.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                            .2
-                            .append(data);
+                        pending.at(time, || cap.delayed(&time, 0)).1.append(data);
                     });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) || activity_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, mut events, heard) = entry.remove();
+                    while let Some((_, cap, mut events, heard)) =
+                        pending.next_ready(&[frontier, activity_frontier])
+                    {
                         events.sort_by(|a, b| a.id.cmp(&b.id));
                         // Sites whose silent set changed, with the latest event time that did it.
                         let mut touched: BTreeMap<String, TimeMs> = BTreeMap::new();

@@ -12,8 +12,6 @@
 //! Slots are 1/64 of a window (under a second for a minute), so an in-window gap is measured to
 //! a slot: a gap is silence when the empty slots between two heard ones span the timeout.
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
@@ -23,6 +21,7 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::{AnomalyKind, AnomalyScore};
 use crate::dataflow::EventStream;
+use crate::dataflow::gather::GatherByTime;
 use crate::dataflow::model::{DeviceId, SharedDeviceInfo, TimeMs};
 use crate::dataflow::window::WindowConfig;
 
@@ -118,10 +117,6 @@ fn silence(device_id: &DeviceId, device: &SharedDeviceInfo, at_ms: TimeMs) -> An
     }
 }
 
-/// Pending work at one close time: the activity, and this worker's view of the fleet's latest
-/// event time.
-type Pending = (Capability<TimeMs>, Vec<DeviceActivity>, TimeMs);
-
 impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
     fn detect_silence(
         self,
@@ -135,30 +130,24 @@ impl<'scope> DetectSilence<'scope> for EventStream<'scope, DeviceActivity> {
             "DetectSilence",
             move |_cap, _info| {
                 let mut devices: FxHashMap<DeviceId, Heard> = FxHashMap::default();
-                let mut pending: BTreeMap<TimeMs, Pending> = BTreeMap::new();
+                // Per close time: the activity, and this worker's view of the fleet's latest
+                // event time.
+                let mut pending: GatherByTime<Capability<TimeMs>, Vec<DeviceActivity>, TimeMs> =
+                    GatherByTime::default();
                 let mut fleet_latest_ms: TimeMs = 0;
                 move |(input, frontier), (progress, progress_frontier), output| {
                     input.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), 0))
-                            .1
-                            .append(data);
+                        pending.at(time, || cap.delayed(&time, 0)).0.append(data);
                     });
                     progress.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        let entry = pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), 0));
-                        entry.2 = data.iter().copied().fold(entry.2, TimeMs::max);
+                        let latest = pending.at(time, || cap.delayed(&time, 0)).1;
+                        *latest = data.iter().copied().fold(*latest, TimeMs::max);
                     });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) || progress_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, activity, latest) = entry.remove();
+                    while let Some((_, cap, activity, latest)) =
+                        pending.next_ready(&[frontier, progress_frontier])
+                    {
                         let mut session = output.session(&cap);
                         for a in activity {
                             let heard = devices.entry(a.device_id.clone()).or_insert(Heard {

@@ -1,7 +1,6 @@
 //! Handing a stream's records to the outside world, complete time by complete time.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +9,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::dataflow::gather::GatherByTime;
 use crate::dataflow::model::TimeMs;
 
 /// Delivers a stream to one place, in time order.
@@ -27,19 +27,15 @@ impl<T: ExchangeData> DeliverInOrder<T> for Stream<'_, TimeMs, Vec<T>> {
     where
         F: FnMut(TimeMs, Vec<T>) + 'static,
     {
-        let mut pending: BTreeMap<TimeMs, Vec<T>> = BTreeMap::new();
+        let mut pending: GatherByTime<(), Vec<T>, ()> = GatherByTime::default();
         self.sink(Exchange::new(|_: &T| 0), name, move |(input, frontier)| {
             input.for_each(|cap, data| {
-                if let Some(time) = cap.least() {
-                    pending.entry(*time).or_default().append(data);
+                if let Some(&time) = cap.least() {
+                    pending.at(time, || ()).0.append(data);
                 }
             });
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let time = *entry.key();
-                deliver(time, entry.remove());
+            while let Some((time, (), records, ())) = pending.next_ready(&[frontier]) {
+                deliver(time, records);
             }
         });
     }
