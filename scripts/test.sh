@@ -28,6 +28,12 @@ if ! need influxd; then
     echo "test.sh: installing influxdb (InfluxDB 1.x for the InfluxDB sink tests)"
     install_debian influxdb
 fi
+# promtool checks every /metrics a test scrapes; one test scrapes `iotpipe run` with a real
+# Prometheus server.
+if ! need promtool; then
+    echo "test.sh: installing prometheus (promtool and the server for the metrics tests)"
+    install_debian prometheus
+fi
 # The dashboard test drives the page in headless Chromium.
 if ! need chromium; then
     echo "test.sh: installing chromium (dashboard browser test)"
@@ -40,7 +46,8 @@ if ! need openssl; then
 fi
 # The packages' services are not needed: tests start their own servers on free ports.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now mosquitto influxdb >/dev/null 2>&1 || true
+    systemctl disable --now mosquitto influxdb prometheus prometheus-node-exporter \
+        >/dev/null 2>&1 || true
 fi
 
 # tansu, the Kafka-protocol broker the Kafka tests start. Built once per machine (about 45

@@ -1,6 +1,10 @@
 //! The main job: `iotpipe demo` runs a simulated fleet through the dataflow and reports.
 
-use std::process::Command;
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
@@ -52,6 +56,58 @@ fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
     // Shutting down closes every open window.
     assert!(total("windows") >= 300, "{stdout}");
     assert!(total("  aggregated") > 0, "{stdout}");
+}
+
+#[test]
+fn demo_serves_metrics_that_promtool_accepts_and_openmetrics_to_those_who_ask() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args(["demo", "--devices", "100", "--duration", "6", "--plain"])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port: u16 = first
+        .trim_start_matches("dashboard at http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("{first}"));
+    std::thread::sleep(Duration::from_secs(3));
+    // Checked by promtool inside.
+    let text = common::scrape_metrics(port);
+    let messages: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("iotpipe_messages_admitted_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(messages > 0.0, "{text}");
+    // A scraper that asks for OpenMetrics gets it, with its end marker.
+    let openmetrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Accept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(
+        openmetrics.contains("content-type: application/openmetrics-text")
+            && openmetrics.contains("# TYPE iotpipe_messages_in counter")
+            && openmetrics.contains("# EOF"),
+        "{openmetrics}"
+    );
+    for _ in lines {}
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

@@ -1031,6 +1031,22 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves
             .unwrap_or_else(|| panic!("no {family} in\n{metrics}"));
         assert!(value > 0.0, "{family} {value}");
     }
+    // A real Prometheus scrapes process 0 (in OpenMetrics, as it asks) and answers PromQL with
+    // the message counter that /metrics shows.
+    let prometheus = common::prometheus::Prometheus::scraping(cluster.metrics_port);
+    let scraped = prometheus.value("iotpipe_messages_in_total", Duration::from_secs(30));
+    let shown: f64 = cluster
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("iotpipe_messages_in_total ")?.parse().ok())
+        .unwrap();
+    assert!(shown > 0.0);
+    assert_eq!(scraped, Some(shown), "{}", prometheus.log());
+    let histogram = prometheus.value(
+        "iotpipe_influx_latency_seconds_count",
+        Duration::from_secs(10),
+    );
+    assert!(histogram.is_some_and(|n| n > 0.0), "{histogram:?}");
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }

@@ -5,6 +5,7 @@
 pub mod influx;
 pub mod kafka;
 pub mod mqtt;
+pub mod prometheus;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
@@ -130,9 +131,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The text of `GET /metrics` on a loopback port.
+/// The text of `GET /metrics` on a loopback port, which `promtool check metrics` (the
+/// Prometheus project's own linter) must accept.
 pub fn scrape_metrics(port: u16) -> String {
-    try_scrape_metrics(port).unwrap_or_else(|| panic!("no metrics on port {port}"))
+    let text = try_scrape_metrics(port).unwrap_or_else(|| panic!("no metrics on port {port}"));
+    promtool_check(&text);
+    text
+}
+
+/// Runs `promtool check metrics` on `text`; it must find nothing wrong.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/test.sh installs prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The text of `GET /metrics` on a loopback port, if something answers there.

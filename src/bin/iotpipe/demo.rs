@@ -20,7 +20,7 @@ use iotpipe::io::sinks::notify::Notification;
 use iotpipe::io::sources::fleet::{Fleet, FleetConfig};
 use iotpipe::io::sources::inputs::PipelineSources;
 use iotpipe::io::support::latency::ArrivalLatency;
-use iotpipe::io::support::metrics::{Histogram, Metrics};
+use iotpipe::io::support::metrics::{Histogram, Metrics, count_outputs};
 
 use crate::args::{DemoArgs, check_number};
 
@@ -160,6 +160,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 written.readings.probe_with(&stored);
                 dead_letters = dead_letters.concat(written.rejected);
             }
+            let (counts, dead_letters) =
+                count_outputs(&worker_metrics, counts, dead_letters, &outputs.late);
             let notifier = notifier.clone();
             let catalog = schemas.catalog().clone();
             let streams = ViewedStreams {
@@ -217,6 +219,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                     let due = started + Duration::from_millis(fleet_ms - now_ms);
                     unstored.arrived(batch.time_ms, due, lines.len() as u64);
                     fleet_ms = until_ms;
+                    worker_metrics.messages_in.inc_by(lines.len() as u64);
                     source.send(&mut batch);
                     source.advance_to(ingestor.watermarker().watermark_ms());
                     source.flush();
@@ -234,9 +237,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 && let Some(frontier) = progress.with_frontier(|f| f.first().copied())
             {
                 let wall_ms = now_ms + started.elapsed().as_millis() as u64;
-                worker_metrics
-                    .watermark_lag_ms
-                    .set(wall_ms as i64 - frontier as i64);
+                worker_metrics.set_watermark_lag_ms(wall_ms as i64 - frontier as i64);
             }
             if index == 0 && Instant::now() >= next_render {
                 next_render += Duration::from_secs(1);

@@ -1,9 +1,11 @@
 //! What a bridge reports at `/metrics`.
 
-use crate::io::support::metrics::{Counter, Exposed, Gauge, Histogram, TextFormat};
+use prometheus_client::registry::{Registry, Unit};
 
-/// The bridge's counters; no per-device labels.
-#[derive(Debug, Default)]
+use crate::io::support::metrics::{Counter, Exposed, Gauge, Histogram, encode_registry};
+
+/// The bridge's counters, and the registry that exposes them; no per-device labels.
+#[derive(Debug)]
 pub struct BridgeMetrics {
     /// Messages the MQTT broker delivered.
     pub received: Counter,
@@ -24,61 +26,81 @@ pub struct BridgeMetrics {
     pub in_flight: Gauge,
     /// From a message's arrival at the bridge to Kafka's acknowledgement.
     pub forward_latency: Histogram,
+    registry: Registry,
+}
+
+impl Default for BridgeMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("iotpipe_bridge");
+        let metrics = Self {
+            received: Counter::default(),
+            redelivered: Counter::default(),
+            forwarded: Counter::default(),
+            left_for_redelivery: Counter::default(),
+            reconnects: Counter::default(),
+            rejected: Counter::default(),
+            connected: Gauge::default(),
+            in_flight: Gauge::default(),
+            forward_latency: Histogram::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "received",
+            "Messages the MQTT broker delivered to the bridge",
+            metrics.received.clone(),
+        );
+        r.register(
+            "redelivered",
+            "Deliveries the broker marked as repeats of unacknowledged messages",
+            metrics.redelivered.clone(),
+        );
+        r.register(
+            "forwarded",
+            "Messages written to Kafka and then acknowledged on MQTT",
+            metrics.forwarded.clone(),
+        );
+        r.register(
+            "left_for_redelivery",
+            "Messages in Kafka whose MQTT connection was lost before they were acknowledged",
+            metrics.left_for_redelivery.clone(),
+        );
+        r.register(
+            "rejected",
+            "Messages Kafka refused for good, written to the dead-letter topic instead",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "reconnects",
+            "MQTT connection attempts after the first",
+            metrics.reconnects.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while connected to the MQTT broker",
+            metrics.connected.clone(),
+        );
+        r.register_with_unit(
+            "in_flight",
+            "Messages received and not yet acknowledged by Kafka",
+            Unit::Other("messages".into()),
+            metrics.in_flight.clone(),
+        );
+        r.register_with_unit(
+            "forward_latency",
+            "From a message's arrival at the bridge to Kafka's acknowledgement",
+            Unit::Seconds,
+            metrics.forward_latency.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
 }
 
 impl Exposed for BridgeMetrics {
     fn render(&self) -> String {
-        let mut text = TextFormat::default();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            text.family(name, "counter", help, &TextFormat::plain(value))
-        };
-        counter(
-            "bridge_received_total",
-            "Messages the MQTT broker delivered to the bridge.",
-            self.received.get(),
-        );
-        counter(
-            "bridge_redelivered_total",
-            "Deliveries the broker marked as repeats of unacknowledged messages.",
-            self.redelivered.get(),
-        );
-        counter(
-            "bridge_forwarded_total",
-            "Messages written to Kafka and then acknowledged on MQTT.",
-            self.forwarded.get(),
-        );
-        counter(
-            "bridge_left_for_redelivery_total",
-            "Messages in Kafka whose MQTT connection was lost before they were acknowledged.",
-            self.left_for_redelivery.get(),
-        );
-        counter(
-            "bridge_rejected_total",
-            "Messages Kafka refused for good, written to the dead-letter topic instead.",
-            self.rejected.get(),
-        );
-        counter(
-            "bridge_reconnects_total",
-            "MQTT connection attempts after the first.",
-            self.reconnects.get(),
-        );
-        text.family(
-            "bridge_connected",
-            "gauge",
-            "1 while connected to the MQTT broker.",
-            &TextFormat::plain(self.connected.get()),
-        );
-        text.family(
-            "bridge_in_flight_messages",
-            "gauge",
-            "Messages received and not yet acknowledged by Kafka.",
-            &TextFormat::plain(self.in_flight.get()),
-        );
-        text.histogram(
-            "bridge_forward_latency_seconds",
-            "From a message's arrival at the bridge to Kafka's acknowledgement.",
-            &self.forward_latency,
-        );
-        text.finish()
+        encode_registry(&self.registry)
     }
 }

@@ -45,7 +45,7 @@ use crate::io::sources::kafka::registry::{LiveRegistry, RegistryFollower};
 use crate::io::sources::kafka::telemetry::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
-use crate::io::support::metrics::Metrics;
+use crate::io::support::metrics::{Metrics, count_outputs};
 
 /// Everything `iotpipe run` needs.
 #[derive(Clone)]
@@ -335,10 +335,7 @@ fn run_worker(
     };
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
-        let counted = Arc::clone(metrics);
-        let counts = counts
-            .inspect(move |c| counted.ingest(c))
-            .probe_with(&source_probe);
+        let counts = counts.probe_with(&source_probe);
         let topics = &job.kafka.topics;
         let catalog = Arc::clone(job.schemas.catalog());
         let mut dead_letters = outputs.dead_letters.clone();
@@ -355,8 +352,8 @@ fn run_worker(
             // then waits for InfluxDB too, so commits do.
             dead_letters = dead_letters.concat(written.rejected);
         }
-        let counted = Arc::clone(metrics);
-        let dead_letters = dead_letters.inspect(move |d| counted.dead_letter(d.reason));
+        // Late readings are counted here; the file of them is `replay`'s.
+        let (counts, dead_letters) = count_outputs(metrics, counts, dead_letters, &outputs.late);
         if let Some((receives, stats)) = view {
             let streams = ViewedStreams {
                 counts,
@@ -365,9 +362,6 @@ fn run_worker(
             let target = receives.then(|| Arc::clone(stats));
             deliver_to_view(&outputs, streams, &target, |_| {});
         }
-        let counted = Arc::clone(metrics);
-        // Late readings are counted here; the file of them is `replay`'s.
-        outputs.late.inspect(move |_| counted.late_readings.inc());
         // The output topics first: what they refuse for good goes on as dead letters.
         let alert_catalog = Arc::clone(&catalog);
         let mut written =
@@ -456,9 +450,7 @@ fn run_worker(
             reports.flush();
             source.report_lag();
             if let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
-                metrics
-                    .watermark_lag_ms
-                    .set(wall_clock_ms() as i64 - frontier as i64);
+                metrics.set_watermark_lag_ms(wall_clock_ms() as i64 - frontier as i64);
             }
         }
         if now.duration_since(last_status) >= Duration::from_secs(5) {
@@ -476,7 +468,7 @@ fn run_worker(
         }
         producer.resend_failed();
         if let Some(written) = written_probe.with_frontier(|f| f.first().copied()) {
-            metrics.written_frontier_ms.set(written as i64);
+            metrics.set_written_frontier_ms(written);
             unwritten.passed(Some(written), &metrics.batch_latency);
             source.commit(written, false);
         }

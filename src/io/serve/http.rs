@@ -7,11 +7,13 @@ use hyper_util::rt::TokioIo;
 
 /// Answers requests of a small HTTP server ([`serve`]).
 pub trait Handler: Send + Sync + 'static {
-    /// The response to `GET path?query` (`query` still percent-encoded; empty if none).
+    /// The response to `GET path?query` (`query` still percent-encoded; empty if none) from a
+    /// client that accepts `accept` (its `Accept` header; empty if none).
     fn get(
         &self,
         path: &str,
         query: &str,
+        accept: &str,
     ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
 }
 
@@ -62,7 +64,14 @@ pub fn serve<H: Handler>(
                                 async move {
                                     let response = if request.method() == hyper::Method::GET {
                                         let uri = request.uri();
-                                        handler.get(uri.path(), uri.query().unwrap_or("")).await
+                                        let accept = request
+                                            .headers()
+                                            .get(hyper::header::ACCEPT)
+                                            .and_then(|v| v.to_str().ok())
+                                            .unwrap_or("");
+                                        handler
+                                            .get(uri.path(), uri.query().unwrap_or(""), accept)
+                                            .await
                                     } else {
                                         response(405, "text/plain", "only GET is served\n")
                                     };

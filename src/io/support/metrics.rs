@@ -1,52 +1,33 @@
-//! Process metrics in the Prometheus text format, served at `/metrics`.
+//! Process metrics on the Prometheus project's client library (`prometheus-client`), in the
+//! OpenMetrics text format, served at `/metrics` by [`crate::io::serve::metrics`].
 //!
-//! Labels are bounded: sinks, dead-letter reasons and partitions, never devices.
+//! Labels are bounded: sinks, failure classes, dead-letter reasons, clock directions and
+//! partitions, never devices. The latency histogram is iotpipe's own (it takes a batch's
+//! messages in one call and answers quantiles for the dashboard), encoded through the library.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::dataflow::model::{DeadLetterReason, IngestCounts};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
+use timely::dataflow::operators::Inspect;
+
+use crate::dataflow::EventStream;
+use crate::dataflow::model::{DeadLetter, DeadLetterReason, IngestCounts, LateReading};
 use crate::io::support::failure::FailureClass;
 
-/// A monotone counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A monotone counter (the library's).
+pub type Counter = prometheus_client::metrics::counter::Counter;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
+/// A value that goes up and down (the library's, integer).
+pub type Gauge = prometheus_client::metrics::gauge::Gauge;
 
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, value: i64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-
-    /// The value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// A gauge of seconds (the library's, floating point).
+pub type SecondsGauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
 
 /// Upper bounds of the latency histograms, seconds: fine below a second, where the goal is.
 const LATENCY_BUCKETS_S: [f64; 18] = [
@@ -54,9 +35,13 @@ const LATENCY_BUCKETS_S: [f64; 18] = [
     30.0, 60.0,
 ];
 
-/// A histogram of durations.
+/// A histogram of durations; clones share their counts (one is registered, one is observed).
+#[derive(Clone, Debug, Default)]
+pub struct Histogram(Arc<HistogramCounts>);
+
 #[derive(Debug, Default)]
-pub struct Histogram {
+struct HistogramCounts {
+    /// Durations at or below each bound, cumulative.
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
@@ -70,20 +55,22 @@ impl Histogram {
 
     /// Records `n` equal durations (the messages of one batch).
     pub fn observe_many(&self, duration: Duration, n: u64) {
+        let counts = &self.0;
         let seconds = duration.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_S) {
+        for (bucket, bound) in counts.buckets.iter().zip(LATENCY_BUCKETS_S) {
             if seconds <= bound {
                 bucket.fetch_add(n, Ordering::Relaxed);
             }
         }
-        self.count.fetch_add(n, Ordering::Relaxed);
-        self.sum_us
+        counts.count.fetch_add(n, Ordering::Relaxed);
+        counts
+            .sum_us
             .fetch_add(duration.as_micros() as u64 * n, Ordering::Relaxed);
     }
 
     /// How many durations were recorded.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.0.count.load(Ordering::Relaxed)
     }
 
     /// The upper bound of the bucket holding quantile `q` (0 to 1), seconds; `None` when empty
@@ -94,7 +81,8 @@ impl Histogram {
             return None;
         }
         let rank = (q * count as f64).ceil().max(1.0) as u64;
-        self.buckets
+        self.0
+            .buckets
             .iter()
             .zip(LATENCY_BUCKETS_S)
             .find(|(bucket, _)| bucket.load(Ordering::Relaxed) >= rank)
@@ -104,35 +92,88 @@ impl Histogram {
     /// The mean duration, seconds.
     pub fn mean_s(&self) -> Option<f64> {
         let count = self.count();
-        (count > 0).then(|| self.sum_us.load(Ordering::Relaxed) as f64 / 1e6 / count as f64)
+        (count > 0).then(|| self.sum_s() / count as f64)
+    }
+
+    fn sum_s(&self) -> f64 {
+        self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 }
 
-/// Everything a running process reports.
-#[derive(Debug, Default)]
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder takes each bucket's own count and accumulates them itself.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&self.0.buckets)
+            .map(|(bound, cumulative)| {
+                let cumulative = cumulative.load(Ordering::Relaxed);
+                let own = cumulative - below;
+                below = cumulative;
+                (*bound, own)
+            })
+            .collect();
+        let count = self.count();
+        buckets.push((f64::INFINITY, count.saturating_sub(below)));
+        encoder.encode_histogram::<NoLabelSet>(self.sum_s(), count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The `sink` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// The `sink` and `class` labels of a failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    sink: String,
+    class: &'static str,
+}
+
+/// The `reason` label of a dead letter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The `direction` label of a clock fault.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// The `partition` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: i32,
+}
+
+/// Everything a running process reports, and the registry that exposes it.
+#[derive(Debug)]
 pub struct Metrics {
     /// Messages read from the telemetry topic.
     pub messages_in: Counter,
-    /// Dead letters, by [`DeadLetterReason::ALL`] index.
-    pub dead_letters: [Counter; DeadLetterReason::ALL.len()],
     /// Readings that arrived after their window closed.
     pub late_readings: Counter,
     /// Messages admitted with their readings (every other message read is a dead letter).
     pub messages_admitted: Counter,
-    /// Messages stamped more than the allowed skew ahead of the fleet time or their arrival.
-    pub clock_ahead: Counter,
-    /// Messages stamped more than the allowed skew behind it.
-    pub clock_behind: Counter,
-    /// Registry changes applied, and registry records skipped as malformed.
+    /// Registry changes applied.
     pub registry_changes: Counter,
     /// Registry records skipped as malformed.
     pub registry_rejects: Counter,
     /// Records that failed delivery and were sent again.
     pub delivery_retries: Counter,
-    /// Wall clock minus the dataflow's frontier (the least partition watermark), ms.
-    pub watermark_lag_ms: Gauge,
-    /// The frontier of everything the sinks have written, ms.
-    pub written_frontier_ms: Gauge,
     /// From reading a batch to the written frontier passing its watermark (everything the
     /// dataflow emitted at or before the batch's time is then durable).
     pub batch_latency: Histogram,
@@ -146,214 +187,256 @@ pub struct Metrics {
     pub influx_points: Counter,
     /// InfluxDB requests that failed and were made again.
     pub influx_retries: Counter,
-    records_out: Mutex<BTreeMap<String, Arc<Counter>>>,
-    sink_failures: Mutex<BTreeMap<(String, &'static str), Arc<Counter>>>,
-    consumer_lag: Mutex<BTreeMap<i32, i64>>,
+    /// Wall clock minus the dataflow's frontier (the least partition watermark).
+    watermark_lag: SecondsGauge,
+    /// The frontier of everything the sinks have written.
+    written_frontier: SecondsGauge,
+    dead_letters: Family<ReasonLabel, Counter>,
+    clock_faults: Family<DirectionLabel, Counter>,
+    records_out: Family<SinkLabel, Counter>,
+    sink_failures: Family<FailureLabels, Counter>,
+    consumer_lag: Family<PartitionLabel, Gauge>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("iotpipe");
+        let metrics = Self {
+            messages_in: Counter::default(),
+            late_readings: Counter::default(),
+            messages_admitted: Counter::default(),
+            registry_changes: Counter::default(),
+            registry_rejects: Counter::default(),
+            delivery_retries: Counter::default(),
+            batch_latency: Histogram::default(),
+            influx_latency: Histogram::default(),
+            influx_request: Histogram::default(),
+            influx_points: Counter::default(),
+            influx_retries: Counter::default(),
+            watermark_lag: SecondsGauge::default(),
+            written_frontier: SecondsGauge::default(),
+            dead_letters: Family::default(),
+            clock_faults: Family::default(),
+            records_out: Family::default(),
+            sink_failures: Family::default(),
+            consumer_lag: Family::default(),
+            registry: Registry::default(),
+        };
+        // Every reason and direction is a series from the start, at 0: a rate over a series
+        // that appears only with its first event misses that event.
+        for reason in DeadLetterReason::ALL {
+            let _created = metrics.dead_letters.get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            });
+        }
+        for direction in ["ahead", "behind"] {
+            let _created = metrics
+                .clock_faults
+                .get_or_create(&DirectionLabel { direction });
+        }
+        let r = &mut registry;
+        r.register(
+            "messages_in",
+            "Messages read from the telemetry topic",
+            metrics.messages_in.clone(),
+        );
+        r.register(
+            "records_out",
+            "Records acknowledged by the broker, by sink",
+            metrics.records_out.clone(),
+        );
+        r.register(
+            "sink_failures",
+            "Failures handing records to a service, by sink and class (transient: retried; \
+             record: a sink_rejected dead letter; sink: the service stops)",
+            metrics.sink_failures.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages rejected, by reason",
+            metrics.dead_letters.clone(),
+        );
+        r.register(
+            "late_readings",
+            "Readings that arrived after their window closed",
+            metrics.late_readings.clone(),
+        );
+        r.register(
+            "messages_admitted",
+            "Messages admitted with their readings; every other message read is a dead letter",
+            metrics.messages_admitted.clone(),
+        );
+        r.register(
+            "clock_faults",
+            "Messages of registered devices stamped more than the allowed skew off the fleet \
+             time or their arrival, by direction",
+            metrics.clock_faults.clone(),
+        );
+        r.register(
+            "registry_changes",
+            "Registry changelog records applied",
+            metrics.registry_changes.clone(),
+        );
+        r.register(
+            "registry_rejects",
+            "Registry changelog records skipped as malformed",
+            metrics.registry_rejects.clone(),
+        );
+        r.register(
+            "delivery_retries",
+            "Records whose delivery failed and that were sent again",
+            metrics.delivery_retries.clone(),
+        );
+        r.register_with_unit(
+            "consumer_lag",
+            "Messages between a partition's read position and its end",
+            Unit::Other("messages".into()),
+            metrics.consumer_lag.clone(),
+        );
+        r.register_with_unit(
+            "watermark_lag",
+            "Wall clock minus the least partition watermark",
+            Unit::Seconds,
+            metrics.watermark_lag.clone(),
+        );
+        r.register_with_unit(
+            "written_frontier",
+            "Event time before which every output has been written",
+            Unit::Seconds,
+            metrics.written_frontier.clone(),
+        );
+        r.register_with_unit(
+            "batch_latency",
+            "From reading a batch to the written frontier passing its watermark",
+            Unit::Seconds,
+            metrics.batch_latency.clone(),
+        );
+        r.register(
+            "influx_points",
+            "Points InfluxDB accepted",
+            metrics.influx_points.clone(),
+        );
+        r.register(
+            "influx_retries",
+            "InfluxDB requests that failed and were made again",
+            metrics.influx_retries.clone(),
+        );
+        r.register_with_unit(
+            "influx_request",
+            "How long each InfluxDB batch took to be written, retries included",
+            Unit::Seconds,
+            metrics.influx_request.clone(),
+        );
+        r.register_with_unit(
+            "influx_latency",
+            "From a message's arrival to InfluxDB accepting its readings",
+            Unit::Seconds,
+            metrics.influx_latency.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
 }
 
 impl Metrics {
-    /// The counter of records written by `sink`.
+    /// The counter of records written by `sink` (shared: every clone counts in the series).
     pub fn records_out(&self, sink: &str) -> Arc<Counter> {
-        let mut sinks = self.records_out.lock().expect("not poisoned");
-        Arc::clone(sinks.entry(sink.to_owned()).or_default())
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        Arc::new(self.records_out.get_or_create(&label).clone())
     }
 
     /// The counter of `sink`'s failures of `class` (see [`crate::io::support::failure`]).
     pub fn sink_failures(&self, sink: &str, class: FailureClass) -> Arc<Counter> {
-        let mut failures = self.sink_failures.lock().expect("not poisoned");
-        Arc::clone(
-            failures
-                .entry((sink.to_owned(), class.label()))
-                .or_default(),
-        )
+        let labels = FailureLabels {
+            sink: sink.to_owned(),
+            class: class.label(),
+        };
+        Arc::new(self.sink_failures.get_or_create(&labels).clone())
     }
 
     /// Counts what a source batch admitted and what clocks it found off.
     pub fn ingest(&self, counts: &IngestCounts) {
-        self.messages_admitted.add(counts.admitted);
-        self.clock_ahead.add(counts.clock_ahead);
-        self.clock_behind.add(counts.clock_behind);
+        self.messages_admitted.inc_by(counts.admitted);
+        let direction = |direction| DirectionLabel { direction };
+        self.clock_faults
+            .get_or_create(&direction("ahead"))
+            .inc_by(counts.clock_ahead);
+        self.clock_faults
+            .get_or_create(&direction("behind"))
+            .inc_by(counts.clock_behind);
     }
 
     /// Counts a dead letter.
     pub fn dead_letter(&self, reason: DeadLetterReason) {
-        let index = DeadLetterReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is in ALL");
-        self.dead_letters[index].inc();
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .inc();
     }
 
     /// Sets a partition's consumer lag (messages behind its end).
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
         self.consumer_lag
-            .lock()
-            .expect("not poisoned")
-            .insert(partition, lag);
+            .get_or_create(&PartitionLabel { partition })
+            .set(lag);
     }
 
-    /// The metrics in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut text = TextFormat::default();
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            text.family(name, kind, help, samples)
-        };
-        family(
-            "messages_in_total",
-            "counter",
-            "Messages read from the telemetry topic.",
-            &TextFormat::plain(self.messages_in.get().to_string()),
-        );
-        let sinks: Vec<_> = self
-            .records_out
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(sink, c)| (format!("{{sink=\"{sink}\"}}"), c.get().to_string()))
-            .collect();
-        family(
-            "records_out_total",
-            "counter",
-            "Records acknowledged by the broker, by sink.",
-            &sinks,
-        );
-        let failures: Vec<_> = self
-            .sink_failures
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|((sink, class), c)| {
-                (
-                    format!("{{sink=\"{sink}\",class=\"{class}\"}}"),
-                    c.get().to_string(),
-                )
-            })
-            .collect();
-        family(
-            "sink_failures_total",
-            "counter",
-            "Failures handing records to a service, by sink and class (transient: retried; \
-             record: a sink_rejected dead letter; sink: the service stops).",
-            &failures,
-        );
-        let reasons: Vec<_> = DeadLetterReason::ALL
-            .iter()
-            .zip(&self.dead_letters)
-            .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.code()), c.get().to_string()))
-            .collect();
-        family(
-            "dead_letters_total",
-            "counter",
-            "Messages rejected, by reason.",
-            &reasons,
-        );
-        family(
-            "late_readings_total",
-            "counter",
-            "Readings that arrived after their window closed.",
-            &TextFormat::plain(self.late_readings.get().to_string()),
-        );
-        family(
-            "messages_admitted_total",
-            "counter",
-            "Messages admitted with their readings; every other message read is a dead letter.",
-            &TextFormat::plain(self.messages_admitted.get().to_string()),
-        );
-        let clocks = [
-            (
-                "{direction=\"ahead\"}".to_owned(),
-                self.clock_ahead.get().to_string(),
-            ),
-            (
-                "{direction=\"behind\"}".to_owned(),
-                self.clock_behind.get().to_string(),
-            ),
-        ];
-        family(
-            "clock_faults_total",
-            "counter",
-            "Messages of registered devices stamped more than the allowed skew off the fleet \
-             time or their arrival, by direction.",
-            &clocks,
-        );
-        family(
-            "registry_changes_total",
-            "counter",
-            "Registry changelog records applied.",
-            &TextFormat::plain(self.registry_changes.get().to_string()),
-        );
-        family(
-            "registry_rejects_total",
-            "counter",
-            "Registry changelog records skipped as malformed.",
-            &TextFormat::plain(self.registry_rejects.get().to_string()),
-        );
-        family(
-            "delivery_retries_total",
-            "counter",
-            "Records whose delivery failed and that were sent again.",
-            &TextFormat::plain(self.delivery_retries.get().to_string()),
-        );
-        let lags: Vec<_> = self
-            .consumer_lag
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(p, lag)| (format!("{{partition=\"{p}\"}}"), lag.to_string()))
-            .collect();
-        family(
-            "consumer_lag_messages",
-            "gauge",
-            "Messages between a partition's read position and its end.",
-            &lags,
-        );
-        family(
-            "watermark_lag_seconds",
-            "gauge",
-            "Wall clock minus the least partition watermark.",
-            &TextFormat::plain(format!(
-                "{:.3}",
-                self.watermark_lag_ms.get() as f64 / 1000.0
-            )),
-        );
-        family(
-            "written_frontier_seconds",
-            "gauge",
-            "Event time before which every output has been written.",
-            &TextFormat::plain(format!(
-                "{:.3}",
-                self.written_frontier_ms.get() as f64 / 1000.0
-            )),
-        );
-        text.histogram(
-            "batch_latency_seconds",
-            "From reading a batch to the written frontier passing its watermark.",
-            &self.batch_latency,
-        );
-        text.family(
-            "influx_points_total",
-            "counter",
-            "Points InfluxDB accepted.",
-            &TextFormat::plain(self.influx_points.get()),
-        );
-        text.family(
-            "influx_retries_total",
-            "counter",
-            "InfluxDB requests that failed and were made again.",
-            &TextFormat::plain(self.influx_retries.get()),
-        );
-        text.histogram(
-            "influx_request_seconds",
-            "How long each InfluxDB batch took to be written, retries included.",
-            &self.influx_request,
-        );
-        text.histogram(
-            "influx_latency_seconds",
-            "From a message's arrival to InfluxDB accepting its readings.",
-            &self.influx_latency,
-        );
-        text.finish()
+    /// Sets the watermark lag: wall clock minus the dataflow's frontier, ms.
+    pub fn set_watermark_lag_ms(&self, lag_ms: i64) {
+        self.watermark_lag.set(lag_ms as f64 / 1000.0);
     }
+
+    /// The watermark lag, seconds.
+    pub fn watermark_lag_s(&self) -> f64 {
+        self.watermark_lag.get()
+    }
+
+    /// Sets the written frontier, ms of event time.
+    pub fn set_written_frontier_ms(&self, frontier_ms: u64) {
+        self.written_frontier.set(frontier_ms as f64 / 1000.0);
+    }
+
+    /// The metrics in the OpenMetrics text exposition format.
+    pub fn render(&self) -> String {
+        encode_registry(&self.registry)
+    }
+}
+
+/// Counts what a command's dataflow reports: each batch's ingest counts, every dead letter by
+/// reason (pass the stream that holds the sinks' refusals too) and every late reading. The
+/// streams come back unchanged; `run` and `demo` count the same way.
+pub fn count_outputs<'scope>(
+    metrics: &Arc<Metrics>,
+    counts: EventStream<'scope, IngestCounts>,
+    dead_letters: EventStream<'scope, DeadLetter>,
+    late: &EventStream<'scope, LateReading>,
+) -> (
+    EventStream<'scope, IngestCounts>,
+    EventStream<'scope, DeadLetter>,
+) {
+    let counted = Arc::clone(metrics);
+    let counts = counts.inspect(move |c| counted.ingest(c));
+    let counted = Arc::clone(metrics);
+    let dead_letters = dead_letters.inspect(move |d| counted.dead_letter(d.reason));
+    let counted = Arc::clone(metrics);
+    late.clone().inspect(move |_| {
+        counted.late_readings.inc();
+    });
+    (counts, dead_letters)
+}
+
+/// A registry in the OpenMetrics text format.
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("writing to a String cannot fail");
+    text
 }
 
 impl Exposed for Metrics {
@@ -364,83 +447,45 @@ impl Exposed for Metrics {
 
 /// Metrics a process serves at `/metrics`.
 pub trait Exposed: Send + Sync + 'static {
-    /// The metrics in the Prometheus text exposition format.
+    /// The metrics in the OpenMetrics text exposition format.
     fn render(&self) -> String;
 }
 
-/// A Prometheus text exposition being written; names get the `iotpipe_` prefix.
-#[derive(Debug, Default)]
-pub struct TextFormat {
-    text: String,
-}
-
-impl TextFormat {
-    /// One family: `samples` are (label set or name suffix, value).
-    pub fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
-        let _ = writeln!(self.text, "# HELP iotpipe_{name} {help}");
-        let _ = writeln!(self.text, "# TYPE iotpipe_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(self.text, "iotpipe_{name}{labels} {value}");
-        }
-    }
-
-    /// The samples of a family without labels.
-    pub fn plain(value: impl ToString) -> Vec<(String, String)> {
-        vec![(String::new(), value.to_string())]
-    }
-
-    /// A histogram family.
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        let mut samples: Vec<_> = LATENCY_BUCKETS_S
-            .iter()
-            .zip(&h.buckets)
-            .map(|(bound, c)| {
-                (
-                    format!("_bucket{{le=\"{bound}\"}}"),
-                    c.load(Ordering::Relaxed).to_string(),
-                )
-            })
-            .collect();
-        samples.push(("_bucket{le=\"+Inf\"}".into(), h.count().to_string()));
-        samples.push((
-            "_sum".into(),
-            format!("{:.6}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6),
-        ));
-        samples.push(("_count".into(), h.count().to_string()));
-        self.family(name, "histogram", help, &samples);
-    }
-
-    /// The exposition's text.
-    pub fn finish(self) -> String {
-        self.text
-    }
-}
+/// The content type of [`Exposed::render`]'s text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn renders_bounded_labels_in_the_text_format() {
+    fn renders_bounded_labels_in_the_openmetrics_format() {
         let metrics = Metrics::default();
-        metrics.messages_in.add(3);
+        metrics.messages_in.inc_by(3);
         metrics.dead_letter(DeadLetterReason::UnknownDevice);
-        metrics.records_out("alerts").add(2);
+        metrics.records_out("alerts").inc_by(2);
         metrics
             .sink_failures("aggregates", FailureClass::Record)
             .inc();
         metrics.set_consumer_lag(7, 12);
+        metrics.set_watermark_lag_ms(1_500);
         metrics.batch_latency.observe(Duration::from_millis(30));
         let text = metrics.render();
         for line in [
             "iotpipe_messages_in_total 3",
             "iotpipe_dead_letters_total{reason=\"unknown_device\"} 1",
+            "iotpipe_dead_letters_total{reason=\"invalid_json\"} 0",
+            "iotpipe_clock_faults_total{direction=\"ahead\"} 0",
             "iotpipe_records_out_total{sink=\"alerts\"} 2",
             "iotpipe_sink_failures_total{sink=\"aggregates\",class=\"record\"} 1",
             "iotpipe_consumer_lag_messages{partition=\"7\"} 12",
+            "iotpipe_watermark_lag_seconds 1.5",
             "iotpipe_batch_latency_seconds_bucket{le=\"0.025\"} 0",
             "iotpipe_batch_latency_seconds_bucket{le=\"0.05\"} 1",
+            "iotpipe_batch_latency_seconds_bucket{le=\"+Inf\"} 1",
             "iotpipe_batch_latency_seconds_count 1",
+            "# EOF",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -9,6 +9,7 @@
 //! | `/api/devices?site=S` | a site's devices and their metrics |
 //! | `/api/series?device=D&metric=M` or `?site=S&metric=M` | recent 1-minute windows |
 //! | `/api/alerts` | open alerts, most severe first |
+//! | `/metrics` | the process's metrics, for Prometheus (as `iotpipe run`'s `[metrics]` serves) |
 //!
 //! With an InfluxDB, series are read back from it with InfluxQL, so the page shows what other
 //! dashboards see; without one, from the pipeline's own recent windows.
@@ -26,6 +27,7 @@ use crate::dataflow::model::MetricId;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::influx::query::{InfluxReader, string_literal};
 use crate::io::serve::http::{Handler, response};
+use crate::io::serve::metrics::metrics_response;
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::live_view::{LiveStats, RECENT_WINDOWS, WindowPoint};
 use crate::io::support::metrics::Metrics;
@@ -146,7 +148,7 @@ impl Dashboard {
         });
         json!({
             "messages_per_s": self.stats().messages_per_s(),
-            "watermark_lag_s": m.watermark_lag_ms.get() as f64 / 1000.0,
+            "watermark_lag_s": m.watermark_lag_s(),
             "influx": self.influx.as_ref().map(|_| json!({
                 "points": m.influx_points.get(),
                 "retries": m.influx_retries.get(),
@@ -278,7 +280,7 @@ impl Dashboard {
 }
 
 impl Handler for Dashboard {
-    async fn get(&self, path: &str, query: &str) -> Response<Full<Bytes>> {
+    async fn get(&self, path: &str, query: &str, accept: &str) -> Response<Full<Bytes>> {
         let query = parameters(query);
         match path {
             "/" | "/index.html" => response(200, "text/html; charset=utf-8", PAGE),
@@ -290,6 +292,7 @@ impl Handler for Dashboard {
                 None => json_response(400, &json!({"error": "give site="})),
             },
             "/api/alerts" => json_response(200, &self.alerts()),
+            "/metrics" => metrics_response(self.metrics.as_ref(), accept),
             "/api/series" => match self.series(&query).await {
                 Ok(series) => json_response(200, &series),
                 Err((status, error)) => json_response(status, &json!({"error": error})),

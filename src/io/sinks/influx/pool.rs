@@ -249,7 +249,7 @@ async fn write_batches(
         metrics.influx_request.observe(started.elapsed());
         metrics
             .influx_retries
-            .add(writer.retries() - retries_before);
+            .inc_by(writer.retries() - retries_before);
         let points = batch.lines.iter().filter(|b| **b == b'\n').count();
         let refused: usize = rejected
             .iter()
@@ -261,11 +261,11 @@ async fn write_batches(
                     .count()
             })
             .sum();
-        metrics.influx_points.add((points - refused) as u64);
+        metrics.influx_points.inc_by((points - refused) as u64);
         if !rejected.is_empty() {
             metrics
                 .sink_failures("influx", crate::io::support::failure::FailureClass::Record)
-                .add(rejected.len() as u64);
+                .inc_by(rejected.len() as u64);
         }
         let rejected = rejected
             .into_iter()

@@ -410,7 +410,7 @@ impl KafkaSource {
             reader.last_message = now;
             reader.idle = false;
         }
-        self.metrics.messages_in.add(read as u64);
+        self.metrics.messages_in.inc_by(read as u64);
         self.update_idle(now);
         let hold_limit = Duration::from_millis(self.config.idle_timeout_ms);
         for reader in &mut self.readers {
