@@ -39,6 +39,11 @@ if ! need chromium; then
     echo "test.sh: installing chromium (dashboard browser test)"
     install_debian chromium
 fi
+# The https InfluxDB test reads back through curl, trusting its test CA.
+if ! need curl; then
+    echo "test.sh: installing curl (https read-back)"
+    install_debian curl
+fi
 # The MQTT tests make a test CA and a server certificate for the bridge's TLS listener.
 if ! need openssl; then
     echo "test.sh: installing openssl (test certificates)"

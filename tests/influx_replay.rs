@@ -209,3 +209,58 @@ fn influxdb_stopped_for_30_s_mid_replay_loses_nothing() {
         "an outage is not a refusal"
     );
 }
+
+#[test]
+fn replay_writes_to_an_influxdb_that_speaks_https_only() {
+    let influx = Influx::start_with_tls();
+    let data = common::dataset(60, 240);
+    let out = data.dir.path().join("out");
+    let ca = influx.tls.as_ref().unwrap().join("ca.pem");
+    let config = data.dir.path().join("influx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"https://127.0.0.1:{}\"\napi = \"v1\"\ntls = {{ ca_file = {:?} }}\n",
+            influx.port,
+            ca.display().to_string()
+        ),
+    )
+    .unwrap();
+    common::succeed(&mut replay_command(
+        &data,
+        &out,
+        &["--influx-config", config.to_str().unwrap()],
+    ));
+    // Read back over https by another client (curl), trusting the same test CA.
+    let answer = influx.query_over_tls(
+        "iotpipe",
+        &format!(
+            "SELECT count(\"count\") FROM iotpipe_aggregate WHERE {}",
+            span()
+        ),
+    );
+    let stored = answer["results"][0]["series"][0]["values"][0][1].as_u64();
+    let expected = windows_in_file(&out).len() as u64;
+    assert!(expected > 100, "too few windows: {expected}");
+    assert_eq!(stored, Some(expected), "{answer}");
+    // Without the test CA, the system's roots do not trust the server: one error naming the
+    // tls settings and exit 1, whether the writers or the version question meet it first.
+    for api in ["api = \"v1\"\n", ""] {
+        let url = format!("url = \"https://127.0.0.1:{}\"\n", influx.port);
+        std::fs::write(&config, format!("{url}{api}")).unwrap();
+        let output = replay_command(
+            &data,
+            &data.dir.path().join("out2"),
+            &["--influx-config", config.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("iotpipe: ") && last.contains("influx.tls (ca_file"),
+            "{api}: {stderr}"
+        );
+    }
+}

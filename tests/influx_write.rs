@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::influx::Influx;
 use iotpipe::dataflow::model::{ExactSum, MetricId, WindowAggregate};
 use iotpipe::dataflow::schema::SchemaSet;
+use iotpipe::io::connect::http::HttpEndpoint;
 use iotpipe::io::connect::influx::write::{InfluxApi, InfluxWriter, WriteError};
 use iotpipe::io::connect::secret::Secret;
 use iotpipe::io::sinks::influx::lines::aggregate_line;
@@ -30,7 +31,13 @@ fn writer(influx: &Influx) -> InfluxWriter {
         initial_ms: 100,
         max_ms: 1_000,
     };
-    InfluxWriter::new(&influx.url(), &v1(), Duration::from_secs(10), backoff).unwrap()
+    InfluxWriter::new(
+        endpoint(&influx.url()),
+        &v1(),
+        Duration::from_secs(10),
+        backoff,
+    )
+    .unwrap()
 }
 
 /// 50 devices x 3 metrics x 20 windows, in batches of 1,000 lines.
@@ -76,6 +83,10 @@ fn totals(influx: &Influx) -> (u64, u64) {
     let answer = influx.query("iotpipe", &q);
     let row = &answer["results"][0]["series"][0]["values"][0];
     (row[1].as_u64().unwrap(), row[2].as_u64().unwrap())
+}
+
+fn endpoint(url: &str) -> HttpEndpoint {
+    HttpEndpoint::parse(url, None).unwrap()
 }
 
 #[test]
@@ -155,7 +166,8 @@ fn a_writer_retries_while_influxdb_is_down_and_loses_nothing() {
             initial_ms: 100,
             max_ms: 1_000,
         };
-        let mut writer = InfluxWriter::new(&url, &v1(), Duration::from_secs(10), backoff).unwrap();
+        let mut writer =
+            InfluxWriter::new(endpoint(&url), &v1(), Duration::from_secs(10), backoff).unwrap();
         for batch in &batches {
             runtime.block_on(writer.write(batch)).unwrap();
         }
@@ -181,8 +193,13 @@ fn refused_credentials_stop_the_writer_with_an_error_naming_the_fields() {
         initial_ms: 50,
         max_ms: 200,
     };
-    let mut writer =
-        InfluxWriter::new(&influx.url(), &api, Duration::from_secs(5), backoff).unwrap();
+    let mut writer = InfluxWriter::new(
+        endpoint(&influx.url()),
+        &api,
+        Duration::from_secs(5),
+        backoff,
+    )
+    .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let line = format!("iotpipe_reading,device_id=d value=1 {START_MS}\n");
     let started = std::time::Instant::now();

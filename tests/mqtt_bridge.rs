@@ -147,12 +147,12 @@ fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
         ca_file: ca_file.clone(),
         client_cert_file: Some(dir.join("client.pem")),
         client_key_file: Some(dir.join("client.key")),
+        server_name: None,
     })
     .unwrap();
     let refused = attempt(TlsConfig {
         ca_file,
-        client_cert_file: None,
-        client_key_file: None,
+        ..TlsConfig::default()
     });
     assert!(refused.is_err(), "connected without a client certificate");
 }

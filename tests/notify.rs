@@ -52,6 +52,15 @@ fn start_answering_receiver(
     port: u16,
     answer: impl Fn(usize) -> Option<(u16, &'static str)> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
+    start_receiver_with(port, None, answer)
+}
+
+/// The same, speaking TLS with the certificate and key of `tls` when given.
+fn start_receiver_with(
+    port: u16,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    answer: impl Fn(usize) -> Option<(u16, &'static str)> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<Mutex<Received>>, tokio::runtime::Runtime) {
     let answer = Arc::new(answer);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
@@ -65,6 +74,7 @@ fn start_answering_receiver(
             let (stream, _) = listener.accept().await.unwrap();
             let state = Arc::clone(&state);
             let answer = Arc::clone(&answer);
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = Arc::clone(&state);
@@ -105,13 +115,44 @@ fn start_answering_receiver(
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(config) => {
+                        // A client that refuses the certificate ends the handshake: nothing to
+                        // serve then.
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
             });
         }
     });
     (addr, received, runtime)
+}
+
+/// A rustls server configuration with `dir`'s `server.pem` and `server.key` (see
+/// `common::mqtt::make_test_ca`).
+fn server_tls(dir: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
 }
 
 fn replay(data: &common::Dataset, out: &Path, notify: &Path) -> String {
@@ -379,6 +420,71 @@ fn an_mqtt_broker_that_refuses_the_credentials_stops_the_replay_naming_the_field
         last.starts_with("iotpipe: notify channel `bus`: username and password_env")
             && last.contains("refused the connection"),
         "{last}"
+    );
+}
+
+#[test]
+fn an_https_webhook_gets_every_event_through_tls_and_an_untrusted_certificate_stops_the_replay() {
+    let data = common::dataset(200, 420);
+    let certs = tempfile::tempdir().unwrap();
+    common::mqtt::make_test_ca(certs.path());
+    let (addr, received, _runtime) =
+        start_receiver_with(0, Some(server_tls(certs.path())), |_| None);
+    let url = format!("https://{addr}/alerts");
+    let notify = webhook_config(&data, &url);
+    let with_tls = |ca_file: &Path| {
+        let text = std::fs::read_to_string(&notify).unwrap();
+        let text = text.replace(
+            "[[webhook]]\n",
+            &format!(
+                "[[webhook]]\ntls = {{ ca_file = {:?} }}\n",
+                ca_file.display().to_string()
+            ),
+        );
+        std::fs::write(&notify, text).unwrap();
+    };
+    with_tls(&certs.path().join("ca.pem"));
+    let out = data.dir.path().join("out");
+    let stdout = replay(&data, &out, &notify);
+    let ids = alert_ids(&out);
+    assert!(ids.len() >= 10, "too few alert events: {}", ids.len());
+    assert!(
+        stdout.contains(&format!("delivered {}", ids.len())),
+        "{stdout}"
+    );
+    {
+        let r = received.lock().unwrap();
+        assert_eq!(r.bad_signatures, 0);
+        let got: Vec<&String> = r.accepted.iter().map(|(id, _)| id).collect();
+        assert_eq!(got, ids.iter().collect::<Vec<_>>());
+    }
+    // A CA that did not sign the receiver's certificate: refused 5 times in a row, the run
+    // stops naming the tls settings, and the events are kept.
+    let other = tempfile::tempdir().unwrap();
+    common::mqtt::make_test_ca(other.path());
+    std::fs::write(
+        &notify,
+        std::fs::read_to_string(&notify).unwrap().replace(
+            &certs.path().join("ca.pem").display().to_string(),
+            &other.path().join("ca.pem").display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(data.dir.path().join("ledger")).unwrap();
+    let (stdout, last) = failing_replay(&data, &out, &notify);
+    assert!(
+        last.starts_with("iotpipe: notify channel `ops`: tls (ca_file, server_name")
+            && last.contains("5 times in a row"),
+        "{last}"
+    );
+    assert!(
+        stdout.contains(&format!("undelivered {}", ids.len())),
+        "{stdout}"
+    );
+    assert_eq!(
+        received.lock().unwrap().accepted.len(),
+        ids.len(),
+        "nothing sent untrusted"
     );
 }
 

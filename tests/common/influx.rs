@@ -13,14 +13,30 @@ pub struct Influx {
     pub dir: tempfile::TempDir,
     /// Whether authentication is on (queries then go as `admin`).
     auth: bool,
+    /// The test CA's directory when influxd serves https only (`ca.pem` trusts it).
+    pub tls: Option<std::path::PathBuf>,
 }
 
 impl Influx {
     /// Writes the configuration for free ports (with authentication on, if `auth`); `run`
     /// starts it.
     fn configure(auth: bool) -> Self {
+        Self::configure_with(auth, false)
+    }
+
+    fn configure_with(auth: bool, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let https = if tls {
+            super::mqtt::make_test_ca(d);
+            format!(
+                "https-enabled = true\nhttps-certificate = \"{0}/server.pem\"\n\
+                 https-private-key = \"{0}/server.key\"\n",
+                d.display()
+            )
+        } else {
+            String::new()
+        };
         let port = super::free_port();
         let rpc_port = super::free_port();
         let config = d.join("influxdb.conf");
@@ -30,7 +46,7 @@ impl Influx {
                 "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
                  [meta]\ndir = \"{0}/meta\"\n[data]\ndir = \"{0}/data\"\nwal-dir = \"{0}/wal\"\n\
                  [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n\
-                 auth-enabled = {auth}\n",
+                 auth-enabled = {auth}\n{https}",
                 d.display()
             ),
         )
@@ -39,6 +55,7 @@ impl Influx {
             child: None,
             config,
             port,
+            tls: tls.then(|| dir.path().to_owned()),
             dir,
             auth,
         }
@@ -49,6 +66,35 @@ impl Influx {
         let mut influx = Self::configure(false);
         influx.run();
         influx
+    }
+
+    /// Like [`start`](Self::start), serving https only, with a certificate for 127.0.0.1
+    /// signed by a test CA (`ca.pem` in [`tls`](Self::tls)).
+    pub fn start_with_tls() -> Self {
+        let mut influx = Self::configure_with(false, true);
+        influx.run();
+        influx
+    }
+
+    /// `query` over https through curl, trusting the test CA: the JSON answer.
+    pub fn query_over_tls(&self, db: &str, q: &str) -> serde_json::Value {
+        let ca = self.tls.as_ref().expect("started with tls").join("ca.pem");
+        let output = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(ca)
+            .arg(format!(
+                "https://127.0.0.1:{}/query?db={db}&epoch=ms&q={}",
+                self.port,
+                encode(q)
+            ))
+            .output()
+            .expect("curl runs (scripts/test.sh installs it)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     /// Like [`start`](Self::start), with authentication on and one admin user, `admin` with
@@ -90,7 +136,11 @@ impl Influx {
             .expect("influxd runs (scripts/test.sh installs the influxdb package)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(self.get("/ping"), Some((204, _))) {
+        let up = |influx: &Self| match influx.tls {
+            None => matches!(influx.get("/ping"), Some((204, _))),
+            Some(_) => std::net::TcpStream::connect(("127.0.0.1", influx.port)).is_ok(),
+        };
+        while !up(self) {
             assert!(Instant::now() < deadline, "influxd did not answer /ping");
             std::thread::sleep(Duration::from_millis(100));
         }

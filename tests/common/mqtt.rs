@@ -172,7 +172,7 @@ fn wait_listening(port: u16) {
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl tool.
-fn make_test_ca(dir: &Path) {
+pub fn make_test_ca(dir: &Path) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

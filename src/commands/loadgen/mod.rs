@@ -86,10 +86,9 @@ impl Target {
         let mut connection = MqttConnectionConfig::plain(host, port, "iotpipe-loadgen");
         match (tls, ca_file) {
             (true, Some(ca_file)) => {
-                connection.tls = Some(crate::io::connect::mqtt::TlsConfig {
+                connection.tls = Some(crate::io::connect::tls::TlsConfig {
                     ca_file,
-                    client_cert_file: None,
-                    client_key_file: None,
+                    ..Default::default()
                 });
             }
             (true, None) => return Err(format!("--to {to}: TLS needs --ca-file")),

@@ -1,8 +1,9 @@
-//! Client settings shared by several adapters: the HTTP client, Kafka, MQTT (with TLS),
-//! InfluxDB's API and reader, and secrets.
+//! Client settings shared by several adapters: the HTTP client, Kafka, MQTT, InfluxDB's API and
+//! reader, TLS (one configuration for MQTT and HTTPS) and secrets.
 
 pub mod http;
 pub mod influx;
 pub mod kafka;
 pub mod mqtt;
 pub mod secret;
+pub mod tls;

@@ -7,10 +7,12 @@ use http_body_util::Full;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
 
-use crate::io::connect::http::HttpConnection;
+use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::influx::write::InfluxApi;
 use crate::io::connect::secret::Secret;
+use crate::io::connect::tls::TlsConfig;
 use crate::io::support::backoff::Backoff;
+use crate::io::support::failure::FailureClass;
 
 /// Which HTTP API to write with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +31,12 @@ pub enum ApiChoice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
-    /// `http://HOST:PORT` of InfluxDB.
+    /// `http://HOST:PORT` or `https://HOST:PORT` of InfluxDB (Cloud and 3.x are https only).
     pub url: String,
+    /// TLS for an `https` url: the certificate authorities to trust (without this section, the
+    /// system's), a client certificate, the name on the server's certificate.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// `v1`, `v2` (2.x and 3.x) or `auto` (ask `/ping`; the default).
     #[serde(default)]
     pub api: ApiChoice,
@@ -104,7 +110,7 @@ fn default_timeout_ms() -> u64 {
 #[error("influx.{field}: {message}")]
 pub struct InfluxConfigError {
     /// The field.
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
 }
@@ -114,6 +120,7 @@ impl InfluxConfig {
     pub fn for_url(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            tls: None,
             api: ApiChoice::Auto,
             database: default_database(),
             retention_policy: None,
@@ -133,22 +140,13 @@ impl InfluxConfig {
 
     /// Checks the numbers, which need no server.
     pub fn validate(&self) -> Result<(), InfluxConfigError> {
-        let invalid = |field, message: &str| {
+        let invalid = |field: &str, message: &str| {
             Err(InfluxConfigError {
-                field,
+                field: field.to_owned(),
                 message: message.to_owned(),
             })
         };
-        if !self.url.starts_with("http://") {
-            return invalid("url", "use http://HOST:PORT");
-        }
-        let authority = self.url.trim_start_matches("http://").trim_end_matches('/');
-        if authority.parse::<hyper::http::uri::Authority>().is_err() {
-            return invalid(
-                "url",
-                "use http://HOST:PORT (no path, spaces or control characters)",
-            );
-        }
+        self.endpoint()?;
         // They go into the Authorization header, which cannot hold control characters: a
         // trailing newline from an env file is the usual cause.
         let credentials = [
@@ -179,6 +177,26 @@ impl InfluxConfig {
         Ok(())
     }
 
+    /// Where the writers and readers connect, checked: `http(s)://HOST:PORT` and no path.
+    pub fn endpoint(&self) -> Result<HttpEndpoint, InfluxConfigError> {
+        let endpoint =
+            HttpEndpoint::parse(&self.url, self.tls.as_ref()).map_err(|e| InfluxConfigError {
+                field: e.field,
+                message: e.message,
+            })?;
+        if endpoint.path() != "/" {
+            return Err(InfluxConfigError {
+                field: "url".into(),
+                message: format!(
+                    "{:?}: use http(s)://HOST:PORT, without a path (the API's paths are \
+                     iotpipe's)",
+                    self.url
+                ),
+            });
+        }
+        Ok(endpoint)
+    }
+
     /// The request time limit.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -202,7 +220,7 @@ impl InfluxConfig {
         }
         let Some(token) = self.token.clone() else {
             return Err(InfluxConfigError {
-                field: "token",
+                field: "token".into(),
                 message: format!(
                     "InfluxDB {major}.x at {} needs an API token: set influx.token",
                     self.url
@@ -217,13 +235,14 @@ impl InfluxConfig {
     }
 
     async fn ping_major_version(&self) -> Result<u32, InfluxConfigError> {
-        let authority = self.url.trim_start_matches("http://").trim_end_matches('/');
-        let mut http = HttpConnection::new(authority);
+        let endpoint = self.endpoint()?;
+        let authority = endpoint.authority().to_owned();
+        let mut http = HttpConnection::to(endpoint);
         let deadline = tokio::time::Instant::now() + self.timeout();
         let mut attempt = 0;
         let failure = loop {
             let request = Request::get("/ping")
-                .header(hyper::header::HOST, authority)
+                .header(hyper::header::HOST, &authority)
                 .body(Full::new(Bytes::new()))
                 .expect("a valid request");
             let failure = match http.send_with_headers(request, self.timeout()).await {
@@ -241,6 +260,13 @@ impl InfluxConfig {
                     }
                 }
                 Ok((status, _, _)) => format!("/ping answered HTTP {status}"),
+                // An untrusted certificate or an answer that is not HTTP: no wait mends it.
+                Err(e) if e.class() == FailureClass::Sink => {
+                    return Err(InfluxConfigError {
+                        field: e.field().into(),
+                        message: format!("{e} (asking {}/ping)", self.url),
+                    });
+                }
                 Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() >= deadline {
@@ -250,7 +276,7 @@ impl InfluxConfig {
             attempt += 1;
         };
         Err(InfluxConfigError {
-            field: "api",
+            field: "api".into(),
             message: format!(
                 "cannot tell the InfluxDB version at {}: {failure}; set influx.api to \"v1\" or \
                  \"v2\" to start without asking",

@@ -9,30 +9,27 @@ use hyper::Request;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-use crate::io::connect::http::HttpConnection;
+use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::influx::write::InfluxApi;
 
 /// Runs InfluxQL queries against one database.
 #[derive(Clone, Debug)]
 pub struct InfluxReader {
-    authority: String,
+    endpoint: HttpEndpoint,
     database: String,
     authorization: Option<String>,
     timeout: Duration,
 }
 
 impl InfluxReader {
-    /// A reader of the database `api` writes to, at `url` (`http://HOST:PORT`).
-    pub fn new(url: &str, api: &InfluxApi, timeout: Duration) -> Self {
+    /// A reader of the database `api` writes to, at `endpoint`.
+    pub fn new(endpoint: HttpEndpoint, api: &InfluxApi, timeout: Duration) -> Self {
         let database = match api {
             InfluxApi::V1 { database, .. } => database.clone(),
             InfluxApi::V2 { bucket, .. } => bucket.clone(),
         };
         Self {
-            authority: url
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_owned(),
+            endpoint,
             database,
             authorization: api.authorization(),
             timeout,
@@ -47,14 +44,14 @@ impl InfluxReader {
             utf8_percent_encode(&self.database, NON_ALPHANUMERIC),
             utf8_percent_encode(q, NON_ALPHANUMERIC)
         );
-        let mut request = Request::get(path).header(hyper::header::HOST, &self.authority);
+        let mut request = Request::get(path).header(hyper::header::HOST, self.endpoint.authority());
         if let Some(authorization) = &self.authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization);
         }
         let request = request
             .body(Full::new(Bytes::new()))
             .expect("a valid request");
-        let mut http = HttpConnection::new(self.authority.clone());
+        let mut http = HttpConnection::to(self.endpoint.clone());
         let (status, body) = http
             .send(request, self.timeout)
             .await

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
 
-use crate::io::connect::http::HttpConnection;
+use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::secret::Secret;
 use crate::io::support::backoff::Backoff;
 use crate::io::support::failure::{FailureClass, SinkStrikes};
@@ -110,6 +110,9 @@ pub enum WriteError {
 /// The field to check when what answers is not InfluxDB.
 const URL_FIELD: &str = "influx.url";
 
+/// The fields to check when the TLS handshake fails on certificates.
+const TLS_FIELD: &str = "influx.tls (ca_file, server_name, client_cert_file)";
+
 /// The fields to check when InfluxDB answers `status` for every write.
 fn failing_field(status: u16) -> &'static str {
     match status {
@@ -133,18 +136,16 @@ pub struct InfluxWriter {
 }
 
 impl InfluxWriter {
-    /// A writer to `url` (`http://host:port`) through `api`; the error names what is wrong.
+    /// A writer to `endpoint` (see [`InfluxConfig::endpoint`]) through `api`; the error names
+    /// what is wrong.
+    ///
+    /// [`InfluxConfig::endpoint`]: crate::io::connect::influx::config::InfluxConfig::endpoint
     pub fn new(
-        url: &str,
+        endpoint: HttpEndpoint,
         api: &InfluxApi,
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<Self, String> {
-        let authority = url
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| format!("url {url:?}: use http://HOST:PORT"))?;
         let name = |field: &str, value: &str| {
             if !value.is_empty()
                 && value
@@ -186,7 +187,7 @@ impl InfluxWriter {
             }
         };
         Ok(Self {
-            http: HttpConnection::new(authority),
+            http: HttpConnection::to(endpoint),
             path_and_query,
             authorization: api.authorization(),
             timeout,
@@ -305,7 +306,11 @@ impl InfluxWriter {
                 }
                 Err(e) => {
                     if strikes.note(Some(e.class())) {
-                        return Err(self.sink_failure(URL_FIELD, None, e.to_string()));
+                        let field = match e.field() {
+                            "url" => URL_FIELD,
+                            _ => TLS_FIELD,
+                        };
+                        return Err(self.sink_failure(field, None, e.to_string()));
                     }
                     e.to_string()
                 }
@@ -329,7 +334,7 @@ mod tests {
 
     fn writer(api: InfluxApi) -> InfluxWriter {
         InfluxWriter::new(
-            "http://127.0.0.1:8086",
+            HttpEndpoint::parse("http://127.0.0.1:8086", None).unwrap(),
             &api,
             Duration::from_secs(1),
             Backoff::default(),
@@ -369,7 +374,7 @@ mod tests {
             password: None,
         };
         let mut writer = InfluxWriter::new(
-            &format!("http://{addr}"),
+            HttpEndpoint::parse(&format!("http://{addr}"), None).unwrap(),
             &api,
             Duration::from_secs(5),
             backoff,
@@ -430,7 +435,8 @@ mod tests {
             username: None,
             password: None,
         };
-        let error = InfluxWriter::new("http://h:1", &bad, Duration::ZERO, Backoff::default());
+        let endpoint = HttpEndpoint::parse("http://h:1", None).unwrap();
+        let error = InfluxWriter::new(endpoint, &bad, Duration::ZERO, Backoff::default());
         assert!(error.err().unwrap().starts_with("database \"a b\""));
     }
 }

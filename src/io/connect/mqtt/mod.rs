@@ -1,15 +1,15 @@
 //! MQTT connections (v5, through rumqttc): broker address, identity, credentials and TLS, shared
 //! by the bridge and the load generator.
 
-mod tls;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::v5::MqttOptions;
+use rumqttc::{TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 
 use crate::io::connect::secret::Secret;
+pub use crate::io::connect::tls::TlsConfig;
 
 /// How to reach an MQTT broker and who to be there.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,21 +50,6 @@ fn default_port() -> u16 {
 
 fn default_keep_alive_s() -> u64 {
     30
-}
-
-/// TLS to the broker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file of the certificate authorities that sign the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM file of this client's certificate chain, for brokers that require client
-    /// certificates (`require_certificate true`).
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM file of the client certificate's private key.
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
 }
 
 /// An MQTT configuration that cannot be used; names the field and the fix.
@@ -165,13 +150,20 @@ impl MqttConnectionConfig {
             options.set_credentials(user.clone(), password);
         }
         if let Some(tls_config) = &self.tls {
-            let transport = tls::transport(tls_config).map_err(|(field, message)| {
-                MqttConfigError::Invalid {
-                    field: format!("{section}.tls.{field}"),
-                    message,
-                }
-            })?;
-            options.set_transport(transport);
+            let tls_invalid = |field: &str, message: String| MqttConfigError::Invalid {
+                field: format!("{section}.tls.{field}"),
+                message,
+            };
+            if tls_config.server_name.is_some() {
+                return Err(tls_invalid(
+                    "server_name",
+                    "is for HTTP only: MQTT checks the certificate against `host`".into(),
+                ));
+            }
+            let client_config = tls_config
+                .client_config()
+                .map_err(|e| tls_invalid(e.field, e.message))?;
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config)));
         }
         Ok(options)
     }
@@ -212,8 +204,7 @@ mod tests {
         let mut config = MqttConnectionConfig::plain("localhost", 8883, "c");
         config.tls = Some(TlsConfig {
             ca_file: "/nonexistent/ca.pem".into(),
-            client_cert_file: None,
-            client_key_file: None,
+            ..TlsConfig::default()
         });
         let error = config.options("mqtt", None).unwrap_err().to_string();
         assert!(

@@ -62,8 +62,9 @@ impl Dashboard {
             stats,
             metrics,
             catalog,
-            influx: influx
-                .map(|pool| InfluxReader::new(&pool.config.url, &pool.api, pool.config.timeout())),
+            influx: influx.map(|pool| {
+                InfluxReader::new(pool.endpoint.clone(), &pool.api, pool.config.timeout())
+            }),
             window_ms,
         }
     }

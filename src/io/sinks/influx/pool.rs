@@ -18,6 +18,7 @@ use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::dataflow::model::{DeadLetter, DeadLetterReason, TimeMs};
+use crate::io::connect::http::HttpEndpoint;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::connect::influx::write::{
     InfluxApi, InfluxSinkFailure, InfluxWriter, Rejected, WriteError,
@@ -102,6 +103,8 @@ pub struct InfluxPool {
     derived: tokio::sync::mpsc::Sender<InfluxBatch>,
     /// Batch size and linger, for the sinks.
     pub config: Arc<InfluxConfig>,
+    /// Where InfluxDB is, TLS included, for readers of the same database.
+    pub endpoint: HttpEndpoint,
     /// The API resolved at start, for readers of the same database.
     pub api: InfluxApi,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -119,14 +122,15 @@ impl InfluxPool {
             .enable_all()
             .build()
             .map_err(|e| InfluxConfigError {
-                field: "url",
+                field: "url".into(),
                 message: format!("cannot start the writer runtime: {e}"),
             })?;
         let api = runtime.block_on(config.resolve())?;
+        let endpoint = config.endpoint()?;
         let mut writers = (0..config.max_in_flight)
             .map(|_| {
                 let writer =
-                    InfluxWriter::new(&config.url, &api, config.timeout(), config.backoff)?;
+                    InfluxWriter::new(endpoint.clone(), &api, config.timeout(), config.backoff)?;
                 Ok(if config.gzip {
                     writer
                 } else {
@@ -135,7 +139,7 @@ impl InfluxPool {
             })
             .collect::<Result<Vec<_>, String>>()
             .map_err(|message| InfluxConfigError {
-                field: "url",
+                field: "url".into(),
                 message,
             })?;
         runtime.block_on(writers[0].ensure_database());
@@ -168,7 +172,7 @@ impl InfluxPool {
                 })
             })
             .map_err(|e| InfluxConfigError {
-                field: "url",
+                field: "url".into(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         tracing::info!(url = %config.url, ?api, "writing to influxdb");
@@ -176,6 +180,7 @@ impl InfluxPool {
             readings,
             derived,
             config: Arc::new(config.clone()),
+            endpoint,
             api,
             thread: Arc::new(Mutex::new(Some(thread))),
             failure,

@@ -12,7 +12,8 @@ use sha2::Sha256;
 use super::{Backoff, Channel, Failure, Notification};
 use crate::dataflow::alert::Severity;
 use crate::dataflow::model::bounded;
-use crate::io::connect::http::HttpConnection;
+use crate::io::connect::http::{HttpConnection, HttpEndpoint};
+use crate::io::connect::tls::TlsConfig;
 
 /// A webhook receiver.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,8 +21,12 @@ use crate::io::connect::http::HttpConnection;
 pub struct WebhookConfig {
     /// The channel's name (ledger file name, logs).
     pub name: String,
-    /// `http://host:port/path` (put TLS in front with a proxy).
+    /// `http://host:port/path` or `https://...`.
     pub url: String,
+    /// TLS for an `https` url: the certificate authorities to trust (without this section, the
+    /// system's), a client certificate, the name on the receiver's certificate.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Name of the environment variable holding the signing secret (secrets stay out of
     /// config files and logs). Without one, requests are not signed.
     #[serde(default)]
@@ -66,25 +71,13 @@ pub struct WebhookChannel {
 }
 
 impl WebhookChannel {
-    /// Checks the configuration: an `http` URL, a secret variable that is set.
+    /// Checks the configuration: an `http` or `https` URL, TLS files that can be read, a
+    /// secret variable that is set.
     pub fn new(config: WebhookConfig) -> Result<Self, String> {
         let field = |f: &str| format!("webhook `{}`: {f}", config.name);
-        let uri: hyper::Uri = config
-            .url
-            .parse()
-            .map_err(|e| field(&format!("url: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(field(
-                "url must be http://host:port/path (terminate TLS in a proxy)",
-            ));
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| field("url has no host"))?
-            .to_string();
-        let path = uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.to_string());
+        let endpoint = HttpEndpoint::parse(&config.url, config.tls.as_ref())
+            .map_err(|e| field(&e.to_string()))?;
+        let path = endpoint.path().to_owned();
         let secret = match &config.secret_env {
             None => None,
             Some(var) => Some(
@@ -97,7 +90,7 @@ impl WebhookChannel {
             return Err(field("max_per_second must be a finite number above 0"));
         }
         Ok(Self {
-            http: HttpConnection::new(authority),
+            http: HttpConnection::to(endpoint),
             path,
             secret,
             next_send: tokio::time::Instant::now(),
@@ -137,7 +130,7 @@ impl Channel for WebhookChannel {
             .await
             .map_err(|e| Failure {
                 class: e.class(),
-                field: "url",
+                field: e.field(),
                 reason: e.to_string(),
             })?;
         if status.is_success() {
@@ -183,7 +176,8 @@ mod tests {
     fn bad_urls_and_missing_secrets_are_named() {
         let config = WebhookConfig {
             name: "ops".into(),
-            url: "https://example.org/hook".into(),
+            url: "ftp://example.org/hook".into(),
+            tls: None,
             secret_env: None,
             timeout_ms: 1000,
             max_per_second: 1.0,
