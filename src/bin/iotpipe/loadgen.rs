@@ -59,7 +59,8 @@ pub fn run(args: LoadgenArgs) -> Result<(), String> {
             }
         }
     };
-    let mut target = Target::parse(&args.to, connections, args.ca_file.clone())?;
+    let mut target =
+        Target::parse(&args.to, connections, args.ca_file.clone()).map_err(|e| e.to_string())?;
     if let Target::Mqtt(mqtt) = &mut target {
         mqtt.qos = match args.qos {
             0 => QoS::AtMostOnce,

@@ -21,6 +21,16 @@ use crate::io::connect::mqtt::MqttConnectionConfig;
 use crate::io::sources::fleet::{Fleet, FleetConfig, FleetMessage};
 pub use mqtt::{Connections, MqttTarget};
 
+/// A `--to` (or `--ca-file`) that names no target: the flag and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{flag} {message}")]
+pub struct TargetError {
+    /// The flag (with a colon when the message does not start with the flag's value).
+    pub flag: &'static str,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
 /// Where the messages go.
 #[derive(Debug)]
 pub enum Target {
@@ -45,22 +55,26 @@ impl Target {
         to: &str,
         connections: Connections,
         ca_file: Option<PathBuf>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TargetError> {
+        let to_error = |message: String| TargetError {
+            flag: "--to",
+            message,
+        };
         let fix = "use mqtt://HOST:PORT, mqtts://HOST:PORT, kafka://HOST:PORT/TOPIC or file:PATH";
         if let Some(path) = to.strip_prefix("file:") {
             if path.is_empty() {
-                return Err(format!("--to {to}: no path ({fix})"));
+                return Err(to_error(format!("{to}: no path ({fix})")));
             }
             return Ok(Self::File(path.into()));
         }
         if let Some(rest) = to.strip_prefix("kafka://") {
             let Some((brokers, topic)) = rest.split_once('/') else {
-                return Err(format!("--to {to}: no topic ({fix})"));
+                return Err(to_error(format!("{to}: no topic ({fix})")));
             };
             if brokers.is_empty() || topic.is_empty() {
-                return Err(format!(
-                    "--to {to}: brokers and topic are both needed ({fix})"
-                ));
+                return Err(to_error(format!(
+                    "{to}: brokers and topic are both needed ({fix})"
+                )));
             }
             return Ok(Self::Kafka {
                 brokers: brokers.into(),
@@ -72,14 +86,14 @@ impl Target {
         } else if let Some(rest) = to.strip_prefix("mqtts://") {
             (rest, true, 8883)
         } else {
-            return Err(format!("--to {to}: unknown target ({fix})"));
+            return Err(to_error(format!("{to}: unknown target ({fix})")));
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (
                 host,
                 port.parse()
-                    .map_err(|_| format!("--to {to}: port {port:?} is not a number"))?,
+                    .map_err(|_| to_error(format!("{to}: port {port:?} is not a number")))?,
             ),
             None => (rest, default_port),
         };
@@ -91,8 +105,13 @@ impl Target {
                     ..Default::default()
                 });
             }
-            (true, None) => return Err(format!("--to {to}: TLS needs --ca-file")),
-            (false, Some(_)) => return Err(format!("--ca-file: --to {to} is not mqtts://")),
+            (true, None) => return Err(to_error(format!("{to}: TLS needs --ca-file"))),
+            (false, Some(_)) => {
+                return Err(TargetError {
+                    flag: "--ca-file:",
+                    message: format!("--to {to} is not mqtts://"),
+                });
+            }
             (false, None) => {}
         }
         Ok(Self::Mqtt(Box::new(MqttTarget {

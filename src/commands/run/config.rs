@@ -203,9 +203,9 @@ impl RunConfig {
         self.pipeline
             .alerts
             .resolve(schemas.catalog())
-            .map_err(|message| RunConfigError::Invalid {
+            .map_err(|e| RunConfigError::Invalid {
                 field: "pipeline.alerts",
-                message,
+                message: e.to_string(),
             })
     }
 }

@@ -93,18 +93,25 @@ impl Selector {
             && (self.metric_ids.is_empty() || metric.is_some_and(|m| self.metric_ids.contains(&m)))
     }
 
+    /// The metric ids of the names; the first unknown name is the error.
     fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), String> {
         self.metric_ids = self
             .metrics
             .iter()
-            .map(|name| {
-                catalog
-                    .id(name)
-                    .ok_or_else(|| format!("unknown metric `{name}` (see the metric catalog)"))
-            })
+            .map(|name| catalog.id(name).ok_or_else(|| name.clone()))
             .collect::<Result<_, _>>()?;
         Ok(())
     }
+}
+
+/// Alert rules that cannot be used: where (`rules.NAME`, `maintenance[I]`) and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct AlertConfigError {
+    /// The rule or maintenance window.
+    pub at: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
 }
 
 /// When a rule fires.
@@ -284,30 +291,35 @@ impl Default for AlertConfig {
 
 impl AlertConfig {
     /// Resolves metric names against the catalog; an unknown one is an error naming the rule.
-    pub fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), String> {
+    pub fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), AlertConfigError> {
+        let error = |at: String, message: String| AlertConfigError { at, message };
         for rule in &mut self.rules {
-            rule.selector
-                .resolve(catalog)
-                .map_err(|e| format!("rules.{}: {e}", rule.name))?;
+            let at = || format!("rules.{}", rule.name);
+            rule.selector.resolve(catalog).map_err(|name| {
+                error(
+                    at(),
+                    format!("unknown metric `{name}` (see the metric catalog)"),
+                )
+            })?;
             if let Condition::Anomaly { min_score, .. } = rule.when
                 && !(0.0..=1.0).contains(&min_score)
             {
-                return Err(format!(
-                    "rules.{}: min_score must be within 0..=1, not {min_score}",
-                    rule.name
+                return Err(error(
+                    at(),
+                    format!("min_score must be within 0..=1, not {min_score}"),
                 ));
             }
             if let Condition::Clock { min_faults: 0, .. } = rule.when {
-                return Err(format!(
-                    "rules.{}: clock.min_faults must be at least 1",
-                    rule.name
-                ));
+                return Err(error(at(), "clock.min_faults must be at least 1".into()));
             }
         }
         for (i, m) in self.maintenance.iter_mut().enumerate() {
-            m.selector
-                .resolve(catalog)
-                .map_err(|e| format!("maintenance[{i}]: {e}"))?;
+            m.selector.resolve(catalog).map_err(|name| {
+                error(
+                    format!("maintenance[{i}]"),
+                    format!("unknown metric `{name}` (see the metric catalog)"),
+                )
+            })?;
         }
         Ok(())
     }

@@ -12,6 +12,28 @@ use serde_json::Value;
 use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::influx::write::InfluxApi;
 
+/// A query InfluxDB did not answer with rows.
+#[derive(Debug, thiserror::Error)]
+pub enum InfluxQueryError {
+    /// No answer.
+    #[error(transparent)]
+    Http(#[from] crate::io::connect::http::HttpError),
+    /// An answer with an error status.
+    #[error("influxdb answered HTTP {status}: {answer}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// What it said.
+        answer: String,
+    },
+    /// An answer that is not InfluxQL's JSON.
+    #[error("influxdb's answer: {0}")]
+    Answer(#[from] serde_json::Error),
+    /// InfluxDB refused the query.
+    #[error("influxdb: {0}")]
+    Query(String),
+}
+
 /// Runs InfluxQL queries against one database.
 #[derive(Clone, Debug)]
 pub struct InfluxReader {
@@ -38,7 +60,7 @@ impl InfluxReader {
 
     /// The rows of the first series `q` answers, as `(column names, rows)`; times are epoch
     /// ms. No series is an empty answer, not an error.
-    pub async fn query(&self, q: &str) -> Result<(Vec<String>, Vec<Vec<Value>>), String> {
+    pub async fn query(&self, q: &str) -> Result<(Vec<String>, Vec<Vec<Value>>), InfluxQueryError> {
         let path = format!(
             "/query?db={}&epoch=ms&q={}",
             utf8_percent_encode(&self.database, NON_ALPHANUMERIC),
@@ -52,21 +74,17 @@ impl InfluxReader {
             .body(Full::new(Bytes::new()))
             .expect("a valid request");
         let mut http = HttpConnection::to(self.endpoint.clone());
-        let (status, body) = http
-            .send(request, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (status, body) = http.send(request, self.timeout).await?;
         if !status.is_success() {
-            return Err(format!(
-                "influxdb answered HTTP {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ));
+            return Err(InfluxQueryError::Status {
+                status: status.as_u16(),
+                answer: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
         }
-        let answer: Value =
-            serde_json::from_slice(&body).map_err(|e| format!("influxdb's answer: {e}"))?;
+        let answer: Value = serde_json::from_slice(&body)?;
         let result = &answer["results"][0];
         if let Some(error) = result["error"].as_str() {
-            return Err(format!("influxdb: {error}"));
+            return Err(InfluxQueryError::Query(error.to_owned()));
         }
         let series = &result["series"][0];
         let columns = series["columns"]

@@ -15,6 +15,7 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 
 use crate::io::connect::http::{HttpConnection, HttpEndpoint};
+use crate::io::connect::influx::config::InfluxConfigError;
 use crate::io::connect::secret::Secret;
 use crate::io::support::backoff::Backoff;
 use crate::io::support::failure::{FailureClass, SinkStrikes};
@@ -145,7 +146,7 @@ impl InfluxWriter {
         api: &InfluxApi,
         timeout: Duration,
         backoff: Backoff,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InfluxConfigError> {
         let name = |field: &str, value: &str| {
             if !value.is_empty()
                 && value
@@ -154,9 +155,10 @@ impl InfluxWriter {
             {
                 Ok(value.to_owned())
             } else {
-                Err(format!(
-                    "{field} {value:?}: use letters, digits, '_', '-' and '.'"
-                ))
+                Err(InfluxConfigError {
+                    field: field.to_owned(),
+                    message: format!("{value:?}: use letters, digits, '_', '-' and '.'"),
+                })
             }
         };
         let (path_and_query, database) = match api {
@@ -437,6 +439,7 @@ mod tests {
         };
         let endpoint = HttpEndpoint::parse("http://h:1", None).unwrap();
         let error = InfluxWriter::new(endpoint, &bad, Duration::ZERO, Backoff::default());
-        assert!(error.err().unwrap().starts_with("database \"a b\""));
+        let error = error.err().unwrap().to_string();
+        assert!(error.starts_with("influx.database: \"a b\""), "{error}");
     }
 }

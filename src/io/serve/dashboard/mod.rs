@@ -256,7 +256,7 @@ impl Dashboard {
             string_literal(subject),
             string_literal(name),
         );
-        let (columns, rows) = reader.query(&q).await.map_err(|e| (502, e))?;
+        let (columns, rows) = reader.query(&q).await.map_err(|e| (502, e.to_string()))?;
         let column = |row: &[Value], name: &str| {
             columns
                 .iter()

@@ -137,11 +137,7 @@ impl InfluxPool {
                     writer.without_gzip()
                 })
             })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|message| InfluxConfigError {
-                field: "url".into(),
-                message,
-            })?;
+            .collect::<Result<Vec<_>, InfluxConfigError>>()?;
         runtime.block_on(writers[0].ensure_database());
         let (readings, readings_queue) = tokio::sync::mpsc::channel(config.queue_batches);
         let (derived, derived_queue) = tokio::sync::mpsc::channel(config.queue_batches);

@@ -218,6 +218,20 @@ impl Failure {
     }
 }
 
+/// A channel whose settings cannot work: which, the field and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} `{channel}`: {field}: {message}")]
+pub struct ChannelConfigError {
+    /// `webhook`, `mqtt` or `file`.
+    pub kind: &'static str,
+    /// The channel's name.
+    pub channel: String,
+    /// The field.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
 /// A channel that gave up: the receiver said it cannot take events
 /// [`SINK_FAILURE_TRIES`] times in a row.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -345,8 +359,8 @@ pub enum NotifyError {
         source: std::io::Error,
     },
     /// A channel is misconfigured.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ChannelConfigError),
 }
 
 /// Where a channel keeps what it cannot deliver, and how it tells.

@@ -6,7 +6,7 @@ use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOption
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{Backoff, Channel, Failure, Notification};
+use super::{Backoff, Channel, ChannelConfigError, Failure, Notification};
 use crate::dataflow::alert::Severity;
 
 /// An MQTT broker to publish alert events to.
@@ -90,7 +90,7 @@ fn refusal(code: ConnectReturnCode) -> Failure {
 impl MqttChannel {
     /// Connects (lazily: the event loop connects and reconnects on its own). Must be called
     /// inside a Tokio runtime.
-    pub fn new(config: MqttConfig) -> Result<Self, String> {
+    pub fn new(config: MqttConfig) -> Result<Self, ChannelConfigError> {
         let client_id = config
             .client_id
             .clone()
@@ -99,8 +99,11 @@ impl MqttChannel {
         options.set_keep_alive(Duration::from_secs(15));
         if let Some(user) = &config.username {
             let password = match &config.password_env {
-                Some(var) => std::env::var(var).map_err(|_| {
-                    format!("mqtt `{}`: password_env: ${var} is not set", config.name)
+                Some(var) => std::env::var(var).map_err(|_| ChannelConfigError {
+                    kind: "mqtt",
+                    channel: config.name.clone(),
+                    field: "password_env".into(),
+                    message: format!("${var} is not set"),
                 })?,
                 None => String::new(),
             };

@@ -9,7 +9,7 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Backoff, Channel, Failure, Notification};
+use super::{Backoff, Channel, ChannelConfigError, Failure, Notification};
 use crate::dataflow::alert::Severity;
 use crate::dataflow::model::bounded;
 use crate::io::connect::http::{HttpConnection, HttpEndpoint};
@@ -73,21 +73,29 @@ pub struct WebhookChannel {
 impl WebhookChannel {
     /// Checks the configuration: an `http` or `https` URL, TLS files that can be read, a
     /// secret variable that is set.
-    pub fn new(config: WebhookConfig) -> Result<Self, String> {
-        let field = |f: &str| format!("webhook `{}`: {f}", config.name);
+    pub fn new(config: WebhookConfig) -> Result<Self, ChannelConfigError> {
+        let invalid = |field: &str, message: String| ChannelConfigError {
+            kind: "webhook",
+            channel: config.name.clone(),
+            field: field.to_owned(),
+            message,
+        };
         let endpoint = HttpEndpoint::parse(&config.url, config.tls.as_ref())
-            .map_err(|e| field(&e.to_string()))?;
+            .map_err(|e| invalid(&e.field, e.message))?;
         let path = endpoint.path().to_owned();
         let secret = match &config.secret_env {
             None => None,
             Some(var) => Some(
                 std::env::var(var)
-                    .map_err(|_| field(&format!("secret_env: ${var} is not set")))?
+                    .map_err(|_| invalid("secret_env", format!("${var} is not set")))?
                     .into_bytes(),
             ),
         };
         if !(config.max_per_second.is_finite() && config.max_per_second > 0.0) {
-            return Err(field("max_per_second must be a finite number above 0"));
+            return Err(invalid(
+                "max_per_second",
+                "must be a finite number above 0".into(),
+            ));
         }
         Ok(Self {
             http: HttpConnection::to(endpoint),
@@ -184,7 +192,10 @@ mod tests {
             min_severity: Severity::Warning,
             backoff: Backoff::default(),
         };
-        let err = WebhookChannel::new(config.clone()).err().unwrap();
+        let err = WebhookChannel::new(config.clone())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("webhook `ops`: url"), "{err}");
         let err = WebhookChannel::new(WebhookConfig {
             url: "http://127.0.0.1:9/hook".into(),
@@ -192,7 +203,8 @@ mod tests {
             ..config
         })
         .err()
-        .unwrap();
-        assert!(err.contains("secret_env"), "{err}");
+        .unwrap()
+        .to_string();
+        assert!(err.contains("webhook `ops`: secret_env"), "{err}");
     }
 }

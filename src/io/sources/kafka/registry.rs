@@ -55,17 +55,23 @@ impl LiveRegistry {
     }
 }
 
+/// A changelog record that is not a registry change (skipped and counted).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistryRecordError(String);
+
 /// Parses one changelog record; `None` value or an empty one is a delete.
 pub fn parse_record(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     offset: i64,
     catalog: &MetricCatalog,
-) -> Result<RegistryChange, String> {
+) -> Result<RegistryChange, RegistryRecordError> {
+    let error = |message: String| RegistryRecordError(message);
     let key = key
         .map(String::from_utf8_lossy)
         .filter(|k| !k.is_empty())
-        .ok_or("the record has no key (the key must be the device id)")?;
+        .ok_or_else(|| error("the record has no key (the key must be the device id)".into()))?;
     match value.filter(|v| !v.is_empty()) {
         None => Ok(RegistryChange {
             device_id: key.as_ref().into(),
@@ -73,14 +79,14 @@ pub fn parse_record(
             info: None,
         }),
         Some(value) => {
-            let text = std::str::from_utf8(value).map_err(|e| format!("value: {e}"))?;
+            let text = std::str::from_utf8(value).map_err(|e| error(format!("value: {e}")))?;
             let change = parse_registry_line(text, offset.max(0) as usize, catalog)
-                .map_err(|e| e.message)?;
+                .map_err(|e| error(e.message))?;
             if change.device_id.as_str() != key {
-                return Err(format!(
+                return Err(error(format!(
                     "key {key} differs from the value's device_id {}",
                     change.device_id
-                ));
+                )));
             }
             Ok(change)
         }
@@ -202,7 +208,7 @@ fn follow(
                         topic,
                         partition,
                         offset = message.offset(),
-                        reason,
+                        %reason,
                         "registry record skipped"
                     );
                 }
@@ -238,6 +244,6 @@ mod tests {
         assert!(deleted.info.is_none());
         assert!(parse_record(None, Some(line), 5, &catalog).is_err());
         let wrong_key = parse_record(Some(b"dev-2"), Some(line), 6, &catalog).unwrap_err();
-        assert!(wrong_key.contains("differs"), "{wrong_key}");
+        assert!(wrong_key.to_string().contains("differs"), "{wrong_key}");
     }
 }
