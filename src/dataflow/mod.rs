@@ -28,7 +28,7 @@
 //! because a message's timely time is its watermark, which only its decoded readings can tell.
 //!
 //! Nothing here opens a socket, a file or reads a clock: `src/io` adapts the world to these
-//! streams, and `src/bin` wires configuration to both.
+//! streams, `src/commands` wires them into commands, and `src/bin` turns flags into configs.
 
 pub mod alert;
 pub mod anomaly;
