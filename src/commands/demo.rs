@@ -1,0 +1,279 @@
+//! `iotpipe demo`: the simulated fleet through the dataflow in real time, with a live view in
+//! the terminal and on the dashboard, and the same outputs as `run` (InfluxDB, notifications).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::{Concat, Probe};
+
+use crate::dataflow::PipelineConfig;
+use crate::dataflow::ingest::{Ingestor, Provenance};
+use crate::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
+use crate::dataflow::schema::SchemaSet;
+use crate::io::connect::influx::write::InfluxSinkFailure;
+use crate::io::sinks::influx::pool::InfluxPool;
+use crate::io::sinks::influx::sink::HeldBack;
+use crate::io::sinks::influx::write_outputs;
+use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
+use crate::io::sinks::notify::{Notification, NotifierHandle};
+use crate::io::sources::fleet::{Fleet, FleetConfig};
+use crate::io::sources::inputs::PipelineSources;
+use crate::io::support::cluster::{ClusterConfig, ClusterError};
+use crate::io::support::latency::ArrivalLatency;
+use crate::io::support::metrics::{Metrics, count_outputs};
+use crate::io::support::summary::RunSummary;
+
+/// How often each worker moves the fleet's clock forward.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The most fleet time a worker sends in one tick when it catches up after InfluxDB held it
+/// back, ms.
+const CATCH_UP_MS: u64 = 1_000;
+
+/// How the live view is drawn in the terminal, once a second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terminal {
+    /// One summary line a second (for logs and pipes).
+    Plain,
+    /// The whole screen redrawn.
+    Screen,
+}
+
+/// Everything a demo needs, its servers and channels started by the caller.
+#[derive(Clone)]
+pub struct DemoJob {
+    /// The simulated fleet; its `start_ms` is the demo's start, in wall-clock ms.
+    pub fleet: FleetConfig,
+    /// Message schemas.
+    pub schemas: SchemaSet,
+    /// Pipeline semantics.
+    pub pipeline: PipelineConfig,
+    /// How long to run (`None`: until `stop`).
+    pub duration: Option<Duration>,
+    /// Set to stop: the open windows are then closed and emitted.
+    pub stop: Arc<AtomicBool>,
+    /// The live view in the terminal, if any (drawn by process 0).
+    pub terminal: Option<Terminal>,
+    /// What the terminal and the dashboard show (fed by process 0's worker 0).
+    pub stats: Arc<Mutex<LiveStats>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The InfluxDB every output is also written to, if any.
+    pub influx: Option<InfluxPool>,
+    /// Where alert events are notified (process 0's).
+    pub notifier: Option<NotifierHandle>,
+}
+
+/// A demo that could not run, or stopped on a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The cluster shape is wrong.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The fleet's registry could not be read (a schema without its metrics).
+    #[error("the fleet's registry: {0}")]
+    Registry(String),
+    /// Timely could not start.
+    #[error("timely: {0}")]
+    Timely(String),
+    /// A worker failed.
+    #[error("worker failed: {0}")]
+    Worker(String),
+    /// InfluxDB says it cannot be written to.
+    #[error(transparent)]
+    Influx(#[from] InfluxSinkFailure),
+}
+
+/// Runs the demo until `job.stop` or its duration; returns the totals on process 0, `None` on
+/// the others. A notification channel that gives up stops it early; the caller finds why when
+/// it finishes the notifier.
+pub fn run_demo(job: DemoJob, cluster: &ClusterConfig) -> Result<Option<RunSummary>, DemoError> {
+    let timely_config = cluster.to_timely()?;
+    if cluster.processes > 1 {
+        crate::io::support::cluster::end_on_lost_peer();
+    }
+    let DemoJob {
+        fleet: fleet_config,
+        schemas,
+        pipeline: pipeline_config,
+        duration,
+        stop,
+        terminal,
+        stats,
+        metrics,
+        influx,
+        notifier,
+    } = job;
+    let now_ms = fleet_config.start_ms;
+    let devices = fleet_config.devices;
+    let registry_text = Fleet::new(fleet_config.clone()).registry_lines().join("\n");
+    let registry = parse_registry(&registry_text, schemas.catalog())
+        .map_err(|e| DemoError::Registry(e.to_string()))?;
+    let history = Arc::new(RegistryHistory::new(&registry));
+    let registry = Arc::new(registry);
+    let worker_influx = influx.clone();
+    let worker_metrics = Arc::clone(&metrics);
+    let worker_stats = Arc::clone(&stats);
+    let draws = cluster.is_leader().then_some(terminal).flatten();
+
+    let guards = timely::execute(timely_config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let mut fleet = Fleet::share(fleet_config.clone(), index, peers);
+        let mut ingestor = Ingestor::new(
+            schemas.clone(),
+            Arc::clone(&history),
+            pipeline_config.event_time,
+        )
+        .with_max_message_bytes(pipeline_config.ingest.max_message_bytes);
+        let view = (index == 0).then(|| Arc::clone(&worker_stats));
+        let started = Instant::now();
+        let mut sources = PipelineSources::new();
+        let influx_full = HeldBack::default();
+        let progress = ProbeHandle::new();
+        let stored = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (outputs, counts) = sources.build(scope, &pipeline_config);
+            let counts = counts.probe_with(&progress);
+            let mut dead_letters = outputs.dead_letters.clone();
+            if let Some(pool) = &worker_influx {
+                let written = write_outputs(&outputs, pool, 0, &influx_full, schemas.catalog());
+                written.readings.probe_with(&stored);
+                dead_letters = dead_letters.concat(written.rejected);
+            }
+            let (counts, dead_letters) =
+                count_outputs(&worker_metrics, counts, dead_letters, &outputs.late);
+            let notifier = notifier.clone();
+            let catalog = schemas.catalog().clone();
+            let streams = ViewedStreams {
+                counts,
+                dead_letters,
+            };
+            deliver_to_view(&outputs, streams, &view, move |events| {
+                if let Some(notifier) = &notifier {
+                    notifier.send(&Notification::for_events(events, &catalog));
+                }
+            });
+        });
+        let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
+        sources.load_registry_and_close(changes);
+        // A worker with no devices (more workers than devices) closes its input at once, so
+        // it does not hold everyone's frontier back.
+        let mut source = (fleet.device_count() > 0).then_some(sources.source);
+
+        let mut lines = Vec::new();
+        let mut next_render = started + Duration::from_secs(1);
+        let mut stdout = std::io::stdout();
+        // The fleet's clock: real time, unless InfluxDB held the worker back, as a broker
+        // holds messages for a consumer that is behind.
+        let mut fleet_ms = now_ms;
+        let mut unstored = ArrivalLatency::default();
+        let influx_failed = || {
+            worker_influx
+                .as_ref()
+                .and_then(InfluxPool::failure)
+                .is_some()
+        };
+        // A notification channel that gave up stops the demo (it says why at the end).
+        let notify_failed = || notifier.as_ref().is_some_and(|n| n.failure().is_some());
+        while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+            if influx_failed() || notify_failed() {
+                break;
+            }
+            if let Some(source) = source.as_mut() {
+                let wall_ms = now_ms + started.elapsed().as_millis() as u64;
+                if !influx_full.is_held() && fleet_ms < wall_ms {
+                    let until_ms = wall_ms.min(fleet_ms + CATCH_UP_MS);
+                    lines.clear();
+                    fleet.advance_to(until_ms, &mut lines);
+                    let mut batch = ingestor.start_batch();
+                    for (arrival_ms, line) in &lines {
+                        let provenance = Provenance {
+                            arrival_ms: Some(*arrival_ms),
+                            offset: None,
+                        };
+                        ingestor.ingest(line.as_bytes(), provenance, &mut batch);
+                    }
+                    // The fleet has said all it has for now: a start still held is judged.
+                    ingestor.release_held(&mut batch);
+                    // Latency counts from when the batch's first messages were due.
+                    let due = started + Duration::from_millis(fleet_ms - now_ms);
+                    unstored.arrived(batch.time_ms, due, lines.len() as u64);
+                    fleet_ms = until_ms;
+                    worker_metrics.messages_in.inc_by(lines.len() as u64);
+                    source.send(&mut batch);
+                    source.advance_to(ingestor.watermarker().watermark_ms());
+                    source.flush();
+                }
+            }
+            let tick_end = Instant::now() + TICK;
+            while Instant::now() < tick_end {
+                worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
+            }
+            if worker_influx.is_some() {
+                let frontier = stored.with_frontier(|f| f.first().copied());
+                unstored.passed(frontier, &worker_metrics.influx_latency);
+            }
+            if index == 0
+                && let Some(frontier) = progress.with_frontier(|f| f.first().copied())
+            {
+                let wall_ms = now_ms + started.elapsed().as_millis() as u64;
+                worker_metrics.set_watermark_lag_ms(wall_ms as i64 - frontier as i64);
+            }
+            if let (0, Some(terminal)) = (index, draws)
+                && Instant::now() >= next_render
+            {
+                next_render += Duration::from_secs(1);
+                let stats = worker_stats.lock().expect("not poisoned");
+                let elapsed = started.elapsed().as_secs_f64();
+                match terminal {
+                    Terminal::Plain => println!("{}", stats.line(elapsed)),
+                    Terminal::Screen => {
+                        // Clear the screen and draw from the top.
+                        let _ = write!(stdout, "\x1b[2J\x1b[H{}", stats.screen(elapsed, devices));
+                        let _ = stdout.flush();
+                    }
+                }
+            }
+        }
+        // Close the source: the frontier empties and every open window is emitted.
+        drop(source);
+        while worker.has_dataflows() {
+            if influx_failed() {
+                // The InfluxDB sinks hold what they could not write: nothing more completes.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                break;
+            }
+            worker.step_or_park(Some(Duration::from_millis(10)));
+            if worker_influx.is_some() {
+                let frontier = stored.with_frontier(|f| f.first().copied());
+                unstored.passed(frontier, &worker_metrics.influx_latency);
+            }
+        }
+        unstored.passed(None, &worker_metrics.influx_latency);
+        (index == 0).then(|| {
+            let mut totals = worker_stats.lock().expect("not poisoned").totals.clone();
+            totals.elapsed_s = started.elapsed().as_secs_f64();
+            totals
+        })
+    })
+    .map_err(DemoError::Timely)?;
+    let results = guards.join();
+    if let Some(failure) = influx.as_ref().and_then(InfluxPool::failure) {
+        return Err(DemoError::Influx(failure));
+    }
+    let mut summary = None;
+    for result in results {
+        match result {
+            Ok(Some(totals)) => summary = Some(totals),
+            Ok(None) => {}
+            Err(e) => return Err(DemoError::Worker(e)),
+        }
+    }
+    Ok(summary)
+}
