@@ -21,6 +21,42 @@ pub trait SplitLate<'scope> {
     /// Returns the messages with only their on-time readings (messages left with none are
     /// dropped) and, separately, every late reading. Lateness is decided per reading against
     /// the watermark it arrived under, so the split is the same for any number of workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use iotpipe::dataflow::model::{MetricId, Reading, TimedMessage};
+    /// use iotpipe::dataflow::{EventTimeConfig, SplitLate, WindowConfig};
+    /// use timely::dataflow::operators::capture::Event;
+    /// use timely::dataflow::operators::{Capture, ToStream};
+    ///
+    /// fn records<D>(events: std::sync::mpsc::Receiver<Event<u64, Vec<D>>>) -> Vec<D> {
+    ///     let data = events.try_iter().filter_map(|e| match e {
+    ///         Event::Messages(_, data) => Some(data),
+    ///         Event::Progress(_) => None,
+    ///     });
+    ///     data.flatten().collect()
+    /// }
+    ///
+    /// // The watermark has passed the first minute when this message arrives: its reading at
+    /// // 30 s is late, the one at 70 s is on time.
+    /// let reading = |ts_ms| Reading { metric: MetricId(0), ts_ms, value: 1.0 };
+    /// let message = TimedMessage {
+    ///     device_id: "dev-1".into(),
+    ///     ts_ms: 70_000,
+    ///     watermark_ms: 60_000,
+    ///     watermark_ceiling_ms: u64::MAX,
+    ///     readings: vec![reading(30_000), reading(70_000)],
+    /// };
+    /// let (on_time, late) = timely::example(move |scope| {
+    ///     let (on_time, late) = vec![message]
+    ///         .to_stream(scope)
+    ///         .split_late(WindowConfig::default(), EventTimeConfig::default());
+    ///     (on_time.capture(), late.capture())
+    /// });
+    /// assert_eq!(records(on_time)[0].readings, vec![reading(70_000)]);
+    /// assert_eq!(records(late)[0].ts_ms, 30_000);
+    /// ```
     fn split_late(self, window: WindowConfig, event_time: EventTimeConfig)
     -> OnTimeAndLate<'scope>;
 }
