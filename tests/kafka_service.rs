@@ -958,16 +958,7 @@ fn run_into_an_influxdb_that_refuses_its_credentials_stops_with_one_error_and_lo
     fixed.start();
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &fixed);
     let want = common::influx::windows_of_lines(&expected.aggregates);
-    let span = format!(
-        "time >= {}ms AND time < {}ms",
-        common::START_MS - 3_600_000,
-        common::START_MS + 7_200_000
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while influx.windows(&span).len() < want.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(influx.windows(&span), want);
+    assert_eq!(influx.wait_for_windows(want.len()), want);
     fixed.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
@@ -986,16 +977,7 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
     // What Kafka got, InfluxDB got: the windows of the batch computation, field for field.
     let want = common::influx::windows_of_lines(&expected.aggregates);
-    let span = format!(
-        "time >= {}ms AND time < {}ms",
-        common::START_MS - 3_600_000,
-        common::START_MS + 7_200_000
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while influx.windows(&span).len() < want.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(influx.windows(&span), want);
+    assert_eq!(influx.wait_for_windows(want.len()), want);
     // Process 0's dashboard follows the whole cluster and charts from InfluxDB.
     let api = |path: &str| -> Value {
         let (status, body) = common::http_get(dashboard_port, path).expect("dashboard answers");

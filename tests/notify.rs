@@ -181,15 +181,7 @@ fn alert_ids(out: &Path) -> Vec<String> {
 fn a_webhook_gets_each_signed_alert_event_once_across_replays_and_retries_after_500() {
     let data = common::dataset(200, 420);
     let (addr, received, _runtime) = start_receiver(3);
-    let notify = data.dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
-        format!(
-            "ledger_dir = {:?}\n\n[[webhook]]\nname = \"ops\"\nurl = \"http://{addr}/alerts\"\nsecret_env = \"HOOK_SECRET\"\nmax_per_second = 1000.0\nbackoff = {{ initial_ms = 20, max_ms = 200 }}\n",
-            data.dir.path().join("ledger").display().to_string()
-        ),
-    )
-    .unwrap();
+    let notify = webhook_config(&data, &format!("http://{addr}/alerts"));
     let out = data.dir.path().join("out");
     let first = replay(&data, &out, &notify);
     let ids = alert_ids(&out);
@@ -219,15 +211,7 @@ fn a_webhook_gets_each_signed_alert_event_once_across_replays_and_retries_after_
 fn events_a_dead_webhook_missed_are_kept_and_sent_by_the_next_run() {
     let data = common::dataset(200, 420);
     let port = common::free_port();
-    let notify = data.dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
-        format!(
-            "ledger_dir = {:?}\ndrain_timeout_ms = 1000\n\n[[webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/alerts\"\nsecret_env = \"HOOK_SECRET\"\nmax_per_second = 1000.0\nbackoff = {{ initial_ms = 20, max_ms = 100 }}\n",
-            data.dir.path().join("ledger").display().to_string()
-        ),
-    )
-    .unwrap();
+    let notify = webhook_config(&data, &format!("http://127.0.0.1:{port}/alerts"));
     let out = data.dir.path().join("out");
     // Nothing listens: the run ends with every event kept.
     let first = replay(&data, &out, &notify);

@@ -168,6 +168,24 @@ impl Influx {
         }
     }
 
+    /// The windows of the test data's hours once there are `count` of them (waiting up to a
+    /// minute: InfluxDB gets them a little after Kafka does), or what there is then.
+    pub fn wait_for_windows(&self, count: usize) -> Windows {
+        let span = format!(
+            "time >= {}ms AND time < {}ms",
+            super::START_MS - 3_600_000,
+            super::START_MS + 7_200_000
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let windows = self.windows(&span);
+            if windows.len() >= count || Instant::now() >= deadline {
+                return windows;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Every window of `iotpipe_aggregate` within InfluxQL time condition `span`.
     pub fn windows(&self, span: &str) -> Windows {
         let answer = self.query(
