@@ -98,6 +98,49 @@ pub trait DetectSilence<'scope> {
     /// between windows when the device speaks again, and ongoing silence once the fleet's
     /// event time (`progress`, see [`FleetProgress`]) has moved the timeout past the device's
     /// last reading. The input must be partitioned by device.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use iotpipe::dataflow::WindowConfig;
+    /// use iotpipe::dataflow::anomaly::{DetectSilence, DeviceActivity, FleetProgress};
+    /// use iotpipe::dataflow::model::DeviceInfo;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, Input};
+    ///
+    /// // Activity per device and 1-minute window, sent at the window's close time. "quiet"
+    /// // speaks once at 10 s; "busy" every minute. With a 2-minute timeout, "quiet" is silent
+    /// // from 130 s, which the fleet's progress shows once "busy" has passed it.
+    /// let heard = |device: &str, window: u64, ts_ms: u64| DeviceActivity {
+    ///     device_id: device.into(),
+    ///     device: Arc::new(DeviceInfo::default()),
+    ///     window_start_ms: window * 60_000,
+    ///     first_ts_ms: ts_ms,
+    ///     last_ts_ms: ts_ms,
+    ///     slots: 1 << ((ts_ms % 60_000) * 64 / 60_000),
+    ///     silence_timeout_ms: 120_000,
+    ///     forget_after_ms: 3_600_000,
+    /// };
+    /// let silences = timely::example(move |scope| {
+    ///     let (mut input, activity) = scope.new_input::<Vec<DeviceActivity>>();
+    ///     let progress = activity.clone().fleet_progress();
+    ///     let silences = activity
+    ///         .detect_silence(progress, WindowConfig::default())
+    ///         .map(|s| (s.device_id.to_string(), s.ts_ms))
+    ///         .capture();
+    ///     input.send(heard("quiet", 0, 10_000));
+    ///     for minute in 0..4 {
+    ///         input.advance_to(minute * 60_000 + 59_999);
+    ///         input.send(heard("busy", minute, minute * 60_000 + 30_000));
+    ///     }
+    ///     silences
+    /// });
+    /// let silences: Vec<_> = silences.extract().into_iter().flat_map(|(_, s)| s).collect();
+    /// assert_eq!(silences, vec![("quiet".to_string(), 130_000)]);
+    /// ```
     fn detect_silence(
         self,
         progress: EventStream<'scope, TimeMs>,
