@@ -67,6 +67,48 @@ pub trait Enrich<'scope> {
     ///
     /// Messages must carry on-time readings only: their times are then at most one window behind
     /// the frontier, which is how far back the registry trace is kept readable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use iotpipe::dataflow::model::{DeviceInfo, MetricId, Reading, TimedMessage};
+    /// use iotpipe::dataflow::{ArrangeRegistry, Enrich, RegistryUpdate, WindowConfig};
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, Input};
+    ///
+    /// // dev-1 is at site a from the start and moves to site b at 120 s; dev-9 is never
+    /// // registered. Each message is enriched with the entry in force at its time.
+    /// let at = |site: &str| Some(Arc::new(DeviceInfo { site: site.into(), ..DeviceInfo::default() }));
+    /// let message = |device: &str, ts_ms| TimedMessage {
+    ///     device_id: device.into(),
+    ///     ts_ms,
+    ///     watermark_ms: ts_ms - 30_000,
+    ///     watermark_ceiling_ms: u64::MAX,
+    ///     readings: vec![Reading { metric: MetricId(0), ts_ms, value: 1.0 }],
+    /// };
+    /// let (enriched, unknown) = timely::example(move |scope| {
+    ///     let (mut registry, changes) = scope.new_input::<Vec<RegistryUpdate>>();
+    ///     let (mut messages, stream) = scope.new_input::<Vec<TimedMessage>>();
+    ///     let (enriched, unknown) =
+    ///         stream.enrich(&changes.arrange_registry(), WindowConfig::default());
+    ///     let enriched = enriched.map(|m| (m.device.site.clone(), m.readings[0].ts_ms));
+    ///     let unknown = unknown.map(|d| d.reason.code());
+    ///     registry.send(("dev-1".into(), at("a"), 0));
+    ///     registry.send(("dev-1".into(), at("b"), 120_000));
+    ///     messages.send(message("dev-1", 60_000));
+    ///     messages.send(message("dev-1", 180_000));
+    ///     messages.send(message("dev-9", 60_000));
+    ///     (enriched.capture(), unknown.capture())
+    /// });
+    /// let mut enriched: Vec<_> = enriched.extract().into_iter().flat_map(|(_, m)| m).collect();
+    /// enriched.sort();
+    /// assert_eq!(enriched, vec![("a".into(), 60_000), ("b".into(), 180_000)]);
+    /// let unknown: Vec<_> = unknown.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// assert_eq!(unknown, vec!["unknown_device"]);
+    /// ```
     fn enrich(
         self,
         registry: &RegistryArrangement<'scope>,
