@@ -297,6 +297,41 @@ pub trait AggregateWindows<'scope> {
     ///
     /// The input must be partitioned by device (as [`Enrich`](crate::dataflow::enrich::Enrich)
     /// leaves it), and carry only on-time readings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use iotpipe::dataflow::anomaly::AnomalyConfig;
+    /// use iotpipe::dataflow::model::{DeviceInfo, EnrichedMessage, MetricId, Reading};
+    /// use iotpipe::dataflow::{AggregateWindows, WindowConfig};
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, ToStream};
+    ///
+    /// // Three readings of one device: two in the first minute, one in the second.
+    /// let message = |ts_ms, value| EnrichedMessage {
+    ///     device_id: "dev-1".into(),
+    ///     device: Arc::new(DeviceInfo::default()),
+    ///     stamp_ms: 0,
+    ///     readings: vec![Reading { metric: MetricId(0), ts_ms, value }],
+    /// };
+    /// let messages = vec![message(10_000, 1.0), message(20_000, 3.0), message(70_000, 5.0)];
+    /// let captured = timely::example(move |scope| {
+    ///     let windowed = messages
+    ///         .to_stream(scope)
+    ///         .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default());
+    ///     let summary = |a: &iotpipe::dataflow::model::WindowAggregate| {
+    ///         (a.window_start_ms, a.count, a.mean().to_string())
+    ///     };
+    ///     windowed.aggregates.map(move |a| summary(&a)).capture()
+    /// });
+    /// // Each window at its close time, its last millisecond.
+    /// let windows = captured.extract();
+    /// assert_eq!(windows[0], (59_999, vec![(0, 2, "2".to_string())]));
+    /// assert_eq!(windows[1], (119_999, vec![(60_000, 1, "5".to_string())]));
+    /// ```
     fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope>;
 }
 
