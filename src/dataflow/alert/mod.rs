@@ -118,6 +118,44 @@ pub trait EvaluateAlerts<'scope> {
     /// Applies each time's signals in event-time order once the frontier has passed it, and
     /// at each tick (a window close time, seen by every worker) resolves alerts whose condition
     /// has cleared. The signals must be partitioned by device.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use iotpipe::dataflow::WindowConfig;
+    /// use iotpipe::dataflow::alert::{AlertConfig, EvaluateAlerts, Signal};
+    /// use iotpipe::dataflow::anomaly::{AnomalyKind, AnomalyScore};
+    /// use iotpipe::dataflow::model::DeviceInfo;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, Input, ToStream};
+    ///
+    /// // A device fell silent at 130 s: the shipped rules open a silence alert for it.
+    /// let silence = Signal::Anomaly(AnomalyScore {
+    ///     device_id: "dev-1".into(),
+    ///     device: Arc::new(DeviceInfo { site: "site-a".into(), ..DeviceInfo::default() }),
+    ///     metric: None,
+    ///     ts_ms: 130_000,
+    ///     value: None,
+    ///     score: 1.0,
+    ///     kind: AnomalyKind::Silence,
+    /// });
+    /// let captured = timely::example(move |scope| {
+    ///     let (_ticks_input, ticks) = scope.new_input::<Vec<u64>>();
+    ///     let events = vec![silence].to_stream(scope).evaluate_alerts(
+    ///         ticks,
+    ///         Arc::new(AlertConfig::default()),
+    ///         WindowConfig::default(),
+    ///     );
+    ///     events
+    ///         .map(|e| (e.event.code(), e.cause.code(), e.site, e.ts_ms))
+    ///         .capture()
+    /// });
+    /// let events: Vec<_> = captured.extract().into_iter().flat_map(|(_, e)| e).collect();
+    /// assert_eq!(events, vec![("opened", "silence", "site-a".to_string(), 130_000)]);
+    /// ```
     fn evaluate_alerts(
         self,
         ticks: EventStream<'scope, TimeMs>,
