@@ -42,6 +42,59 @@ pub trait CorrelateSites<'scope> {
     /// site's devices (seen in their forget time) are silent at once, it opens one site alert
     /// and drops those devices' silence events (and later ones of the site) while it is open.
     /// The site alert resolves when fewer than half that share are still silent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use iotpipe::dataflow::alert::{
+    ///     AlertConfig, AlertEvent, AlertEventKind, Cause, CorrelateSites, Severity,
+    /// };
+    /// use iotpipe::dataflow::anomaly::DeviceActivity;
+    /// use iotpipe::dataflow::model::DeviceInfo;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::Map;
+    /// use timely::dataflow::operators::{Capture, ToStream};
+    ///
+    /// // Four devices of site-a were heard; three of them go silent at once. One site alert
+    /// // replaces their three silence alerts (the shipped rule: half the site, 3 devices).
+    /// let device = Arc::new(DeviceInfo { site: "site-a".into(), ..DeviceInfo::default() });
+    /// let heard = move |n: u32| DeviceActivity {
+    ///     device_id: format!("dev-{n}").into(),
+    ///     device: Arc::clone(&device),
+    ///     window_start_ms: 0,
+    ///     first_ts_ms: 1_000,
+    ///     last_ts_ms: 50_000,
+    ///     slots: 1,
+    ///     silence_timeout_ms: 120_000,
+    ///     forget_after_ms: 3_600_000,
+    /// };
+    /// let silent = |n: u32| AlertEvent {
+    ///     id: format!("dev-{n}/silence/opened"),
+    ///     alert_id: format!("dev-{n}/silence"),
+    ///     event: AlertEventKind::Opened,
+    ///     device_id: Some(format!("dev-{n}").into()),
+    ///     site: "site-a".into(),
+    ///     metric: None,
+    ///     rule: "device-silent".into(),
+    ///     severity: Severity::Major,
+    ///     cause: Cause::Silence,
+    ///     ts_ms: 170_000,
+    ///     score: Some(1.0),
+    ///     value: None,
+    /// };
+    /// let captured = timely::example(move |scope| {
+    ///     let activity = (1..=4).map(heard).collect::<Vec<_>>().to_stream(scope);
+    ///     let events = (1..=3).map(silent).collect::<Vec<_>>().to_stream(scope);
+    ///     events
+    ///         .correlate_sites(activity, Arc::new(AlertConfig::default()))
+    ///         .map(|e| (e.event.code(), e.cause.code(), e.device_id.map(|d| d.to_string())))
+    ///         .capture()
+    /// });
+    /// let events: Vec<_> = captured.extract().into_iter().flat_map(|(_, e)| e).collect();
+    /// assert_eq!(events, vec![("opened", "site", None)]);
+    /// ```
     fn correlate_sites(
         self,
         activity: EventStream<'scope, DeviceActivity>,
