@@ -1,18 +1,20 @@
-//! Live statistics of a running pipeline and their terminal view.
+//! What a running pipeline looks like now: the statistics the terminal and the dashboard show
+//! ([`LiveStats`]), fed from the dataflow by [`deliver_to_view`] (in `feed.rs`), drawn in a
+//! terminal by [`LiveStats::line`] and [`LiveStats::screen`] (in `terminal.rs`).
+
+mod feed;
+mod terminal;
+
+pub use feed::{ViewedStreams, deliver_to_view};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::dataflow::alert::{AlertEvent, AlertEventKind};
 use crate::dataflow::anomaly::AnomalyScore;
 use crate::dataflow::model::{
-    DeadLetter, DeadLetterReason, DeviceId, IngestCounts, LateReading, MetricId, SiteRollup,
-    WindowAggregate,
+    DeadLetter, DeviceId, IngestCounts, LateReading, MetricId, SiteRollup, WindowAggregate,
 };
-use crate::dataflow::{EventStream, PipelineOutputs};
-use crate::io::sinks::deliver::{DeliverInOrder, to_shared};
 use crate::io::support::summary::RunSummary;
 
 /// What the view shows, accumulated from the pipeline's outputs.
@@ -275,150 +277,4 @@ impl LiveStats {
         open.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.ts_ms.cmp(&a.ts_ms)));
         open
     }
-
-    /// One status line.
-    pub fn line(&self, elapsed_s: f64) -> String {
-        format!(
-            "t={elapsed_s:.0}s msgs={} rate={:.0}/s windows={} dead={} late={} breaches={} anomalies={} open_alerts={}",
-            self.totals.ingest.messages,
-            self.messages_per_s(),
-            self.totals.windows,
-            self.totals.dead_letter_total(),
-            self.totals.late,
-            self.totals.threshold_breaches,
-            self.totals.anomaly_total(),
-            self.open_alerts.len(),
-        )
-    }
-
-    /// The full-screen view.
-    pub fn screen(&self, elapsed_s: f64, devices: usize) -> String {
-        let t = &self.totals;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "iotpipe demo: {devices} simulated devices, {elapsed_s:.0} s (Ctrl-C to stop)\n"
-        );
-        let _ = writeln!(
-            s,
-            "  throughput        {:>10.0} messages/s",
-            self.messages_per_s()
-        );
-        let _ = writeln!(s, "  messages          {:>10}", t.ingest.messages);
-        let _ = writeln!(s, "  readings          {:>10}", t.ingest.readings);
-        let _ = writeln!(s, "  windows closed    {:>10}", t.windows);
-        let _ = writeln!(s, "  late readings     {:>10}", t.late);
-        let _ = writeln!(s, "  out of range      {:>10}", t.ingest.out_of_range);
-        let _ = writeln!(s, "  threshold breaches{:>10}", t.threshold_breaches);
-        let _ = writeln!(s, "  anomalies         {:>10}", t.anomaly_total());
-        for (kind, n) in &t.anomalies {
-            let _ = writeln!(s, "    {:<20}{n:>8}", kind.code());
-        }
-        let _ = writeln!(s, "\n  dead letters      {:>10}", t.dead_letter_total());
-        for reason in DeadLetterReason::ALL {
-            if let Some(n) = t.dead_letters.get(&reason) {
-                let _ = writeln!(s, "    {:<20}{n:>8}", reason.code());
-            }
-        }
-        let open = self.open_alerts();
-        let _ = writeln!(s, "\n  open alerts       {:>10}", open.len());
-        if open.is_empty() {
-            let _ = writeln!(
-                s,
-                "    (faults start a few minutes in; the scorer learns for three windows first)"
-            );
-        }
-        for a in open.iter().take(8) {
-            let subject = a.device_id.as_deref().unwrap_or(&a.site);
-            let _ = writeln!(
-                s,
-                "    {:<9}{:<26}{subject:<14}{}",
-                a.severity.code(),
-                a.rule,
-                a.site
-            );
-        }
-        let mut sites: Vec<(&String, &u64)> = self.busiest.iter().collect();
-        sites.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let _ = writeln!(s, "\n  busiest sites (readings in the last closed window)");
-        if sites.is_empty() {
-            let _ = writeln!(
-                s,
-                "    (the first window closes a minute and the lateness bound after the start)"
-            );
-        }
-        for (site, n) in sites.into_iter().take(5) {
-            let _ = writeln!(s, "    {site:<20}{n:>8}");
-        }
-        s
-    }
-}
-
-/// The streams the live view and the dashboard follow.
-pub struct ViewedStreams<'scope> {
-    /// Ingest counts.
-    pub counts: EventStream<'scope, IngestCounts>,
-    /// Every dead letter (the pipeline's and the sinks').
-    pub dead_letters: EventStream<'scope, DeadLetter>,
-}
-
-/// Delivers what [`LiveStats`] shows into `view`: every worker builds it, worker 0 (the one
-/// that records go to) passes the view. Alert events go to the view too; `on_alerts` sees
-/// them first (notifications).
-pub fn deliver_to_view<'scope, F>(
-    outputs: &PipelineOutputs<'scope>,
-    streams: ViewedStreams<'scope>,
-    view: &Option<Arc<Mutex<LiveStats>>>,
-    mut on_alerts: F,
-) where
-    F: FnMut(&[AlertEvent]) + 'static,
-{
-    follow(&streams.counts, "ViewCounts", view, LiveStats::counts);
-    follow(
-        &streams.dead_letters,
-        "ViewDeadLetters",
-        view,
-        LiveStats::dead_letters,
-    );
-    follow(
-        &outputs.aggregates,
-        "ViewAggregates",
-        view,
-        LiveStats::aggregates,
-    );
-    follow(
-        &outputs.site_rollups,
-        "ViewRollups",
-        view,
-        LiveStats::site_rollups,
-    );
-    follow(&outputs.late, "ViewLate", view, LiveStats::late);
-    follow(
-        &outputs.anomalies,
-        "ViewAnomalies",
-        view,
-        LiveStats::anomalies,
-    );
-    let alert_view = view.clone();
-    outputs
-        .alerts
-        .clone()
-        .deliver_in_order("ViewAlerts", move |_, events| {
-            on_alerts(&events);
-            if let Some(view) = &alert_view {
-                view.lock().expect("not poisoned").alerts(events);
-            }
-        });
-}
-
-/// Delivers one stream into the view with `apply`.
-fn follow<T: timely::ExchangeData + Clone>(
-    stream: &EventStream<'_, T>,
-    name: &str,
-    view: &Option<Arc<Mutex<LiveStats>>>,
-    apply: fn(&mut LiveStats, Vec<T>),
-) {
-    stream
-        .clone()
-        .deliver_in_order(name, to_shared(view, apply));
 }
