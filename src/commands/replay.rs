@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, Input, Inspect};
@@ -25,15 +26,21 @@ use crate::dataflow::model::{DeadLetter, TimeMs};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
 use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
+use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::sinks::deliver::{DeliverInOrder, to_shared};
 use crate::io::sinks::files::replay::ReplayFiles;
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
-use crate::io::sinks::notify::{Notification, NotifierHandle};
+use crate::io::sinks::notify::{
+    ChannelFailure, ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
+    NotifyError,
+};
 use crate::io::sources::file::{Chunk, ChunkedFile};
 use crate::io::sources::inputs::{PipelineSources, SourceInputs, VecInput};
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
+use crate::io::support::metrics::Metrics;
+use crate::io::support::schema_files::{LoadError, load_registry, load_schema_dir};
 use crate::io::support::summary::RunSummary;
 
 /// Everything a replay needs.
@@ -57,9 +64,140 @@ pub struct ReplayJob {
     pub influx: Option<InfluxPool>,
 }
 
+/// The whole configuration of a replay: what `iotpipe replay`'s flags and the files they name
+/// become. Every field is documented; unknown fields are errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// The recorded messages, JSON Lines in arrival order.
+    pub events: PathBuf,
+    /// The device registry changelog, JSON Lines.
+    pub registry: PathBuf,
+    /// The output directory (written by process 0).
+    pub out: PathBuf,
+    /// A directory of schema files (default: the schemas built into iotpipe).
+    #[serde(default)]
+    pub schemas: Option<PathBuf>,
+    /// Windows, event time, anomaly scoring and alert rules.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Bytes of the events file each worker decodes at a time.
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u64,
+    /// Where alert events are notified (process 0 sends them); none: nowhere.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+    /// The InfluxDB every output is also written to (each process its share); none: not
+    /// written.
+    #[serde(default)]
+    pub influx: Option<InfluxConfig>,
+    /// The timely cluster.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The default chunk of the events file, 4 MiB.
+pub fn default_chunk_bytes() -> u64 {
+    4 << 20
+}
+
+/// What a replay did.
+#[derive(Debug)]
+pub struct ReplayReport {
+    /// The totals (on process 0; `None` on the others), InfluxDB's points included.
+    pub summary: Option<RunSummary>,
+    /// What each notification channel did.
+    pub channels: Vec<ChannelReport>,
+}
+
+/// Runs the replay `config` describes to the end of its file: loads the schemas and the
+/// registry, starts the InfluxDB writers and the notification channels, replays, and finishes
+/// them.
+pub fn run_replay(config: ReplayConfig) -> Result<ReplayReport, ReplayError> {
+    if config.chunk_bytes == 0 {
+        return Err(ReplayError::Config {
+            field: "chunk_bytes",
+            message: "must be at least 1 (default 4194304)".into(),
+        });
+    }
+    let schemas = match &config.schemas {
+        None => SchemaSet::embedded(),
+        Some(dir) => load_schema_dir(dir).map_err(ReplayError::Schemas)?,
+    };
+    let mut pipeline = config.pipeline.clone();
+    pipeline.alerts.resolve(schemas.catalog())?;
+    let registry = load_registry(&config.registry, &schemas).map_err(ReplayError::Registry)?;
+    let cluster = &config.cluster;
+    let metrics = Arc::new(Metrics::default());
+    // Process 0 receives every alert event, so only it notifies.
+    let notifier = match (&config.notify, cluster.is_leader()) {
+        (Some(notify), true) => Some(Notifier::start(notify, &metrics)?),
+        _ => None,
+    };
+    // Every process writes its own share of the points.
+    let influx = match &config.influx {
+        Some(influx) => Some(InfluxPool::start(influx, Arc::clone(&metrics))?),
+        None => None,
+    };
+    let job = ReplayJob {
+        influx: influx.clone(),
+        notifier: notifier.as_ref().map(Notifier::handle),
+        events: config.events.clone(),
+        registry: Arc::new(registry),
+        out: config.out.clone(),
+        schemas,
+        pipeline,
+        chunk_bytes: config.chunk_bytes,
+    };
+    let result = replay(job, cluster);
+    if let Some(influx) = influx {
+        influx.finish();
+    }
+    let channels = notifier.map(Notifier::finish).unwrap_or_default();
+    let mut summary = result?;
+    if let Some(failure) = channels.iter().find_map(|c| c.failure.clone()) {
+        return Err(ReplayError::NotifyChannel { failure, channels });
+    }
+    if let Some(summary) = summary.as_mut() {
+        summary.influx_points = metrics.influx_points.get();
+    }
+    Ok(ReplayReport { summary, channels })
+}
+
 /// A replay that could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// A field of the configuration cannot work.
+    #[error("{field} {message}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The schema directory could not be loaded.
+    #[error("schemas: {0}")]
+    Schemas(LoadError),
+    /// The registry could not be loaded.
+    #[error("registry: {0}")]
+    Registry(LoadError),
+    /// An alert rule names what the catalog does not have.
+    #[error("pipeline.alerts: {0}")]
+    Alerts(#[from] crate::dataflow::alert::AlertConfigError),
+    /// The notification channels could not start.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    /// The InfluxDB writers could not start.
+    #[error(transparent)]
+    InfluxSetup(#[from] InfluxConfigError),
+    /// A notification channel gave up (what each did is in `channels`).
+    #[error("{failure}")]
+    NotifyChannel {
+        /// Why.
+        failure: ChannelFailure,
+        /// What each channel did.
+        channels: Vec<ChannelReport>,
+    },
     /// The cluster shape is wrong.
     #[error(transparent)]
     Cluster(#[from] ClusterError),

@@ -227,17 +227,25 @@ pub struct NotifyArgs {
 }
 
 impl NotifyArgs {
+    /// The channels `--notify` names (none without it).
+    pub fn config(&self) -> Result<Option<iotpipe::io::sinks::notify::NotifyConfig>, String> {
+        let Some(path) = &self.notify else {
+            return Ok(None);
+        };
+        iotpipe::io::support::config::load_toml(path)
+            .map(Some)
+            .map_err(|e| format!("--notify {e}"))
+    }
+
     /// Starts the configured channels (none without `--notify`), counting their failures in
     /// `metrics`.
     pub fn start(
         &self,
         metrics: &std::sync::Arc<iotpipe::io::support::metrics::Metrics>,
     ) -> Result<Option<iotpipe::io::sinks::notify::Notifier>, String> {
-        let Some(path) = &self.notify else {
+        let (Some(path), Some(config)) = (&self.notify, self.config()?) else {
             return Ok(None);
         };
-        let config: iotpipe::io::sinks::notify::NotifyConfig =
-            iotpipe::io::support::config::load_toml(path).map_err(|e| format!("--notify {e}"))?;
         iotpipe::io::sinks::notify::Notifier::start(&config, metrics)
             .map(Some)
             .map_err(|e| format!("--notify {}: {e}", path.display()))

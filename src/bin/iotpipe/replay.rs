@@ -1,11 +1,8 @@
-//! `iotpipe replay`: wiring.
+//! `iotpipe replay`: flags and the files they name into a [`ReplayConfig`], and the report.
 
-use std::sync::Arc;
-
-use iotpipe::commands::replay::{ReplayJob, replay};
+use iotpipe::commands::replay::{ReplayConfig, ReplayError, run_replay};
 use iotpipe::io::sinks::files::replay::ReplayFiles;
-use iotpipe::io::support::metrics::Metrics;
-use iotpipe::io::support::schema_files::load_registry;
+use iotpipe::io::sinks::notify::ChannelReport;
 
 use crate::args::ReplayArgs;
 
@@ -17,53 +14,37 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     if args.chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1 (default 4194304)".into());
     }
-    let registry =
-        load_registry(&args.registry, &schemas).map_err(|e| format!("--registry {e}"))?;
-    let cluster = args.cluster.config();
-    let metrics = Arc::new(Metrics::default());
-    // Process 0 receives every alert event, so only it notifies.
-    let notifier = if cluster.is_leader() {
-        args.notify.start(&metrics)?
-    } else {
-        None
-    };
-    // Every process writes its own share of the points.
-    let influx = args.influx.start(&metrics)?;
-    let job = ReplayJob {
-        influx: influx.clone(),
-        notifier: notifier.as_ref().map(|n| n.handle()),
-        events: args.events,
-        registry: Arc::new(registry),
+    let config = ReplayConfig {
+        events: args.events.clone(),
+        registry: args.registry.clone(),
         out: args.out.clone(),
-        schemas,
+        schemas: args.pipeline.schemas.clone(),
         pipeline,
         chunk_bytes: args.chunk_bytes,
+        notify: args.notify.config()?,
+        influx: args.influx.config()?,
+        cluster: args.cluster.config(),
     };
-    let result = replay(job, &cluster).map_err(|e| e.to_string());
-    if let Some(influx) = influx {
-        influx.finish();
-    }
-    let mut channel_failure = None;
-    if let Some(notifier) = notifier {
-        for report in notifier.finish() {
-            println!(
-                "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
-                report.name,
-                report.delivered,
-                report.already_delivered,
-                report.rejected,
-                report.retries,
-                report.undelivered
-            );
-            channel_failure = channel_failure.or(report.failure);
+    let report = match run_replay(config) {
+        Ok(report) => report,
+        Err(ReplayError::NotifyChannel { failure, channels }) => {
+            print_channels(&channels);
+            return Err(failure.to_string());
         }
-    }
-    let summary = result?;
-    if let Some(failure) = channel_failure {
-        return Err(failure.to_string());
-    }
-    if let Some(mut summary) = summary {
-        summary.influx_points = metrics.influx_points.get();
+        Err(ReplayError::Schemas(e)) => return Err(format!("--schemas: {e}")),
+        Err(ReplayError::Registry(e)) => return Err(format!("--registry {e}")),
+        Err(ReplayError::Notify(e)) => {
+            let path = args
+                .notify
+                .notify
+                .as_ref()
+                .expect("channels came from --notify");
+            return Err(format!("--notify {}: {e}", path.display()));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    print_channels(&report.channels);
+    if let Some(summary) = report.summary {
         println!("{summary}");
         println!(
             "outputs           {} ({})",
@@ -72,4 +53,18 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+fn print_channels(channels: &[ChannelReport]) {
+    for report in channels {
+        println!(
+            "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
+            report.name,
+            report.delivered,
+            report.already_delivered,
+            report.rejected,
+            report.retries,
+            report.undelivered
+        );
+    }
 }

@@ -19,7 +19,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-pub use rules::{AlertConfig, Cause, Severity};
+pub use rules::{AlertConfig, AlertConfigError, Cause, Severity};
 pub use sites::CorrelateSites;
 
 use crate::dataflow::EventStream;
