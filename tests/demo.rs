@@ -199,46 +199,25 @@ fn a_worker_without_devices_does_not_hold_windows_back() {
     );
 }
 
-/// The demo's worker loop is a library function: run in this process, with no terminal,
+/// The demo is a library function: run in this process from its config, with no terminal,
 /// dashboard or server, it reads the fleet and closes every window on stop.
 #[test]
 fn the_demo_runs_in_process_and_closes_its_windows() {
-    use iotpipe::commands::demo::{DemoJob, run_demo};
-    use iotpipe::dataflow::PipelineConfig;
-    use iotpipe::dataflow::schema::SchemaSet;
-    use iotpipe::io::sinks::live_view::LiveStats;
-    use iotpipe::io::sources::fleet::FleetConfig;
+    use iotpipe::commands::demo::{DemoConfig, run_demo};
     use iotpipe::io::support::cluster::ClusterConfig;
-    use iotpipe::io::support::metrics::Metrics;
+    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, Mutex};
 
-    let start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let metrics = Arc::new(Metrics::default());
-    let job = DemoJob {
-        fleet: FleetConfig {
-            devices: 50,
-            start_ms,
-            ..FleetConfig::default()
+    let config: DemoConfig = toml::from_str("devices = 50\nduration_s = 2.0\n").unwrap();
+    let config = DemoConfig {
+        cluster: ClusterConfig {
+            workers: 2,
+            ..ClusterConfig::default()
         },
-        schemas: SchemaSet::embedded(),
-        pipeline: PipelineConfig::default(),
-        duration: Some(Duration::from_secs(2)),
-        stop: Arc::new(AtomicBool::new(false)),
-        terminal: None,
-        stats: Arc::new(Mutex::new(LiveStats::new())),
-        metrics: Arc::clone(&metrics),
-        influx: None,
-        notifier: None,
+        ..config
     };
-    let cluster = ClusterConfig {
-        workers: 2,
-        ..ClusterConfig::default()
-    };
-    let totals = run_demo(job, &cluster).unwrap().expect("process 0 reports");
+    let report = run_demo(config, Arc::new(AtomicBool::new(false))).unwrap();
+    let totals = report.summary.expect("process 0 reports");
     // 50 devices at 1 message/s for 2 s, less those still in flight (up to 2 s of delay).
     assert!(totals.ingest.messages >= 20, "{totals}");
     assert!(
@@ -246,8 +225,11 @@ fn the_demo_runs_in_process_and_closes_its_windows() {
         "the open windows close on stop: {totals}"
     );
     assert_eq!(
-        metrics.messages_in.get(),
+        report.metrics.messages_in.get(),
         totals.ingest.messages,
         "metrics count what the view counts"
     );
+    // A field that is not the demo's is refused, naming it.
+    let error = toml::from_str::<DemoConfig>("devices = 5\nrate = 2.0\n").unwrap_err();
+    assert!(error.to_string().contains("rate"), "{error}");
 }

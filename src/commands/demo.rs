@@ -2,9 +2,13 @@
 //! the terminal and on the dashboard, and the same outputs as `run` (InfluxDB, notifications).
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Concat, Probe};
@@ -13,17 +17,23 @@ use crate::dataflow::PipelineConfig;
 use crate::dataflow::ingest::{Ingestor, Provenance};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use crate::dataflow::schema::SchemaSet;
+use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::connect::influx::write::InfluxSinkFailure;
+use crate::io::serve::dashboard::Dashboard;
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
-use crate::io::sinks::notify::{Notification, NotifierHandle};
+use crate::io::sinks::notify::{
+    ChannelFailure, ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
+    NotifyError,
+};
 use crate::io::sources::fleet::{Fleet, FleetConfig};
 use crate::io::sources::inputs::PipelineSources;
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
+use crate::io::support::schema_files::{LoadError, load_schema_dir};
 use crate::io::support::summary::RunSummary;
 
 /// How often each worker moves the fleet's clock forward.
@@ -33,8 +43,204 @@ const TICK: Duration = Duration::from_millis(100);
 /// back, ms.
 const CATCH_UP_MS: u64 = 1_000;
 
+/// The whole configuration of a demo: what `iotpipe demo`'s flags and the files they name
+/// become. Every field is documented; unknown fields are errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Simulated devices.
+    pub devices: usize,
+    /// Messages per second per device.
+    pub rate_per_device: f64,
+    /// Random seed of the fleet.
+    pub seed: u64,
+    /// Share of devices with an injected fault (spike, level shift, stuck value, silence).
+    pub fault_share: f64,
+    /// Seconds after the start when the first faults begin.
+    pub fault_start_s: u64,
+    /// Seconds over which fault starts spread after `fault_start_s`.
+    pub fault_spread_s: u64,
+    /// How long to run, seconds (none: until stopped).
+    pub duration_s: Option<f64>,
+    /// A directory of schema files (default: the schemas built into iotpipe).
+    pub schemas: Option<PathBuf>,
+    /// Windows, event time, anomaly scoring and alert rules.
+    pub pipeline: PipelineConfig,
+    /// Where process 0 serves the dashboard and `/metrics` (port 0 picks a free one); none:
+    /// no dashboard.
+    pub dashboard: Option<SocketAddr>,
+    /// The live view in process 0's terminal (`plain` or `screen`); none: no view.
+    pub terminal: Option<Terminal>,
+    /// Where alert events are notified (process 0 sends them); none: nowhere.
+    pub notify: Option<NotifyConfig>,
+    /// The InfluxDB every output is also written to; none: not written.
+    pub influx: Option<InfluxConfig>,
+    /// The timely cluster.
+    pub cluster: ClusterConfig,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            devices: 2_000,
+            rate_per_device: 1.0,
+            seed: 42,
+            fault_share: 0.01,
+            fault_start_s: 180,
+            fault_spread_s: 420,
+            duration_s: None,
+            schemas: None,
+            pipeline: PipelineConfig::default(),
+            dashboard: None,
+            terminal: None,
+            notify: None,
+            influx: None,
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl DemoConfig {
+    /// Checks the fleet's numbers; the error names the field.
+    pub fn validate(&self) -> Result<(), DemoError> {
+        let invalid = |field, message: String| Err(DemoError::Config { field, message });
+        if self.devices == 0 {
+            return invalid("devices", "must be at least 1 (default 2000)".into());
+        }
+        if !(self.rate_per_device > 0.0 && self.rate_per_device <= 1000.0) {
+            return invalid(
+                "rate_per_device",
+                "must be above 0 and at most 1000 messages/s per device (default 1)".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.fault_share) {
+            return invalid(
+                "fault_share",
+                "must be between 0 and 1 (default 0.01)".into(),
+            );
+        }
+        if let Some(duration) = self.duration_s
+            && !(duration.is_finite() && duration >= 0.0)
+        {
+            return invalid(
+                "duration_s",
+                format!(
+                    "is {duration} but must be a finite number at least 0 (default: until \
+                     stopped)"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a demo did.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The totals (on process 0; `None` on the others), InfluxDB's points included.
+    pub summary: Option<RunSummary>,
+    /// What each notification channel did.
+    pub channels: Vec<ChannelReport>,
+    /// The process's metrics (InfluxDB latency and batch times, for the report).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs the demo `config` describes until `stop` is set or its duration passes: starts the
+/// InfluxDB writers, the notification channels and the dashboard, runs the fleet, closes the
+/// open windows, and finishes them.
+pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport, DemoError> {
+    config.validate()?;
+    let cluster = &config.cluster;
+    cluster.to_timely()?;
+    let schemas = match &config.schemas {
+        None => SchemaSet::embedded(),
+        Some(dir) => load_schema_dir(dir).map_err(DemoError::Schemas)?,
+    };
+    let mut pipeline = config.pipeline.clone();
+    pipeline.alerts.resolve(schemas.catalog())?;
+    let metrics = Arc::new(Metrics::default());
+    let influx = match &config.influx {
+        Some(influx) => Some(InfluxPool::start(influx, Arc::clone(&metrics))?),
+        None => None,
+    };
+    let stats = Arc::new(Mutex::new(
+        LiveStats::new().with_device_windows(influx.is_none()),
+    ));
+    // Process 0 receives every alert event, so only it notifies and serves the dashboard.
+    let notifier = match (&config.notify, cluster.is_leader()) {
+        (Some(notify), true) => Some(Notifier::start(notify, &metrics)?),
+        _ => None,
+    };
+    if let (Some(listen), true) = (config.dashboard, cluster.is_leader()) {
+        let dashboard = Dashboard::new(
+            Arc::clone(&stats),
+            Arc::clone(&metrics),
+            Arc::clone(schemas.catalog()),
+            influx.as_ref(),
+            pipeline.window.length_ms,
+        );
+        let local = dashboard
+            .serve(listen)
+            .map_err(|source| DemoError::Dashboard { listen, source })?;
+        // Printed before the live view takes the screen, and for scripts that wait for it.
+        println!("dashboard at http://{local}/");
+    }
+    let start_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let fault_start_ms = config.fault_start_s * 1000;
+    tracing::info!(
+        devices = config.devices,
+        rate = config.rate_per_device,
+        workers = cluster.workers,
+        "demo starting"
+    );
+    let job = DemoJob {
+        fleet: FleetConfig {
+            devices: config.devices,
+            rate_per_device: config.rate_per_device,
+            seed: config.seed,
+            start_ms,
+            fault_share: config.fault_share,
+            fault_start_ms: (
+                fault_start_ms,
+                fault_start_ms + config.fault_spread_s * 1000,
+            ),
+            ..FleetConfig::default()
+        },
+        schemas,
+        pipeline,
+        duration: config.duration_s.map(Duration::from_secs_f64),
+        stop,
+        terminal: config.terminal,
+        stats,
+        metrics: Arc::clone(&metrics),
+        influx: influx.clone(),
+        notifier: notifier.as_ref().map(Notifier::handle),
+    };
+    let result = run_demo_job(job, cluster);
+    if let Some(influx) = influx {
+        influx.finish();
+    }
+    let channels = notifier.map(Notifier::finish).unwrap_or_default();
+    let mut summary = result?;
+    if let Some(failure) = channels.iter().find_map(|c| c.failure.clone()) {
+        return Err(DemoError::NotifyChannel { failure, channels });
+    }
+    if let Some(summary) = summary.as_mut() {
+        summary.influx_points = metrics.influx_points.get();
+    }
+    Ok(DemoReport {
+        summary,
+        channels,
+        metrics,
+    })
+}
+
 /// How the live view is drawn in the terminal, once a second.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Terminal {
     /// One summary line a second (for logs and pipes).
     Plain,
@@ -70,6 +276,42 @@ pub struct DemoJob {
 /// A demo that could not run, or stopped on a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// A field of the configuration cannot work.
+    #[error("{field} {message}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The schema directory could not be loaded.
+    #[error("schemas: {0}")]
+    Schemas(LoadError),
+    /// An alert rule names what the catalog does not have.
+    #[error("pipeline.alerts: {0}")]
+    Alerts(#[from] crate::dataflow::alert::AlertConfigError),
+    /// The notification channels could not start.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    /// The InfluxDB writers could not start.
+    #[error(transparent)]
+    InfluxSetup(#[from] InfluxConfigError),
+    /// The dashboard could not listen.
+    #[error("dashboard {listen}: {source}")]
+    Dashboard {
+        /// The address.
+        listen: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A notification channel gave up (what each did is in `channels`).
+    #[error("{failure}")]
+    NotifyChannel {
+        /// Why.
+        failure: ChannelFailure,
+        /// What each channel did.
+        channels: Vec<ChannelReport>,
+    },
     /// The cluster shape is wrong.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -87,10 +329,13 @@ pub enum DemoError {
     Influx(#[from] InfluxSinkFailure),
 }
 
-/// Runs the demo until `job.stop` or its duration; returns the totals on process 0, `None` on
-/// the others. A notification channel that gives up stops it early; the caller finds why when
-/// it finishes the notifier.
-pub fn run_demo(job: DemoJob, cluster: &ClusterConfig) -> Result<Option<RunSummary>, DemoError> {
+/// Runs a demo whose servers and channels are started: until `job.stop` or its duration;
+/// returns the totals on process 0, `None` on the others. A notification channel that gives up
+/// stops it early; the caller finds why when it finishes the notifier.
+pub fn run_demo_job(
+    job: DemoJob,
+    cluster: &ClusterConfig,
+) -> Result<Option<RunSummary>, DemoError> {
     let timely_config = cluster.to_timely()?;
     if cluster.processes > 1 {
         crate::io::support::cluster::end_on_lost_peer();

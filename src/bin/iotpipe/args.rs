@@ -236,20 +236,6 @@ impl NotifyArgs {
             .map(Some)
             .map_err(|e| format!("--notify {e}"))
     }
-
-    /// Starts the configured channels (none without `--notify`), counting their failures in
-    /// `metrics`.
-    pub fn start(
-        &self,
-        metrics: &std::sync::Arc<iotpipe::io::support::metrics::Metrics>,
-    ) -> Result<Option<iotpipe::io::sinks::notify::Notifier>, String> {
-        let (Some(path), Some(config)) = (&self.notify, self.config()?) else {
-            return Ok(None);
-        };
-        iotpipe::io::sinks::notify::Notifier::start(&config, metrics)
-            .map(Some)
-            .map_err(|e| format!("--notify {}: {e}", path.display()))
-    }
 }
 
 /// InfluxDB output.
@@ -304,20 +290,6 @@ impl InfluxArgs {
             .validate()
             .map_err(|e| format!("{e} (from --influx-url or --influx-config)"))?;
         Ok(Some(config))
-    }
-
-    /// Starts the InfluxDB writers these flags describe (none without `--influx-url` or
-    /// `--influx-config`), counting into `metrics`.
-    pub fn start(
-        &self,
-        metrics: &std::sync::Arc<iotpipe::io::support::metrics::Metrics>,
-    ) -> Result<Option<iotpipe::io::sinks::influx::pool::InfluxPool>, String> {
-        let Some(config) = self.config()? else {
-            return Ok(None);
-        };
-        iotpipe::io::sinks::influx::pool::InfluxPool::start(&config, std::sync::Arc::clone(metrics))
-            .map(Some)
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -1,19 +1,15 @@
-//! `iotpipe demo`: flags into a [`DemoJob`], the channels and servers it uses, and the final
-//! report.
+//! `iotpipe demo`: flags and the files they name into a [`DemoConfig`], and the final report.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use iotpipe::commands::demo::{DemoJob, Terminal, run_demo};
-use iotpipe::io::serve::dashboard::Dashboard;
-use iotpipe::io::sinks::live_view::LiveStats;
-use iotpipe::io::sources::fleet::FleetConfig;
-use iotpipe::io::support::metrics::{Histogram, Metrics};
+use iotpipe::commands::demo::{DemoConfig, DemoError, Terminal, run_demo};
+use iotpipe::io::sinks::notify::ChannelReport;
+use iotpipe::io::support::metrics::Histogram;
 
-use crate::args::{DemoArgs, check_number};
+use crate::args::DemoArgs;
 
 /// A quantile's bucket bound, for the final report; beyond the last bucket, the backlog grew
 /// for the whole run.
@@ -24,22 +20,22 @@ fn bound_of(histogram: &Histogram, q: f64) -> String {
     }
 }
 
+/// The flag behind a field of [`DemoConfig`].
+fn flag_of(field: &str) -> &str {
+    match field {
+        "rate_per_device" => "--rate",
+        "fault_share" => "--fault-share",
+        "duration_s" => "--duration",
+        "devices" => "--devices",
+        other => other,
+    }
+}
+
 /// Runs the demo until Ctrl-C or `--duration`.
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let schemas = args.pipeline.schemas()?;
-    let pipeline_config = args.pipeline.config(&schemas)?;
-    if args.devices == 0 {
-        return Err("--devices must be at least 1 (default 2000)".into());
-    }
-    if !(args.rate > 0.0 && args.rate <= 1000.0) {
-        return Err(
-            "--rate must be above 0 and at most 1000 messages/s per device (default 1)".into(),
-        );
-    }
-    let cluster = args.cluster.config();
-    // A wrong cluster shape is said before any server starts.
-    cluster.to_timely().map_err(|e| e.to_string())?;
-    let listen: Option<SocketAddr> = if args.no_dashboard || !cluster.is_leader() {
+    let pipeline = args.pipeline.config(&schemas)?;
+    let dashboard: Option<SocketAddr> = if args.no_dashboard {
         None
     } else {
         Some(args.listen.parse().map_err(|e| {
@@ -49,103 +45,45 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             )
         })?)
     };
-    let metrics = Arc::new(Metrics::default());
-    let influx = args.influx.start(&metrics)?;
-    let stats = Arc::new(Mutex::new(
-        LiveStats::new().with_device_windows(influx.is_none()),
-    ));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64;
-    if !(0.0..=1.0).contains(&args.fault_share) {
-        return Err("--fault-share must be between 0 and 1 (default 0.01)".into());
-    }
-    check_number("--rate", args.rate, false, "1")?;
-    if let Some(duration) = args.duration {
-        check_number("--duration", duration, true, "until Ctrl-C")?;
-    }
-    let fault_start_ms = args.fault_start_s * 1000;
-    let fleet_config = FleetConfig {
+    let plain = args.plain || !std::io::stdout().is_terminal();
+    let config = DemoConfig {
         devices: args.devices,
         rate_per_device: args.rate,
         seed: args.seed,
-        start_ms: now_ms,
         fault_share: args.fault_share,
-        fault_start_ms: (fault_start_ms, fault_start_ms + args.fault_spread_s * 1000),
-        ..FleetConfig::default()
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("Ctrl-C handler: {e}"))?;
-    let duration = args.duration.map(Duration::from_secs_f64);
-    let plain = args.plain || !std::io::stdout().is_terminal();
-    let devices = args.devices;
-    // Process 0 receives every alert event, so only it notifies.
-    let notify = if cluster.is_leader() {
-        args.notify.start(&metrics)?
-    } else {
-        None
-    };
-    let notifier = notify.as_ref().map(|n| n.handle());
-    tracing::info!(
-        devices,
-        rate = args.rate,
-        workers = cluster.workers,
-        "demo starting"
-    );
-    if let Some(listen) = listen {
-        let dashboard = Dashboard::new(
-            Arc::clone(&stats),
-            Arc::clone(&metrics),
-            Arc::clone(schemas.catalog()),
-            influx.as_ref(),
-            pipeline_config.window.length_ms,
-        );
-        let local = dashboard
-            .serve(listen)
-            .map_err(|e| format!("--listen {listen}: {e}"))?;
-        // Printed before the live view takes the screen, and for scripts that wait for it.
-        println!("dashboard at http://{local}/");
-    }
-    let job = DemoJob {
-        fleet: fleet_config,
-        schemas,
-        pipeline: pipeline_config,
-        duration,
-        stop,
+        fault_start_s: args.fault_start_s,
+        fault_spread_s: args.fault_spread_s,
+        duration_s: args.duration,
+        schemas: args.pipeline.schemas.clone(),
+        pipeline,
+        dashboard,
         terminal: Some(if plain {
             Terminal::Plain
         } else {
             Terminal::Screen
         }),
-        stats,
-        metrics: Arc::clone(&metrics),
-        influx: influx.clone(),
-        notifier,
+        notify: args.notify.config()?,
+        influx: args.influx.config()?,
+        cluster: args.cluster.config(),
     };
-    let result = run_demo(job, &cluster);
-    if let Some(influx) = influx {
-        influx.finish();
-    }
-    if let Some(notify) = notify {
-        let mut channel_failure = None;
-        for report in notify.finish() {
-            println!(
-                "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
-                report.name, report.delivered, report.rejected, report.retries, report.undelivered
-            );
-            channel_failure = channel_failure.or(report.failure);
-        }
-        if let Some(failure) = channel_failure {
+    // Flag errors before the servers start.
+    config.validate().map_err(|e| flag_error(&args, e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    let report = match run_demo(config, stop) {
+        Ok(report) => report,
+        Err(DemoError::NotifyChannel { failure, channels }) => {
+            print_channels(&channels);
             return Err(failure.to_string());
         }
-    }
-    if let Some(mut totals) = result.map_err(|e| e.to_string())? {
-        totals.influx_points = metrics.influx_points.get();
+        Err(e) => return Err(flag_error(&args, e)),
+    };
+    print_channels(&report.channels);
+    if let Some(totals) = report.summary {
         println!("\nfinal\n{totals}");
-        let latency = &metrics.influx_latency;
+        let latency = &report.metrics.influx_latency;
         if latency.count() > 0 {
             println!(
                 "influx latency    p50 {}, p99 {}, mean {:.3} s ({} messages, this process)",
@@ -154,7 +92,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 latency.mean_s().unwrap_or_default(),
                 latency.count()
             );
-            let request = &metrics.influx_request;
+            let request = &report.metrics.influx_request;
             println!(
                 "influx batches    {}, p50 {}, p99 {}, mean {:.3} s",
                 request.count(),
@@ -165,4 +103,27 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A demo error in the words of the flags that fed the field.
+fn flag_error(args: &DemoArgs, error: DemoError) -> String {
+    match error {
+        DemoError::Config { field, message } => format!("{} {message}", flag_of(field)),
+        DemoError::Schemas(e) => format!("--schemas: {e}"),
+        DemoError::Dashboard { listen, source } => format!("--listen {listen}: {source}"),
+        DemoError::Notify(e) => match &args.notify.notify {
+            Some(path) => format!("--notify {}: {e}", path.display()),
+            None => e.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn print_channels(channels: &[ChannelReport]) {
+    for report in channels {
+        println!(
+            "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
+            report.name, report.delivered, report.rejected, report.retries, report.undelivered
+        );
+    }
 }
