@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use iotpipe::commands::run::config::RunConfig;
-use iotpipe::commands::run::{ServiceJob, run_service};
+use iotpipe::commands::run::run_service;
 
 use crate::args::RunArgs;
 
@@ -19,23 +19,10 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     if args.hostfile.is_some() {
         cluster.hostfile = args.hostfile.clone();
     }
-    let schemas = config.schemas().map_err(|e| e.to_string())?;
-    config.resolve(&schemas).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature).
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(|e| format!("signal handler: {e}"))?;
-    let job = ServiceJob {
-        kafka: config.kafka.clone(),
-        source: config.source.clone(),
-        schemas,
-        pipeline: config.pipeline.clone(),
-        metrics_listen: config.metrics.listen,
-        dashboard_listen: config.dashboard.listen,
-        drain_timeout_ms: config.drain_timeout_ms,
-        stop,
-        influx: config.influx.clone(),
-    };
-    run_service(job, &config.cluster).map_err(|e| e.to_string())
+    run_service(config, stop).map_err(|e| e.to_string())
 }

@@ -46,6 +46,7 @@ use crate::io::sources::kafka::telemetry::{IdleFloor, KafkaSource, PartitionRepo
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
+use config::{RunConfig, RunConfigError};
 
 /// Everything `iotpipe run` needs.
 #[derive(Clone)]
@@ -70,9 +71,32 @@ pub struct ServiceJob {
     pub influx: Option<InfluxConfig>,
 }
 
+/// Runs the service `config` describes until `stop` is set: loads its schemas, resolves its
+/// alert rules, and runs [`run_service_job`] on its cluster.
+pub fn run_service(config: RunConfig, stop: Arc<AtomicBool>) -> Result<(), ServiceError> {
+    let mut config = config;
+    let schemas = config.schemas()?;
+    config.resolve(&schemas)?;
+    let job = ServiceJob {
+        kafka: config.kafka.clone(),
+        source: config.source.clone(),
+        schemas,
+        pipeline: config.pipeline.clone(),
+        metrics_listen: config.metrics.listen,
+        dashboard_listen: config.dashboard.listen,
+        drain_timeout_ms: config.drain_timeout_ms,
+        stop,
+        influx: config.influx.clone(),
+    };
+    run_service_job(job, &config.cluster)
+}
+
 /// The service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] RunConfigError),
     /// The cluster shape is wrong.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -121,7 +145,7 @@ pub enum ServiceError {
 }
 
 /// Runs until `job.stop` is set.
-pub fn run_service(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), ServiceError> {
+pub fn run_service_job(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), ServiceError> {
     let timely_config = cluster.to_timely()?;
     if cluster.processes > 1 {
         crate::io::support::cluster::end_on_lost_peer();
