@@ -64,6 +64,7 @@ fn alerts_catch_injected_faults_within_two_minutes_without_false_alarms() {
         chunk_bytes: 1 << 20,
         notifier: None,
         influx: None,
+        stop: Default::default(),
     };
     let cluster = ClusterConfig {
         workers: 2,

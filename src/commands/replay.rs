@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub struct ReplayJob {
     pub notifier: Option<NotifierHandle>,
     /// The InfluxDB every output is also written to, if any.
     pub influx: Option<InfluxPool>,
+    /// Set to stop early: no further chunk is read, and what was read is finished, so the
+    /// outputs are those of the file's first chunks.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The whole configuration of a replay: what `iotpipe replay`'s flags and the files they name
@@ -110,10 +114,13 @@ pub struct ReplayReport {
     pub channels: Vec<ChannelReport>,
 }
 
-/// Runs the replay `config` describes to the end of its file: loads the schemas and the
-/// registry, starts the InfluxDB writers and the notification channels, replays, and finishes
-/// them.
-pub fn run_replay(config: ReplayConfig) -> Result<ReplayReport, ReplayError> {
+/// Runs the replay `config` describes to the end of its file, or until `stop` is set (then the
+/// outputs are those of the file's first chunks): loads the schemas and the registry, starts
+/// the InfluxDB writers and the notification channels, replays, and finishes them.
+pub fn run_replay(
+    config: ReplayConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<ReplayReport, ReplayError> {
     if config.chunk_bytes == 0 {
         return Err(ReplayError::Config {
             field: "chunk_bytes",
@@ -148,6 +155,7 @@ pub fn run_replay(config: ReplayConfig) -> Result<ReplayReport, ReplayError> {
         schemas,
         pipeline,
         chunk_bytes: config.chunk_bytes,
+        stop,
     };
     let result = replay(job, cluster);
     if let Some(influx) = influx {
@@ -443,6 +451,11 @@ fn feed_chunks(
         None
     };
     while let Some((chunk, mut decoded)) = current.take() {
+        // Stopping between chunks keeps what was sent a prefix of the file: chunk k is only
+        // sent once chunk k - 1's prefix is out, which its worker publishes as it sends it.
+        if job.stop.load(Ordering::Relaxed) {
+            break;
+        }
         // Decode our next chunk before waiting, so the wait overlaps work.
         let next_k = k + peers as u64;
         let next = if next_k < chunk_count {
@@ -456,6 +469,10 @@ fn feed_chunks(
             loop {
                 if let Some(prefix) = prefixes.borrow().get(&(k - 1)) {
                     break *prefix;
+                }
+                if job.stop.load(Ordering::Relaxed) {
+                    // Chunk k - 1's worker stopped before it: so does this one.
+                    return Ok(());
                 }
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }

@@ -248,6 +248,7 @@ pub fn replay_in_process(
         chunk_bytes: 64 * 1024,
         notifier: None,
         influx: None,
+        stop: Default::default(),
     };
     let cluster = iotpipe::io::support::cluster::ClusterConfig {
         workers,
