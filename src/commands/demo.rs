@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Concat, Probe};
 
+use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::ingest::{Ingestor, Provenance};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
 use crate::dataflow::schema::SchemaSet;
-use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
+use crate::io::connect::influx::config::InfluxConfig;
 use crate::io::connect::influx::write::InfluxSinkFailure;
 use crate::io::serve::dashboard::Dashboard;
 use crate::io::sinks::influx::pool::InfluxPool;
@@ -25,15 +26,13 @@ use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
 use crate::io::sinks::notify::{
-    ChannelFailure, ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
-    NotifyError,
+    ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
 };
 use crate::io::sources::fleet::{Fleet, FleetConfig};
 use crate::io::sources::inputs::PipelineSources;
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
-use crate::io::support::schema_files::{LoadError, load_schema_dir};
 use crate::io::support::summary::RunSummary;
 
 /// How often each worker moves the fleet's clock forward.
@@ -152,25 +151,17 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
     config.validate()?;
     let cluster = &config.cluster;
     cluster.to_timely()?;
-    let schemas = match &config.schemas {
-        None => SchemaSet::embedded(),
-        Some(dir) => load_schema_dir(dir).map_err(DemoError::Schemas)?,
-    };
-    let mut pipeline = config.pipeline.clone();
-    pipeline.alerts.resolve(schemas.catalog())?;
-    let metrics = Arc::new(Metrics::default());
-    let influx = match &config.influx {
-        Some(influx) => Some(InfluxPool::start(influx, Arc::clone(&metrics))?),
-        None => None,
-    };
+    let (schemas, pipeline) = schemas_and_pipeline(config.schemas.as_deref(), &config.pipeline)?;
+    let outputs = SideOutputs::start(
+        config.influx.as_ref(),
+        config.notify.as_ref(),
+        cluster.is_leader(),
+    )?;
+    let (metrics, influx) = (Arc::clone(&outputs.metrics), outputs.influx.clone());
     let stats = Arc::new(Mutex::new(
         LiveStats::new().with_device_windows(influx.is_none()),
     ));
-    // Process 0 receives every alert event, so only it notifies and serves the dashboard.
-    let notifier = match (&config.notify, cluster.is_leader()) {
-        (Some(notify), true) => Some(Notifier::start(notify, &metrics)?),
-        _ => None,
-    };
+    // Process 0 receives every alert event, so only it serves the dashboard.
     if let (Some(listen), true) = (config.dashboard, cluster.is_leader()) {
         let dashboard = Dashboard::new(
             Arc::clone(&stats),
@@ -216,21 +207,10 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         terminal: config.terminal,
         stats,
         metrics: Arc::clone(&metrics),
-        influx: influx.clone(),
-        notifier: notifier.as_ref().map(Notifier::handle),
+        influx,
+        notifier: outputs.notifier.as_ref().map(Notifier::handle),
     };
-    let result = run_demo_job(job, cluster);
-    if let Some(influx) = influx {
-        influx.finish();
-    }
-    let channels = notifier.map(Notifier::finish).unwrap_or_default();
-    let mut summary = result?;
-    if let Some(failure) = channels.iter().find_map(|c| c.failure.clone()) {
-        return Err(DemoError::NotifyChannel { failure, channels });
-    }
-    if let Some(summary) = summary.as_mut() {
-        summary.influx_points = metrics.influx_points.get();
-    }
+    let (summary, channels) = outputs.finish(run_demo_job(job, cluster))?;
     Ok(DemoReport {
         summary,
         channels,
@@ -284,18 +264,10 @@ pub enum DemoError {
         /// What is wrong and how to fix it.
         message: String,
     },
-    /// The schema directory could not be loaded.
-    #[error("schemas: {0}")]
-    Schemas(LoadError),
-    /// An alert rule names what the catalog does not have.
-    #[error("pipeline.alerts: {0}")]
-    Alerts(#[from] crate::dataflow::alert::AlertConfigError),
-    /// The notification channels could not start.
+    /// The schemas, alert rules, InfluxDB writers or notification channels could not be set
+    /// up.
     #[error(transparent)]
-    Notify(#[from] NotifyError),
-    /// The InfluxDB writers could not start.
-    #[error(transparent)]
-    InfluxSetup(#[from] InfluxConfigError),
+    Setup(#[from] SetupError),
     /// The dashboard could not listen.
     #[error("dashboard {listen}: {source}")]
     Dashboard {
@@ -304,14 +276,9 @@ pub enum DemoError {
         /// Why.
         source: std::io::Error,
     },
-    /// A notification channel gave up (what each did is in `channels`).
-    #[error("{failure}")]
-    NotifyChannel {
-        /// Why.
-        failure: ChannelFailure,
-        /// What each channel did.
-        channels: Vec<ChannelReport>,
-    },
+    /// A notification channel gave up (what each did is inside).
+    #[error(transparent)]
+    ChannelStop(#[from] ChannelStop),
     /// The cluster shape is wrong.
     #[error(transparent)]
     Cluster(#[from] ClusterError),

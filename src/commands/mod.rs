@@ -16,3 +16,4 @@ pub mod demo;
 pub mod loadgen;
 pub mod replay;
 pub mod run;
+pub mod setup;

@@ -20,6 +20,7 @@ use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, Input, Inspect};
 
+use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::event_time::{PartitionClock, Watermarker, watermark_after};
 use crate::dataflow::ingest::{Ingestor, Provenance};
@@ -27,21 +28,19 @@ use crate::dataflow::model::{DeadLetter, TimeMs};
 use crate::dataflow::registry::{RegistryChange, RegistryHistory};
 use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
-use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
+use crate::io::connect::influx::config::InfluxConfig;
 use crate::io::sinks::deliver::{DeliverInOrder, to_shared};
 use crate::io::sinks::files::replay::ReplayFiles;
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::notify::{
-    ChannelFailure, ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
-    NotifyError,
+    ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
 };
 use crate::io::sources::file::{Chunk, ChunkedFile};
 use crate::io::sources::inputs::{PipelineSources, SourceInputs, VecInput};
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
-use crate::io::support::metrics::Metrics;
-use crate::io::support::schema_files::{LoadError, load_registry, load_schema_dir};
+use crate::io::support::schema_files::{LoadError, load_registry};
 use crate::io::support::summary::RunSummary;
 
 /// Everything a replay needs.
@@ -127,28 +126,17 @@ pub fn run_replay(
             message: "must be at least 1 (default 4194304)".into(),
         });
     }
-    let schemas = match &config.schemas {
-        None => SchemaSet::embedded(),
-        Some(dir) => load_schema_dir(dir).map_err(ReplayError::Schemas)?,
-    };
-    let mut pipeline = config.pipeline.clone();
-    pipeline.alerts.resolve(schemas.catalog())?;
+    let (schemas, pipeline) = schemas_and_pipeline(config.schemas.as_deref(), &config.pipeline)?;
     let registry = load_registry(&config.registry, &schemas).map_err(ReplayError::Registry)?;
     let cluster = &config.cluster;
-    let metrics = Arc::new(Metrics::default());
-    // Process 0 receives every alert event, so only it notifies.
-    let notifier = match (&config.notify, cluster.is_leader()) {
-        (Some(notify), true) => Some(Notifier::start(notify, &metrics)?),
-        _ => None,
-    };
-    // Every process writes its own share of the points.
-    let influx = match &config.influx {
-        Some(influx) => Some(InfluxPool::start(influx, Arc::clone(&metrics))?),
-        None => None,
-    };
+    let outputs = SideOutputs::start(
+        config.influx.as_ref(),
+        config.notify.as_ref(),
+        cluster.is_leader(),
+    )?;
     let job = ReplayJob {
-        influx: influx.clone(),
-        notifier: notifier.as_ref().map(Notifier::handle),
+        influx: outputs.influx.clone(),
+        notifier: outputs.notifier.as_ref().map(Notifier::handle),
         events: config.events.clone(),
         registry: Arc::new(registry),
         out: config.out.clone(),
@@ -157,18 +145,7 @@ pub fn run_replay(
         chunk_bytes: config.chunk_bytes,
         stop,
     };
-    let result = replay(job, cluster);
-    if let Some(influx) = influx {
-        influx.finish();
-    }
-    let channels = notifier.map(Notifier::finish).unwrap_or_default();
-    let mut summary = result?;
-    if let Some(failure) = channels.iter().find_map(|c| c.failure.clone()) {
-        return Err(ReplayError::NotifyChannel { failure, channels });
-    }
-    if let Some(summary) = summary.as_mut() {
-        summary.influx_points = metrics.influx_points.get();
-    }
+    let (summary, channels) = outputs.finish(replay(job, cluster))?;
     Ok(ReplayReport { summary, channels })
 }
 
@@ -183,29 +160,16 @@ pub enum ReplayError {
         /// What is wrong and how to fix it.
         message: String,
     },
-    /// The schema directory could not be loaded.
-    #[error("schemas: {0}")]
-    Schemas(LoadError),
     /// The registry could not be loaded.
     #[error("registry: {0}")]
     Registry(LoadError),
-    /// An alert rule names what the catalog does not have.
-    #[error("pipeline.alerts: {0}")]
-    Alerts(#[from] crate::dataflow::alert::AlertConfigError),
-    /// The notification channels could not start.
+    /// The schemas, alert rules, InfluxDB writers or notification channels could not be set
+    /// up.
     #[error(transparent)]
-    Notify(#[from] NotifyError),
-    /// The InfluxDB writers could not start.
+    Setup(#[from] SetupError),
+    /// A notification channel gave up (what each did is inside).
     #[error(transparent)]
-    InfluxSetup(#[from] InfluxConfigError),
-    /// A notification channel gave up (what each did is in `channels`).
-    #[error("{failure}")]
-    NotifyChannel {
-        /// Why.
-        failure: ChannelFailure,
-        /// What each channel did.
-        channels: Vec<ChannelReport>,
-    },
+    ChannelStop(#[from] ChannelStop),
     /// The cluster shape is wrong.
     #[error(transparent)]
     Cluster(#[from] ClusterError),

@@ -34,6 +34,31 @@ pub fn check_number(
     }
 }
 
+/// A setup error of `replay` or `demo` in the words of the flag that fed it.
+pub fn setup_error(error: iotpipe::commands::setup::SetupError, notify: &NotifyArgs) -> String {
+    use iotpipe::commands::setup::SetupError;
+    match (error, &notify.notify) {
+        (SetupError::Schemas(e), _) => format!("--schemas: {e}"),
+        (SetupError::Notify(e), Some(path)) => format!("--notify {}: {e}", path.display()),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// What each notification channel did, a line each.
+pub fn print_channels(channels: &[iotpipe::io::sinks::notify::ChannelReport]) {
+    for report in channels {
+        println!(
+            "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
+            report.name,
+            report.delivered,
+            report.already_delivered,
+            report.rejected,
+            report.retries,
+            report.undelivered
+        );
+    }
+}
+
 /// iotpipe: IoT telemetry on timely and differential dataflow.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use iotpipe::commands::demo::{DemoConfig, DemoError, Terminal, run_demo};
-use iotpipe::io::sinks::notify::ChannelReport;
 use iotpipe::io::support::metrics::Histogram;
 
-use crate::args::DemoArgs;
+use crate::args::{DemoArgs, print_channels, setup_error};
 
 /// A quantile's bucket bound, for the final report; beyond the last bucket, the backlog grew
 /// for the whole run.
@@ -74,9 +73,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         .map_err(|e| format!("Ctrl-C handler: {e}"))?;
     let report = match run_demo(config, stop) {
         Ok(report) => report,
-        Err(DemoError::NotifyChannel { failure, channels }) => {
-            print_channels(&channels);
-            return Err(failure.to_string());
+        Err(DemoError::ChannelStop(stop)) => {
+            print_channels(&stop.channels);
+            return Err(stop.failure.to_string());
         }
         Err(e) => return Err(flag_error(&args, e)),
     };
@@ -109,21 +108,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
 fn flag_error(args: &DemoArgs, error: DemoError) -> String {
     match error {
         DemoError::Config { field, message } => format!("{} {message}", flag_of(field)),
-        DemoError::Schemas(e) => format!("--schemas: {e}"),
+        DemoError::Setup(e) => setup_error(e, &args.notify),
         DemoError::Dashboard { listen, source } => format!("--listen {listen}: {source}"),
-        DemoError::Notify(e) => match &args.notify.notify {
-            Some(path) => format!("--notify {}: {e}", path.display()),
-            None => e.to_string(),
-        },
         other => other.to_string(),
-    }
-}
-
-fn print_channels(channels: &[ChannelReport]) {
-    for report in channels {
-        println!(
-            "notify {:<11} delivered {}, rejected {}, retries {}, undelivered {}",
-            report.name, report.delivered, report.rejected, report.retries, report.undelivered
-        );
     }
 }

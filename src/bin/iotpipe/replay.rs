@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use iotpipe::commands::replay::{ReplayConfig, ReplayError, run_replay};
 use iotpipe::io::sinks::files::replay::ReplayFiles;
-use iotpipe::io::sinks::notify::ChannelReport;
 
-use crate::args::ReplayArgs;
+use crate::args::{ReplayArgs, print_channels, setup_error};
 
 /// Runs the replay and prints its summary.
 pub fn run(args: ReplayArgs) -> Result<(), String> {
@@ -35,20 +34,12 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         .map_err(|e| format!("Ctrl-C handler: {e}"))?;
     let report = match run_replay(config, stop) {
         Ok(report) => report,
-        Err(ReplayError::NotifyChannel { failure, channels }) => {
-            print_channels(&channels);
-            return Err(failure.to_string());
+        Err(ReplayError::ChannelStop(stop)) => {
+            print_channels(&stop.channels);
+            return Err(stop.failure.to_string());
         }
-        Err(ReplayError::Schemas(e)) => return Err(format!("--schemas: {e}")),
+        Err(ReplayError::Setup(e)) => return Err(setup_error(e, &args.notify)),
         Err(ReplayError::Registry(e)) => return Err(format!("--registry {e}")),
-        Err(ReplayError::Notify(e)) => {
-            let path = args
-                .notify
-                .notify
-                .as_ref()
-                .expect("channels came from --notify");
-            return Err(format!("--notify {}: {e}", path.display()));
-        }
         Err(e) => return Err(e.to_string()),
     };
     print_channels(&report.channels);
@@ -61,18 +52,4 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-fn print_channels(channels: &[ChannelReport]) {
-    for report in channels {
-        println!(
-            "notify {:<11} delivered {} (already {}), rejected {}, retries {}, undelivered {}",
-            report.name,
-            report.delivered,
-            report.already_delivered,
-            report.rejected,
-            report.retries,
-            report.undelivered
-        );
-    }
 }
