@@ -165,7 +165,12 @@ fn replay(data: &common::Dataset, out: &Path, notify: &Path) -> String {
 }
 
 fn alert_ids(out: &Path) -> Vec<String> {
-    std::fs::read_to_string(out.join("alerts.jsonl"))
+    ids_in(&out.join("alerts.jsonl"))
+}
+
+/// The `id` of every JSON line of a file (alert events, kept notifications), in order.
+fn ids_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| {
@@ -292,16 +297,7 @@ fn a_webhook_that_refuses_the_sender_stops_the_replay_naming_the_field_and_loses
         "{stdout}"
     );
     let spool = data.dir.path().join("ledger/ops.pending.jsonl");
-    let kept: Vec<String> = std::fs::read_to_string(&spool)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let kept = ids_in(&spool);
     assert_eq!(kept, ids, "every event kept, in order");
 }
 
