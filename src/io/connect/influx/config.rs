@@ -138,15 +138,16 @@ impl InfluxConfig {
         }
     }
 
-    /// Checks the numbers, which need no server.
-    pub fn validate(&self) -> Result<(), InfluxConfigError> {
+    /// Checks every field, which needs no server; returns where to connect (the URL with its
+    /// TLS settings, certificate files read), so that starting does not read them again.
+    pub fn validate(&self) -> Result<HttpEndpoint, InfluxConfigError> {
         let invalid = |field: &str, message: &str| {
             Err(InfluxConfigError {
                 field: field.to_owned(),
                 message: message.to_owned(),
             })
         };
-        self.endpoint()?;
+        let endpoint = self.endpoint()?;
         // They go into the Authorization header, which cannot hold control characters: a
         // trailing newline from an env file is the usual cause.
         let credentials = [
@@ -174,7 +175,7 @@ impl InfluxConfig {
         if self.timeout_ms == 0 {
             return invalid("timeout_ms", "must be at least 1 (default 10000)");
         }
-        Ok(())
+        Ok(endpoint)
     }
 
     /// Where the writers and readers connect, checked: `http(s)://HOST:PORT` and no path.
@@ -202,13 +203,13 @@ impl InfluxConfig {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// The API to write with: `api`, or with `auto` the one `/ping` names (asked for up to
-    /// `timeout_ms`, so a server still starting is waited for).
-    pub async fn resolve(&self) -> Result<InfluxApi, InfluxConfigError> {
+    /// The API to write with: `api`, or with `auto` the one `/ping` at `endpoint` names
+    /// (asked for up to `timeout_ms`, so a server still starting is waited for).
+    pub async fn resolve(&self, endpoint: &HttpEndpoint) -> Result<InfluxApi, InfluxConfigError> {
         let major = match self.api {
             ApiChoice::V1 => 1,
             ApiChoice::V2 => 2,
-            ApiChoice::Auto => self.ping_major_version().await?,
+            ApiChoice::Auto => self.ping_major_version(endpoint).await?,
         };
         if major == 1 {
             return Ok(InfluxApi::V1 {
@@ -234,10 +235,9 @@ impl InfluxConfig {
         })
     }
 
-    async fn ping_major_version(&self) -> Result<u32, InfluxConfigError> {
-        let endpoint = self.endpoint()?;
+    async fn ping_major_version(&self, endpoint: &HttpEndpoint) -> Result<u32, InfluxConfigError> {
         let authority = endpoint.authority().to_owned();
-        let mut http = HttpConnection::to(endpoint);
+        let mut http = HttpConnection::to(endpoint.clone());
         let deadline = tokio::time::Instant::now() + self.timeout();
         let mut attempt = 0;
         let failure = loop {
@@ -348,7 +348,8 @@ mod tests {
     async fn v2_without_a_token_is_refused_by_name() {
         let mut config = InfluxConfig::for_url("http://127.0.0.1:1");
         config.api = ApiChoice::V2;
-        let error = config.resolve().await.unwrap_err();
+        let endpoint = config.validate().unwrap();
+        let error = config.resolve(&endpoint).await.unwrap_err();
         assert_eq!(error.field, "token");
     }
 }

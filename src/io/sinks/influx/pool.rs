@@ -117,7 +117,7 @@ impl InfluxPool {
     /// Resolves the API (asking `/ping` for `auto`), creates the 1.x database if missing, and
     /// starts the writers on a thread of their own.
     pub fn start(config: &InfluxConfig, metrics: Arc<Metrics>) -> Result<Self, InfluxConfigError> {
-        config.validate()?;
+        let endpoint = config.validate()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -125,8 +125,7 @@ impl InfluxPool {
                 field: "url".into(),
                 message: format!("cannot start the writer runtime: {e}"),
             })?;
-        let api = runtime.block_on(config.resolve())?;
-        let endpoint = config.endpoint()?;
+        let api = runtime.block_on(config.resolve(&endpoint))?;
         let mut writers = (0..config.max_in_flight)
             .map(|_| {
                 let writer =
