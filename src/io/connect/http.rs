@@ -241,16 +241,6 @@ pub struct HttpConnection {
 }
 
 impl HttpConnection {
-    /// A plain `http` connection to `authority` (`host:port`); connects lazily, on the first
-    /// request.
-    pub fn new(authority: impl Into<String>) -> Self {
-        Self::to(HttpEndpoint {
-            authority: authority.into(),
-            path: "/".into(),
-            tls: None,
-        })
-    }
-
     /// A connection to `endpoint`; connects lazily, on the first request.
     pub fn to(endpoint: HttpEndpoint) -> Self {
         Self {
