@@ -65,8 +65,6 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         influx: args.influx.config()?,
         cluster: args.cluster.config(),
     };
-    // Flag errors before the servers start.
-    config.validate().map_err(|e| flag_error(&args, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))

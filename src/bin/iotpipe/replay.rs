@@ -13,9 +13,6 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     let schemas = args.pipeline.schemas()?;
     let mut pipeline = args.pipeline.config(&schemas)?;
     pipeline.anomaly.emit_all_scores |= args.all_scores;
-    if args.chunk_bytes == 0 {
-        return Err("--chunk-bytes must be at least 1 (default 4194304)".into());
-    }
     let config = ReplayConfig {
         events: args.events.clone(),
         registry: args.registry.clone(),
@@ -40,6 +37,10 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         }
         Err(ReplayError::Setup(e)) => return Err(setup_error(e, &args.notify)),
         Err(ReplayError::Registry(e)) => return Err(format!("--registry {e}")),
+        // The fields checked are the flags' namesakes (`chunk_bytes`: `--chunk-bytes`).
+        Err(ReplayError::Config { field, message }) => {
+            return Err(format!("--{} {message}", field.replace('_', "-")));
+        }
         Err(e) => return Err(e.to_string()),
     };
     print_channels(&report.channels);
