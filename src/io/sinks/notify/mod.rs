@@ -496,7 +496,7 @@ impl Notifier {
         let task = self.runtime.spawn(async move {
             let counts = task_counts;
             let mut strikes = SinkStrikes::default();
-            'events: loop {
+            loop {
                 let n = match pending.pop_front() {
                     Some(n) => n,
                     None => match receiver.recv().await {
@@ -511,16 +511,17 @@ impl Notifier {
                     counts.already_delivered.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                // How the delivery of `n` ended: delivered or refused for good (`None`), or the
+                // channel stops holding it (`Some`: `true` when it gave up, and then keeps
+                // everything still sent to it until the end).
                 let mut attempt = 0;
-                loop {
+                let stopped = loop {
                     let outcome = tokio::select! {
                         outcome = channel.deliver(&n) => Some(outcome),
                         _ = stop.changed() => None,
                     };
                     let Some(outcome) = outcome else {
-                        pending.push_front(n);
-                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
-                        break 'events;
+                        break Some(false);
                     };
                     let failure = match outcome {
                         Ok(()) => {
@@ -531,7 +532,7 @@ impl Notifier {
                             {
                                 tracing::error!(channel = %channel.name(), error = %e, "ledger write failed");
                             }
-                            break;
+                            break None;
                         }
                         Err(failure) => failure,
                     };
@@ -540,7 +541,7 @@ impl Notifier {
                         strikes.note(Some(FailureClass::Record));
                         counts.rejected.fetch_add(1, Ordering::Relaxed);
                         keeping.reject(channel.name(), &n, &failure.reason);
-                        break;
+                        break None;
                     }
                     if strikes.note(Some(failure.class)) {
                         let given_up = ChannelFailure {
@@ -552,34 +553,34 @@ impl Notifier {
                         };
                         tracing::error!(channel = %given_up.channel, field = given_up.field, reason = %given_up.reason, "notify channel cannot work; giving up");
                         *task_failure.lock().expect("not poisoned") = Some(given_up);
-                        // Keep what it holds and everything still sent to it until the end.
-                        pending.push_front(n);
-                        loop {
-                            tokio::select! {
-                                next = receiver.recv() => match next {
-                                    Some(n) => pending.push_back(n),
-                                    None => break,
-                                },
-                                _ = stop.changed() => break,
-                            }
-                        }
-                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
-                        break 'events;
+                        break Some(true);
                     }
                     counts.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = backoff.wait(attempt);
                     tracing::warn!(channel = %channel.name(), id = %n.id, reason = %failure.reason, class = failure.class.label(), wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
-                    let stopped = tokio::select! {
-                        _ = tokio::time::sleep(wait) => false,
-                        _ = stop.changed() => true,
-                    };
-                    if stopped {
-                        pending.push_front(n);
-                        spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
-                        break 'events;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => break Some(false),
                     }
                     attempt += 1;
+                };
+                let Some(gave_up) = stopped else {
+                    continue;
+                };
+                pending.push_front(n);
+                if gave_up {
+                    loop {
+                        tokio::select! {
+                            next = receiver.recv() => match next {
+                                Some(n) => pending.push_back(n),
+                                None => break,
+                            },
+                            _ = stop.changed() => break,
+                        }
+                    }
                 }
+                spool::keep(&channel, &counts, pending, receiver, keeping.spool.as_deref());
+                break;
             }
             channel.flush().await;
         });
