@@ -251,6 +251,8 @@ listen = "127.0.0.1:{metrics_port}"
                 .args(["-n", &self.processes.to_string()])
                 .args(["-p", &process.to_string(), "-h"])
                 .arg(&self.hosts)
+                .arg("--report")
+                .arg(self.report_path(process))
                 // Only process 0 serves metrics: the port is the test's.
                 .env(
                     "IOTPIPE_METRICS_LISTEN",
@@ -309,6 +311,26 @@ listen = "127.0.0.1:{metrics_port}"
 
     fn metrics(&self) -> String {
         common::scrape_metrics(self.metrics_port)
+    }
+
+    fn report_path(&self, process: usize) -> PathBuf {
+        self.config
+            .with_extension(format!("process-{process}.report.json"))
+    }
+
+    /// The sum over processes of a number in their `--report`s (`path` into the JSON).
+    fn reported(&self, path: &[&str]) -> u64 {
+        (0..self.processes)
+            .map(|process| {
+                let text = std::fs::read_to_string(self.report_path(process))
+                    .unwrap_or_else(|e| panic!("process {process} wrote no report: {e}"));
+                let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                for key in path {
+                    value = value[key].take();
+                }
+                value.as_u64().unwrap_or(0)
+            })
+            .sum()
     }
 }
 
@@ -643,6 +665,23 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
     let alerts = fixture.tansu.read_all(&whole.alerts);
     let alert_ids = alert_event_ids(&alerts);
     assert!(!alert_ids.is_empty(), "the dataset's faults raise alerts");
+    // Each process reports on its stop what it read and wrote; together, everything.
+    assert_eq!(
+        cluster.reported(&["messages_in"]),
+        fixture.lines.len() as u64
+    );
+    let written = |topic: &str| fixture.tansu.read_all(topic).len() as u64;
+    for (sink, topic) in [
+        ("aggregates", &whole.aggregates),
+        ("alerts", &whole.alerts),
+        ("dead_letters", &whole.dead_letters),
+    ] {
+        assert_eq!(
+            cluster.reported(&["records_out", sink]),
+            written(topic),
+            "{sink}"
+        );
+    }
     for family in [
         "iotpipe_messages_in_total",
         "iotpipe_records_out_total{sink=\"aggregates\"}",

@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// File listing one host:port per process (overrides cluster.hostfile).
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
+    /// On a clean stop, write what this process did (messages read, dead letters by reason,
+    /// records written by sink) as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,

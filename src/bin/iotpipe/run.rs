@@ -8,7 +8,7 @@ use iotpipe::commands::run::run_service;
 
 use crate::args::RunArgs;
 
-/// Runs until SIGTERM or Ctrl-C.
+/// Runs until SIGTERM or Ctrl-C, then writes the report if `--report` asks for it.
 pub fn run(args: RunArgs) -> Result<(), String> {
     let mut config = RunConfig::load(&args.config, |name| std::env::var(name).ok())
         .map_err(|e| e.to_string())?;
@@ -24,5 +24,11 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature).
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(|e| format!("signal handler: {e}"))?;
-    run_service(config, stop).map_err(|e| e.to_string())
+    let report = run_service(config, stop).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("--report {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@
 pub mod config;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,12 +24,13 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, Concatenate, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dataflow::PipelineConfig;
-use crate::dataflow::model::TimeMs;
+use crate::dataflow::model::{DeadLetterReason, TimeMs};
 use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
@@ -71,9 +73,74 @@ pub struct ServiceJob {
     pub influx: Option<InfluxConfig>,
 }
 
+/// What this process of the service did, from its counters when it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServiceReport {
+    /// Messages read from the telemetry topic.
+    pub messages_in: u64,
+    /// Messages admitted with their readings.
+    pub messages_admitted: u64,
+    /// Dead letters by reason (reasons never seen left out).
+    pub dead_letters: BTreeMap<DeadLetterReason, u64>,
+    /// Readings that arrived after their window closed.
+    pub late_readings: u64,
+    /// Records the broker acknowledged, by sink (`alerts`, `aggregates`, `dead_letters`,
+    /// `checkpoints`).
+    pub records_out: BTreeMap<&'static str, u64>,
+    /// Points InfluxDB accepted.
+    pub influx_points: u64,
+    /// Wall-clock seconds from start to stop.
+    pub elapsed_s: f64,
+}
+
+impl ServiceReport {
+    fn from_metrics(metrics: &Metrics, elapsed: Duration) -> Self {
+        let dead_letters = DeadLetterReason::ALL
+            .into_iter()
+            .map(|reason| (reason, metrics.dead_letter_count(reason)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let records_out = ["alerts", "aggregates", "dead_letters", "checkpoints"]
+            .into_iter()
+            .map(|sink| (sink, metrics.records_out(sink).get()))
+            .collect();
+        Self {
+            messages_in: metrics.messages_in.get(),
+            messages_admitted: metrics.messages_admitted.get(),
+            dead_letters,
+            late_readings: metrics.late_readings.get(),
+            records_out,
+            influx_points: metrics.influx_points.get(),
+            elapsed_s: elapsed.as_secs_f64(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "read {} messages ({} admitted, {} dead letters, {} late readings) in {:.1} s; \
+             written:",
+            self.messages_in,
+            self.messages_admitted,
+            self.dead_letters.values().sum::<u64>(),
+            self.late_readings,
+            self.elapsed_s
+        )?;
+        for (sink, n) in &self.records_out {
+            write!(f, " {sink} {n},")?;
+        }
+        write!(f, " influxdb points {}", self.influx_points)
+    }
+}
+
 /// Runs the service `config` describes until `stop` is set: loads its schemas, resolves its
 /// alert rules, and runs [`run_service_job`] on its cluster.
-pub fn run_service(config: RunConfig, stop: Arc<AtomicBool>) -> Result<(), ServiceError> {
+pub fn run_service(
+    config: RunConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<ServiceReport, ServiceError> {
     let mut config = config;
     let schemas = config.schemas()?;
     config.resolve(&schemas)?;
@@ -144,8 +211,12 @@ pub enum ServiceError {
     },
 }
 
-/// Runs until `job.stop` is set.
-pub fn run_service_job(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), ServiceError> {
+/// Runs until `job.stop` is set, and reports what this process did.
+pub fn run_service_job(
+    job: ServiceJob,
+    cluster: &ClusterConfig,
+) -> Result<ServiceReport, ServiceError> {
+    let started = Instant::now();
     let timely_config = cluster.to_timely()?;
     if cluster.processes > 1 {
         crate::io::support::cluster::end_on_lost_peer();
@@ -211,6 +282,7 @@ pub fn run_service_job(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), S
         "service starting"
     );
     let worker_job = job.clone();
+    let report_metrics = Arc::clone(&metrics);
     let guards = timely::execute(timely_config, move |worker| {
         let changes = if worker.index() == 0 {
             changes.lock().expect("not poisoned").take()
@@ -269,8 +341,9 @@ pub fn run_service_job(job: ServiceJob, cluster: &ClusterConfig) -> Result<(), S
     match failure {
         Some(e) => Err(e),
         None => {
-            tracing::info!("service stopped");
-            Ok(())
+            let report = ServiceReport::from_metrics(&report_metrics, started.elapsed());
+            tracing::info!(%report, "service stopped");
+            Ok(report)
         }
     }
 }

@@ -380,6 +380,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Dead letters of `reason` counted so far.
+    pub fn dead_letter_count(&self, reason: DeadLetterReason) -> u64 {
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .get()
+    }
+
     /// Sets a partition's consumer lag (messages behind its end).
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
         self.consumer_lag
