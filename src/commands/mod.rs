@@ -2,8 +2,9 @@
 //! flags and the files they name into these and prints the reports:
 //! [`replay::ReplayConfig`] → [`replay::run_replay`], [`demo::DemoConfig`] → [`demo::run_demo`],
 //! [`bridge::config::BridgeConfig`] → [`bridge::run_bridge`],
-//! [`run::config::RunConfig`] → [`run::run_service`], and loadgen's plan and target →
-//! [`loadgen::run_load`].
+//! [`run::config::RunConfig`] → [`run::run_service`] and [`loadgen::LoadgenConfig`] →
+//! [`loadgen::run_loadgen`]. Each returns a report of what it did, or one error naming the
+//! field (or server) it is about.
 //!
 //! - [`replay`]: the whole dataflow over a recorded file, as fast as it goes.
 //! - [`demo`]: a simulated fleet in real time, with a live view.

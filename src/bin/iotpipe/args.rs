@@ -11,29 +11,6 @@ use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::connect::influx::config::InfluxConfig;
 use iotpipe::io::support::cluster::ClusterConfig;
 
-/// Checks that a number flag is finite and above zero (`at_least_zero`: not below zero); the
-/// error names the flag and its default.
-pub fn check_number(
-    flag: &str,
-    value: f64,
-    at_least_zero: bool,
-    default: &str,
-) -> Result<f64, String> {
-    let fits = value.is_finite() && (value > 0.0 || (at_least_zero && value == 0.0));
-    if fits {
-        Ok(value)
-    } else {
-        let bound = if at_least_zero {
-            "at least 0"
-        } else {
-            "above 0"
-        };
-        Err(format!(
-            "{flag} is {value} but must be a finite number {bound} (default {default})"
-        ))
-    }
-}
-
 /// A setup error of `replay` or `demo` in the words of the flag that fed it.
 pub fn setup_error(error: iotpipe::commands::setup::SetupError, notify: &NotifyArgs) -> String {
     use iotpipe::commands::setup::SetupError;

@@ -2,93 +2,74 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpipe::commands::loadgen::credentials::password_lines;
-use iotpipe::commands::loadgen::{Connections, LoadPlan, Progress, Target, run_load};
-use iotpipe::io::connect::secret::Secret;
-use iotpipe::io::sources::fleet::FleetConfig;
-use rumqttc::v5::mqttbytes::QoS;
+use iotpipe::commands::loadgen::{
+    LoadError, LoadgenConfig, LoadgenConfigError, LoadgenMqttConfig, Progress, run_loadgen,
+};
 
-use crate::args::{FleetPasswordsArgs, LoadgenArgs, check_number};
+use crate::args::{FleetPasswordsArgs, LoadgenArgs};
+
+/// The flag that sets each field of [`LoadgenConfig`], longest field first.
+const FLAGS: [(&str, &str); 11] = [
+    ("mqtt.device_secret_env", "--device-secret-env"),
+    ("mqtt.password_env", "--password-env"),
+    ("drain_timeout_s", "--drain-timeout"),
+    ("mqtt.username", "--username"),
+    ("mqtt.ca_file", "--ca-file"),
+    ("mqtt.clients", "--clients"),
+    ("duration_s", "--duration"),
+    ("rate_per_s", "--rate"),
+    ("mqtt.qos", "--qos"),
+    ("devices", "--devices"),
+    ("`to`", "--to"),
+];
+
+/// The configuration the flags describe.
+fn config_of(args: &LoadgenArgs) -> LoadgenConfig {
+    LoadgenConfig {
+        to: args.to.clone(),
+        devices: args.devices,
+        rate_per_s: args.rate,
+        duration_s: args.duration,
+        seed: args.seed,
+        start_ms: args.start_ms,
+        paced: !args.unpaced,
+        drain_timeout_s: args.drain_timeout,
+        mqtt: LoadgenMqttConfig {
+            qos: args.qos,
+            clients: args.clients,
+            username: args.username.clone(),
+            password_env: args.password_env.clone(),
+            device_secret_env: args.device_secret_env.clone(),
+            ca_file: args.ca_file.clone(),
+        },
+    }
+}
+
+/// A configuration error in the words of the flags.
+fn flag_error(error: &LoadgenConfigError) -> String {
+    let mut message = error.message.clone();
+    for (field, flag) in FLAGS {
+        message = message.replace(field, flag);
+    }
+    let field = if error.field == "to" {
+        "`to`"
+    } else {
+        error.field
+    };
+    let flag = FLAGS
+        .iter()
+        .find(|(name, _)| *name == field)
+        .map_or(field, |(_, flag)| flag);
+    format!("{flag}: {message}")
+}
 
 /// Sends the fleet, showing progress, and prints the final report.
 pub fn run(args: LoadgenArgs) -> Result<(), String> {
-    if args.devices == 0 {
-        return Err("--devices must be at least 1".into());
-    }
-    if !(args.rate.is_finite() && args.rate > 0.0) {
-        return Err("--rate must be above 0 (messages per second, whole fleet)".into());
-    }
-    if !(args.duration.is_finite() && args.duration > 0.0) {
-        return Err("--duration must be above 0 (seconds)".into());
-    }
-    let env = |name: &str| -> Result<Secret, String> {
-        std::env::var(name)
-            .map(Secret)
-            .map_err(|_| format!("${name} is not set"))
-    };
-    let connections = match args.clients {
-        Some(0) => return Err("--clients must be at least 1".into()),
-        Some(clients) => Connections::Shared {
-            clients,
-            username: args.username.clone(),
-            password: args
-                .password_env
-                .as_deref()
-                .map(env)
-                .transpose()
-                .map_err(|e| format!("--password-env: {e}"))?,
-        },
-        None => {
-            if args.username.is_some() || args.password_env.is_some() {
-                return Err(
-                    "--username/--password-env are for shared connections: add --clients N, \
-                     or use --device-secret-env for one connection per device"
-                        .into(),
-                );
-            }
-            Connections::PerDevice {
-                secret: args
-                    .device_secret_env
-                    .as_deref()
-                    .map(env)
-                    .transpose()
-                    .map_err(|e| format!("--device-secret-env: {e}"))?,
-            }
-        }
-    };
-    let mut target =
-        Target::parse(&args.to, connections, args.ca_file.clone()).map_err(|e| e.to_string())?;
-    if let Target::Mqtt(mqtt) = &mut target {
-        mqtt.qos = match args.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            other => return Err(format!("--qos {other}: use 0 or 1")),
-        };
-    }
-    let start_ms = args.start_ms.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as u64
-    });
-    check_number("--rate", args.rate, false, "1000")?;
-    check_number("--duration", args.duration, true, "60")?;
-    check_number("--drain-timeout", args.drain_timeout, true, "30")?;
-    let plan = LoadPlan {
-        fleet: FleetConfig {
-            devices: args.devices,
-            rate_per_device: args.rate / args.devices as f64,
-            seed: args.seed,
-            start_ms,
-            ..FleetConfig::default()
-        },
-        span_ms: (args.duration * 1000.0) as u64,
-        paced: !args.unpaced,
-        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
-    };
+    let config = config_of(&args);
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
@@ -124,12 +105,15 @@ pub fn run(args: LoadgenArgs) -> Result<(), String> {
                 }
             })
         };
-        let report = run_load(&plan, target, &args.to, Arc::clone(&progress), stop).await;
+        let report = run_loadgen(&config, Arc::clone(&progress), stop).await;
         watcher.abort();
         report
     });
     bar.finish_and_clear();
-    let report = report.map_err(|e| e.to_string())?;
+    let report = report.map_err(|e| match e {
+        LoadError::Config(e) => flag_error(&e),
+        other => other.to_string(),
+    })?;
     eprintln!(
         "loadgen {}: sent {} ({:.0}/s over {:.1} s), acknowledged {} (no subscriber {}), \
          errors {}",

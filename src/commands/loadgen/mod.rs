@@ -5,6 +5,7 @@
 //! file records exactly what a run to MQTT sends; pacing (real time, or as fast as the target
 //! takes them) only decides when.
 
+pub mod config;
 pub mod credentials;
 mod kafka;
 mod mqtt;
@@ -19,17 +20,8 @@ use serde::Serialize;
 
 use crate::io::connect::mqtt::MqttConnectionConfig;
 use crate::io::sources::fleet::{Fleet, FleetConfig, FleetMessage};
+pub use config::{LoadgenConfig, LoadgenConfigError, LoadgenMqttConfig};
 pub use mqtt::{Connections, MqttTarget};
-
-/// A `--to` (or `--ca-file`) that names no target: the flag and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{flag} {message}")]
-pub struct TargetError {
-    /// The flag (with a colon when the message does not start with the flag's value).
-    pub flag: &'static str,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
 
 /// Where the messages go.
 #[derive(Debug)]
@@ -48,19 +40,25 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `--to`: `mqtt://host[:port]`, `mqtts://host[:port]` (TLS, CA from `ca_file`),
-    /// `kafka://host:port[,host:port]/topic` or `file:PATH`; the MQTT connection settings come
-    /// from `connections`.
+    /// Parses the `to` field: `mqtt://host[:port]`, `mqtts://host[:port]` (TLS, CA from
+    /// `ca_file`), `kafka://host:port[,host:port]/topic` or `file:PATH`; the MQTT connection
+    /// settings come from `connections`.
     pub fn parse(
         to: &str,
         connections: Connections,
         ca_file: Option<PathBuf>,
-    ) -> Result<Self, TargetError> {
-        let to_error = |message: String| TargetError {
-            flag: "--to",
+    ) -> Result<Self, LoadgenConfigError> {
+        let to_error = |message: String| LoadgenConfigError {
+            field: "to",
             message,
         };
         let fix = "use mqtt://HOST:PORT, mqtts://HOST:PORT, kafka://HOST:PORT/TOPIC or file:PATH";
+        if ca_file.is_some() && !to.starts_with("mqtts://") {
+            return Err(LoadgenConfigError {
+                field: "mqtt.ca_file",
+                message: format!("is for mqtts:// targets, and `to` is {to}"),
+            });
+        }
         if let Some(path) = to.strip_prefix("file:") {
             if path.is_empty() {
                 return Err(to_error(format!("{to}: no path ({fix})")));
@@ -105,14 +103,12 @@ impl Target {
                     ..Default::default()
                 });
             }
-            (true, None) => return Err(to_error(format!("{to}: TLS needs --ca-file"))),
-            (false, Some(_)) => {
-                return Err(TargetError {
-                    flag: "--ca-file:",
-                    message: format!("--to {to} is not mqtts://"),
-                });
+            (true, None) => {
+                return Err(to_error(format!(
+                    "{to}: TLS needs the broker's CA (mqtt.ca_file)"
+                )));
             }
-            (false, None) => {}
+            (false, _) => {}
         }
         Ok(Self::Mqtt(Box::new(MqttTarget {
             connection,
@@ -211,9 +207,26 @@ pub struct LoadReport {
 /// A load generation that could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] LoadgenConfigError),
     /// The target could not be opened or written.
     #[error("{0}")]
     Target(String),
+}
+
+/// Runs the load `config` describes (secrets from the environment, a missing `start_ms` from
+/// the clock) until done or `stop`, counting into `progress` as it goes.
+pub async fn run_loadgen(
+    config: &LoadgenConfig,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> Result<LoadReport, LoadError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (plan, target) = config.resolve(|name| std::env::var(name).ok(), now_ms)?;
+    run_load(&plan, target, &config.to, progress, stop).await
 }
 
 /// Sends `plan` to `target`, counting into `progress`, until done or `stop`.
