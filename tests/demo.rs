@@ -112,7 +112,33 @@ fn demo_serves_metrics_that_promtool_accepts_and_openmetrics_to_those_who_ask() 
 
 #[test]
 fn bad_arguments_get_one_clear_error_naming_the_flag() {
+    // Rules that parse but name a metric the catalog does not have: the command resolves them
+    // against its schemas, and the error still names the flag and the rule.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nname = \"gauge\"\nseverity = \"minor\"\n\
+         when.anomaly = { min_score = 0.9 }\nmatch = { metrics = [\"no_such_metric\"] }\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
     for (args, flag) in [
+        (vec!["demo", "--alert-rules", rules], "--alert-rules"),
+        (
+            vec![
+                "replay",
+                "--events",
+                "/dev/null",
+                "--registry",
+                "/dev/null",
+                "--out",
+                "/tmp/x",
+                "--alert-rules",
+                rules,
+            ],
+            "rules.gauge: unknown metric `no_such_metric`",
+        ),
         (vec!["demo", "--devices", "0"], "--devices"),
         (vec!["demo", "--window-ms", "0"], "--window-ms"),
         (vec!["demo", "-n", "2", "-p", "0"], "hostfile"),

@@ -6,16 +6,24 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use iotpipe::dataflow::alert::AlertConfig;
 use iotpipe::dataflow::anomaly::AnomalyConfig;
-use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::connect::influx::config::InfluxConfig;
 use iotpipe::io::support::cluster::ClusterConfig;
 
 /// A setup error of `replay` or `demo` in the words of the flag that fed it.
-pub fn setup_error(error: iotpipe::commands::setup::SetupError, notify: &NotifyArgs) -> String {
+pub fn setup_error(
+    error: iotpipe::commands::setup::SetupError,
+    pipeline: &PipelineArgs,
+    notify: &NotifyArgs,
+) -> String {
     use iotpipe::commands::setup::SetupError;
     match (error, &notify.notify) {
         (SetupError::Schemas(e), _) => format!("--schemas: {e}"),
+        (SetupError::Alerts(e), _) => match &pipeline.alert_rules {
+            Some(path) => format!("--alert-rules {}: {e}", path.display()),
+            // The built-in rules name only built-in metrics: --schemas dropped one.
+            None => format!("--schemas: the built-in alert rules need {e}"),
+        },
         (SetupError::Notify(e), Some(path)) => format!("--notify {}: {e}", path.display()),
         (other, _) => other.to_string(),
     }
@@ -169,8 +177,9 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    /// The pipeline configuration, or an error naming the flag.
-    pub fn config(&self, schemas: &SchemaSet) -> Result<PipelineConfig, String> {
+    /// The pipeline configuration, or an error naming the flag. Its alert rules are resolved
+    /// against the schemas by the command (see [`setup_error`]).
+    pub fn config(&self) -> Result<PipelineConfig, String> {
         if self.window_ms == 0 {
             return Err("--window-ms must be at least 1 (default 60000)".into());
         }
@@ -201,25 +210,10 @@ impl PipelineArgs {
             },
             alerts: match &self.alert_rules {
                 None => AlertConfig::default(),
-                Some(path) => {
-                    let mut rules: AlertConfig = iotpipe::io::support::config::load_toml(path)
-                        .map_err(|e| format!("--alert-rules {e}"))?;
-                    rules
-                        .resolve(schemas.catalog())
-                        .map_err(|e| format!("--alert-rules {}: {e}", path.display()))?;
-                    rules
-                }
+                Some(path) => iotpipe::io::support::config::load_toml(path)
+                    .map_err(|e| format!("--alert-rules {e}"))?,
             },
         })
-    }
-
-    /// The schemas to decode with.
-    pub fn schemas(&self) -> Result<SchemaSet, String> {
-        match &self.schemas {
-            None => Ok(SchemaSet::embedded()),
-            Some(dir) => iotpipe::io::support::schema_files::load_schema_dir(dir)
-                .map_err(|e| format!("--schemas: {e}")),
-        }
     }
 }
 

@@ -32,8 +32,7 @@ fn flag_of(field: &str) -> &str {
 
 /// Runs the demo until Ctrl-C or `--duration`.
 pub fn run(args: DemoArgs) -> Result<(), String> {
-    let schemas = args.pipeline.schemas()?;
-    let pipeline = args.pipeline.config(&schemas)?;
+    let pipeline = args.pipeline.config()?;
     let dashboard: Option<SocketAddr> = if args.no_dashboard {
         None
     } else {
@@ -106,7 +105,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
 fn flag_error(args: &DemoArgs, error: DemoError) -> String {
     match error {
         DemoError::Config { field, message } => format!("{} {message}", flag_of(field)),
-        DemoError::Setup(e) => setup_error(e, &args.notify),
+        DemoError::Setup(e) => setup_error(e, &args.pipeline, &args.notify),
         DemoError::Dashboard { listen, source } => format!("--listen {listen}: {source}"),
         other => other.to_string(),
     }

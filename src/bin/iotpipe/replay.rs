@@ -10,8 +10,7 @@ use crate::args::{ReplayArgs, print_channels, setup_error};
 
 /// Runs the replay and prints its summary.
 pub fn run(args: ReplayArgs) -> Result<(), String> {
-    let schemas = args.pipeline.schemas()?;
-    let mut pipeline = args.pipeline.config(&schemas)?;
+    let mut pipeline = args.pipeline.config()?;
     pipeline.anomaly.emit_all_scores |= args.all_scores;
     let config = ReplayConfig {
         events: args.events.clone(),
@@ -35,7 +34,7 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
             print_channels(&stop.channels);
             return Err(stop.failure.to_string());
         }
-        Err(ReplayError::Setup(e)) => return Err(setup_error(e, &args.notify)),
+        Err(ReplayError::Setup(e)) => return Err(setup_error(e, &args.pipeline, &args.notify)),
         Err(ReplayError::Registry(e)) => return Err(format!("--registry {e}")),
         // The fields checked are the flags' namesakes (`chunk_bytes`: `--chunk-bytes`).
         Err(ReplayError::Config { field, message }) => {
