@@ -93,6 +93,18 @@ fn dataflow_equals_batch_computation_for_1_2_and_4_workers() {
             std::fs::read(out.join("alerts.jsonl")).unwrap(),
         );
         assert!(scores.0.len() > 1_000_000, "too few scores");
+        // Devices with several metrics are scored as a whole too, once warmed up.
+        let device_level = String::from_utf8_lossy(&scores.0)
+            .lines()
+            .filter(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["metric"].is_null() && v["kind"] != "silence"
+            })
+            .count();
+        assert!(
+            device_level > 1_000,
+            "too few device-level scores: {device_level}"
+        );
         let alerts = String::from_utf8_lossy(&scores.2).lines().count();
         assert!(alerts >= 10, "too few alert events: {alerts}");
         match &first_scores {

@@ -192,6 +192,7 @@ impl DeviceState {
         // piece per site, which the scorer sees as one window.
         closing.sort_by_key(|w| (w.start_ms, w.metric));
         let mut activity: Option<DeviceActivity> = None;
+        let mut joint: Vec<(TimeMs, MetricId, WindowEvidence, SharedDeviceInfo)> = Vec::new();
         let params = self.scorer.params(table);
         for group in closing.chunk_by(|a, b| a.start_ms == b.start_ms && a.metric == b.metric) {
             let mut evidence = group[0].evidence.clone();
@@ -233,8 +234,22 @@ impl DeviceState {
                 table,
                 &mut out.findings,
             );
+            joint.push((w.start_ms, w.metric, evidence, Arc::clone(&w.device)));
         }
         out.activity.extend(activity);
+        // The device as a whole, window by window (metrics sorted within each).
+        for window in joint.chunk_by(|a, b| a.0 == b.0) {
+            let metrics: Vec<(MetricId, &WindowEvidence)> =
+                window.iter().map(|(_, m, e, _)| (*m, e)).collect();
+            self.scorer.close_device_window(
+                device_id,
+                &window[0].3,
+                window[0].0,
+                &metrics,
+                table,
+                &mut out.findings,
+            );
+        }
         for w in &closing {
             let aggregate = w.closed(device_id);
             if w.breaches > 0 {

@@ -9,6 +9,7 @@
 //!
 //! The method and why are in [`track`] (values) and [`silence`] (gaps).
 
+pub mod device;
 pub mod silence;
 pub mod track;
 
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+pub use device::{DeviceFinding, DeviceModel, MultivariateParams};
 pub use silence::{DetectSilence, DeviceActivity, FleetProgress};
 pub use track::{AnomalyKind, Finding, Judge, ScorerParams, Slots, Track, WindowEvidence};
 
@@ -61,6 +63,7 @@ impl AnomalyConfig {
             report_distances,
             slots,
             by_type,
+            emit_all_scores: self.emit_all_scores,
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct ParamsTable {
     report_distances: Vec<f64>,
     slots: Vec<Slots>,
     by_type: FxHashMap<String, usize>,
+    emit_all_scores: bool,
 }
 
 impl ParamsTable {
@@ -126,11 +130,12 @@ impl AnomalyScore {
     }
 }
 
-/// One device's scoring state: a [`Track`] per metric.
+/// One device's scoring state: a [`Track`] per metric, and the device-level model.
 #[derive(Clone, Debug)]
 pub struct DeviceScorer {
     params: usize,
     tracks: Vec<(MetricId, Track)>,
+    joint: DeviceModel,
 }
 
 impl DeviceScorer {
@@ -139,6 +144,7 @@ impl DeviceScorer {
         Self {
             params: table.index_of(device_type),
             tracks: Vec::new(),
+            joint: DeviceModel::default(),
         }
     }
 
@@ -209,11 +215,50 @@ impl DeviceScorer {
         );
     }
 
+    /// Scores the closed window starting at `window_start_ms` of the device as a whole
+    /// (see [`device`]): `metrics` holds each metric's evidence, sorted by metric.
+    pub fn close_device_window(
+        &mut self,
+        device_id: &DeviceId,
+        device: &SharedDeviceInfo,
+        window_start_ms: TimeMs,
+        metrics: &[(MetricId, &WindowEvidence)],
+        table: &ParamsTable,
+        findings: &mut Vec<AnomalyScore>,
+    ) {
+        let params = table.get(self.params);
+        let mut found = Vec::new();
+        self.joint.close_window(
+            window_start_ms,
+            params.bucket_ms,
+            metrics,
+            &params.multivariate,
+            table.emit_all_scores,
+            &mut found,
+        );
+        findings.extend(found.into_iter().map(|f| AnomalyScore {
+            device_id: device_id.clone(),
+            device: device.clone(),
+            metric: None,
+            ts_ms: f.ts_ms,
+            value: Some(f.distance),
+            score: f.score,
+            kind: f.kind,
+        }));
+    }
+
     /// Drops tracks no window after `closed_through_ms` can see; true when none is left.
     pub fn evict(&mut self, closed_through_ms: TimeMs, table: &ParamsTable) -> bool {
         let params = table.get(self.params);
         self.tracks
             .retain(|(_, track)| !track.is_evictable(closed_through_ms, params));
-        self.tracks.is_empty()
+        if self
+            .joint
+            .last_ts_ms()
+            .is_some_and(|t| closed_through_ms.saturating_sub(t) > params.forget_after_ms)
+        {
+            self.joint = DeviceModel::default();
+        }
+        self.tracks.is_empty() && self.joint.last_ts_ms().is_none()
     }
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use smallvec::SmallVec;
 
+use super::device::MultivariateParams;
 use crate::dataflow::model::{ExactSum, Reading, TimeMs};
 
 /// Tuning of the scorer, per device type (see [`AnomalyConfig`](super::AnomalyConfig)).
@@ -69,6 +70,8 @@ pub struct ScorerParams {
     pub silence_timeout_ms: u64,
     /// A track silent this long is forgotten (bounded state for decommissioned devices).
     pub forget_after_ms: u64,
+    /// The device-level score of devices with several metrics.
+    pub multivariate: MultivariateParams,
 }
 
 impl ScorerParams {
@@ -100,6 +103,7 @@ impl Default for ScorerParams {
             stuck_min_readings: 5,
             silence_timeout_ms: 20_000,
             forget_after_ms: 3_600_000,
+            multivariate: MultivariateParams::default(),
         }
     }
 }
@@ -118,6 +122,11 @@ pub enum AnomalyKind {
     Stuck,
     /// The device stopped sending.
     Silence,
+    /// The device's metrics together are far from how they normally move together (see
+    /// [`super::device`]).
+    Multivariate,
+    /// The device's metrics settled in a new normal: the device-level model starts over.
+    RegimeChange,
 }
 
 impl AnomalyKind {
@@ -129,6 +138,8 @@ impl AnomalyKind {
             Self::LevelShift => "level_shift",
             Self::Stuck => "stuck",
             Self::Silence => "silence",
+            Self::Multivariate => "multivariate",
+            Self::RegimeChange => "regime_change",
         }
     }
 }
@@ -249,6 +260,20 @@ impl WindowEvidence {
         }
         bucket.count += 1;
         bucket.sum_micro += micro;
+    }
+
+    /// Buckets the window has room for so far (some may be empty).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The mean of bucket `index`'s readings, exact whatever their arrival order; none when
+    /// the bucket is empty.
+    pub fn bucket_mean(&self, index: usize) -> Option<f64> {
+        self.buckets
+            .get(index)
+            .filter(|b| b.count > 0)
+            .map(Bucket::mean)
     }
 
     /// Folds in the evidence of the same window under another site (a registry change moved

@@ -259,7 +259,7 @@ mod tests {
     fn embedded_schemas_compile() {
         let set = SchemaSet::embedded();
         assert_eq!(set.variant_names(), ["v1_flat", "v2_nested", "v3_batch"]);
-        assert_eq!(set.catalog().len(), 9);
+        assert_eq!(set.catalog().len(), 14);
     }
 
     #[test]
