@@ -370,6 +370,150 @@ fn erfc(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::anomaly::track::Slots;
+    use crate::dataflow::model::Reading;
+
+    const MINUTE: u64 = 60_000;
+    const BUCKET_MS: u64 = 10_000;
+
+    /// A deterministic wobble in [-0.5, 0.5).
+    fn noise(i: u64, salt: u64) -> f64 {
+        ((i * 7919 + salt * 104_729) % 1000) as f64 / 1000.0 - 0.5
+    }
+
+    /// Closes minute `minute` of a device whose metrics read `values(second)` every
+    /// `every_s` seconds (when the minute has such a second), and returns its findings.
+    fn close_minute(
+        model: &mut DeviceModel,
+        minute: u64,
+        every_s: u64,
+        values: impl Fn(u64) -> [f64; 2],
+    ) -> Vec<DeviceFinding> {
+        let start = minute * MINUTE;
+        let slots = Slots::new(MINUTE, BUCKET_MS);
+        let mut evidence = [WindowEvidence::default(), WindowEvidence::default()];
+        for second in (start / 1000..(start + MINUTE) / 1000).filter(|s| s % every_s == 0) {
+            for (metric, value) in values(second).into_iter().enumerate() {
+                let reading = Reading {
+                    metric: MetricId(metric as u16),
+                    ts_ms: second * 1000,
+                    value,
+                };
+                evidence[metric].observe(&reading, start, &slots);
+            }
+        }
+        let metrics = [(MetricId(0), &evidence[0]), (MetricId(1), &evidence[1])];
+        let mut out = Vec::new();
+        model.close_window(
+            start,
+            BUCKET_MS,
+            &metrics,
+            &MultivariateParams::default(),
+            true,
+            &mut out,
+        );
+        out
+    }
+
+    /// Two metrics that move together over a wide range (load and current, say), each with
+    /// its own noise.
+    fn coupled(second: u64) -> [f64; 2] {
+        let load = 50.0 + 30.0 * ((second as f64) / 97.0).sin();
+        [load + noise(second, 1), 2.0 * load + noise(second, 2)]
+    }
+
+    #[test]
+    fn a_metric_that_stops_following_its_partner_scores_high_within_its_own_range() {
+        let mut model = DeviceModel::default();
+        let mut normal_max: f64 = 0.0;
+        for minute in 0..30 {
+            for f in close_minute(&mut model, minute, 1, coupled) {
+                normal_max = normal_max.max(f.score);
+            }
+        }
+        assert!(normal_max < 0.999, "coupled minutes score {normal_max}");
+        // The second metric holds a value well inside the range it always had, while the
+        // first goes on moving: each is normal alone, together they are not.
+        let decoupled = |second: u64| [coupled(second)[0], 100.0 + noise(second, 2)];
+        let findings: Vec<DeviceFinding> = (30..35)
+            .flat_map(|minute| close_minute(&mut model, minute, 1, decoupled))
+            .collect();
+        // Flagged for most of the time the first metric is away from the level at which the
+        // second's value would fit it, and far beyond anything the coupled minutes scored.
+        let flagged = findings
+            .iter()
+            .filter(|f| f.kind == AnomalyKind::Multivariate)
+            .count();
+        assert!(
+            flagged * 2 >= findings.len(),
+            "{flagged} of {}",
+            findings.len()
+        );
+        let highest = findings.iter().map(|f| f.score).fold(0.0, f64::max);
+        assert!(highest > 0.9999, "{highest}");
+    }
+
+    #[test]
+    fn a_device_heard_every_5_minutes_is_scored_from_its_fourth_report() {
+        let mut model = DeviceModel::default();
+        let mut reports = 0;
+        let mut first_scored = None;
+        for minute in 0..40 {
+            if minute % 5 != 0 {
+                continue;
+            }
+            reports += 1;
+            let findings = close_minute(&mut model, minute, 300, coupled);
+            if first_scored.is_none() && !findings.is_empty() {
+                first_scored = Some(reports);
+            }
+        }
+        assert_eq!(first_scored, Some(4));
+    }
+
+    #[test]
+    fn a_lasting_step_is_reported_until_relearn_ms_then_once_as_a_regime_change() {
+        let mut model = DeviceModel::default();
+        for minute in 0..30 {
+            close_minute(&mut model, minute, 1, coupled);
+        }
+        let stepped = |second: u64| {
+            let [a, b] = coupled(second);
+            [a + 40.0, b - 40.0]
+        };
+        let mut kinds = Vec::new();
+        for minute in 30..60 {
+            kinds.extend(
+                close_minute(&mut model, minute, 1, stepped)
+                    .into_iter()
+                    .map(|f| (f.ts_ms, f.kind)),
+            );
+        }
+        let changes: Vec<u64> = kinds
+            .iter()
+            .filter(|(_, k)| *k == AnomalyKind::RegimeChange)
+            .map(|(ts, _)| *ts)
+            .collect();
+        let params = MultivariateParams::default();
+        // Anomalous from the step until relearn_ms has passed, then re-learnt once.
+        assert_eq!(changes.len(), 1, "{kinds:?}");
+        assert!(changes[0] - 30 * MINUTE <= params.relearn_ms + BUCKET_MS);
+        assert!(
+            kinds
+                .iter()
+                .filter(|(ts, _)| *ts < changes[0])
+                .all(|(_, k)| *k == AnomalyKind::Multivariate)
+        );
+        // The new level is normal once the new model has warmed up.
+        let after = changes[0] + params.warmup_ms + MINUTE;
+        assert!(
+            kinds
+                .iter()
+                .filter(|(ts, _)| *ts > after)
+                .all(|(_, k)| *k == AnomalyKind::None),
+            "{kinds:?}"
+        );
+    }
 
     #[test]
     fn chi_squared_tails_match_tables() {
@@ -386,6 +530,17 @@ mod tests {
             let tail = chi_squared_tail(x, k);
             assert!((tail - p).abs() < p * 0.01, "x={x} k={k}: {tail} vs {p}");
         }
+    }
+
+    #[test]
+    fn state_per_device_is_a_few_hundred_bytes() {
+        // docs/benchmarks.md quotes these: the struct plus k + k² numbers on the heap.
+        let inline = std::mem::size_of::<DeviceModel>();
+        assert!(inline <= 160, "{inline}");
+        eprintln!("DeviceModel: {inline} bytes + 8·(k + k²) on the heap");
+        let track = std::mem::size_of::<crate::dataflow::anomaly::Track>();
+        assert!(track <= 400, "{track}");
+        eprintln!("Track (per device and metric): {track} bytes");
     }
 
     #[test]
