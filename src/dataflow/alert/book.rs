@@ -593,4 +593,51 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_rule_on_the_device_level_score_opens_one_alert_for_the_device() {
+        let mut with_rule = book(
+            "[[rules]]\nname = \"pump-decoupled\"\nseverity = \"major\"\n\
+             when.anomaly = { min_score = 0.999, kinds = [\"multivariate\"] }\n",
+        );
+        let mut out = Vec::new();
+        let device_level = |ts_ms: TimeMs, score: f64| {
+            Signal::Anomaly(AnomalyScore {
+                device_id: "dev-1".into(),
+                device: device(),
+                metric: None,
+                ts_ms,
+                value: Some(40.0),
+                score,
+                kind: AnomalyKind::Multivariate,
+            })
+        };
+        // Below the rule's score: nothing; above it, one alert however many buckets follow.
+        with_rule.apply(&device_level(10 * MINUTE, 0.995), &mut out);
+        for bucket in 0..6 {
+            with_rule.apply(
+                &device_level(11 * MINUTE + bucket * 10_000, 0.9999),
+                &mut out,
+            );
+        }
+        with_rule.tick(20 * MINUTE, &mut out);
+        assert_eq!(
+            events(&out),
+            [
+                (AlertEventKind::Opened, "pump-decoupled", 11 * MINUTE),
+                // The clear time after the last firing bucket.
+                (
+                    AlertEventKind::Resolved,
+                    "pump-decoupled",
+                    11 * MINUTE + 50_000 + 180_000
+                ),
+            ]
+        );
+        assert_eq!(out[0].metric, None);
+        // The default rules leave the device-level score alone.
+        let mut defaults = book("");
+        let mut none = Vec::new();
+        defaults.apply(&device_level(11 * MINUTE, 1.0), &mut none);
+        assert!(none.is_empty(), "{none:?}");
+    }
 }
