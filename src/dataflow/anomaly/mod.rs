@@ -111,7 +111,8 @@ pub struct AnomalyScore {
 }
 
 impl AnomalyScore {
-    /// A finding made when a window closed (stuck value or bucket-to-bucket level shift).
+    /// A finding made when a window closed (stuck value, bucket-to-bucket level shift or spike,
+    /// regime change), with its calibrated score.
     pub fn from_finding(
         device_id: DeviceId,
         device: SharedDeviceInfo,
@@ -124,7 +125,7 @@ impl AnomalyScore {
             metric: Some(metric),
             ts_ms: finding.ts_ms,
             value: Some(finding.value),
-            score: 1.0,
+            score: finding.score,
             kind: finding.kind,
         }
     }

@@ -70,6 +70,10 @@ pub struct ScorerParams {
     pub silence_timeout_ms: u64,
     /// A track silent this long is forgotten (bounded state for decommissioned devices).
     pub forget_after_ms: u64,
+    /// Windows anomalous without a break for this long (event time, ms) are a new normal: the
+    /// baseline starts over, said once with a `regime_change` finding. Longer: a long fault
+    /// stays reported; shorter: a new set point stops being reported sooner.
+    pub relearn_ms: u64,
     /// The device-level score of devices with several metrics.
     pub multivariate: MultivariateParams,
 }
@@ -103,6 +107,7 @@ impl Default for ScorerParams {
             stuck_min_readings: 5,
             silence_timeout_ms: 20_000,
             forget_after_ms: 3_600_000,
+            relearn_ms: 900_000,
             multivariate: MultivariateParams::default(),
         }
     }
@@ -360,8 +365,31 @@ pub struct Finding {
     pub ts_ms: TimeMs,
     /// Stuck: the repeated value. Level shift: the new level (the bucket's mean).
     pub value: f64,
-    /// [`AnomalyKind::Stuck`], [`AnomalyKind::LevelShift`] or [`AnomalyKind::Spike`].
+    /// [`AnomalyKind::Stuck`], [`AnomalyKind::LevelShift`], [`AnomalyKind::Spike`] or
+    /// [`AnomalyKind::RegimeChange`].
     pub kind: AnomalyKind,
+    /// How surprising it is under the series' own recent behaviour: the probability that
+    /// normal operation shows less (see [`normal_score`] and [`Model::constant_share`]).
+    pub score: f64,
+}
+
+/// The score of a deviation of `z` standard deviations: the probability that a normal
+/// deviation is smaller in size, `erf(z / √2)`. The scale every finding is put on.
+pub fn normal_score(z: f64) -> f64 {
+    1.0 - super::device::chi_squared_tail(z * z, 1)
+}
+
+/// The expected range (max - min) of `n` normal readings, in standard deviations (the `d2`
+/// constants of control charts), so a bucket's spread says what its standard deviation is.
+fn expected_range(n: u32) -> f64 {
+    const D2: [f64; 11] = [
+        0.0, 0.0, 1.128, 1.693, 2.059, 2.326, 2.534, 2.704, 2.847, 2.970, 3.078,
+    ];
+    match n {
+        0..=10 => D2[n as usize].max(1.128),
+        // Asymptotically 2·√(2 ln n), a little above it for moderate n.
+        _ => (2.0 * (2.0 * (n as f64).ln()).sqrt()).max(3.078),
+    }
 }
 
 /// What readings are scored against: learnt from closed windows only.
@@ -393,9 +421,22 @@ struct Model {
     pending_shift: Option<(f64, f64)>,
     /// Latest event time among readings of closed windows.
     last_ts_ms: Option<TimeMs>,
+    /// Buckets with at least `stuck_min_readings` readings seen, and those all of one value
+    /// (both decayed by 1% a bucket): how often this series is constant for a bucket when
+    /// nothing is wrong (a count that is often 0, a coarse integer sensor).
+    buckets_seen: f64,
+    constant_buckets: f64,
+    /// The start of the first of the consecutive anomalous windows up to the last one learnt.
+    anomalous_since_ms: Option<TimeMs>,
 }
 
 impl Model {
+    /// The share of buckets this series shows constant in normal operation
+    /// (Krichevsky–Trofimov estimate, so never 0): a constant bucket scores 1 minus this.
+    fn constant_share(&self) -> f64 {
+        (self.constant_buckets + 0.5) / (self.buckets_seen + 1.0)
+    }
+
     /// Whether the model is so old it must be forgotten before it judges a window starting at
     /// `window_start_ms`. A rule on the data alone, so forgetting (and evicting the state of
     /// devices that went away) never depends on when windows closed.
@@ -503,7 +544,16 @@ impl Track {
             } else {
                 0.0
             };
-            model.learn(Moments { mean, variance }, window_start_ms, params, stuck);
+            if let Some(score) =
+                model.learn(Moments { mean, variance }, window_start_ms, params, stuck)
+            {
+                findings.push(Finding {
+                    ts_ms: evidence.last_ts_ms,
+                    value: mean,
+                    kind: AnomalyKind::RegimeChange,
+                    score,
+                });
+            }
         }
     }
 
@@ -536,10 +586,16 @@ impl Model {
             // comes back, the jump was a spike, and the level before it still stands.
             if let Some((before, after)) = self.pending_shift.take() {
                 if (mean - after).abs() < (after - before).abs() / 2.0 {
+                    // A typical jump is the mean absolute change, σ·√(2/π) for normal noise.
+                    let sigma = self
+                        .bucket_jump
+                        .map_or(params.min_scale, |t| t.max(params.min_scale))
+                        * std::f64::consts::FRAC_PI_2.sqrt();
                     findings.push(Finding {
                         ts_ms: bucket_end,
                         value: mean,
                         kind: AnomalyKind::LevelShift,
+                        score: normal_score((after - before).abs() / sigma),
                     });
                 } else {
                     self.last_bucket_mean = Some(before);
@@ -569,10 +625,12 @@ impl Model {
                         if can_stick
                             && distance > params.spike_spreads * typical.max(params.min_scale) =>
                     {
+                        let sigma = typical.max(params.min_scale) / expected_range(bucket.count);
                         findings.push(Finding {
                             ts_ms: bucket_end,
                             value,
                             kind: AnomalyKind::Spike,
+                            score: normal_score(distance / sigma),
                         });
                     }
                     Some(typical) => {
@@ -581,21 +639,46 @@ impl Model {
                     None => self.bucket_spread = Some(spread),
                 }
             }
-            let constant = bucket.min == bucket.max && bucket.count >= params.stuck_min_readings;
+            if bucket.count < params.stuck_min_readings {
+                self.stuck_value = None;
+                continue;
+            }
+            let constant = bucket.min == bucket.max;
+            // A series that is often constant for a bucket (a count that is mostly 0) is not
+            // stuck when it is: the score is how rarely this series is constant.
+            let score = 1.0 - self.constant_share();
             if !constant {
                 self.stuck_value = None;
-            } else if can_stick && self.stuck_value != Some(bucket.min.to_bits()) {
+            } else if can_stick
+                && self.stuck_value != Some(bucket.min.to_bits())
+                && score >= params.report_threshold
+            {
                 self.stuck_value = Some(bucket.min.to_bits());
                 findings.push(Finding {
                     ts_ms: bucket_end,
                     value: bucket.min,
                     kind: AnomalyKind::Stuck,
+                    score,
                 });
+            }
+            // Learnt from buckets that are not part of a reported run.
+            if self.stuck_value.is_none() {
+                self.buckets_seen = 0.99 * self.buckets_seen + 1.0;
+                self.constant_buckets =
+                    0.99 * self.constant_buckets + f64::from(u8::from(constant));
             }
         }
     }
 
-    fn learn(&mut self, window: Moments, start_ms: TimeMs, params: &ScorerParams, stuck: bool) {
+    /// Learns a closed window; returns the score of the regime change when the window ends
+    /// `relearn_ms` of anomalous windows without a break and the baseline starts over at it.
+    fn learn(
+        &mut self,
+        window: Moments,
+        start_ms: TimeMs,
+        params: &ScorerParams,
+        stuck: bool,
+    ) -> Option<f64> {
         let mut normal = true;
         match self.baseline {
             None => self.baseline = Some(window),
@@ -603,8 +686,28 @@ impl Model {
                 let drift = window.mean - baseline.mean;
                 let step = self.last_window.map_or(0.0, |last| window.mean - last.mean);
                 let warming = self.learnt_windows < params.warmup_windows;
-                let anomalous = !warming
-                    && (drift.abs() / self.scale(baseline, params) > params.z_mid || stuck);
+                let distance = drift.abs() / self.scale(baseline, params);
+                let anomalous = !warming && (distance > params.z_mid || stuck);
+                if anomalous {
+                    let since = *self.anomalous_since_ms.get_or_insert(start_ms);
+                    if start_ms - since >= params.relearn_ms {
+                        // A lasting new level (or a sensor that stays stuck) is the new normal:
+                        // the baseline starts over at this window, said once.
+                        self.baseline = Some(Moments {
+                            mean: window.mean,
+                            variance: baseline.variance.max(window.variance),
+                        });
+                        self.trend = 0.0;
+                        self.anomalous_since_ms = None;
+                        self.last_window = Some(window);
+                        self.last_window_start_ms = start_ms;
+                        self.last_window_normal = true;
+                        self.learnt_windows += 1;
+                        return Some(normal_score(distance));
+                    }
+                } else {
+                    self.anomalous_since_ms = None;
+                }
                 // A window that looks anomalous only nudges the mean and the typical step
                 // between windows, so a fault is not learnt as normal (yet a signal that moves
                 // faster than first seen is eventually learnt).
@@ -640,6 +743,7 @@ impl Model {
         self.last_window_start_ms = start_ms;
         self.last_window_normal = normal;
         self.learnt_windows += 1;
+        None
     }
 }
 #[cfg(test)]
@@ -714,6 +818,14 @@ mod tests {
         (track, ScorerParams::default())
     }
 
+    /// Findings without their scores.
+    fn found(findings: &[Finding]) -> Vec<(u64, f64, AnomalyKind)> {
+        findings
+            .iter()
+            .map(|f| (f.ts_ms, f.value, f.kind))
+            .collect()
+    }
+
     fn score(track: &Track, minute: u64, value: f64) -> (f64, AnomalyKind) {
         let params = ScorerParams::default();
         track
@@ -771,14 +883,12 @@ mod tests {
         let (mut track, _) = trained(3);
         let spiky = (0..60).map(|s| (s, if s == 31 { 80.0 } else { 20.0 + noise(s, 3) }));
         // The lone reading is a spike, found in its bucket; the level did not move.
+        let spikes = Window::of(3, spiky).close(&mut track);
         assert_eq!(
-            Window::of(3, spiky).close(&mut track),
-            [Finding {
-                ts_ms: 3 * MINUTE + 39_999,
-                value: 80.0,
-                kind: AnomalyKind::Spike
-            }]
+            found(&spikes),
+            [(3 * MINUTE + 39_999, 80.0, AnomalyKind::Spike)]
         );
+        assert!(spikes[0].score > 0.999_999, "{spikes:?}");
         // Certain once the bucket after the jump stayed at the new level.
         assert_eq!(findings[0].ts_ms, 3 * MINUTE + 49_999);
     }
@@ -798,14 +908,13 @@ mod tests {
             )
         });
         // The first constant bucket reports the run, once.
+        let stuck = Window::of(3, values).close(&mut track);
         assert_eq!(
-            Window::of(3, values).close(&mut track),
-            [Finding {
-                ts_ms: 3 * MINUTE + 29_999,
-                value: 20.01,
-                kind: AnomalyKind::Stuck
-            }]
+            found(&stuck),
+            [(3 * MINUTE + 29_999, 20.01, AnomalyKind::Stuck)]
         );
+        // Never constant for a bucket in the 20 before: about 1 - 0.5 / 19.
+        assert!(stuck[0].score > 0.97 && stuck[0].score < 0.98, "{stuck:?}");
     }
 
     #[test]
@@ -851,5 +960,59 @@ mod tests {
             a.judge(5 * MINUTE, MINUTE, &params),
             b.judge(5 * MINUTE, MINUTE, &params)
         );
+    }
+
+    #[test]
+    fn a_count_that_is_often_constant_is_not_stuck_when_it_is() {
+        // Events per second: mostly none, now and then one or two, so a bucket is often all
+        // zeros in normal operation.
+        let count = |s: u64, w: u64| match (s * 7 + w * 13) % 23 {
+            0 => 2.0,
+            1..=3 => 1.0,
+            _ => 0.0,
+        };
+        let mut track = Track::default();
+        let mut findings = Vec::new();
+        for w in 0..30 {
+            findings.extend(Window::of(w, (0..60).map(|s| (s, count(s, w)))).close(&mut track));
+        }
+        assert!(
+            findings.iter().all(|f| f.kind != AnomalyKind::Stuck),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn a_lasting_level_shift_is_relearnt_after_relearn_ms_and_said_once() {
+        let params = ScorerParams::default();
+        let (mut track, _) = trained(10);
+        let mut findings = Vec::new();
+        for w in 10..40 {
+            let shifted = Window::of(w, (0..60).map(|s| (s, 32.0 + noise(s, w))));
+            findings.extend(shifted.close(&mut track));
+        }
+        let changes: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.kind == AnomalyKind::RegimeChange)
+            .collect();
+        assert_eq!(changes.len(), 1, "{findings:?}");
+        // The first shifted window starts the run; the change lands relearn_ms later.
+        let change_window = changes[0].ts_ms / MINUTE;
+        assert_eq!(
+            change_window,
+            10 + params.relearn_ms / MINUTE,
+            "{changes:?}"
+        );
+        assert!(changes[0].score > 0.999, "{changes:?}");
+        // Until then the new level scores as anomalous; two windows after, as normal.
+        assert!(score(&track, 40, 32.1).0 < 0.01);
+        let mut before = Track::default();
+        for w in 0..10 {
+            normal(w).close(&mut before);
+        }
+        for w in 10..20 {
+            Window::of(w, (0..60).map(|s| (s, 32.0 + noise(s, w)))).close(&mut before);
+        }
+        assert!(score(&before, 21, 32.1).0 > 0.9);
     }
 }
