@@ -39,8 +39,10 @@ pub struct ScorerParams {
     pub shift_z: f64,
     /// Closed windows the baseline must have learnt before readings are scored against it.
     pub warmup_windows: u32,
-    /// Windows with fewer readings than this are not learnt (devices slower than this per
-    /// minute need a lower value for their type).
+    /// Windows with at least this many readings are learnt as windows (their spread, the
+    /// trend between them); a series that has never had one is learnt reading by reading over
+    /// event time instead, so a sensor reporting every minute or every 5 minutes is scored from
+    /// its `warmup_windows + 1`th report on.
     pub min_window_readings: u64,
     /// Weight of each closed window in the baseline.
     pub alpha: f64,
@@ -428,6 +430,94 @@ struct Model {
     constant_buckets: f64,
     /// The start of the first of the consecutive anomalous windows up to the last one learnt.
     anomalous_since_ms: Option<TimeMs>,
+    /// The model of a series too slow for `min_window_readings` a window (a sensor reporting
+    /// every minute or every 5 minutes), until a window dense enough arrives.
+    sparse: Option<Box<SparseModel>>,
+}
+
+/// A slow series' model: the mean and variance of its readings, learnt over event time (each
+/// window weighted by the time since the last one, not by its readings, with time constant
+/// `relearn_ms`), so a series that reports every minute, every 5 minutes or irregularly learns
+/// at the same pace.
+#[derive(Clone, Debug, Default)]
+struct SparseModel {
+    level: Moments,
+    windows: u32,
+    last_ts_ms: TimeMs,
+    anomalous_since_ms: Option<TimeMs>,
+}
+
+impl Default for Moments {
+    fn default() -> Self {
+        Self {
+            mean: 0.0,
+            variance: 0.0,
+        }
+    }
+}
+
+impl SparseModel {
+    fn scale(&self, params: &ScorerParams) -> f64 {
+        self.level
+            .variance
+            .sqrt()
+            .max(params.min_scale)
+            .max(params.min_scale_relative * self.level.mean.abs())
+    }
+
+    /// Learns a window of `count` readings with mean `mean` and `sum_squares`; returns the
+    /// score of a regime change when the level starts over.
+    fn learn(
+        &mut self,
+        count: u64,
+        mean: f64,
+        sum_squares: f64,
+        last_ts_ms: TimeMs,
+        start_ms: TimeMs,
+        params: &ScorerParams,
+    ) -> Option<f64> {
+        let n = count as f64;
+        if self.windows == 0 {
+            let variance = if count > 1 {
+                ((sum_squares - n * mean * mean) / (n - 1.0)).max(0.0)
+            } else {
+                0.0
+            };
+            *self = Self {
+                level: Moments { mean, variance },
+                windows: 1,
+                last_ts_ms,
+                anomalous_since_ms: None,
+            };
+            return None;
+        }
+        let m = self.level.mean;
+        // The readings' mean squared deviation from the level: their spread and the level's
+        // error together, which is what a reading is judged by.
+        let deviation_sq = ((sum_squares - 2.0 * m * mean * n + n * m * m) / n).max(0.0);
+        let distance = (mean - m).abs() / self.scale(params);
+        let warmed = self.windows >= params.warmup_windows;
+        let elapsed = last_ts_ms.saturating_sub(self.last_ts_ms) as f64;
+        self.last_ts_ms = self.last_ts_ms.max(last_ts_ms);
+        self.windows += 1;
+        if warmed && distance > params.z_mid {
+            let since = *self.anomalous_since_ms.get_or_insert(start_ms);
+            if start_ms - since >= params.relearn_ms {
+                self.level.mean = mean;
+                self.anomalous_since_ms = None;
+                return Some(normal_score(distance));
+            }
+            return None;
+        }
+        self.anomalous_since_ms = None;
+        // Equal weights while young; then forgetting over event time, but never faster than
+        // an average over about ten reports, or a slow series' spread rests on too few.
+        let decay = (1.0 - (-elapsed / params.relearn_ms.max(1) as f64).exp()).min(0.1);
+        let alpha = decay.max(1.0 / self.windows as f64);
+        self.level.mean += alpha * (mean - m);
+        self.level.variance += alpha * (deviation_sq - self.level.variance);
+        None
+    }
 }
 
 impl Model {
@@ -454,6 +544,16 @@ impl Model {
     }
 
     fn judge(&self, window_start_ms: TimeMs, window_ms: TimeMs, params: &ScorerParams) -> Judge {
+        if let Some(sparse) = &self.sparse
+            && !self.is_stale(window_start_ms, params)
+            && sparse.windows >= params.warmup_windows
+        {
+            let level = sparse.level;
+            return Judge {
+                baseline: Some((level, sparse.scale(params), level.mean)),
+                last_window: None,
+            };
+        }
         if self.is_stale(window_start_ms, params) || self.learnt_windows < params.warmup_windows {
             return Judge {
                 baseline: None,
@@ -534,8 +634,30 @@ impl Track {
             .iter()
             .any(|f| f.kind == AnomalyKind::Stuck);
         // A window with few readings (a partial first window, a batch reaching back across a
-        // boundary) says too little about the signal to learn from.
+        // boundary) says too little about the signal to learn from; a series that never fills
+        // a window is learnt reading by reading instead, over event time.
+        if count > 0 && count < params.min_window_readings && model.baseline.is_none() {
+            let sparse = model.sparse.get_or_insert_with(Box::default);
+            let mean = sum.mean(count);
+            let sum_squares = evidence.sum_squares_micro2 as f64 / 1e12;
+            if let Some(score) = sparse.learn(
+                count,
+                mean,
+                sum_squares,
+                evidence.last_ts_ms,
+                window_start_ms,
+                params,
+            ) {
+                findings.push(Finding {
+                    ts_ms: evidence.last_ts_ms,
+                    value: mean,
+                    kind: AnomalyKind::RegimeChange,
+                    score,
+                });
+            }
+        }
         if count >= params.min_window_readings {
+            model.sparse = None;
             let mean = sum.mean(count);
             let variance = if count > 1 {
                 ((evidence.sum_squares_micro2 as f64 / 1e12 - sum.mean(1) * mean)
@@ -1014,5 +1136,48 @@ mod tests {
             Window::of(w, (0..60).map(|s| (s, 32.0 + noise(s, w)))).close(&mut before);
         }
         assert!(score(&before, 21, 32.1).0 > 0.9);
+    }
+
+    #[test]
+    fn a_5_minute_series_is_scored_from_its_fourth_window_on_and_its_spikes_stand_out() {
+        let params = ScorerParams::default();
+        let mut track = Track::default();
+        let value = |w: u64| 20.0 + 2.0 * noise(w, 1);
+        let mut first_scored = None;
+        for (i, w) in (0..60).step_by(5).enumerate() {
+            // The judge a reading of this window meets, before the window closes.
+            let judge = track.judge(w * MINUTE, MINUTE, &params);
+            let (spike, _) = judge.score(&reading(w * MINUTE, 60.0), &params);
+            if first_scored.is_none() && spike > 0.0 {
+                first_scored = Some(i + 1);
+            }
+            if first_scored.is_some() {
+                let (usual, kind) = judge.score(&reading(w * MINUTE, value(w)), &params);
+                assert!(usual < 0.1 && kind == AnomalyKind::None, "{w}: {usual}");
+                assert!(spike > 0.99, "{w}: {spike}");
+            }
+            Window::of(w, [(0, value(w))]).close(&mut track);
+        }
+        assert_eq!(first_scored, Some(4));
+    }
+
+    #[test]
+    fn a_dense_series_forgets_the_sparse_model_of_its_partial_first_window() {
+        let (dense, params) = trained(4);
+        let mut with_partial = Track::default();
+        // A first window with only its last 3 seconds, then the same four full windows.
+        Window::of(0, (57..60).map(|s| (s, 20.0))).close(&mut with_partial);
+        for w in 1..5 {
+            normal(w).close(&mut with_partial);
+        }
+        let mut plain = Track::default();
+        for w in 1..5 {
+            normal(w).close(&mut plain);
+        }
+        assert_eq!(
+            with_partial.judge(6 * MINUTE, MINUTE, &params),
+            plain.judge(6 * MINUTE, MINUTE, &params)
+        );
+        drop(dense);
     }
 }
