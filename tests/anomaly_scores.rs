@@ -47,6 +47,14 @@ fn readings() -> Vec<(u64, DeviceId, Reading)> {
 }
 
 fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
+    run_with(readings(), AnomalyConfig::default(), shuffle_seed)
+}
+
+fn run_with(
+    all: Vec<(u64, DeviceId, Reading)>,
+    config: AnomalyConfig,
+    shuffle_seed: u64,
+) -> Vec<(String, u64, String, u64)> {
     let info = Arc::new(DeviceInfo {
         device_type: "thermostat".into(),
         firmware: "1".into(),
@@ -58,19 +66,19 @@ fn run(shuffle_seed: u64) -> Vec<(String, u64, String, u64)> {
         thresholds: Vec::new(),
     });
     let captured = timely::execute_directly(move |worker| {
+        let all = all.clone();
         let mut input: VecInput<u64, EnrichedMessage> = VecInput::new();
         let captured = worker.dataflow::<u64, _, _>(|scope| {
             let windowed = input
                 .to_stream(scope)
-                .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default());
+                .aggregate_windows(WindowConfig::default(), &config);
             let progress = windowed.activity.clone().fleet_progress();
             let silences = windowed
                 .activity
                 .detect_silence(progress, WindowConfig::default());
             windowed.scores.concat(silences).capture()
         });
-        // Send in 10-second batches at a watermark 30 s behind, shuffled within each batch.
-        let all = readings();
+        // Send in batches at a watermark 30 s behind, shuffled within each batch.
         for batch in all.chunks(200) {
             let mut batch = batch.to_vec();
             let mut state = shuffle_seed.wrapping_add(batch[0].0);
@@ -152,4 +160,74 @@ fn faults_are_found_and_scores_do_not_depend_on_arrival_order() {
     let silences: Vec<_> = first.iter().filter(|f| f.2 == "silence").collect();
     assert_eq!(silences.len(), 1, "{silences:?}");
     assert_eq!(silences[0].1, 299_000 + 7 * 37 + 20_000);
+}
+
+/// Three slow senders over 50 minutes: one a minute, one every 5 minutes, one at irregular
+/// gaps of 1 to 9 minutes; each reports a value far off its usual at its last report.
+fn slow_readings() -> Vec<(u64, DeviceId, Reading)> {
+    let mut out = Vec::new();
+    let mut push = |device: &str, second: u64, i: u64, last: bool| {
+        let ts = START + second * 1000;
+        let noise = ((i * 7919 + second * 31) % 100) as f64 / 50.0;
+        let value = if last { 80.0 } else { 20.0 + noise };
+        let reading = Reading {
+            metric: MetricId(0),
+            ts_ms: ts,
+            value,
+        };
+        out.push((ts, DeviceId::from(device), reading));
+    };
+    let minutes = 50;
+    for i in 0..minutes {
+        push("every-minute", i * 60 + 7, i, i == minutes - 1);
+    }
+    for i in 0..minutes / 5 {
+        push("every-5-minutes", i * 300 + 11, i, i == minutes / 5 - 1);
+    }
+    let (mut second, mut i) = (13, 0);
+    while second < minutes * 60 - 600 {
+        push("irregular", second, i, false);
+        second += 60 * (1 + (i * 7 % 9));
+        i += 1;
+    }
+    push("irregular", second, i, true);
+    out.sort_by_key(|(ts, _, _)| *ts);
+    out
+}
+
+#[test]
+fn slow_and_irregular_senders_are_scored_from_their_fourth_report_whatever_the_order() {
+    let config = AnomalyConfig {
+        emit_all_scores: true,
+        ..AnomalyConfig::default()
+    };
+    let first = run_with(slow_readings(), config.clone(), 1);
+    assert_eq!(first, run_with(slow_readings(), config, 2));
+    for device in ["every-minute", "every-5-minutes", "irregular"] {
+        let reports: Vec<u64> = slow_readings()
+            .iter()
+            .filter(|(_, d, _)| d.as_str() == device)
+            .map(|(ts, _, _)| ts - START)
+            .collect();
+        let scored: Vec<&(String, u64, String, u64)> = first
+            .iter()
+            .filter(|f| f.0 == device && reports.contains(&f.1) && f.3 != 0)
+            .collect();
+        // Every report from the fourth on has a score (before, they score 0 while the model
+        // warms up); the last one, far off, is a spike.
+
+        // (A reading meets the model of the windows up to two before its own, so a sender
+        // reporting every minute waits for a fifth report.)
+        let first_scored = reports.iter().position(|r| *r == scored[0].1).unwrap() + 1;
+        let expected = if device == "every-minute" { 5 } else { 4 };
+        assert_eq!(first_scored, expected, "{device}: {scored:?}");
+        assert_eq!(scored.len(), reports.len() + 1 - expected, "{device}");
+        let last = scored.last().unwrap();
+        assert_eq!(last.2, "spike", "{device}: {scored:?}");
+        assert!(f64::from_bits(last.3) > 0.99, "{device}");
+        assert!(
+            scored[..scored.len() - 1].iter().all(|f| f.2 == "none"),
+            "{device}: {scored:?}"
+        );
+    }
 }
