@@ -38,5 +38,12 @@ fn main() -> Result<(), String> {
         figures.far * 100.0,
         figures.mar * 100.0
     );
+    println!(
+        "alerts (machine-decoupled): opened during the anomaly in {} of {} experiments, {} \
+         opened away from it",
+        figures.alerted,
+        experiments.len(),
+        figures.false_alerts
+    );
     Ok(())
 }

@@ -157,6 +157,20 @@ pub struct Figures {
     pub rows: usize,
     /// Per experiment: its name, and its false and missed alarms (rows).
     pub by_experiment: Vec<(String, usize, usize)>,
+    /// Experiments in which the default `machine-decoupled` alert opened during the labelled
+    /// anomaly.
+    pub alerted: usize,
+    /// Those alerts opened in the test part outside the anomaly (before it, or after it and the
+    /// alert clear time).
+    pub false_alerts: usize,
+}
+
+#[derive(Deserialize)]
+struct AlertLine {
+    event: String,
+    device_id: Option<String>,
+    rule: String,
+    ts_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +239,7 @@ pub fn run_protocol(
         }
         by_experiment.push((e.name.clone(), fp - fp_before, fn_ - fn_before));
     }
+    let (alerted, false_alerts) = alerts_against_labels(experiments, &out)?;
     let ratio = |a: usize, b: usize| a as f64 / (a + b).max(1) as f64;
     Ok(Figures {
         f1: 2.0 * tp as f64 / (2 * tp + fp + fn_).max(1) as f64,
@@ -232,5 +247,44 @@ pub fn run_protocol(
         mar: ratio(fn_, tp),
         rows: tp + fp + tn + fn_,
         by_experiment,
+        alerted,
+        false_alerts,
     })
+}
+
+/// How many experiments had a `machine-decoupled` alert open during their anomaly, and how
+/// many such alerts opened in the test part away from it (the 3-minute clear time after the
+/// anomaly still counts as its tail).
+fn alerts_against_labels(experiments: &[Experiment], out: &Path) -> Result<(usize, usize), String> {
+    let text = std::fs::read_to_string(out.join("alerts.jsonl")).map_err(|e| e.to_string())?;
+    let mut opened: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in text.lines() {
+        let a: AlertLine = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
+        if a.event == "opened" && a.rule == "machine-decoupled" {
+            opened
+                .entry(a.device_id.unwrap_or_default())
+                .or_default()
+                .push(a.ts_ms);
+        }
+    }
+    let (mut alerted, mut false_alerts) = (0, 0);
+    for e in experiments {
+        let labelled: Vec<u64> = e.rows.iter().filter(|r| r.2).map(|r| r.0).collect();
+        let (Some(first), Some(last)) = (labelled.first(), labelled.last()) else {
+            continue;
+        };
+        let test_from = e.rows.get(TRAIN_ROWS).map_or(u64::MAX, |r| r.0);
+        let alerts = opened
+            .get(&e.device_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if alerts.iter().any(|t| (first..=last).contains(&t)) {
+            alerted += 1;
+        }
+        false_alerts += alerts
+            .iter()
+            .filter(|t| **t >= test_from && (**t < *first || **t > last + 180_000))
+            .count();
+    }
+    Ok((alerted, false_alerts))
 }

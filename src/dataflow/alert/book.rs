@@ -634,10 +634,24 @@ mod tests {
             ]
         );
         assert_eq!(out[0].metric, None);
-        // The default rules leave the device-level score alone.
+        // The default rules alert on it for pumps only.
         let mut defaults = book("");
         let mut none = Vec::new();
         defaults.apply(&device_level(11 * MINUTE, 1.0), &mut none);
         assert!(none.is_empty(), "{none:?}");
+        let pump = Arc::new(DeviceInfo {
+            device_type: "pump".into(),
+            site: "site-1".into(),
+            ..DeviceInfo::default()
+        });
+        let Signal::Anomaly(mut on_a_pump) = device_level(11 * MINUTE, 0.996) else {
+            unreachable!()
+        };
+        on_a_pump.device = pump;
+        defaults.apply(&Signal::Anomaly(on_a_pump), &mut none);
+        assert_eq!(
+            events(&none),
+            [(AlertEventKind::Opened, "machine-decoupled", 11 * MINUTE)]
+        );
     }
 }
