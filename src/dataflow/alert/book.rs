@@ -446,8 +446,14 @@ mod tests {
     fn an_alert_escalates_and_resolves_after_the_clear_time_without_firing() {
         let mut book = book("");
         let mut out = Vec::new();
-        book.apply(&anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.95), &mut out);
-        book.apply(&anomaly(AnomalyKind::Spike, 11 * MINUTE, 0.99), &mut out);
+        book.apply(
+            &anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.999_999_999_5),
+            &mut out,
+        );
+        book.apply(
+            &anomaly(AnomalyKind::Spike, 11 * MINUTE, 0.999_999_999_9),
+            &mut out,
+        );
         book.apply(
             &anomaly(AnomalyKind::LevelShift, 12 * MINUTE, 1.0),
             &mut out,
@@ -518,7 +524,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..6 {
             let t = i * 10 * MINUTE;
-            book.apply(&anomaly(AnomalyKind::Spike, t, 0.95), &mut out);
+            book.apply(&anomaly(AnomalyKind::Spike, t, 0.999_999_999_5), &mut out);
             book.tick(t + 5 * MINUTE, &mut out);
         }
         let opened = out
@@ -535,8 +541,14 @@ mod tests {
             20 * MINUTE
         ));
         let mut out = Vec::new();
-        book.apply(&anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.95), &mut out);
-        book.apply(&anomaly(AnomalyKind::Spike, 19 * MINUTE, 0.95), &mut out);
+        book.apply(
+            &anomaly(AnomalyKind::Spike, 10 * MINUTE, 0.999_999_999_5),
+            &mut out,
+        );
+        book.apply(
+            &anomaly(AnomalyKind::Spike, 19 * MINUTE, 0.999_999_999_5),
+            &mut out,
+        );
         book.tick(20 * MINUTE, &mut out);
         assert_eq!(
             events(&out),

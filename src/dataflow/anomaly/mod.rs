@@ -64,6 +64,7 @@ impl AnomalyConfig {
             slots,
             by_type,
             emit_all_scores: self.emit_all_scores,
+            window_ms,
         }
     }
 }
@@ -76,6 +77,7 @@ pub struct ParamsTable {
     slots: Vec<Slots>,
     by_type: FxHashMap<String, usize>,
     emit_all_scores: bool,
+    window_ms: u64,
 }
 
 impl ParamsTable {
@@ -208,7 +210,15 @@ impl DeviceScorer {
             }
         };
         let mut found = Vec::new();
-        track.close(window_start_ms, count, sum, evidence, params, &mut found);
+        track.close(
+            window_start_ms,
+            table.window_ms,
+            count,
+            sum,
+            evidence,
+            params,
+            &mut found,
+        );
         findings.extend(
             found
                 .into_iter()

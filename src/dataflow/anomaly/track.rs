@@ -28,12 +28,13 @@ use crate::dataflow::model::{ExactSum, Reading, TimeMs};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScorerParams {
-    /// Scores at or above this are reported as anomalies.
+    /// Scores at or above this are reported as anomalies. Every score is the probability that
+    /// the series' normal behaviour deviates less (0.999999: about one normal reading in a
+    /// million goes further). Lower: more and earlier reports, more of them false.
     pub report_threshold: f64,
-    /// Robust distance (in baseline scales) that scores 0.5.
+    /// Distance (in baseline scales) of a window's mean beyond which the window is anomalous:
+    /// not learnt as normal (only nudged in, `alpha_anomalous`).
     pub z_mid: f64,
-    /// Steepness of the score around `z_mid`, per unit of distance.
-    pub z_slope: f64,
     /// Distance of the last window's mean from the baseline beyond which an anomalous reading
     /// near that mean is a level shift rather than a spike.
     pub shift_z: f64,
@@ -81,20 +82,27 @@ pub struct ScorerParams {
 }
 
 impl ScorerParams {
-    /// The distance (in scales) at which the score reaches `report_threshold`: the inverse of
-    /// the logistic score.
+    /// The calibrated distance (in standard deviations) at which a reading's score reaches
+    /// `report_threshold`: the inverse of [`normal_score`], by bisection.
     pub fn report_distance(&self) -> f64 {
-        let t = self.report_threshold.clamp(1e-12, 1.0 - 1e-12);
-        self.z_mid + (t / (1.0 - t)).ln() / self.z_slope
+        let (mut low, mut high) = (0.0_f64, 40.0_f64);
+        for _ in 0..100 {
+            let mid = 0.5 * (low + high);
+            if normal_score(mid) < self.report_threshold {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        high
     }
 }
 
 impl Default for ScorerParams {
     fn default() -> Self {
         Self {
-            report_threshold: 0.9,
+            report_threshold: 0.999_999_999,
             z_mid: 10.0,
-            z_slope: 1.5,
             shift_z: 3.0,
             warmup_windows: 3,
             min_window_readings: 10,
@@ -319,6 +327,10 @@ pub struct Judge {
     baseline: Option<(Moments, f64, f64)>,
     /// The last learnt window and its scale, to tell a level shift from a spike.
     last_window: Option<(Moments, f64)>,
+    /// How large a reading's squared distance in scales typically is when nothing is wrong
+    /// (learnt per series, see `Model::calibration`): a distance is divided by its root, so
+    /// that a score is a probability under the series' own behaviour.
+    calibration: f64,
 }
 
 impl Judge {
@@ -327,7 +339,7 @@ impl Judge {
     /// [`ScorerParams::report_distance`], so most readings need no more than this.
     pub fn distance(&self, reading: &Reading) -> f64 {
         self.baseline.map_or(0.0, |(_, scale, level)| {
-            (reading.value - level).abs() / scale
+            (reading.value - level).abs() / (scale * self.calibration.sqrt())
         })
     }
 
@@ -337,8 +349,7 @@ impl Judge {
             return (0.0, AnomalyKind::None);
         };
         let deviation = reading.value - level;
-        let z = deviation.abs() / scale;
-        let score = 1.0 / (1.0 + (-(z - params.z_mid) * params.z_slope).exp());
+        let score = normal_score(self.distance(reading));
         if score < params.report_threshold {
             return (score, AnomalyKind::None);
         }
@@ -430,6 +441,13 @@ struct Model {
     constant_buckets: f64,
     /// The start of the first of the consecutive anomalous windows up to the last one learnt.
     anomalous_since_ms: Option<TimeMs>,
+    /// The mean squared distance (in scales) of a normal window's readings from the level they
+    /// were judged by (exponentially weighted, each window's share capped at four times the
+    /// current value so one spike does not blunt the next).
+    calibration: Option<f64>,
+    calibrated_windows: u32,
+    /// The constant run in progress: its value, and how many buckets it has lasted.
+    constant_run: Option<(u64, u32)>,
     /// The model of a series too slow for `min_window_readings` a window (a sensor reporting
     /// every minute or every 5 minutes), until a window dense enough arrives.
     sparse: Option<Box<SparseModel>>,
@@ -521,10 +539,18 @@ impl SparseModel {
 }
 
 impl Model {
-    /// The share of buckets this series shows constant in normal operation
-    /// (Krichevsky–Trofimov estimate, so never 0): a constant bucket scores 1 minus this.
+    /// Counts a bucket (of at least `stuck_min_readings` readings) towards the constant share.
+    fn learn_bucket(&mut self, constant: bool) {
+        self.buckets_seen = 0.99 * self.buckets_seen + 1.0;
+        self.constant_buckets = 0.99 * self.constant_buckets + f64::from(u8::from(constant));
+    }
+
+    /// The share of buckets this series shows constant in normal operation, never 0: a
+    /// prior of one constant bucket in twenty, worth a tenth of a bucket (a sensor of
+    /// continuous values is rarely constant for a bucket; a count that often is shows it
+    /// within a few buckets).
     fn constant_share(&self) -> f64 {
-        (self.constant_buckets + 0.5) / (self.buckets_seen + 1.0)
+        (self.constant_buckets + 0.005) / (self.buckets_seen + 0.1)
     }
 
     /// Whether the model is so old it must be forgotten before it judges a window starting at
@@ -549,17 +575,34 @@ impl Model {
             && sparse.windows >= params.warmup_windows
         {
             let level = sparse.level;
+            // Its scale is the readings' own spread: calibrated as it is.
             return Judge {
                 baseline: Some((level, sparse.scale(params), level.mean)),
                 last_window: None,
+                calibration: 1.0,
             };
         }
-        if self.is_stale(window_start_ms, params) || self.learnt_windows < params.warmup_windows {
+        if self.is_stale(window_start_ms, params)
+            || self.learnt_windows < params.warmup_windows
+            || self.calibration.is_none()
+        {
             return Judge {
                 baseline: None,
                 last_window: None,
+                calibration: 1.0,
             };
         }
+        self.unwarmed_judge(window_start_ms, window_ms, params)
+    }
+
+    /// The judge without the warm-up: what calibration measures readings by from the second
+    /// window on, so that scoring starts calibrated.
+    fn unwarmed_judge(
+        &self,
+        window_start_ms: TimeMs,
+        window_ms: TimeMs,
+        params: &ScorerParams,
+    ) -> Judge {
         let level = |b: Moments| match self.last_window {
             Some(last) if self.last_window_normal => {
                 let windows_ahead = (window_start_ms.saturating_sub(self.last_window_start_ms)
@@ -572,6 +615,7 @@ impl Model {
         Judge {
             baseline: self.baseline.map(|b| (b, self.scale(b, params), level(b))),
             last_window: self.last_window.map(|l| (l, self.scale(l, params))),
+            calibration: self.calibration.unwrap_or(1.0),
         }
     }
 }
@@ -609,9 +653,11 @@ impl Track {
     /// Closes a window (`count` readings, `sum`, and its evidence): finds stuck runs and
     /// bucket-to-bucket level shifts in it, and learns it into the model. Windows are closed in
     /// order of their start.
+    #[allow(clippy::too_many_arguments)] // the window's parts, as DeviceScorer::close_window
     pub fn close(
         &mut self,
         window_start_ms: TimeMs,
+        window_ms: TimeMs,
         count: u64,
         sum: ExactSum,
         evidence: &WindowEvidence,
@@ -621,6 +667,20 @@ impl Track {
         if self.model.is_stale(window_start_ms, params) {
             self.model = Model::default();
         }
+        // What the window's readings were measured by, warm-up or not: the calibration learns
+        // from it, so scoring starts calibrated.
+        let calibration_judge = match evidence.judge {
+            Some(judge) if judge.baseline.is_some() => judge,
+            _ => {
+                let model = match &self.before_last_close {
+                    Some((closed_start, before)) if closed_start + window_ms >= window_start_ms => {
+                        before
+                    }
+                    _ => &self.model,
+                };
+                model.unwarmed_judge(window_start_ms, window_ms, params)
+            }
+        };
         self.before_last_close = Some((window_start_ms, self.model.clone()));
         let model = &mut self.model;
         model.last_ts_ms = Some(
@@ -659,16 +719,28 @@ impl Track {
         if count >= params.min_window_readings {
             model.sparse = None;
             let mean = sum.mean(count);
+            let sum_squares = evidence.sum_squares_micro2 as f64 / 1e12;
             let variance = if count > 1 {
-                ((evidence.sum_squares_micro2 as f64 / 1e12 - sum.mean(1) * mean)
-                    / (count as f64 - 1.0))
-                    .max(0.0)
+                ((sum_squares - sum.mean(1) * mean) / (count as f64 - 1.0)).max(0.0)
             } else {
                 0.0
             };
-            if let Some(score) =
-                model.learn(Moments { mean, variance }, window_start_ms, params, stuck)
-            {
+            // The readings' mean squared distance, in scales, from the level they were judged
+            // by: what calibrates the scores (exact sums, so arrival order does not matter).
+            let squared_distance = calibration_judge.baseline.and_then(|_| {
+                let judge = calibration_judge;
+                let (_, scale, level) = judge.baseline?;
+                let n = count as f64;
+                let total = sum_squares - 2.0 * level * sum.mean(1) + n * level * level;
+                Some((total / n).max(0.0) / (scale * scale))
+            });
+            if let Some(score) = model.learn(
+                Moments { mean, variance },
+                window_start_ms,
+                params,
+                stuck,
+                squared_distance,
+            ) {
                 findings.push(Finding {
                     ts_ms: evidence.last_ts_ms,
                     value: mean,
@@ -763,31 +835,41 @@ impl Model {
             }
             if bucket.count < params.stuck_min_readings {
                 self.stuck_value = None;
+                self.constant_run = None;
                 continue;
             }
-            let constant = bucket.min == bucket.max;
-            // A series that is often constant for a bucket (a count that is mostly 0) is not
-            // stuck when it is: the score is how rarely this series is constant.
-            let score = 1.0 - self.constant_share();
-            if !constant {
+            let bits = bucket.min.to_bits();
+            if bucket.min != bucket.max {
+                // A run that ended without being reported was this series being itself: it is
+                // learnt now, whole (learning it bucket by bucket would let a real stuck run
+                // teach the model that it is normal before it is reported).
+                if let (Some((_, buckets)), None) = (self.constant_run, self.stuck_value) {
+                    for _ in 0..buckets {
+                        self.learn_bucket(true);
+                    }
+                }
+                self.constant_run = None;
                 self.stuck_value = None;
-            } else if can_stick
-                && self.stuck_value != Some(bucket.min.to_bits())
-                && score >= params.report_threshold
-            {
-                self.stuck_value = Some(bucket.min.to_bits());
+                self.learn_bucket(false);
+                continue;
+            }
+            let run = match self.constant_run {
+                Some((value, buckets)) if value == bits => buckets + 1,
+                _ => 1,
+            };
+            self.constant_run = Some((bits, run));
+            // A series that is often constant for a bucket (a count that is mostly 0) is not
+            // stuck when it is: the score is the probability that this series, healthy, is
+            // constant for fewer buckets in a row than this run has lasted.
+            let score = 1.0 - self.constant_share().powi(run as i32);
+            if can_stick && self.stuck_value != Some(bits) && score >= params.report_threshold {
+                self.stuck_value = Some(bits);
                 findings.push(Finding {
                     ts_ms: bucket_end,
                     value: bucket.min,
                     kind: AnomalyKind::Stuck,
                     score,
                 });
-            }
-            // Learnt from buckets that are not part of a reported run.
-            if self.stuck_value.is_none() {
-                self.buckets_seen = 0.99 * self.buckets_seen + 1.0;
-                self.constant_buckets =
-                    0.99 * self.constant_buckets + f64::from(u8::from(constant));
             }
         }
     }
@@ -800,6 +882,7 @@ impl Model {
         start_ms: TimeMs,
         params: &ScorerParams,
         stuck: bool,
+        squared_distance: Option<f64>,
     ) -> Option<f64> {
         let mut normal = true;
         match self.baseline {
@@ -829,6 +912,18 @@ impl Model {
                     }
                 } else {
                     self.anomalous_since_ms = None;
+                    if let Some(d2) = squared_distance {
+                        // From a prior worth five windows (readings twice as far as the scale
+                        // says, which the scale's floor and drift term rarely exceed), then
+                        // the last ten or so windows.
+                        let (c, n) = self
+                            .calibration
+                            .zip(Some(self.calibrated_windows))
+                            .unwrap_or((4.0, 0));
+                        let weight = (1.0 / (f64::from(n) + 6.0)).max(0.1);
+                        self.calibration = Some(c + weight * (d2.min(4.0 * c) - c));
+                        self.calibrated_windows = n.saturating_add(1);
+                    }
                 }
                 // A window that looks anomalous only nudges the mean and the typical step
                 // between windows, so a fault is not learnt as normal (yet a signal that moves
@@ -917,6 +1012,7 @@ mod tests {
             let mut findings = Vec::new();
             track.close(
                 self.start,
+                MINUTE,
                 self.count,
                 self.sum,
                 &self.evidence,
@@ -967,10 +1063,12 @@ mod tests {
     #[test]
     fn normal_readings_score_low_and_spikes_high() {
         let (track, _) = trained(4);
+        // A score is the share of normal readings that deviate less: an ordinary reading
+        // scores anywhere below the threshold, a spike beyond it.
         let (normal, kind) = score(&track, 4, 20.3);
-        assert!(normal < 0.01 && kind == AnomalyKind::None, "{normal}");
+        assert!(normal < 0.999 && kind == AnomalyKind::None, "{normal}");
         let (spike, kind) = score(&track, 4, 60.0);
-        assert!(spike > 0.99 && kind == AnomalyKind::Spike, "{spike}");
+        assert!(spike > 0.999_999 && kind == AnomalyKind::Spike, "{spike}");
     }
 
     #[test]
@@ -1018,25 +1116,18 @@ mod tests {
     #[test]
     fn a_run_of_one_value_inside_a_window_is_stuck_whatever_the_arrival_order() {
         let (mut track, _) = trained(3);
-        // Normal, then 20 s of one value, then normal again; readings arrive out of order.
-        let values = (0..60).rev().map(|s| {
-            (
-                s,
-                if (15..35).contains(&s) {
-                    20.01
-                } else {
-                    20.0 + noise(s, 3)
-                },
-            )
-        });
-        // The first constant bucket reports the run, once.
+        // Normal, then 50 s of one value; readings arrive out of order.
+        let values = (0..60)
+            .rev()
+            .map(|s| (s, if s >= 10 { 20.01 } else { 20.0 + noise(s, 3) }));
+        // Reported once, when the run has lasted longer than this series (never constant for a
+        // bucket in the 19 before) is constant one time in a billion: its third bucket.
         let stuck = Window::of(3, values).close(&mut track);
         assert_eq!(
             found(&stuck),
-            [(3 * MINUTE + 29_999, 20.01, AnomalyKind::Stuck)]
+            [(3 * MINUTE + 39_999, 20.01, AnomalyKind::Stuck)]
         );
-        // Never constant for a bucket in the 20 before: about 1 - 0.5 / 19.
-        assert!(stuck[0].score > 0.97 && stuck[0].score < 0.98, "{stuck:?}");
+        assert!(stuck[0].score >= 0.999_999_999, "{stuck:?}");
     }
 
     #[test]
@@ -1127,7 +1218,7 @@ mod tests {
         );
         assert!(changes[0].score > 0.999, "{changes:?}");
         // Until then the new level scores as anomalous; two windows after, as normal.
-        assert!(score(&track, 40, 32.1).0 < 0.01);
+        assert!(score(&track, 40, 32.1).0 < 0.999);
         let mut before = Track::default();
         for w in 0..10 {
             normal(w).close(&mut before);
@@ -1135,14 +1226,17 @@ mod tests {
         for w in 10..20 {
             Window::of(w, (0..60).map(|s| (s, 32.0 + noise(s, w)))).close(&mut before);
         }
-        assert!(score(&before, 21, 32.1).0 > 0.9);
+        assert!(score(&before, 21, 32.1).0 > 0.999_999);
     }
 
     #[test]
     fn a_5_minute_series_is_scored_from_its_fourth_window_on_and_its_spikes_stand_out() {
         let params = ScorerParams::default();
         let mut track = Track::default();
-        let value = |w: u64| 20.0 + 2.0 * noise(w, 1);
+        // Scattered around 20 by up to ±1, in no order.
+        let value = |w: u64| {
+            20.0 + 2.0 * (((w * w * 7919 + w * 104_729 + 13) % 1000) as f64 / 1000.0 - 0.5)
+        };
         let mut first_scored = None;
         for (i, w) in (0..60).step_by(5).enumerate() {
             // The judge a reading of this window meets, before the window closes.
@@ -1153,8 +1247,8 @@ mod tests {
             }
             if first_scored.is_some() {
                 let (usual, kind) = judge.score(&reading(w * MINUTE, value(w)), &params);
-                assert!(usual < 0.1 && kind == AnomalyKind::None, "{w}: {usual}");
-                assert!(spike > 0.99, "{w}: {spike}");
+                assert!(usual < 0.999 && kind == AnomalyKind::None, "{w}: {usual}");
+                assert!(spike > 0.999_999, "{w}: {spike}");
             }
             Window::of(w, [(0, value(w))]).close(&mut track);
         }
