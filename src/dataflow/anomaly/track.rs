@@ -382,7 +382,8 @@ pub struct Finding {
     /// [`AnomalyKind::RegimeChange`].
     pub kind: AnomalyKind,
     /// How surprising it is under the series' own recent behaviour: the probability that
-    /// normal operation shows less (see [`normal_score`]; for a stuck run, the series' healthy share of constant buckets).
+    /// normal operation shows less (see [`normal_score`]; for a stuck run, from the series'
+    /// healthy share of constant buckets).
     pub score: f64,
 }
 
