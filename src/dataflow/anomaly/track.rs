@@ -1275,4 +1275,57 @@ mod tests {
         );
         drop(dense);
     }
+
+    /// Gaussian noise, deterministic (Box–Muller on a linear congruential generator).
+    fn gaussian(state: &mut u64) -> f64 {
+        let mut uniform = || {
+            *state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((*state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let (u, v) = (uniform(), uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    #[test]
+    fn on_gaussian_noise_a_score_is_the_share_of_readings_that_deviate_less() {
+        let params = ScorerParams::default();
+        let mut track = Track::default();
+        let mut state = 7;
+        let (mut scored, mut above_90, mut above_99) = (0, 0, 0);
+        for w in 0..200 {
+            let values: Vec<(u64, f64)> = (0..60)
+                .map(|s| (s, 50.0 + 2.0 * gaussian(&mut state)))
+                .collect();
+            let judge = track.judge(w * MINUTE, MINUTE, &params);
+            if judge.baseline.is_some() && w >= 20 {
+                for (s, value) in &values {
+                    let (score, _) = judge.score(&reading(w * MINUTE + s * 1000, *value), &params);
+                    scored += 1;
+                    above_90 += usize::from(score >= 0.9);
+                    above_99 += usize::from(score >= 0.99);
+                }
+            }
+            let findings = Window::of(w, values).close(&mut track);
+            assert!(findings.is_empty(), "window {w}: {findings:?}");
+        }
+        let share = |n: usize| n as f64 / scored as f64;
+        eprintln!(
+            "score >= 0.9: {:.4}, >= 0.99: {:.4}",
+            share(above_90),
+            share(above_99)
+        );
+        // 10% and 1% in theory (9.7% and 0.94% today).
+        assert!(
+            (0.08..=0.12).contains(&share(above_90)),
+            "{}",
+            share(above_90)
+        );
+        assert!(
+            (0.006..=0.014).contains(&share(above_99)),
+            "{}",
+            share(above_99)
+        );
+    }
 }
