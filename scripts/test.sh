@@ -49,9 +49,14 @@ if ! need openssl; then
     echo "test.sh: installing openssl (test certificates)"
     install_debian openssl
 fi
+# The metadata store tests initdb their own PostgreSQL 15 cluster in a temp dir.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+    echo "test.sh: installing postgresql-15 (metadata store tests)"
+    install_debian postgresql-15
+fi
 # The packages' services are not needed: tests start their own servers on free ports.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now mosquitto influxdb prometheus prometheus-node-exporter \
+    systemctl disable --now mosquitto influxdb prometheus prometheus-node-exporter postgresql \
         >/dev/null 2>&1 || true
 fi
 

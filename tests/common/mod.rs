@@ -5,6 +5,7 @@
 pub mod influx;
 pub mod kafka;
 pub mod mqtt;
+pub mod postgres;
 pub mod prometheus;
 pub mod reference;
 
