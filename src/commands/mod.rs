@@ -11,10 +11,12 @@
 //! - [`run`]: the service: Kafka partitions in, Kafka topics and InfluxDB out, clustered.
 //! - [`bridge`]: MQTT to Kafka, acknowledging devices once Kafka has the message.
 //! - [`loadgen`]: a simulated fleet publishing to MQTT or Kafka.
+//! - [`registry`]: the JSON Lines registry into the metadata store and back out.
 
 pub mod bridge;
 pub mod demo;
 pub mod loadgen;
+pub mod registry;
 pub mod replay;
 pub mod run;
 pub mod setup;

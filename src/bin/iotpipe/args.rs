@@ -71,6 +71,54 @@ pub enum Command {
     Loadgen(LoadgenArgs),
     /// Print `user:password` lines for a simulated fleet (input for `mosquitto_passwd -U`).
     FleetPasswords(FleetPasswordsArgs),
+    /// Move the device registry between its JSON Lines form and the metadata store.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+/// `iotpipe registry`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Check every line of a registry changelog, then apply them all to the store, in order.
+    Import(RegistryImportArgs),
+    /// Write every device change in the store as registry lines, in the order committed.
+    Export(RegistryExportArgs),
+}
+
+/// The metadata store.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The database: postgresql://USER@HOST:PORT/DBNAME (or host=... user=... dbname=...).
+    #[arg(long)]
+    pub database_url: String,
+    /// The environment variable holding the database password (none: the server trusts you).
+    #[arg(long)]
+    pub password_env: Option<String>,
+}
+
+/// `iotpipe registry import`.
+#[derive(Debug, Args)]
+pub struct RegistryImportArgs {
+    /// The registry changelog, JSON Lines (the file `replay --registry` reads).
+    pub file: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Directory of schema files whose metric catalog thresholds are checked against
+    /// (default: the schemas built into iotpipe).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+}
+
+/// `iotpipe registry export`.
+#[derive(Debug, Args)]
+pub struct RegistryExportArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Write the lines here instead of to standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `iotpipe bridge`.

@@ -10,6 +10,7 @@ mod args;
 mod bridge;
 mod demo;
 mod loadgen;
+mod registry;
 mod replay;
 mod run;
 
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Bridge(args) => bridge::run(args),
         Command::Loadgen(args) => loadgen::run(args),
         Command::FleetPasswords(args) => loadgen::fleet_passwords(args),
+        Command::Registry(command) => registry::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
