@@ -1,6 +1,8 @@
 //! Command-line arguments.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -9,6 +11,16 @@ use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::{EventTimeConfig, PipelineConfig, WindowConfig};
 use iotpipe::io::connect::influx::config::InfluxConfig;
 use iotpipe::io::support::cluster::ClusterConfig;
+
+/// A flag set on SIGINT, SIGTERM or SIGHUP (ctrlc's `termination` feature): every command
+/// stops on it the way it documents (finishing what it read, draining what it sent).
+pub fn stop_on_signal() -> Result<Arc<AtomicBool>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("signal handler: {e}"))?;
+    Ok(stop)
+}
 
 /// A setup error of `replay` or `demo` in the words of the flag that fed it.
 pub fn setup_error(

@@ -1,7 +1,6 @@
 //! `iotpipe bridge`: reads the configuration, serves metrics, runs the bridge until SIGTERM.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use iotpipe::commands::bridge::{BridgeConfig, BridgeMetrics, run_bridge};
 
@@ -25,10 +24,7 @@ pub fn run(args: BridgeArgs) -> Result<(), String> {
             .map_err(|e| format!("metrics.listen {listen}: {e}"))?;
         tracing::info!(%address, "serving /metrics");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let stop = crate::args::stop_on_signal()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

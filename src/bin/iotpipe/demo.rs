@@ -2,8 +2,6 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use iotpipe::commands::demo::{DemoConfig, DemoError, Terminal, run_demo};
 use iotpipe::io::support::metrics::Histogram;
@@ -64,10 +62,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         influx: args.influx.config()?,
         cluster: args.cluster.config(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    let stop = crate::args::stop_on_signal()?;
     let report = match run_demo(config, stop) {
         Ok(report) => report,
         Err(DemoError::ChannelStop(stop)) => {

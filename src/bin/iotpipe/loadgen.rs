@@ -1,7 +1,7 @@
 //! `iotpipe loadgen` and `iotpipe fleet-passwords`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -70,10 +70,7 @@ fn flag_error(error: &LoadgenConfigError) -> String {
 /// Sends the fleet, showing progress, and prints the final report.
 pub fn run(args: LoadgenArgs) -> Result<(), String> {
     let config = config_of(&args);
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let stop = crate::args::stop_on_signal()?;
     let progress = Arc::new(Progress::default());
     let expected = (args.rate * args.duration) as u64;
     let bar = ProgressBar::new(expected);

@@ -1,8 +1,5 @@
 //! `iotpipe replay`: flags and the files they name into a [`ReplayConfig`], and the report.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use iotpipe::commands::replay::{ReplayConfig, ReplayError, run_replay};
 use iotpipe::io::sinks::files::replay::ReplayFiles;
 
@@ -23,11 +20,8 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         influx: args.influx.config()?,
         cluster: args.cluster.config(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
     // Ctrl-C or SIGTERM: finish the chunks read, emit their outputs, stop.
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    let stop = crate::args::stop_on_signal()?;
     let report = match run_replay(config, stop) {
         Ok(report) => report,
         Err(ReplayError::ChannelStop(stop)) => {

@@ -1,8 +1,5 @@
 //! `iotpipe run`: reads the configuration, installs the signal handler, runs the service.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use iotpipe::commands::run::config::RunConfig;
 use iotpipe::commands::run::run_service;
 
@@ -19,11 +16,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     if args.hostfile.is_some() {
         cluster.hostfile = args.hostfile.clone();
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
     // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature).
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let stop = crate::args::stop_on_signal()?;
     let report = run_service(config, stop).map_err(|e| e.to_string())?;
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report).expect("a report serialises");
