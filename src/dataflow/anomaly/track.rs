@@ -454,6 +454,14 @@ struct Model {
     sparse: Option<Box<SparseModel>>,
 }
 
+/// `scale` raised to the floors of `params` (absolute, and relative to the level `mean`), so a
+/// very quiet sensor does not turn rounding into alarms.
+fn floored_scale(scale: f64, mean: f64, params: &ScorerParams) -> f64 {
+    scale
+        .max(params.min_scale)
+        .max(params.min_scale_relative * mean.abs())
+}
+
 /// A slow series' model: the mean and variance of its readings, learnt over event time (each
 /// window weighted by the time since the last one, not by its readings, with time constant
 /// `relearn_ms`), so a series that reports every minute, every 5 minutes or irregularly learns
@@ -477,11 +485,7 @@ impl Default for Moments {
 
 impl SparseModel {
     fn scale(&self, params: &ScorerParams) -> f64 {
-        self.level
-            .variance
-            .sqrt()
-            .max(params.min_scale)
-            .max(params.min_scale_relative * self.level.mean.abs())
+        floored_scale(self.level.variance.sqrt(), self.level.mean, params)
     }
 
     /// Learns a window of `count` readings with mean `mean` and `sum_squares`; returns the
@@ -564,10 +568,11 @@ impl Model {
 
     fn scale(&self, baseline: Moments, params: &ScorerParams) -> f64 {
         let drift = params.drift_windows * self.drift;
-        (baseline.variance + drift * drift)
-            .sqrt()
-            .max(params.min_scale)
-            .max(params.min_scale_relative * baseline.mean.abs())
+        floored_scale(
+            (baseline.variance + drift * drift).sqrt(),
+            baseline.mean,
+            params,
+        )
     }
 
     fn judge(&self, window_start_ms: TimeMs, window_ms: TimeMs, params: &ScorerParams) -> Judge {

@@ -316,23 +316,16 @@ async fn apply(
 ) -> Result<usize, StoreError> {
     let id = entry.device_id.as_str();
     let t = entry.effective_ms;
-    let previous = tx
-        .query_opt(
-            "SELECT version FROM devices WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await
-        .map_err(StoreError::query("reading a device"))?
-        .map(|r| r.get::<_, i64>(0));
-    let logged = tx
+    // Every version is in the history (a removal of a device never stored included), and
+    // writers hold the change log's lock, so the next version is the history's next.
+    let version = tx
         .query_one(
-            "SELECT coalesce(max(version), 0) FROM history WHERE kind = 'device' AND id = $1",
+            "SELECT coalesce(max(version), 0) + 1 FROM history WHERE kind = 'device' AND id = $1",
             &[&id],
         )
         .await
         .map_err(StoreError::query("reading a device's history"))?
         .get::<_, i64>(0);
-    let version = previous.unwrap_or(0).max(logged) + 1;
     let mut changes = 0;
     if entry.deleted {
         tx.execute(
