@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, MetricId, Reading, TimedMessage};
-use iotpipe::dataflow::{ArrangeRegistry, Enrich, RegistryUpdate, WindowConfig};
+use iotpipe::dataflow::registry::RegistryChange;
+use iotpipe::dataflow::{Enrich, RegistryUpdate, ResolveRegistry, WindowConfig};
 use iotpipe::io::sources::inputs::VecInput;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::capture::Event;
@@ -21,6 +22,23 @@ fn info(site: &str) -> Arc<DeviceInfo> {
         model: "TH".into(),
         thresholds: Vec::new(),
     })
+}
+
+/// Sends a registry line's change: its device, places and model.
+fn change(
+    registry: &mut VecInput<u64, RegistryUpdate>,
+    device: &str,
+    info: Option<Arc<DeviceInfo>>,
+    effective_ms: u64,
+) {
+    let change = RegistryChange {
+        device_id: DeviceId::from(device),
+        effective_ms,
+        info,
+    };
+    for update in change.to_updates() {
+        registry.send(update);
+    }
 }
 
 fn message(device: &str, ts_ms: u64) -> TimedMessage {
@@ -44,7 +62,7 @@ fn registry_changes_apply_from_their_time_on_while_running() {
         let mut registry: VecInput<u64, RegistryUpdate> = VecInput::new();
         let probe = ProbeHandle::new();
         let (enriched, dead) = worker.dataflow::<u64, _, _>(|scope| {
-            let arranged = registry.to_stream(scope).arrange_registry();
+            let arranged = registry.to_stream(scope).resolve_registry();
             let (enriched, dead) = messages
                 .to_stream(scope)
                 .enrich(&arranged, WindowConfig::default());
@@ -59,14 +77,14 @@ fn registry_changes_apply_from_their_time_on_while_running() {
                 worker.step();
             }
         };
-        registry.send((DeviceId::from("dev-a"), Some(info("s1")), 0));
+        change(&mut registry, "dev-a", Some(info("s1")), 0);
         messages.send(message("dev-a", 500));
         messages.send(message("dev-b", 500));
         run_to(&mut messages, &mut registry, 1_000);
         // dev-a is cached now; it moves at 2000 and leaves at 4000, dev-b joins at 2000.
-        registry.send((DeviceId::from("dev-a"), Some(info("s2")), 2_000));
-        registry.send((DeviceId::from("dev-a"), None, 4_000));
-        registry.send((DeviceId::from("dev-b"), Some(info("s3")), 2_000));
+        change(&mut registry, "dev-a", Some(info("s2")), 2_000);
+        change(&mut registry, "dev-a", None, 4_000);
+        change(&mut registry, "dev-b", Some(info("s3")), 2_000);
         messages.send(message("dev-a", 1_500));
         messages.send(message("dev-a", 2_500));
         messages.send(message("dev-b", 2_500));

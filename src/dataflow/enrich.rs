@@ -1,16 +1,16 @@
 //! Enrichment: each message looks up its device in the arranged registry, as of its own time.
 //!
-//! The registry is a differential arrangement built from its changelog by `arrange_from_upsert`,
-//! so an upsert or delete at event time `t` holds for messages from `t` on. Messages are a
+//! The registry is a differential arrangement of each device's entry, resolved from the metadata
+//! (see [`crate::dataflow::metadata`]), so a change at event time `t` holds for messages from `t`
+//! on. Messages are a
 //! stream, not a collection: they are looked up in the arrangement's trace and never arranged
 //! themselves (the half-join pattern of differential's `dogsdogsdogs`), so state stays bounded by
 //! devices, not messages.
 
 use differential_dataflow::Hashable;
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::cursor_list;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
 use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
@@ -27,31 +27,12 @@ use crate::dataflow::model::{
 use crate::dataflow::stamp::AtStamps;
 use crate::dataflow::window::WindowConfig;
 
-/// A registry change as the dataflow takes it: `(device_id, entry or delete, effective time)`.
-pub type RegistryUpdate = (DeviceId, Option<SharedDeviceInfo>, TimeMs);
-
 /// The trace behind the arranged registry.
 pub type RegistryTrace = TraceAgent<ValSpine<DeviceId, SharedDeviceInfo, TimeMs, isize>>;
 
-/// The registry, arranged by device id.
+/// The registry, arranged by device id (see
+/// [`ResolveRegistry`](crate::dataflow::metadata::ResolveRegistry)).
 pub type RegistryArrangement<'scope> = Arranged<'scope, RegistryTrace>;
-
-/// Turns a registry changelog into an arrangement.
-pub trait ArrangeRegistry<'scope> {
-    /// Arranges the changelog by device id; each update holds from its effective time on.
-    fn arrange_registry(self) -> RegistryArrangement<'scope>;
-}
-
-impl<'scope> ArrangeRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
-    fn arrange_registry(self) -> RegistryArrangement<'scope> {
-        arrange_from_upsert::<
-            ValBuilder<DeviceId, SharedDeviceInfo, TimeMs, isize>,
-            ValSpine<DeviceId, SharedDeviceInfo, TimeMs, isize>,
-            DeviceId,
-            SharedDeviceInfo,
-        >(self, "ArrangeRegistry")
-    }
-}
 
 /// Enriched messages and dead letters for unregistered devices.
 pub type EnrichedAndUnknown<'scope> = (
@@ -74,14 +55,19 @@ pub trait Enrich<'scope> {
     /// use std::sync::Arc;
     ///
     /// use iotpipe::dataflow::model::{DeviceInfo, MetricId, Reading, TimedMessage};
-    /// use iotpipe::dataflow::{ArrangeRegistry, Enrich, RegistryUpdate, WindowConfig};
+    /// use iotpipe::dataflow::registry::RegistryChange;
+    /// use iotpipe::dataflow::{Enrich, RegistryUpdate, ResolveRegistry, WindowConfig};
     /// use timely::dataflow::operators::capture::Extract;
     /// use timely::dataflow::operators::vec::Map;
     /// use timely::dataflow::operators::{Capture, Input};
     ///
     /// // dev-1 is at site a from the start and moves to site b at 120 s; dev-9 is never
     /// // registered. Each message is enriched with the entry in force at its time.
-    /// let at = |site: &str| Some(Arc::new(DeviceInfo { site: site.into(), ..DeviceInfo::default() }));
+    /// let at = |site: &str, effective_ms| RegistryChange {
+    ///     device_id: "dev-1".into(),
+    ///     effective_ms,
+    ///     info: Some(Arc::new(DeviceInfo { site: site.into(), ..DeviceInfo::default() })),
+    /// };
     /// let message = |device: &str, ts_ms| TimedMessage {
     ///     device_id: device.into(),
     ///     ts_ms,
@@ -93,11 +79,12 @@ pub trait Enrich<'scope> {
     ///     let (mut registry, changes) = scope.new_input::<Vec<RegistryUpdate>>();
     ///     let (mut messages, stream) = scope.new_input::<Vec<TimedMessage>>();
     ///     let (enriched, unknown) =
-    ///         stream.enrich(&changes.arrange_registry(), WindowConfig::default());
+    ///         stream.enrich(&changes.resolve_registry(), WindowConfig::default());
     ///     let enriched = enriched.map(|m| (m.device.site.clone(), m.readings[0].ts_ms));
     ///     let unknown = unknown.map(|d| d.reason.code());
-    ///     registry.send(("dev-1".into(), at("a"), 0));
-    ///     registry.send(("dev-1".into(), at("b"), 120_000));
+    ///     for update in [at("a", 0), at("b", 120_000)].iter().flat_map(RegistryChange::to_updates) {
+    ///         registry.send(update);
+    ///     }
     ///     messages.send(message("dev-1", 60_000));
     ///     messages.send(message("dev-1", 180_000));
     ///     messages.send(message("dev-9", 60_000));

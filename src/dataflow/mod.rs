@@ -1,10 +1,10 @@
 //! The iotpipe dataflow: pure stages from validated messages to windows, rollups and side outputs.
 //!
 //! ```text
-//!  source (per partition, in src/io)                      registry changelog
+//!  source (per partition, in src/io)             places, models, devices (changes)
 //!  decode ─ registered? ─ watermark stamp                         │
 //!        │ dead letters          │ TimedMessage @ watermark        ▼
-//!        │                       ▼                        ArrangeRegistry
+//!        │                       ▼                        ResolveRegistry (join)
 //!        │                   SplitLate ──► late readings           │
 //!        │                       │ on time                         │
 //!        │                       ▼                                 │
@@ -36,6 +36,7 @@ pub mod enrich;
 pub mod event_time;
 pub mod gather;
 pub mod ingest;
+pub mod metadata;
 pub mod model;
 pub mod registry;
 pub mod rollup;
@@ -50,8 +51,9 @@ use timely::dataflow::Stream;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Exchange};
 
-pub use enrich::{ArrangeRegistry, Enrich, RegistryUpdate};
+pub use enrich::Enrich;
 pub use event_time::EventTimeConfig;
+pub use metadata::{RegistryUpdate, ResolveRegistry};
 pub use rollup::RollupSites;
 pub use split_late::SplitLate;
 pub use window::{AggregateWindows, WindowConfig};
@@ -96,7 +98,7 @@ pub struct PipelineInputs<'scope> {
     /// Messages of registered devices stamped far off the fleet time (see
     /// [`event_time`]): the `clock` alert rule's signal.
     pub clock_faults: EventStream<'scope, ClockFault>,
-    /// The registry changelog.
+    /// Changes of the metadata: places, models, devices.
     pub registry: EventStream<'scope, RegistryUpdate>,
 }
 
@@ -124,7 +126,7 @@ pub fn pipeline<'scope>(
     inputs: PipelineInputs<'scope>,
     config: &PipelineConfig,
 ) -> PipelineOutputs<'scope> {
-    let registry = inputs.registry.arrange_registry();
+    let registry = inputs.registry.resolve_registry();
     let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
     let windowed = enriched

@@ -6,8 +6,8 @@
 //! `effective_ms` (the event time from which the entry holds; absent = from the beginning) and
 //! `"deleted": true` (the device leaves the registry at `effective_ms`).
 //!
-//! In the dataflow the changelog becomes an arrangement by `arrange_from_upsert`
-//! (see [`crate::dataflow::enrich`]); [`RegistryHistory`] answers the same as-of question
+//! In the dataflow each line becomes changes of its device, places and model
+//! ([`RegistryChange::to_updates`]), which [`crate::dataflow::metadata`] joins back into entries; [`RegistryHistory`] answers the same as-of question
 //! outside the dataflow, for sources that must know whether a device is registered before the
 //! message enters (a reading of an unregistered device must not advance the watermark).
 
@@ -29,13 +29,6 @@ pub struct RegistryChange {
     pub effective_ms: TimeMs,
     /// The new entry, or `None` for a delete.
     pub info: Option<SharedDeviceInfo>,
-}
-
-impl RegistryChange {
-    /// The change as the dataflow's registry input takes it.
-    pub fn to_update(&self) -> crate::dataflow::RegistryUpdate {
-        (self.device_id.clone(), self.info.clone(), self.effective_ms)
-    }
 }
 
 /// A registry line that cannot be used.

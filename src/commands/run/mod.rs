@@ -614,7 +614,9 @@ fn feed_registry(
 ) {
     while let Ok(change) = changes.try_recv() {
         let at = change.effective_ms.max(*input.time());
-        input.send((change.device_id, change.info, at));
+        for (entity, value, _) in change.to_updates() {
+            input.send((entity, value, at));
+        }
     }
     if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
         let target = frontier.saturating_add(lead_ms);

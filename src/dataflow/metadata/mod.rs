@@ -1,0 +1,182 @@
+//! The metadata the dataflow enriches with: places, equipment models and devices, each an
+//! entity that changes over event time.
+//!
+//! The metadata store keeps them apart (a device names its model and its place; a place names
+//! the place above it), and so does the dataflow: a change of a model's default thresholds or
+//! of a building's site is one update, and [`ResolveRegistry`] turns the three into each
+//! device's [`DeviceInfo`] by an incremental join, so the change reaches every device it
+//! concerns from its effective time on.
+//!
+//! A registry line of the JSON Lines changelog, which names its device's org, site, building
+//! and model, becomes the same entities ([`RegistryChange::to_updates`]).
+
+mod resolve;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::model::{DeviceId, MetricId, Threshold, TimeMs};
+use crate::dataflow::registry::RegistryChange;
+
+pub use resolve::{MAX_PLACE_DEPTH, PlacePath, ResolveRegistry};
+
+/// Which entity a change is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EntityKey {
+    /// A place of the hierarchy (org, site, building, zone, ...), by id.
+    Place(String),
+    /// An equipment model, by id.
+    Model(String),
+    /// A device, by id.
+    Device(DeviceId),
+}
+
+/// An entity as it is from a change's effective time on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Entity {
+    /// A place.
+    Place(PlaceRecord),
+    /// An equipment model.
+    Model(ModelRecord),
+    /// A device.
+    Device(DeviceRecord),
+}
+
+/// A place of the hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlaceRecord {
+    /// The level: `org`, `site` and `building` are what readings carry; other levels (a zone,
+    /// a floor) sit between them and the device and change nothing downstream.
+    pub kind: String,
+    /// The place above (none for an org).
+    pub parent_id: Option<String>,
+    /// The name readings carry for this level.
+    pub name: String,
+}
+
+/// An equipment model of the catalogue.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// thermostat, power_meter, pump, ...
+    pub device_type: String,
+    /// Thresholds of every device of the model, unless the device overrides them; sorted by
+    /// metric.
+    pub default_thresholds: Vec<(MetricId, Threshold)>,
+}
+
+/// A device as the registry records it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its equipment model.
+    pub model_id: String,
+    /// The lowest place it is in (a building, or a zone within one).
+    pub place_id: String,
+    /// Firmware version.
+    pub firmware: String,
+    /// Schema variant the firmware speaks.
+    pub schema: String,
+    /// Its own device type, where a registry line gives one (else the model's).
+    pub device_type: Option<String>,
+    /// Its own thresholds, laid over its model's defaults; sorted by metric.
+    pub threshold_overrides: Vec<(MetricId, Threshold)>,
+}
+
+/// A change as the dataflow takes it: from the time on, the entity is as given (or gone).
+pub type RegistryUpdate = (EntityKey, Option<Entity>, TimeMs);
+
+/// The id a JSON Lines registry gives a site: its org's and its own name.
+pub fn site_id(org: &str, site: &str) -> String {
+    format!("{org}/{site}")
+}
+
+/// The id a JSON Lines registry gives a building: its site's id and its own name.
+pub fn building_id(org: &str, site: &str, building: &str) -> String {
+    format!("{org}/{site}/{building}")
+}
+
+impl RegistryChange {
+    /// The line's device, its places and its model as entity updates, all at the line's
+    /// effective time (the device's removal alone for a delete).
+    ///
+    /// A line names its places (`org`, `org/site`, `org/site/building`) and its model, which
+    /// become entities that other lines share. The line's device type and thresholds stay the
+    /// device's own, so the entries enrichment resolves are the lines' own.
+    pub fn to_updates(&self) -> Vec<RegistryUpdate> {
+        let at = self.effective_ms;
+        let device = EntityKey::Device(self.device_id.clone());
+        let Some(info) = &self.info else {
+            return vec![(device, None, at)];
+        };
+        let place = |id: String, kind: &str, parent_id: Option<String>, name: &str| {
+            let record = PlaceRecord {
+                kind: kind.into(),
+                parent_id,
+                name: name.into(),
+            };
+            (EntityKey::Place(id), Some(Entity::Place(record)), at)
+        };
+        let site = site_id(&info.org, &info.site);
+        let building = building_id(&info.org, &info.site, &info.building);
+        let model = ModelRecord {
+            device_type: info.device_type.clone(),
+            default_thresholds: Vec::new(),
+        };
+        let record = DeviceRecord {
+            model_id: info.model.clone(),
+            place_id: building.clone(),
+            firmware: info.firmware.clone(),
+            schema: info.schema.clone(),
+            device_type: Some(info.device_type.clone()),
+            threshold_overrides: info.thresholds.clone(),
+        };
+        vec![
+            place(info.org.clone(), "org", None, &info.org),
+            place(site.clone(), "site", Some(info.org.clone()), &info.site),
+            place(building, "building", Some(site), &info.building),
+            (
+                EntityKey::Model(info.model.clone()),
+                Some(Entity::Model(model)),
+                at,
+            ),
+            (device, Some(Entity::Device(record)), at),
+        ]
+    }
+}
+
+/// The thresholds in force for a device: its model's defaults, each overridden by the device's
+/// own for the same metric; sorted by metric.
+pub fn effective_thresholds(
+    defaults: &[(MetricId, Threshold)],
+    overrides: &[(MetricId, Threshold)],
+) -> Vec<(MetricId, Threshold)> {
+    let mut thresholds: Vec<(MetricId, Threshold)> = overrides.to_vec();
+    for (metric, threshold) in defaults {
+        if !overrides.iter().any(|(m, _)| m == metric) {
+            thresholds.push((*metric, *threshold));
+        }
+    }
+    thresholds.sort_by_key(|(m, _)| *m);
+    thresholds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(min: f64, max: f64) -> Threshold {
+        Threshold { min, max }
+    }
+
+    #[test]
+    fn overrides_replace_defaults_metric_by_metric() {
+        let defaults = [(MetricId(0), t(0.0, 10.0)), (MetricId(2), t(1.0, 2.0))];
+        let overrides = [(MetricId(1), t(5.0, 6.0)), (MetricId(2), t(3.0, 4.0))];
+        assert_eq!(
+            effective_thresholds(&defaults, &overrides),
+            vec![
+                (MetricId(0), t(0.0, 10.0)),
+                (MetricId(1), t(5.0, 6.0)),
+                (MetricId(2), t(3.0, 4.0)),
+            ]
+        );
+    }
+}

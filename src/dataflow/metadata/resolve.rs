@@ -1,0 +1,192 @@
+//! The registry as the incremental join of devices, models and the place hierarchy.
+
+use std::sync::Arc;
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::Iterate;
+use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, RegistryUpdate, effective_thresholds,
+};
+use crate::dataflow::EventStream;
+use crate::dataflow::enrich::RegistryArrangement;
+use crate::dataflow::model::{DeviceInfo, TimeMs};
+
+/// Levels above a place that are followed at most: a hierarchy deeper than this (or a cycle
+/// someone wrote into it) ends here instead of looping.
+pub const MAX_PLACE_DEPTH: u8 = 8;
+
+type Collection<'scope, D> = VecCollection<'scope, TimeMs, D>;
+
+/// The names a place's readings carry: the nearest place of each level at or above it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlacePath {
+    /// The organisation.
+    pub org: String,
+    /// The site.
+    pub site: String,
+    /// The building.
+    pub building: String,
+}
+
+/// Turns metadata changes into each device's registry entry.
+pub trait ResolveRegistry<'scope> {
+    /// Joins every device with its model and the places above it into its [`DeviceInfo`],
+    /// arranged by device id. Each entity's change holds from its effective time (its timely
+    /// time) on, and so does every entry it changes: a model's new default thresholds reach
+    /// each device of the model, a building moved to another site moves its devices, from
+    /// that time on. A device whose model or place is missing has no entry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use iotpipe::dataflow::metadata::{
+    ///     DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, ResolveRegistry,
+    /// };
+    /// use iotpipe::dataflow::model::{MetricId, Threshold};
+    /// use iotpipe::dataflow::RegistryUpdate;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::{Capture, Input};
+    ///
+    /// let place = |id: &str, kind: &str, parent: Option<&str>| -> RegistryUpdate {
+    ///     let record = PlaceRecord { kind: kind.into(), parent_id: parent.map(Into::into), name: id.into() };
+    ///     (EntityKey::Place(id.into()), Some(Entity::Place(record)), 0)
+    /// };
+    /// let model = |max: f64, at| -> RegistryUpdate {
+    ///     let thresholds = vec![(MetricId(0), Threshold { min: 0.0, max })];
+    ///     let record = ModelRecord { device_type: "pump".into(), default_thresholds: thresholds };
+    ///     (EntityKey::Model("P-1".into()), Some(Entity::Model(record)), at)
+    /// };
+    /// let device = DeviceRecord {
+    ///     model_id: "P-1".into(),
+    ///     place_id: "hall".into(),
+    ///     firmware: "1.0".into(),
+    ///     schema: "v1".into(),
+    ///     device_type: None,
+    ///     threshold_overrides: Vec::new(),
+    /// };
+    /// // The model's default threshold changes at 60 s: the device's entry changes with it.
+    /// let entries = timely::example(move |scope| {
+    ///     let (mut input, updates) = scope.new_input::<Vec<RegistryUpdate>>();
+    ///     for update in [
+    ///         place("acme", "org", None),
+    ///         place("plant", "site", Some("acme")),
+    ///         place("hall", "building", Some("plant")),
+    ///         model(10.0, 0),
+    ///         model(20.0, 60_000),
+    ///         (EntityKey::Device("pump-7".into()), Some(Entity::Device(device)), 0),
+    ///     ] {
+    ///         input.send(update);
+    ///     }
+    ///     updates
+    ///         .resolve_registry()
+    ///         .as_collection(|id, info| (id.to_string(), info.site.clone(), info.thresholds[0].1.max as i64))
+    ///         .inner
+    ///         .capture()
+    /// });
+    /// let mut updates: Vec<_> = entries.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// updates.sort_by_key(|(_, time, diff)| (*time, *diff));
+    /// let plant = |max: i64| ("pump-7".to_string(), "plant".to_string(), max);
+    /// assert_eq!(updates, vec![(plant(10), 0, 1), (plant(10), 60_000, -1), (plant(20), 60_000, 1)]);
+    /// ```
+    fn resolve_registry(self) -> RegistryArrangement<'scope>;
+}
+
+impl<'scope> ResolveRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
+    fn resolve_registry(self) -> RegistryArrangement<'scope> {
+        let entities = arrange_from_upsert::<
+            ValBuilder<EntityKey, Entity, TimeMs, isize>,
+            ValSpine<EntityKey, Entity, TimeMs, isize>,
+            EntityKey,
+            Entity,
+        >(self, "ArrangeMetadata")
+        .as_collection(|key, entity| (key.clone(), entity.clone()));
+        let places = entities.clone().flat_map(|entity| match entity {
+            (EntityKey::Place(id), Entity::Place(place)) => Some((id, place)),
+            _ => None,
+        });
+        let models = entities.clone().flat_map(|entity| match entity {
+            (EntityKey::Model(id), Entity::Model(model)) => Some((id, model)),
+            _ => None,
+        });
+        let devices = entities.flat_map(|entity| match entity {
+            (EntityKey::Device(id), Entity::Device(device)) => Some((id, device)),
+            _ => None,
+        });
+        let paths = place_paths(places).arrange_by_key_named("ArrangePlacePaths");
+        devices
+            .map(|(id, device)| (device.model_id.clone(), (id, device)))
+            .arrange_by_key_named("ArrangeDevicesByModel")
+            .join_core(
+                models.arrange_by_key_named("ArrangeModels"),
+                |_, (id, device), model| {
+                    Some((
+                        device.place_id.clone(),
+                        (id.clone(), device.clone(), model.clone()),
+                    ))
+                },
+            )
+            .arrange_by_key_named("ArrangeDevicesByPlace")
+            .join_core(paths, |_, (id, device, model), path| {
+                Some((id.clone(), Arc::new(device_info(device, model, path))))
+            })
+            .arrange_by_key_named("ArrangeRegistry")
+    }
+}
+
+/// A device's entry: its record, its model's type and thresholds under its own, its places.
+fn device_info(device: &DeviceRecord, model: &ModelRecord, path: &PlacePath) -> DeviceInfo {
+    DeviceInfo {
+        device_type: device
+            .device_type
+            .clone()
+            .unwrap_or_else(|| model.device_type.clone()),
+        firmware: device.firmware.clone(),
+        schema: device.schema.clone(),
+        org: path.org.clone(),
+        site: path.site.clone(),
+        building: path.building.clone(),
+        model: device.model_id.clone(),
+        thresholds: effective_thresholds(&model.default_thresholds, &device.threshold_overrides),
+    }
+}
+
+/// Each place's path: the place and those above it, followed through `parent_id` (an
+/// iteration, so any number of levels up to [`MAX_PLACE_DEPTH`]), the nearest of each level
+/// naming it.
+fn place_paths<'scope>(
+    places: Collection<'scope, (String, PlaceRecord)>,
+) -> Collection<'scope, (String, PlacePath)> {
+    // (parent, child) and (place, (distance up, level, name)).
+    let children = places
+        .clone()
+        .flat_map(|(id, place)| place.parent_id.map(|parent| (parent, id)));
+    let own = places.map(|(id, place)| (id, (0_u8, place.kind, place.name)));
+    let levels = own.clone().iterate(|scope, above| {
+        let children = children.enter(scope);
+        let own = own.enter(scope);
+        children
+            .join_map(above, |_, child, (depth, kind, name)| {
+                (child.clone(), (depth + 1, kind.clone(), name.clone()))
+            })
+            .filter(|(_, (depth, _, _))| *depth <= MAX_PLACE_DEPTH)
+            .concat(own)
+            .distinct()
+    });
+    levels.reduce_named("PlacePaths", |_, levels, paths| {
+        let mut path = PlacePath::default();
+        // Sorted by distance: the farthest first, so the nearest of each level names it.
+        for ((_, kind, name), _) in levels.iter().rev() {
+            match kind.as_str() {
+                "org" => path.org.clone_from(name),
+                "site" => path.site.clone_from(name),
+                "building" => path.building.clone_from(name),
+                _ => {}
+            }
+        }
+        paths.push((path, 1));
+    })
+}
