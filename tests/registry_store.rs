@@ -5,6 +5,7 @@
 mod common;
 
 use common::postgres::Postgres;
+use iotpipe::io::connect::store::entities::Kind;
 use iotpipe::io::connect::store::registry::RegistryEntry;
 use iotpipe::io::connect::store::{Store, StoreConfig};
 
@@ -137,7 +138,7 @@ fn concurrent_writers_leave_a_change_log_without_gaps_or_duplicates_in_commit_or
         assert_eq!(log.len(), 400 + 1 + 4 + 4 + 1);
         // Each device's versions appear in the log in order, 1 to 4.
         let mut versions: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
-        for c in log.iter().filter(|c| c.kind == "device") {
+        for c in log.iter().filter(|c| c.kind == Kind::Device) {
             versions.entry(&c.id).or_default().push(c.version);
         }
         assert_eq!(versions.len(), 100);

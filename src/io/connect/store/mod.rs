@@ -6,10 +6,14 @@
 //! (`change_log`) that the dataflow follows. iotpipe applies its own migrations, in order,
 //! each once, when it opens the store.
 //!
-//! [`registry`] reads and writes the registry (the JSON Lines changelog `replay` and `run`
-//! have always read) through the store.
+//! [`entities`] says what each entity holds and checks it, [`write`] and [`read`] store and
+//! read them (each write one transaction that numbers its change in the log), and
+//! [`registry`] converts the JSON Lines registry `replay` and the registry topic take.
 
+pub mod entities;
+pub mod read;
 pub mod registry;
+pub mod write;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;

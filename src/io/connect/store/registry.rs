@@ -1,18 +1,21 @@
-//! The device registry in the store: importing the JSON Lines changelog, reading it back out
-//! (the same lines, so `replay --registry` and the registry topic take it), the change log in
-//! order, and a device as it was known at a point of event time.
+//! The JSON Lines registry and the store: importing lines as entities, exporting the store as
+//! lines, and a device as it was known at an event time, resolved through its model and places.
 //!
 //! A registry line names its device's model, device type, org, site and building by name; the
 //! store keeps them as entities of their own: a model (created with the line's device type),
-//! places `org`, `org/site` and `org/site/building`, each created the first time a line names
-//! it, and each creation is a change of its own in the log.
+//! places `org`, `org/site` and `org/site/building` (each created the first time a line names
+//! it), and the device, which names its model and building. Each is a change of its own in
+//! the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::entities::{Device, Kind, Limits, Model, Place};
+use super::write::{Precondition, WriteError, lock_log, put_in};
 use super::{Store, StoreError};
+use crate::dataflow::metadata::{MAX_PLACE_DEPTH, building_id, site_id};
 
 /// One registry line: the device as it is from `effective_ms` on, or its removal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,38 +50,9 @@ pub struct RegistryEntry {
     /// Equipment model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// The device's own thresholds per metric.
+    /// The device's thresholds per metric (on export: its model's defaults under its own).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub thresholds: BTreeMap<String, ThresholdEntry>,
-}
-
-/// A threshold: readings outside `[min, max]` breach it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdEntry {
-    /// Lowest reading within the threshold.
-    pub min: f64,
-    /// Highest reading within the threshold.
-    pub max: f64,
-}
-
-/// One entry of the change log.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Change {
-    /// Position in the log: 1, 2, 3, ... in commit order, no gaps.
-    pub seq: i64,
-    /// `place`, `model` or `device`.
-    pub kind: String,
-    /// The entity.
-    pub id: String,
-    /// Its version after the change (1 for a new entity).
-    pub version: i64,
-    /// Event time from which the change holds.
-    pub effective_ms: i64,
-    /// The entity was removed.
-    pub deleted: bool,
-    /// The entity as it is after the change.
-    pub body: Value,
+    pub thresholds: BTreeMap<String, Limits>,
 }
 
 /// What an import did.
@@ -92,6 +66,16 @@ pub struct ImportReport {
 
 /// Lines applied per transaction on import: one commit per batch, the log still gap-free.
 const IMPORT_BATCH: usize = 1_000;
+
+fn import_error(e: WriteError) -> StoreError {
+    match e {
+        WriteError::Store(e) => e,
+        other => StoreError::Config {
+            field: "registry",
+            message: other.to_string(),
+        },
+    }
+}
 
 impl Store {
     /// Applies registry lines in order, as changes; each batch of lines commits at once.
@@ -108,7 +92,7 @@ impl Store {
                 .map_err(StoreError::query("starting an import"))?;
             lock_log(&tx).await?;
             for entry in batch {
-                report.changes += apply(&tx, entry).await?;
+                report.changes += apply(&tx, entry).await.map_err(import_error)?;
                 report.lines += 1;
             }
             tx.commit()
@@ -118,44 +102,35 @@ impl Store {
         Ok(report)
     }
 
-    /// The registry as lines, every device change in log order: what was imported, and
-    /// every change since.
+    /// The registry as lines, in log order: a line for each device change, and for each device
+    /// a change of its model or of a place above it changes (its entry as resolved then).
     pub async fn export_registry(&self) -> Result<Vec<RegistryEntry>, StoreError> {
-        let changes = self.changes_after(0, i64::MAX).await?;
-        Ok(changes
-            .into_iter()
-            .filter(|c| c.kind == "device")
-            .map(|c| entry_of(&c.id, c.effective_ms, c.deleted, &c.body))
-            .collect())
+        let mut lines = Vec::new();
+        let mut state = ExportState::default();
+        let mut after = 0;
+        loop {
+            let page = self.changes_after(after, 10_000).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.seq;
+            for change in &page {
+                state.apply(
+                    change.kind,
+                    &change.id,
+                    change.effective_ms,
+                    change.deleted,
+                    &change.body,
+                    &mut lines,
+                );
+            }
+        }
+        Ok(lines)
     }
 
-    /// Up to `limit` log entries after `seq`, in order.
-    pub async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT seq, kind, id, version, effective_ms, deleted, body FROM change_log
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&seq, &limit],
-            )
-            .await
-            .map_err(StoreError::query("reading the change log"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Change {
-                seq: r.get(0),
-                kind: r.get(1),
-                id: r.get(2),
-                version: r.get(3),
-                effective_ms: r.get(4),
-                deleted: r.get(5),
-                body: r.get(6),
-            })
-            .collect())
-    }
-
-    /// The device as known at event time `at_ms`: the latest version effective by then (none
-    /// if it was not registered yet, or removed).
+    /// The device as known at event time `at_ms`, resolved through the model and places in
+    /// force then (one query over the history): none if it was not registered yet, removed or
+    /// decommissioned.
     pub async fn device_as_of(
         &self,
         device_id: &str,
@@ -164,184 +139,243 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT effective_ms, deleted, body FROM history
-                 WHERE kind = 'device' AND id = $1 AND effective_ms <= $2
-                 ORDER BY effective_ms DESC, version DESC LIMIT 1",
-                &[&device_id, &at_ms],
+                "WITH RECURSIVE
+                 d AS (SELECT effective_ms, deleted, body FROM history
+                       WHERE kind = 'device' AND id = $1 AND effective_ms <= $2
+                       ORDER BY effective_ms DESC, version DESC LIMIT 1),
+                 up(id, body, depth) AS (
+                     SELECT p.id, p.body, 0 FROM d, LATERAL (
+                         SELECT id, body, deleted FROM history
+                         WHERE kind = 'place' AND id = d.body->>'place_id' AND effective_ms <= $2
+                         ORDER BY effective_ms DESC, version DESC LIMIT 1) p
+                     WHERE NOT p.deleted
+                     UNION ALL
+                     SELECT p.id, p.body, up.depth + 1 FROM up, LATERAL (
+                         SELECT id, body, deleted FROM history
+                         WHERE kind = 'place' AND id = up.body->>'parent_id' AND effective_ms <= $2
+                         ORDER BY effective_ms DESC, version DESC LIMIT 1) p
+                     WHERE NOT p.deleted AND up.depth < $3)
+                 SELECT d.effective_ms, d.deleted, d.body,
+                     (SELECT body FROM history WHERE kind = 'model' AND id = d.body->>'model_id'
+                          AND effective_ms <= $2 AND NOT deleted
+                      ORDER BY effective_ms DESC, version DESC LIMIT 1),
+                     (SELECT coalesce(jsonb_agg(body ORDER BY depth), '[]') FROM up)
+                 FROM d",
+                &[&device_id, &at_ms, &i32::from(MAX_PLACE_DEPTH)],
             )
             .await
-            .map_err(StoreError::query("reading a device's history"))?;
-        Ok(row
-            .filter(|r| !r.get::<_, bool>(1))
-            .map(|r| entry_of(device_id, r.get(0), false, &r.get(2))))
+            .map_err(StoreError::query("resolving a device as of a time"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.get::<_, bool>(1) {
+            return Ok(None);
+        }
+        let (Ok(device), Some(Ok(model))) = (
+            serde_json::from_value::<Device>(row.get(2)),
+            row.get::<_, Option<Value>>(3)
+                .map(serde_json::from_value::<Model>),
+        ) else {
+            return Ok(None);
+        };
+        let places: Vec<Place> = serde_json::from_value(row.get(4)).unwrap_or_default();
+        Ok(entry_of(
+            device_id,
+            row.get(0),
+            &device,
+            &model,
+            places.iter(),
+        ))
     }
 }
 
-/// A registry line from a device's log body.
-fn entry_of(device_id: &str, effective_ms: i64, deleted: bool, body: &Value) -> RegistryEntry {
-    let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
-    let thresholds = body
-        .get("thresholds")
-        .cloned()
-        .and_then(|t| serde_json::from_value(t).ok())
-        .unwrap_or_default();
-    RegistryEntry {
+/// A device's line from its record, model and places (nearest first); none if decommissioned.
+fn entry_of<'a>(
+    device_id: &str,
+    effective_ms: i64,
+    device: &Device,
+    model: &Model,
+    places: impl Iterator<Item = &'a Place>,
+) -> Option<RegistryEntry> {
+    if device.status != super::entities::DeviceStatus::Active {
+        return None;
+    }
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    for place in places.take(usize::from(MAX_PLACE_DEPTH) + 1) {
+        names.entry(place.kind.as_str()).or_insert(&place.name);
+    }
+    let name = |kind: &str| names.get(kind).map(|n| (*n).to_owned());
+    let mut thresholds = model.default_thresholds.clone();
+    thresholds.extend(device.threshold_overrides.clone());
+    Some(RegistryEntry {
         device_id: device_id.to_owned(),
         effective_ms,
-        deleted,
-        device_type: text("device_type"),
-        firmware: text("firmware"),
-        schema: text("schema"),
-        org: text("org"),
-        site: text("site"),
-        building: text("building"),
-        model: text("model"),
+        deleted: false,
+        device_type: Some(model.device_type.clone()),
+        firmware: Some(device.firmware.clone()),
+        schema: Some(device.schema.clone()),
+        org: name("org"),
+        site: name("site"),
+        building: name("building"),
+        model: Some(device.model_id.clone()),
         thresholds,
+    })
+}
+
+/// The entities as the log has them so far, and the line last written for each device.
+#[derive(Default)]
+struct ExportState {
+    places: HashMap<String, Place>,
+    models: HashMap<String, Model>,
+    devices: BTreeMap<String, Device>,
+    written: HashMap<String, RegistryEntry>,
+}
+
+impl ExportState {
+    fn apply(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        effective_ms: i64,
+        deleted: bool,
+        body: &Value,
+        lines: &mut Vec<RegistryEntry>,
+    ) {
+        fn set<T: serde::de::DeserializeOwned>(
+            map: &mut HashMap<String, T>,
+            id: &str,
+            deleted: bool,
+            body: &Value,
+        ) {
+            match serde_json::from_value(body.clone()) {
+                Ok(value) if !deleted => {
+                    map.insert(id.to_owned(), value);
+                }
+                _ => {
+                    map.remove(id);
+                }
+            }
+        }
+        let affected: Vec<String> = match kind {
+            Kind::Place => {
+                set(&mut self.places, id, deleted, body);
+                let under = |device: &Device| self.path(&device.place_id).any(|p| p == id);
+                self.devices
+                    .iter()
+                    .filter(|(_, d)| under(d))
+                    .map(|(d, _)| d.clone())
+                    .collect()
+            }
+            Kind::Model => {
+                set(&mut self.models, id, deleted, body);
+                self.devices
+                    .iter()
+                    .filter(|(_, d)| d.model_id == id)
+                    .map(|(d, _)| d.clone())
+                    .collect()
+            }
+            Kind::Device => {
+                let parsed = serde_json::from_value::<Device>(body.clone());
+                match parsed {
+                    Ok(device) if !deleted => {
+                        self.devices.insert(id.to_owned(), device);
+                    }
+                    _ => {
+                        self.devices.remove(id);
+                    }
+                }
+                vec![id.to_owned()]
+            }
+        };
+        for device_id in affected {
+            let entry = self
+                .devices
+                .get(&device_id)
+                .and_then(|device| {
+                    let model = self.models.get(&device.model_id)?;
+                    let places: Vec<&Place> = self
+                        .path(&device.place_id)
+                        .filter_map(|p| self.places.get(p))
+                        .collect();
+                    entry_of(&device_id, effective_ms, device, model, places.into_iter())
+                })
+                .unwrap_or_else(|| RegistryEntry {
+                    device_id: device_id.clone(),
+                    effective_ms,
+                    deleted: true,
+                    device_type: None,
+                    firmware: None,
+                    schema: None,
+                    org: None,
+                    site: None,
+                    building: None,
+                    model: None,
+                    thresholds: BTreeMap::new(),
+                });
+            let same = |last: &RegistryEntry| {
+                RegistryEntry {
+                    effective_ms,
+                    ..last.clone()
+                } == entry
+            };
+            match self.written.get(&device_id) {
+                Some(last) if same(last) => {}
+                // A device never written needs no removal line.
+                None if entry.deleted => {}
+                _ => {
+                    self.written.insert(device_id, entry.clone());
+                    lines.push(entry);
+                }
+            }
+        }
     }
-}
 
-/// Takes the change log's counter before anything else, so writers queue there in one order
-/// (a writer that locked a model first and the counter second could deadlock with one that did
-/// the opposite) and commit one at a time.
-async fn lock_log(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute("SELECT last_seq FROM change_counter FOR UPDATE", &[])
-        .await
-        .map_err(StoreError::query("locking the change log"))?;
-    Ok(())
-}
-
-/// The next number of the change log. The counter's row stays locked until the transaction
-/// ends, so numbers are taken and made visible in commit order, without gaps.
-async fn next_seq(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, StoreError> {
-    let row = tx
-        .query_one(
-            "UPDATE change_counter SET last_seq = last_seq + 1 RETURNING last_seq",
-            &[],
-        )
-        .await
-        .map_err(StoreError::query("numbering a change"))?;
-    Ok(row.get(0))
-}
-
-/// Records a change: its version in the history, its entry in the log.
-async fn record(
-    tx: &deadpool_postgres::Transaction<'_>,
-    kind: &str,
-    id: &str,
-    version: i64,
-    effective_ms: i64,
-    deleted: bool,
-    body: &Value,
-) -> Result<(), StoreError> {
-    let seq = next_seq(tx).await?;
-    tx.execute(
-        "INSERT INTO history (kind, id, version, effective_ms, deleted, body, change_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&kind, &id, &version, &effective_ms, &deleted, body, &seq],
-    )
-    .await
-    .map_err(StoreError::query("recording a version"))?;
-    tx.execute(
-        "INSERT INTO change_log (seq, kind, id, version, effective_ms, deleted, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&seq, &kind, &id, &version, &effective_ms, &deleted, body],
-    )
-    .await
-    .map_err(StoreError::query("logging a change"))?;
-    Ok(())
-}
-
-/// Creates a place the first time it is named; the number of changes it made (0 or 1).
-async fn ensure_place(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: &str,
-    kind: &str,
-    parent_id: Option<&str>,
-    name: &str,
-    effective_ms: i64,
-) -> Result<usize, StoreError> {
-    let created = tx
-        .execute(
-            "INSERT INTO places (id, kind, parent_id, name, version, effective_ms)
-             VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO NOTHING",
-            &[&id, &kind, &parent_id, &name, &effective_ms],
-        )
-        .await
-        .map_err(StoreError::query("creating a place"))?;
-    if created == 0 {
-        return Ok(0);
+    /// The ids of a place and those above it, nearest first.
+    fn path<'a>(&'a self, place_id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        std::iter::successors(Some(place_id), move |id| {
+            self.places.get(*id)?.parent_id.as_deref()
+        })
+        .take(usize::from(MAX_PLACE_DEPTH) + 1)
     }
-    let body = json!({"kind": kind, "parent_id": parent_id, "name": name});
-    record(tx, "place", id, 1, effective_ms, false, &body).await?;
-    Ok(1)
-}
-
-/// Creates a model the first time it is named, or moves it to another device type; the
-/// number of changes it made.
-async fn ensure_model(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: &str,
-    device_type: &str,
-    effective_ms: i64,
-) -> Result<usize, StoreError> {
-    let known = tx
-        .query_opt(
-            "SELECT device_type, version FROM models WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await
-        .map_err(StoreError::query("reading a model"))?;
-    let version = match known {
-        Some(row) if row.get::<_, String>(0) == device_type => return Ok(0),
-        Some(row) => row.get::<_, i64>(1) + 1,
-        None => 1,
-    };
-    tx.execute(
-        "INSERT INTO models (id, device_type, version, effective_ms) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET device_type = EXCLUDED.device_type,
-             version = EXCLUDED.version, effective_ms = EXCLUDED.effective_ms",
-        &[&id, &device_type, &version, &effective_ms],
-    )
-    .await
-    .map_err(StoreError::query("writing a model"))?;
-    let body = json!({"device_type": device_type});
-    record(tx, "model", id, version, effective_ms, false, &body).await?;
-    Ok(1)
 }
 
 /// Applies one registry line; the number of changes it made.
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     entry: &RegistryEntry,
-) -> Result<usize, StoreError> {
+) -> Result<usize, WriteError> {
     let id = entry.device_id.as_str();
     let t = entry.effective_ms;
-    // Every version is in the history (a removal of a device never stored included), and
-    // writers hold the change log's lock, so the next version is the history's next.
-    let version = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) + 1 FROM history WHERE kind = 'device' AND id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(StoreError::query("reading a device's history"))?
-        .get::<_, i64>(0);
-    let mut changes = 0;
+    let changed = |written: super::write::Written| usize::from(written.seq.is_some());
     if entry.deleted {
-        tx.execute(
-            "UPDATE devices SET status = 'decommissioned', version = $2, effective_ms = $3
-             WHERE id = $1",
-            &[&id, &version, &t],
-        )
-        .await
-        .map_err(StoreError::query("removing a device"))?;
-        record(tx, "device", id, version, t, true, &json!({})).await?;
-        return Ok(changes + 1);
+        let version = tx
+            .query_opt("SELECT version FROM devices WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| WriteError::Store(StoreError::query("reading a device")(e)))?;
+        if version.is_none() {
+            return Ok(0);
+        }
+        let mut body: Value = tx
+            .query_one(
+                "SELECT body FROM history WHERE kind = 'device' AND id = $1
+                 ORDER BY version DESC LIMIT 1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| WriteError::Store(StoreError::query("reading a device")(e)))?
+            .get(0);
+        // A removal line decommissions the device: its record stays, out of service.
+        body["status"] = json!("decommissioned");
+        return Ok(changed(
+            put_in(tx, Kind::Device, id, &body, t, Precondition::None).await?,
+        ));
     }
     let field = |value: &Option<String>, name: &'static str| {
-        value.clone().ok_or_else(|| StoreError::Config {
-            field: "registry",
-            message: format!("device {id}: `{name}` is missing (or set \"deleted\": true)"),
+        value.clone().ok_or_else(|| {
+            WriteError::Invalid(super::entities::Invalid::new(
+                name,
+                format!("device {id}: missing (or set \"deleted\": true)"),
+            ))
         })
     };
     let (org, site, building) = (
@@ -357,39 +391,45 @@ async fn apply(
         field(&entry.firmware, "firmware")?,
         field(&entry.schema, "schema")?,
     );
-    let site_id = format!("{org}/{site}");
-    let building_id = format!("{site_id}/{building}");
-    changes += ensure_place(tx, &org, "org", None, &org, t).await?;
-    changes += ensure_place(tx, &site_id, "site", Some(&org), &site, t).await?;
-    changes += ensure_place(tx, &building_id, "building", Some(&site_id), &building, t).await?;
-    changes += ensure_model(tx, &model, &device_type, t).await?;
-    let overrides = serde_json::to_value(&entry.thresholds).expect("thresholds serialise");
-    tx.execute(
-        "INSERT INTO devices (id, model_id, place_id, firmware, schema, threshold_overrides,
-                              status, version, effective_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8)
-         ON CONFLICT (id) DO UPDATE SET model_id = EXCLUDED.model_id,
-             place_id = EXCLUDED.place_id, firmware = EXCLUDED.firmware,
-             schema = EXCLUDED.schema, threshold_overrides = EXCLUDED.threshold_overrides,
-             status = 'active', version = EXCLUDED.version,
-             effective_ms = EXCLUDED.effective_ms",
-        &[
-            &id,
-            &model,
-            &building_id,
-            &firmware,
-            &schema,
-            &overrides,
-            &version,
-            &t,
-        ],
-    )
-    .await
-    .map_err(StoreError::query("writing a device"))?;
-    let body = json!({
-        "device_type": device_type, "firmware": firmware, "schema": schema, "org": org,
-        "site": site, "building": building, "model": model, "thresholds": overrides,
-    });
-    record(tx, "device", id, version, t, false, &body).await?;
-    Ok(changes + 1)
+    let site_place = site_id(&org, &site);
+    let building_place = building_id(&org, &site, &building);
+    let mut changes = 0;
+    for (place, kind, parent, name) in [
+        (&org, "org", None, &org),
+        (&site_place, "site", Some(&org), &site),
+        (&building_place, "building", Some(&site_place), &building),
+    ] {
+        let body = json!({"kind": kind, "parent_id": parent, "name": name});
+        match put_in(tx, Kind::Place, place, &body, t, Precondition::Absent).await {
+            Ok(written) => changes += changed(written),
+            // It exists: lines never change a place.
+            Err(WriteError::Stale { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The model keeps what the catalogue says of it; a line only sets its device type.
+    let current: Option<Value> = tx
+        .query_opt(
+            "SELECT h.body FROM models m JOIN history h ON h.kind = 'model' AND h.id = m.id
+                 AND h.version = m.version WHERE m.id = $1",
+            &[&model],
+        )
+        .await
+        .map_err(|e| WriteError::Store(StoreError::query("reading a model")(e)))?
+        .map(|r| r.get(0));
+    let mut model_body = current.unwrap_or_else(|| json!({}));
+    model_body["device_type"] = json!(device_type);
+    changes += changed(put_in(tx, Kind::Model, &model, &model_body, t, Precondition::None).await?);
+    let device = Device {
+        model_id: model,
+        place_id: building_place,
+        firmware,
+        schema,
+        threshold_overrides: entry.thresholds.clone(),
+        attributes: Default::default(),
+        status: super::entities::DeviceStatus::Active,
+    };
+    let body = serde_json::to_value(device).expect("devices serialise");
+    changes += changed(put_in(tx, Kind::Device, id, &body, t, Precondition::None).await?);
+    Ok(changes)
 }
