@@ -16,7 +16,8 @@ use timely::dataflow::operators::{Concat, Probe};
 use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::ingest::{Ingestor, Provenance};
-use crate::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry};
+use crate::dataflow::metadata::MetadataHistory;
+use crate::dataflow::registry::{RegistryChange, parse_registry};
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::InfluxConfig;
 use crate::io::connect::influx::write::InfluxSinkFailure;
@@ -324,7 +325,7 @@ pub fn run_demo_job(
     let registry_text = Fleet::new(fleet_config.clone()).registry_lines().join("\n");
     let registry = parse_registry(&registry_text, schemas.catalog())
         .map_err(|e| DemoError::Registry(e.to_string()))?;
-    let history = Arc::new(RegistryHistory::new(&registry));
+    let history = Arc::new(MetadataHistory::of_changes(&registry));
     let registry = Arc::new(registry);
     let worker_influx = influx.clone();
     let worker_metrics = Arc::clone(&metrics);

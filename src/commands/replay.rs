@@ -24,8 +24,9 @@ use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_p
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::event_time::{PartitionClock, Watermarker, watermark_after};
 use crate::dataflow::ingest::{Ingestor, Provenance};
+use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::model::{DeadLetter, TimeMs};
-use crate::dataflow::registry::{RegistryChange, RegistryHistory};
+use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::schema::Decoded;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::InfluxConfig;
@@ -228,7 +229,7 @@ pub fn replay(job: ReplayJob, cluster: &ClusterConfig) -> Result<Option<RunSumma
         None
     };
     let files = Arc::new(Mutex::new(files));
-    let history = Arc::new(RegistryHistory::new(&job.registry));
+    let history = Arc::new(MetadataHistory::of_changes(&job.registry));
     let worker_files = Arc::clone(&files);
     let job_influx = job.influx.clone();
     let guards = timely::execute(timely_config, move |worker| {
@@ -271,7 +272,7 @@ type WorkerResult = Option<Result<RunSummary, (PathBuf, std::io::Error)>>;
 fn run_worker(
     worker: &mut timely::worker::Worker,
     job: &ReplayJob,
-    history: &Arc<RegistryHistory>,
+    history: &Arc<MetadataHistory>,
     files: Option<ReplayFiles>,
 ) -> WorkerResult {
     let index = worker.index();
@@ -381,7 +382,7 @@ fn run_worker(
 fn feed_chunks(
     worker: &mut timely::worker::Worker,
     job: &ReplayJob,
-    history: &Arc<RegistryHistory>,
+    history: &Arc<MetadataHistory>,
     source: &mut SourceInputs,
     ledger: &mut VecInput<u64, (u64, PartitionClock)>,
     prefixes: &Rc<RefCell<HashMap<u64, PartitionClock>>>,

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::event_time::{
     ClockHold, ClockReference, EventTimeConfig, TooFarAhead, Watermarker,
 };
+use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::model::{
     ClockDirection, ClockFault, DeadLetter, DeadLetterReason, DeviceId, IngestCounts,
     MessageOrigin, TimeMs, TimedMessage,
 };
-use crate::dataflow::registry::RegistryHistory;
 use crate::dataflow::schema::{DEFAULT_MAX_MESSAGE_BYTES, Decoded, Decoder, SchemaSet};
 
 /// What a source accepts before decoding.
@@ -74,7 +74,7 @@ struct Held {
 #[derive(Debug)]
 pub struct Ingestor {
     decoder: Decoder,
-    registry: Arc<RegistryHistory>,
+    registry: Arc<MetadataHistory>,
     watermarker: Watermarker,
     /// The partition's topic and number, for dead letters' origins.
     origin: Option<(String, i32)>,
@@ -86,7 +86,7 @@ impl Ingestor {
     /// An ingestor at the start of a partition.
     pub fn new(
         schemas: SchemaSet,
-        registry: Arc<RegistryHistory>,
+        registry: Arc<MetadataHistory>,
         event_time: EventTimeConfig,
     ) -> Self {
         Self {
@@ -121,7 +121,7 @@ impl Ingestor {
     }
 
     /// Replaces the registry view, for sources that follow a live changelog.
-    pub fn set_registry(&mut self, registry: Arc<RegistryHistory>) {
+    pub fn set_registry(&mut self, registry: Arc<MetadataHistory>) {
         self.registry = registry;
     }
 
@@ -165,10 +165,9 @@ impl Ingestor {
             }
         };
         let message = &decoded.message;
-        if self
+        if !self
             .registry
-            .at(&message.device_id, message.ts_ms)
-            .is_none()
+            .is_registered(&message.device_id, message.ts_ms)
         {
             let detail = format!(
                 "{} is not registered at {} ms",
@@ -266,7 +265,7 @@ impl Ingestor {
 
     /// Notes a registered device's message stamped `off.ts_ms` against `off.reference_ms`.
     fn clock_fault(&self, device_id: &DeviceId, off: &TooFarAhead, batch: &mut IngestBatch) {
-        let Some(device) = self.registry.at(device_id, off.ts_ms) else {
+        let Some(device) = self.registry.device_at(device_id, off.ts_ms) else {
             return;
         };
         let offset_ms = off.ts_ms as i64 - off.reference_ms as i64;
@@ -279,7 +278,7 @@ impl Ingestor {
         };
         let fault = ClockFault {
             device_id: device_id.clone(),
-            device: Arc::clone(device),
+            device,
             at_ms: off.reference_ms,
             offset_ms,
             direction,
@@ -316,7 +315,7 @@ mod tests {
         let changes = parse_registry(&registry, schemas.catalog()).unwrap();
         Ingestor::new(
             schemas,
-            Arc::new(RegistryHistory::new(&changes)),
+            Arc::new(MetadataHistory::of_changes(&changes)),
             EventTimeConfig::default(),
         )
     }

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use crate::dataflow::model::{DeviceId, DeviceInfo, SharedDeviceInfo, Threshold, TimeMs};
@@ -133,55 +132,6 @@ pub fn parse_registry(
         .collect()
 }
 
-/// Every device's registry history, to ask "what was this device at time t?".
-#[derive(Clone, Debug, Default)]
-pub struct RegistryHistory {
-    /// Per device, changes sorted by time; one per time.
-    devices: FxHashMap<DeviceId, Vec<(TimeMs, Option<SharedDeviceInfo>)>>,
-}
-
-impl RegistryHistory {
-    /// Builds the history of a changelog.
-    ///
-    /// Two changes to a device at the same time resolve as the arrangement resolves them: the
-    /// greater `Option<DeviceInfo>` wins (an entry over a delete).
-    pub fn new(changes: &[RegistryChange]) -> Self {
-        let mut devices: FxHashMap<DeviceId, Vec<(TimeMs, Option<SharedDeviceInfo>)>> =
-            FxHashMap::default();
-        for change in changes {
-            devices
-                .entry(change.device_id.clone())
-                .or_default()
-                .push((change.effective_ms, change.info.clone()));
-        }
-        for history in devices.values_mut() {
-            history.sort();
-            // Keep the last (greatest) change at each time.
-            history.reverse();
-            history.dedup_by_key(|(t, _)| *t);
-            history.reverse();
-        }
-        Self { devices }
-    }
-
-    /// Adds one change, resolved as [`new`](Self::new) resolves it.
-    pub fn apply(&mut self, change: &RegistryChange) {
-        let history = self.devices.entry(change.device_id.clone()).or_default();
-        let entry = (change.effective_ms, change.info.clone());
-        match history.binary_search_by_key(&change.effective_ms, |(t, _)| *t) {
-            Ok(at) => history[at] = history[at].clone().max(entry),
-            Err(at) => history.insert(at, entry),
-        }
-    }
-
-    /// The device's entry at `ts_ms`, if it is registered then.
-    pub fn at(&self, device_id: &str, ts_ms: TimeMs) -> Option<&SharedDeviceInfo> {
-        let history = self.devices.get(device_id)?;
-        let after = history.partition_point(|(t, _)| *t <= ts_ms);
-        history[..after].last().and_then(|(_, info)| info.as_ref())
-    }
-}
-
 /// The registry parser on input no one wrote: never a panic, an error naming the line.
 #[cfg(test)]
 mod poison {
@@ -226,29 +176,6 @@ mod tests {
         assert_eq!((change.effective_ms, info.site.as_str()), (0, "site-0001"));
         let temp = schemas.catalog().id("temperature").unwrap();
         assert!(info.threshold(temp).unwrap().is_breached_by(27.4));
-    }
-
-    #[test]
-    fn history_answers_as_of_a_time() {
-        let catalog = SchemaSet::embedded().catalog().clone();
-        let moved = LINE
-            .replace("site-0001", "site-0002")
-            .replace("{\"device_id\"", "{\"effective_ms\":1000,\"device_id\"");
-        let deleted = r#"{"device_id":"dev-1","effective_ms":2000,"deleted":true}"#;
-        let changes = parse_registry(&format!("{LINE}\n{moved}\n\n{deleted}\n"), &catalog).unwrap();
-        let history = RegistryHistory::new(&changes);
-        assert_eq!(history.at("dev-1", 999).unwrap().site, "site-0001");
-        assert_eq!(history.at("dev-1", 1000).unwrap().site, "site-0002");
-        assert!(history.at("dev-1", 2000).is_none());
-        assert!(history.at("dev-2", 0).is_none());
-
-        let mut applied = RegistryHistory::default();
-        for change in changes.iter().rev() {
-            applied.apply(change);
-        }
-        for ts_ms in [0, 999, 1000, 1999, 2000] {
-            assert_eq!(applied.at("dev-1", ts_ms), history.at("dev-1", ts_ms));
-        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `IOTPIPE_INFLUX_URL` | `influx.url` |
 //! | `IOTPIPE_INFLUX_PASSWORD` | `influx.password` |
 //! | `IOTPIPE_INFLUX_TOKEN` | `influx.token` |
+//! | `IOTPIPE_STORE_URL` | `store.url` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::dataflow::PipelineConfig;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::connect::kafka::KafkaConfig;
+use crate::io::connect::store::StoreConfig;
 use crate::io::sources::kafka::telemetry::SourceConfig;
 use crate::io::support::cluster::ClusterConfig;
 use crate::io::support::config::{
@@ -63,6 +65,10 @@ pub struct RunConfig {
     /// (none: not written).
     #[serde(default)]
     pub influx: Option<InfluxConfig>,
+    /// The metadata store whose change log the registry follows (none: the registry is the
+    /// `kafka.topics.registry` changelog).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -105,7 +111,7 @@ pub enum RunConfigError {
     },
 }
 
-const OVERRIDES: [EnvOverride; 10] = [
+const OVERRIDES: [EnvOverride; 11] = [
     text("IOTPIPE_KAFKA_BROKERS", &["kafka", "brokers"]),
     text("IOTPIPE_KAFKA_GROUP_ID", &["kafka", "group_id"]),
     integer("IOTPIPE_CLUSTER_WORKERS", &["cluster", "workers"]),
@@ -116,6 +122,7 @@ const OVERRIDES: [EnvOverride; 10] = [
     text("IOTPIPE_INFLUX_URL", &["influx", "url"]),
     text("IOTPIPE_INFLUX_PASSWORD", &["influx", "password"]),
     text("IOTPIPE_INFLUX_TOKEN", &["influx", "token"]),
+    text("IOTPIPE_STORE_URL", &["store", "url"]),
 ];
 
 impl RunConfig {
@@ -181,6 +188,21 @@ impl RunConfig {
         }
         if let Some(influx) = &self.influx {
             influx.validate()?;
+        }
+        if let Some(store) = &self.store {
+            if store.url.trim().is_empty() {
+                return invalid(
+                    "store.url",
+                    "is empty: set postgresql://USER@HOST:PORT/DBNAME (or IOTPIPE_STORE_URL)"
+                        .into(),
+                );
+            }
+            if store.max_connections == 0 {
+                return invalid(
+                    "store.max_connections",
+                    "must be at least 1 (default 4)".into(),
+                );
+            }
         }
         Ok(())
     }

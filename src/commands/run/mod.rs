@@ -31,10 +31,10 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dataflow::PipelineConfig;
 use crate::dataflow::model::{DeadLetterReason, TimeMs};
-use crate::dataflow::registry::RegistryChange;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
 use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError};
+use crate::io::connect::store::StoreConfig;
 use crate::io::serve::dashboard::Dashboard;
 use crate::io::sinks::files::jsonl;
 use crate::io::sinks::influx::pool::InfluxPool;
@@ -43,8 +43,10 @@ use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::kafka::{ProduceTo, SinkFailure, SinkProducer, SinkTarget};
 use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
 use crate::io::sources::inputs::{PipelineSources, VecInput};
-use crate::io::sources::kafka::registry::{LiveRegistry, RegistryFollower};
+use crate::io::sources::kafka::registry::RegistryFollower;
 use crate::io::sources::kafka::telemetry::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
+use crate::io::sources::live_registry::LiveRegistry;
+use crate::io::sources::store::StoreFollower;
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
@@ -71,6 +73,8 @@ pub struct ServiceJob {
     pub stop: Arc<AtomicBool>,
     /// The InfluxDB readings, aggregates, rollups, anomalies and alert events also go to.
     pub influx: Option<InfluxConfig>,
+    /// The metadata store whose change log the registry follows (none: the registry topic).
+    pub store: Option<StoreConfig>,
 }
 
 /// What this process of the service did, from its counters when it stopped.
@@ -154,6 +158,7 @@ pub fn run_service(
         drain_timeout_ms: config.drain_timeout_ms,
         stop,
         influx: config.influx.clone(),
+        store: config.store.clone(),
     };
     run_service_job(job, &config.cluster)
 }
@@ -189,6 +194,9 @@ pub enum ServiceError {
     /// InfluxDB could not be set up.
     #[error(transparent)]
     Influx(#[from] InfluxConfigError),
+    /// The metadata store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::io::connect::store::StoreError),
     /// Timely could not start (a peer is unreachable, for example).
     #[error("timely: {0}")]
     Timely(String),
@@ -229,14 +237,31 @@ pub fn run_service_job(
     }
     let live = Arc::new(LiveRegistry::default());
     let (forward, changes) = channel();
-    let follower = RegistryFollower::start(
-        &job.kafka,
-        Arc::clone(job.schemas.catalog()),
+    let forward = cluster.is_leader().then_some(forward);
+    let catalog = Arc::clone(job.schemas.catalog());
+    let (live_view, follower_metrics, stop) = (
         Arc::clone(&live),
-        cluster.is_leader().then_some(forward),
         Arc::clone(&metrics),
         Arc::clone(&job.stop),
-    )?;
+    );
+    let follower = match &job.store {
+        Some(store) => Follower::Store(StoreFollower::start(
+            store,
+            catalog,
+            live_view,
+            forward,
+            follower_metrics,
+            stop,
+        )?),
+        None => Follower::Topic(RegistryFollower::start(
+            &job.kafka,
+            catalog,
+            live_view,
+            forward,
+            follower_metrics,
+            stop,
+        )?),
+    };
     let producer = SinkProducer::create(&job.kafka, Arc::clone(&metrics))?;
     let topics = &job.kafka.topics;
     let mut outputs = vec![
@@ -348,6 +373,21 @@ pub fn run_service_job(
     }
 }
 
+/// Whichever reads the registry: the changelog topic or the store's change log.
+enum Follower {
+    Topic(RegistryFollower),
+    Store(StoreFollower),
+}
+
+impl Follower {
+    fn join(self) {
+        match self {
+            Follower::Topic(follower) => follower.join(),
+            Follower::Store(follower) => follower.join(),
+        }
+    }
+}
+
 struct WorkerContext<'a> {
     job: &'a ServiceJob,
     live: &'a Arc<LiveRegistry>,
@@ -356,7 +396,7 @@ struct WorkerContext<'a> {
     influx: Option<&'a InfluxPool>,
     /// With the dashboard on: whether this worker receives the view's records, and the view.
     view: Option<(bool, &'a Arc<Mutex<LiveStats>>)>,
-    changes: Option<Receiver<RegistryChange>>,
+    changes: Option<Receiver<crate::dataflow::RegistryUpdate>>,
 }
 
 fn wall_clock_ms() -> TimeMs {
@@ -606,17 +646,14 @@ fn run_worker(
 /// least partition watermark plus the allowed lateness and clock skew (the furthest a
 /// message's own time can be ahead of its stamp).
 fn feed_registry(
-    changes: &Receiver<RegistryChange>,
+    changes: &Receiver<crate::dataflow::RegistryUpdate>,
     input: &mut VecInput<TimeMs, crate::dataflow::RegistryUpdate>,
     loaded: bool,
     source_probe: &ProbeHandle<TimeMs>,
     lead_ms: TimeMs,
 ) {
-    while let Ok(change) = changes.try_recv() {
-        let at = change.effective_ms.max(*input.time());
-        for (entity, value, _) in change.to_updates() {
-            input.send((entity, value, at));
-        }
+    while let Ok((entity, value, effective_ms)) = changes.try_recv() {
+        input.send((entity, value, effective_ms.max(*input.time())));
     }
     if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
         let target = frontier.saturating_add(lead_ms);

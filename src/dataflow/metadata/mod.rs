@@ -10,6 +10,7 @@
 //! A registry line of the JSON Lines changelog, which names its device's org, site, building
 //! and model, becomes the same entities ([`RegistryChange::to_updates`]).
 
+mod history;
 mod resolve;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::model::{DeviceId, MetricId, Threshold, TimeMs};
 use crate::dataflow::registry::RegistryChange;
 
+pub use history::MetadataHistory;
 pub use resolve::{MAX_PLACE_DEPTH, PlacePath, ResolveRegistry};
 
 /// Which entity a change is about.

@@ -31,10 +31,17 @@ pub struct StoreConfig {
     /// Connections the pool keeps at most.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How often a follower of the change log (`iotpipe run`) asks for new entries (ms).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
 }
 
 fn default_max_connections() -> usize {
     4
+}
+
+fn default_poll_interval_ms() -> u64 {
+    100
 }
 
 impl StoreConfig {
@@ -44,6 +51,7 @@ impl StoreConfig {
             url: url.into(),
             password_env: None,
             max_connections: default_max_connections(),
+            poll_interval_ms: default_poll_interval_ms(),
         }
     }
 }

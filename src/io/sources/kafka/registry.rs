@@ -9,9 +9,9 @@
 //! the view sources consult before a message enters the dataflow, and on process 0 it also
 //! forwards every change to the worker that feeds the dataflow's registry input.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,41 +19,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::dataflow::registry::{RegistryChange, RegistryHistory, parse_registry_line};
+use crate::dataflow::RegistryUpdate;
+use crate::dataflow::metadata::MetadataHistory;
+use crate::dataflow::registry::{RegistryChange, parse_registry_line};
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
+use crate::io::sources::live_registry::LiveRegistry;
 use crate::io::support::metrics::Metrics;
-
-/// The registry as this process knows it, swapped whole when changes arrive.
-#[derive(Debug, Default)]
-pub struct LiveRegistry {
-    history: Mutex<Arc<RegistryHistory>>,
-    version: AtomicU64,
-    loaded: AtomicBool,
-}
-
-impl LiveRegistry {
-    /// The current view and its version (which grows with every swap).
-    pub fn snapshot(&self) -> (u64, Arc<RegistryHistory>) {
-        let history = self.history.lock().expect("not poisoned");
-        (self.version.load(Ordering::Acquire), Arc::clone(&history))
-    }
-
-    /// The version of the current view, to check cheaply whether it changed.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    /// Whether the changelog has been read up to where it ended at start.
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
-    }
-
-    fn publish(&self, history: &RegistryHistory) {
-        *self.history.lock().expect("not poisoned") = Arc::new(history.clone());
-        self.version.fetch_add(1, Ordering::AcqRel);
-    }
-}
 
 /// A changelog record that is not a registry change (skipped and counted).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +77,7 @@ impl RegistryFollower {
         config: &KafkaConfig,
         catalog: Arc<MetricCatalog>,
         live: Arc<LiveRegistry>,
-        forward: Option<Sender<RegistryChange>>,
+        forward: Option<Sender<RegistryUpdate>>,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, KafkaSetupError> {
@@ -164,17 +136,17 @@ fn follow(
     end_offsets: Vec<i64>,
     catalog: &MetricCatalog,
     live: &LiveRegistry,
-    forward: Option<Sender<RegistryChange>>,
+    forward: Option<Sender<RegistryUpdate>>,
     metrics: &Metrics,
     stop: &AtomicBool,
 ) {
-    let mut history = RegistryHistory::default();
+    let mut history = MetadataHistory::default();
     // Where each partition has been read to; loaded once every one reaches its end at start.
     let mut next_offsets = vec![0_i64; end_offsets.len()];
     let loaded = |next: &[i64]| next.iter().zip(&end_offsets).all(|(n, e)| n >= e);
     if loaded(&next_offsets) {
         live.publish(&history);
-        live.loaded.store(true, Ordering::Release);
+        live.mark_loaded();
     }
     while !stop.load(Ordering::Acquire) {
         let mut changed = false;
@@ -194,10 +166,12 @@ fn follow(
             }
             match parse_record(message.key(), message.payload(), message.offset(), catalog) {
                 Ok(change) => {
-                    history.apply(&change);
+                    history.apply_change(&change);
                     if let Some(forward) = &forward {
-                        // The receiver is gone only when the dataflow is shutting down.
-                        let _ = forward.send(change);
+                        for update in change.to_updates() {
+                            // The receiver is gone only when the dataflow is shutting down.
+                            let _ = forward.send(update);
+                        }
                     }
                     metrics.registry_changes.inc();
                     changed = true;
@@ -217,7 +191,7 @@ fn follow(
         if !live.is_loaded() {
             if loaded(&next_offsets) {
                 live.publish(&history);
-                live.loaded.store(true, Ordering::Release);
+                live.mark_loaded();
                 tracing::info!(topic, "registry loaded");
             }
         } else if changed {

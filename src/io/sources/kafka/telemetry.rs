@@ -44,7 +44,7 @@ use crate::io::sources::inputs::SourceInputs;
 use crate::io::sources::kafka::checkpoint::{
     Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
 };
-use crate::io::sources::kafka::registry::LiveRegistry;
+use crate::io::sources::live_registry::LiveRegistry;
 use crate::io::support::metrics::{Counter, Metrics};
 
 /// How the source reads, sets idle partitions aside, and commits.

@@ -1,0 +1,144 @@
+//! The metadata store's change log as a source: read whole at start (the snapshot), then
+//! followed, entry by entry.
+//!
+//! Why `run` reads the log itself rather than a topic a relay fills: the log is already
+//! ordered and gap-free (each writer numbers its change under the counter's lock, see
+//! [`crate::io::connect::store`]), so a follower that takes entry `n + 1` after `n` applies
+//! every committed change once, in commit order; a relay into Kafka would be a second copy
+//! whose own exactly-once (produce, then record how far) is the problem the store already
+//! solved. A handful of processes polling an index range is no load for PostgreSQL.
+//!
+//! `run` keeps no registry state across restarts: it rebuilds its windows from the telemetry
+//! it rewinds to, and with them the registry history they need, so its position is "the end
+//! of the log it has read", rebuilt at every start by reading the log from entry 1. A change
+//! made while `run` was down is in the log, and is applied on restart, once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::dataflow::RegistryUpdate;
+use crate::dataflow::metadata::MetadataHistory;
+use crate::dataflow::schema::MetricCatalog;
+use crate::io::connect::store::entities::to_entity;
+use crate::io::connect::store::read::Change;
+use crate::io::connect::store::{Store, StoreConfig, StoreError};
+use crate::io::sources::live_registry::LiveRegistry;
+use crate::io::support::metrics::Metrics;
+
+/// Log entries read per query.
+const PAGE: i64 = 5_000;
+
+/// The thread that follows the store's change log.
+pub struct StoreFollower {
+    handle: JoinHandle<()>,
+}
+
+impl StoreFollower {
+    /// Opens the store (an error names the field if it cannot be reached) and starts
+    /// following its log from entry 1. Changes go into `live`, and into `forward` when given.
+    /// The thread ends when `stop` is set.
+    pub fn start(
+        config: &StoreConfig,
+        catalog: Arc<MetricCatalog>,
+        live: Arc<LiveRegistry>,
+        forward: Option<Sender<RegistryUpdate>>,
+        metrics: Arc<Metrics>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        let store = runtime.block_on(Store::open(config, |name| std::env::var(name).ok()))?;
+        let poll = Duration::from_millis(config.poll_interval_ms.max(1));
+        let handle = std::thread::Builder::new()
+            .name("store-follower".into())
+            .spawn(move || {
+                let mut follower = Follower {
+                    history: MetadataHistory::default(),
+                    last_seq: 0,
+                    catalog,
+                    forward,
+                    metrics,
+                };
+                while !stop.load(Ordering::Acquire) {
+                    match runtime.block_on(store.changes_after(follower.last_seq, PAGE)) {
+                        Ok(page) => {
+                            let more = page.len() as i64 == PAGE;
+                            if follower.apply(page) {
+                                live.publish(&follower.history);
+                            }
+                            if !live.is_loaded() && !more {
+                                live.publish(&follower.history);
+                                live.mark_loaded();
+                                tracing::info!(seq = follower.last_seq, "registry loaded from the store");
+                            }
+                            if more {
+                                continue;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, seq = follower.last_seq, "change log read failed; retrying");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+            .expect("spawn the store follower");
+        Ok(Self { handle })
+    }
+
+    /// Waits for the thread (after `stop` was set).
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
+
+/// What the follower has read.
+struct Follower {
+    history: MetadataHistory,
+    last_seq: i64,
+    catalog: Arc<MetricCatalog>,
+    forward: Option<Sender<RegistryUpdate>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Follower {
+    /// Applies a page of the log, in order; whether anything changed.
+    fn apply(&mut self, page: Vec<Change>) -> bool {
+        let mut changed = false;
+        for change in page {
+            if change.seq != self.last_seq + 1 {
+                // Only a writer that went around iotpipe leaves a gap; say so, and go on.
+                tracing::warn!(
+                    after = self.last_seq,
+                    seq = change.seq,
+                    "gap in the change log"
+                );
+            }
+            self.last_seq = change.seq;
+            let body = (!change.deleted).then_some(&change.body);
+            match to_entity(change.kind, &change.id, body, &self.catalog) {
+                Ok((key, value)) => {
+                    let update = (key, value, change.effective_ms.max(0) as u64);
+                    self.history.apply(&update);
+                    if let Some(forward) = &self.forward {
+                        // The receiver is gone only when the dataflow is shutting down.
+                        let _ = forward.send(update);
+                    }
+                    self.metrics.registry_changes.inc();
+                    changed = true;
+                }
+                Err(e) => {
+                    self.metrics.registry_rejects.inc();
+                    tracing::warn!(seq = change.seq, kind = change.kind.name(), id = change.id, error = %e, "change skipped");
+                }
+            }
+        }
+        changed
+    }
+}
