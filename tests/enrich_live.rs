@@ -133,3 +133,59 @@ fn registry_changes_apply_from_their_time_on_while_running() {
         ]
     );
 }
+
+/// A correction arrives after the registry input has passed its effective time (as a live
+/// change does in `run`, whose registry input runs ahead of the messages): messages looked up
+/// after it arrives get the corrected entry from its effective time on; earlier times keep the
+/// entry they had.
+#[test]
+fn a_correction_known_late_holds_from_its_effective_time_for_messages_after_it() {
+    let (enriched, _) = timely::execute_directly(|worker| {
+        let mut messages: VecInput<u64, TimedMessage> = VecInput::new();
+        let mut registry: VecInput<u64, RegistryUpdate> = VecInput::new();
+        let probe = ProbeHandle::new();
+        let registry_probe = ProbeHandle::new();
+        let (enriched, dead) = worker.dataflow::<u64, _, _>(|scope| {
+            let arranged = registry.to_stream(scope).resolve_registry();
+            arranged.stream.clone().probe_with(&registry_probe);
+            let (enriched, dead) = messages
+                .to_stream(scope)
+                .enrich(&arranged, WindowConfig::default());
+            (enriched.probe_with(&probe).capture(), dead.capture())
+        });
+        change(&mut registry, "dev-a", Some(info("s1")), 0);
+        // The registry input runs ahead of the messages, as `run` advances it.
+        registry.advance_to(60_000);
+        messages.send(message("dev-a", 1_000));
+        messages.advance_to(2_000);
+        while probe.less_than(&2_000) {
+            worker.step();
+        }
+        // Known at 60 s: the device has been at s2 since 3 s, and at s3 since 5 s.
+        change(&mut registry, "dev-a", Some(info("s2")), 3_000);
+        change(&mut registry, "dev-a", Some(info("s3")), 5_000);
+        registry.advance_to(61_000);
+        while registry_probe.less_than(&61_000) {
+            worker.step();
+        }
+        for ts_ms in [2_500, 3_500, 5_500] {
+            messages.send(message("dev-a", ts_ms));
+        }
+        messages.advance_to(10_000);
+        while probe.less_than(&10_000) {
+            worker.step();
+        }
+        (enriched, dead)
+    });
+    let mut got: Vec<(u64, String)> = enriched
+        .try_iter()
+        .flat_map(|event| match event {
+            Event::Messages(_, ms) => ms,
+            Event::Progress(_) => Vec::new(),
+        })
+        .map(|m| (m.readings[0].ts_ms, m.device.site.clone()))
+        .collect();
+    got.sort();
+    let want = [(1_000, "s1"), (2_500, "s1"), (3_500, "s2"), (5_500, "s3")];
+    assert_eq!(got, want.map(|(t, s)| (t, s.to_string())).to_vec());
+}

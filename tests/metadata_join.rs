@@ -8,7 +8,7 @@ use std::sync::Arc;
 use iotpipe::dataflow::RegistryUpdate;
 use iotpipe::dataflow::metadata::{
     DeviceRecord, Entity, EntityKey, MAX_PLACE_DEPTH, ModelRecord, PlaceRecord, ResolveRegistry,
-    effective_thresholds,
+    Version, effective_thresholds,
 };
 use iotpipe::dataflow::model::{DeviceInfo, MetricId, Threshold};
 use iotpipe::io::sources::inputs::VecInput;
@@ -152,7 +152,7 @@ fn expected_at(changes: &[RegistryUpdate], t: u64) -> BTreeMap<String, DeviceInf
 fn resolved(
     changes: &[RegistryUpdate],
     chunks: usize,
-) -> Vec<((String, Arc<DeviceInfo>), u64, isize)> {
+) -> Vec<((String, Version<Arc<DeviceInfo>>), u64, isize)> {
     let changes = changes.to_vec();
     timely::execute_directly(move |worker| {
         let mut input: VecInput<u64, RegistryUpdate> = VecInput::new();
@@ -210,15 +210,18 @@ proptest! {
             .collect();
         let updates = resolved(&changes, chunks);
         for t in (0..12).map(|t| t * 1_000) {
-            let mut counts: BTreeMap<(String, Arc<DeviceInfo>), isize> = BTreeMap::new();
+            let mut counts: BTreeMap<(String, Version<Arc<DeviceInfo>>), isize> = BTreeMap::new();
             for (entry, _, diff) in updates.iter().filter(|(_, time, _)| *time <= t) {
                 *counts.entry(entry.clone()).or_default() += diff;
             }
             counts.retain(|_, count| *count != 0);
             prop_assert!(counts.values().all(|count| *count == 1), "{counts:?}");
+            // One version per device; a removed one is not registered.
+            let devices: Vec<&String> = counts.keys().map(|(id, _)| id).collect();
+            prop_assert!(devices.windows(2).all(|w| w[0] != w[1]), "{counts:?}");
             let got: BTreeMap<String, DeviceInfo> = counts
                 .into_keys()
-                .map(|(id, info)| (id, (*info).clone()))
+                .filter_map(|(id, version)| Some((id, (*version.value?).clone())))
                 .collect();
             prop_assert_eq!(got, expected_at(&changes, t), "at {} ms", t);
         }

@@ -21,6 +21,7 @@ use timely::dataflow::operators::{Capability, OkErr};
 use timely::progress::Antichain;
 
 use crate::dataflow::EventStream;
+use crate::dataflow::metadata::Version;
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
@@ -28,7 +29,7 @@ use crate::dataflow::stamp::AtStamps;
 use crate::dataflow::window::WindowConfig;
 
 /// The trace behind the arranged registry.
-pub type RegistryTrace = TraceAgent<ValSpine<DeviceId, SharedDeviceInfo, TimeMs, isize>>;
+pub type RegistryTrace = TraceAgent<ValSpine<DeviceId, Version<SharedDeviceInfo>, TimeMs, isize>>;
 
 /// The registry, arranged by device id (see
 /// [`ResolveRegistry`](crate::dataflow::metadata::ResolveRegistry)).
@@ -181,8 +182,12 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                                     histories.entry(message.device_id.clone()).or_insert(history_of(changes))
                                 }
                             };
-                            let at = history.partition_point(|(t, _)| *t <= message.ts_ms);
-                            let found = history[..at].last().and_then(|(_, info)| info.clone());
+                            // The version known last among those in force by the message's time.
+                            let found = history
+                                .iter()
+                                .rev()
+                                .find(|(effective_ms, _)| *effective_ms <= message.ts_ms)
+                                .and_then(|(_, info)| info.clone());
                             session.give(match found {
                                 Some(device) => Ok(EnrichedMessage {
                                     device_id: message.device_id,
@@ -219,33 +224,29 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
     }
 }
 
-/// A device's registry history: from each time on, its entry (or none). Sorted by time.
+/// A device's versions in the order they became known: each version's effective time and
+/// entry (none: not registered from then on).
 type History = Vec<(TimeMs, Option<SharedDeviceInfo>)>;
 
-/// Turns a key's `(time, diff, value)` updates into its history.
-fn history_of(mut changes: Vec<(TimeMs, isize, SharedDeviceInfo)>) -> History {
-    changes.sort_by_key(|(t, _, _)| *t);
-    let mut counts: Vec<(SharedDeviceInfo, isize)> = Vec::new();
+/// Turns a key's `(known time, diff, version)` updates into the versions ever inserted, in the
+/// order they became known. A version replaced later stays: it still holds before the
+/// replacing version's effective time (compaction drops it once no message can be that old).
+fn history_of(mut changes: Vec<(TimeMs, isize, Version<SharedDeviceInfo>)>) -> History {
+    changes.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
     let mut history: History = Vec::new();
     let mut i = 0;
     while i < changes.len() {
-        let time = changes[i].0;
-        while i < changes.len() && changes[i].0 == time {
-            let (_, diff, info) = &changes[i];
-            match counts.iter_mut().find(|(v, _)| v == info) {
-                Some((_, count)) => *count += diff,
-                None => counts.push((info.clone(), *diff)),
-            }
-            i += 1;
+        let (known_ms, _, version) = &changes[i];
+        let mut net = 0;
+        let mut j = i;
+        while j < changes.len() && changes[j].0 == *known_ms && changes[j].2 == *version {
+            net += changes[j].1;
+            j += 1;
         }
-        counts.retain(|(_, count)| *count != 0);
-        let current = counts
-            .iter()
-            .find(|(_, count)| *count > 0)
-            .map(|(v, _)| v.clone());
-        if history.last().map(|(_, v)| v) != Some(&current) {
-            history.push((time, current));
+        if net > 0 {
+            history.push((version.effective_ms, version.value.clone()));
         }
+        i = j;
     }
     history
 }

@@ -640,8 +640,8 @@ fn run_worker(
     Ok(())
 }
 
-/// Sends the registry changes that arrived into the dataflow, each at its effective time or,
-/// if the registry input has passed it, at the input's time; then, once the changelog is
+/// Sends the registry changes that arrived into the dataflow at the input's time (each holds
+/// from its own effective time, see [`crate::dataflow::metadata::Version`]); then, once the changelog is
 /// loaded, advances the input to where no message can still need an earlier registry: the
 /// least partition watermark plus the allowed lateness and clock skew (the furthest a
 /// message's own time can be ahead of its stamp).
@@ -652,8 +652,8 @@ fn feed_registry(
     source_probe: &ProbeHandle<TimeMs>,
     lead_ms: TimeMs,
 ) {
-    while let Ok((entity, value, effective_ms)) = changes.try_recv() {
-        input.send((entity, value, effective_ms.max(*input.time())));
+    while let Ok(update) = changes.try_recv() {
+        input.send(update);
     }
     if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
         let target = frontier.saturating_add(lead_ms);

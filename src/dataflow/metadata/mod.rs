@@ -82,8 +82,35 @@ pub struct DeviceRecord {
     pub threshold_overrides: Vec<(MetricId, Threshold)>,
 }
 
-/// A change as the dataflow takes it: from the time on, the entity is as given (or gone).
+/// A change as the dataflow takes it: from the effective time (the third field) on, the
+/// entity is as given (or gone). Its timely time is when the dataflow learns of it, which may
+/// be later (a correction of the past).
 pub type RegistryUpdate = (EntityKey, Option<Entity>, TimeMs);
+
+/// What a change says of its entity: from `effective_ms` on, it is `value` (none: removed).
+///
+/// The registry keeps the effective time beside the timely time at which a change became
+/// known: a change known late (a correction whose effective time the dataflow has passed)
+/// still holds from its effective time for every message looked up after it arrived. Each
+/// version holds from its effective time until a version known later takes over (from that
+/// version's own effective time on).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version<T> {
+    /// Event time from which the version holds.
+    pub effective_ms: TimeMs,
+    /// The state from then on (none: removed).
+    pub value: Option<T>,
+}
+
+impl<T> Version<T> {
+    /// The same version of a part of the value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> Option<U>) -> Version<U> {
+        Version {
+            effective_ms: self.effective_ms,
+            value: self.value.and_then(f),
+        }
+    }
+}
 
 /// The id a JSON Lines registry gives a site: its org's and its own name.
 pub fn site_id(org: &str, site: &str) -> String {

@@ -6,10 +6,14 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::operators::Iterate;
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 
 use super::{
-    DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, RegistryUpdate, effective_thresholds,
+    DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, RegistryUpdate, Version,
+    effective_thresholds,
 };
 use crate::dataflow::EventStream;
 use crate::dataflow::enrich::RegistryArrangement;
@@ -83,7 +87,10 @@ pub trait ResolveRegistry<'scope> {
     ///     }
     ///     updates
     ///         .resolve_registry()
-    ///         .as_collection(|id, info| (id.to_string(), info.site.clone(), info.thresholds[0].1.max as i64))
+    ///         .as_collection(|id, version| {
+    ///             let info = version.value.as_ref().unwrap();
+    ///             (id.to_string(), info.site.clone(), info.thresholds[0].1.max as i64)
+    ///         })
     ///         .inner
     ///         .capture()
     /// });
@@ -97,42 +104,127 @@ pub trait ResolveRegistry<'scope> {
 
 impl<'scope> ResolveRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
     fn resolve_registry(self) -> RegistryArrangement<'scope> {
+        // A change counts in the dataflow from when it is known (its timely time), and holds
+        // from its effective time: both go into the arrangement (see `Version`).
+        let known = self.unary(Pipeline, "KnowVersions", |_, _| {
+            // The knowledge time each key was last given, while it may still collide.
+            let mut last_known: FxHashMap<EntityKey, TimeMs> = FxHashMap::default();
+            move |input, output| {
+                input.for_each(|cap, updates| {
+                    let Some(&known_ms) = cap.least() else { return };
+                    last_known.retain(|_, t| *t >= known_ms);
+                    let mut session = output.session(&cap);
+                    for (key, value, effective_ms) in updates.drain(..) {
+                        let mut at = effective_ms.max(known_ms);
+                        // Two corrections of one entity known at once are both versions: the
+                        // later in the log is known a millisecond later (an upsert keeps one
+                        // value per time).
+                        if effective_ms < known_ms
+                            && let Some(&last) = last_known.get(&key)
+                            && last >= at
+                        {
+                            at = last + 1;
+                        }
+                        last_known.insert(key.clone(), at);
+                        let version = Version {
+                            effective_ms,
+                            value,
+                        };
+                        session.give((key, Some(version), at));
+                    }
+                })
+            }
+        });
         let entities = arrange_from_upsert::<
-            ValBuilder<EntityKey, Entity, TimeMs, isize>,
-            ValSpine<EntityKey, Entity, TimeMs, isize>,
+            ValBuilder<EntityKey, Version<Entity>, TimeMs, isize>,
+            ValSpine<EntityKey, Version<Entity>, TimeMs, isize>,
             EntityKey,
-            Entity,
-        >(self, "ArrangeMetadata")
-        .as_collection(|key, entity| (key.clone(), entity.clone()));
-        let places = entities.clone().flat_map(|entity| match entity {
-            (EntityKey::Place(id), Entity::Place(place)) => Some((id, place)),
+            Version<Entity>,
+        >(known, "ArrangeMetadata")
+        .as_collection(|key, version| (key.clone(), version.clone()));
+        let places = entities
+            .clone()
+            .flat_map(|(key, version)| match (key, version) {
+                (EntityKey::Place(id), v) => Some((
+                    id,
+                    v.map(|e| match e {
+                        Entity::Place(place) => Some(place),
+                        _ => None,
+                    }),
+                )),
+                _ => None,
+            });
+        let models = entities.clone().flat_map(|(key, version)| match key {
+            EntityKey::Model(id) => Some((
+                id,
+                version.map(|e| match e {
+                    Entity::Model(model) => Some(model),
+                    _ => None,
+                }),
+            )),
             _ => None,
         });
-        let models = entities.clone().flat_map(|entity| match entity {
-            (EntityKey::Model(id), Entity::Model(model)) => Some((id, model)),
+        let devices = entities.flat_map(|(key, version)| match key {
+            EntityKey::Device(id) => Some((
+                id,
+                version.map(|e| match e {
+                    Entity::Device(device) => Some(device),
+                    _ => None,
+                }),
+            )),
             _ => None,
         });
-        let devices = entities.flat_map(|entity| match entity {
-            (EntityKey::Device(id), Entity::Device(device)) => Some((id, device)),
-            _ => None,
+        // A removed device is out from its removal on, whatever its model and place.
+        let removed = devices.clone().flat_map(|(id, version)| {
+            version.value.is_none().then_some((
+                id,
+                Version {
+                    effective_ms: version.effective_ms,
+                    value: None,
+                },
+            ))
         });
         let paths = place_paths(places).arrange_by_key_named("ArrangePlacePaths");
         devices
-            .map(|(id, device)| (device.model_id.clone(), (id, device)))
+            .flat_map(|(id, version)| {
+                let device = version.value?;
+                Some((device.model_id.clone(), (id, version.effective_ms, device)))
+            })
             .arrange_by_key_named("ArrangeDevicesByModel")
             .join_core(
                 models.arrange_by_key_named("ArrangeModels"),
-                |_, (id, device), model| {
+                |_, (id, effective_ms, device), model: &Version<ModelRecord>| {
                     Some((
                         device.place_id.clone(),
-                        (id.clone(), device.clone(), model.clone()),
+                        (
+                            id.clone(),
+                            (*effective_ms).max(model.effective_ms),
+                            device.clone(),
+                            model.value.clone(),
+                        ),
                     ))
                 },
             )
             .arrange_by_key_named("ArrangeDevicesByPlace")
-            .join_core(paths, |_, (id, device, model), path| {
-                Some((id.clone(), Arc::new(device_info(device, model, path))))
-            })
+            .join_core(
+                paths,
+                |_, (id, effective_ms, device, model), path: &Version<PlacePath>| {
+                    let info = match (model, &path.value) {
+                        (Some(model), Some(path)) => {
+                            Some(Arc::new(device_info(device, model, path)))
+                        }
+                        _ => None,
+                    };
+                    Some((
+                        id.clone(),
+                        Version {
+                            effective_ms: (*effective_ms).max(path.effective_ms),
+                            value: info,
+                        },
+                    ))
+                },
+            )
+            .concat(removed)
             .arrange_by_key_named("ArrangeRegistry")
     }
 }
@@ -156,30 +248,52 @@ fn device_info(device: &DeviceRecord, model: &ModelRecord, path: &PlacePath) -> 
 
 /// Each place's path: the place and those above it, followed through `parent_id` (an
 /// iteration, so any number of levels up to [`MAX_PLACE_DEPTH`]), the nearest of each level
-/// naming it.
+/// naming it. A path holds from the latest effective time of the places on it; a removed
+/// place has no path from its removal on.
 fn place_paths<'scope>(
-    places: Collection<'scope, (String, PlaceRecord)>,
-) -> Collection<'scope, (String, PlacePath)> {
-    // (parent, child) and (place, (distance up, level, name)).
-    let children = places
-        .clone()
-        .flat_map(|(id, place)| place.parent_id.map(|parent| (parent, id)));
-    let own = places.map(|(id, place)| (id, (0_u8, place.kind, place.name)));
+    places: Collection<'scope, (String, Version<PlaceRecord>)>,
+) -> Collection<'scope, (String, Version<PlacePath>)> {
+    // (parent, child), and (place, (distance up, effective time, level and name)); a removed
+    // place is a level without a name, and links to nothing above.
+    let children = places.clone().flat_map(|(id, version)| {
+        let parent = version.value?.parent_id?;
+        Some((parent, id))
+    });
+    let own = places.map(|(id, version)| {
+        let level = version.value.map(|place| (place.kind, place.name));
+        (id, (0_u8, version.effective_ms, level))
+    });
     let levels = own.clone().iterate(|scope, above| {
         let children = children.enter(scope);
         let own = own.enter(scope);
         children
-            .join_map(above, |_, child, (depth, kind, name)| {
-                (child.clone(), (depth + 1, kind.clone(), name.clone()))
+            .join_map(above, |_, child, (depth, effective_ms, level)| {
+                (child.clone(), (depth + 1, *effective_ms, level.clone()))
             })
             .filter(|(_, (depth, _, _))| *depth <= MAX_PLACE_DEPTH)
             .concat(own)
             .distinct()
     });
     levels.reduce_named("PlacePaths", |_, levels, paths| {
+        let effective_ms = levels.iter().map(|((_, t, _), _)| *t).max().unwrap_or(0);
+        // Sorted by distance: the place itself first.
+        let removed = levels
+            .first()
+            .is_some_and(|((depth, _, level), _)| *depth == 0 && level.is_none());
+        if removed {
+            paths.push((
+                Version {
+                    effective_ms,
+                    value: None,
+                },
+                1,
+            ));
+            return;
+        }
         let mut path = PlacePath::default();
-        // Sorted by distance: the farthest first, so the nearest of each level names it.
-        for ((_, kind, name), _) in levels.iter().rev() {
+        // The farthest first, so the nearest of each level names it.
+        for ((_, _, level), _) in levels.iter().rev() {
+            let Some((kind, name)) = level else { continue };
             match kind.as_str() {
                 "org" => path.org.clone_from(name),
                 "site" => path.site.clone_from(name),
@@ -187,6 +301,12 @@ fn place_paths<'scope>(
                 _ => {}
             }
         }
-        paths.push((path, 1));
+        paths.push((
+            Version {
+                effective_ms,
+                value: Some(path),
+            },
+            1,
+        ));
     })
 }
