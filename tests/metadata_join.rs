@@ -149,10 +149,10 @@ fn expected_at(changes: &[RegistryUpdate], t: u64) -> BTreeMap<String, DeviceInf
 
 /// Feeds `changes` (sorted by time) in `chunks` rounds, advancing the input between them, and
 /// returns every update of the resolved registry.
-fn resolved(
-    changes: &[RegistryUpdate],
-    chunks: usize,
-) -> Vec<((String, Version<Arc<DeviceInfo>>), u64, isize)> {
+/// An update of the resolved registry: a device's version, its time and diff.
+type Resolved = ((String, Version<Arc<DeviceInfo>>), u64, isize);
+
+fn resolved(changes: &[RegistryUpdate], chunks: usize) -> Vec<Resolved> {
     let changes = changes.to_vec();
     timely::execute_directly(move |worker| {
         let mut input: VecInput<u64, RegistryUpdate> = VecInput::new();
