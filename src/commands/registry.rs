@@ -1,5 +1,6 @@
-//! `iotpipe registry import` and `export`: the JSON Lines registry into the metadata store and
-//! back out, in the lines `replay --registry` and the registry topic take.
+//! `iotpipe registry serve`: the registry API over the metadata store; `import` and `export`:
+//! the JSON Lines registry into the store and back out, in the lines `replay --registry` and
+//! the registry topic take.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::registry::parse_registry_line;
 use crate::io::connect::store::registry::{ImportReport, RegistryEntry};
 use crate::io::connect::store::{Store, StoreConfig, StoreError};
+use crate::io::serve::registry_api::auth::{TokenConfig, Tokens};
+use crate::io::serve::registry_api::{self, ApiState};
 use crate::io::support::schema_files::load_schema_dir;
+use std::sync::Arc;
 
 /// What `registry import` reads and where it writes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +38,22 @@ pub struct ExportConfig {
     /// Where the lines go (none: standard output).
     #[serde(default)]
     pub out: Option<PathBuf>,
+}
+
+/// What `registry serve` serves and with which tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// `host:port` to listen on.
+    pub listen: std::net::SocketAddr,
+    /// The store.
+    pub store: StoreConfig,
+    /// The bearer tokens accepted (at least one).
+    pub tokens: Vec<TokenConfig>,
+    /// Schema directory whose metric catalog bodies' thresholds are checked against (none:
+    /// the built-in schemas).
+    #[serde(default)]
+    pub schemas: Option<PathBuf>,
 }
 
 /// The registry could not be moved.
@@ -61,6 +81,78 @@ pub enum RegistryCommandError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A setting of `registry serve` cannot work.
+    #[error("{field}: {message}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The API could not listen.
+    #[error("listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn load_schemas(
+    dir: &Option<PathBuf>,
+) -> Result<crate::dataflow::schema::SchemaSet, RegistryCommandError> {
+    match dir {
+        None => Ok(crate::dataflow::schema::SchemaSet::embedded()),
+        Some(dir) => load_schema_dir(dir).map_err(|e| RegistryCommandError::Schemas(e.to_string())),
+    }
+}
+
+/// Serves the registry API until `shutdown` completes; `ready` gets the address it listens on.
+pub async fn run_serve(
+    config: &ServeConfig,
+    env: impl Fn(&str) -> Option<String>,
+    ready: impl FnOnce(std::net::SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RegistryCommandError> {
+    let tokens =
+        Tokens::load(&config.tokens, &env).map_err(|message| RegistryCommandError::Config {
+            field: "tokens",
+            message,
+        })?;
+    if tokens.is_empty() {
+        return Err(RegistryCommandError::Config {
+            field: "tokens",
+            message: "none given: the API needs a read token or a write token".into(),
+        });
+    }
+    let schemas = load_schemas(&config.schemas)?;
+    let store = Store::open(&config.store, &env).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RegistryCommandError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| RegistryCommandError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(%local, "registry API at /v1, OpenAPI at /openapi.json");
+    ready(local);
+    let state = Arc::new(ApiState {
+        store,
+        tokens,
+        catalog: Arc::clone(schemas.catalog()),
+    });
+    registry_api::serve(listener, state, shutdown)
+        .await
+        .map_err(|source| RegistryCommandError::Listen {
+            addr: config.listen,
+            source,
+        })
 }
 
 /// Checks every line of `config.file` (as `replay` would read it), then imports them all.
@@ -70,12 +162,7 @@ pub async fn run_import(config: &ImportConfig) -> Result<ImportReport, RegistryC
         message,
     };
     let text = std::fs::read_to_string(&config.file).map_err(|e| file_error(e.to_string()))?;
-    let schemas = match &config.schemas {
-        None => crate::dataflow::schema::SchemaSet::embedded(),
-        Some(dir) => {
-            load_schema_dir(dir).map_err(|e| RegistryCommandError::Schemas(e.to_string()))?
-        }
-    };
+    let schemas = load_schemas(&config.schemas)?;
     let mut entries = Vec::new();
     for (index, line) in text
         .lines()

@@ -91,6 +91,8 @@ pub enum Command {
 /// `iotpipe registry`.
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
+    /// Serve the registry API (places, models, devices, history, change log) over the store.
+    Serve(RegistryServeArgs),
     /// Check every line of a registry changelog, then apply them all to the store, in order.
     Import(RegistryImportArgs),
     /// Write every device change in the store as registry lines, in the order committed.
@@ -116,6 +118,27 @@ pub struct RegistryImportArgs {
     /// The store.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Directory of schema files whose metric catalog thresholds are checked against
+    /// (default: the schemas built into iotpipe).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+}
+
+/// `iotpipe registry serve`.
+#[derive(Debug, Args)]
+pub struct RegistryServeArgs {
+    /// host:port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: std::net::SocketAddr,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// An environment variable holding a read-only bearer token (repeatable).
+    #[arg(long)]
+    pub read_token_env: Vec<String>,
+    /// An environment variable holding a read-write bearer token (repeatable).
+    #[arg(long)]
+    pub write_token_env: Vec<String>,
     /// Directory of schema files whose metric catalog thresholds are checked against
     /// (default: the schemas built into iotpipe).
     #[arg(long)]

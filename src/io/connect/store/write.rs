@@ -16,6 +16,8 @@ pub enum Precondition {
     Version(i64),
     /// The entity does not exist (`If-None-Match: *`).
     Absent,
+    /// The entity exists, at any version (`If-Match: *`).
+    Exists,
 }
 
 /// A write that happened (or found nothing to change).
@@ -157,6 +159,7 @@ fn check(kind: Kind, current: Option<i64>, precondition: Precondition) -> Result
         Precondition::None => true,
         Precondition::Version(expected) => current == Some(expected),
         Precondition::Absent => current.is_none(),
+        Precondition::Exists => current.is_some(),
     };
     if holds {
         Ok(())
