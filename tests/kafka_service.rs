@@ -1071,3 +1071,170 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
+
+/// `run` following the metadata store: the registry imported, then, in the store, a model's
+/// devices lose their own thresholds, the model's default thresholds tighten, and a building
+/// moves to another site, each from an event time inside the data. The aggregates equal the
+/// batch computation over the store's history (exported as registry lines), and the new
+/// thresholds and site show from their effective times on.
+#[test]
+fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_effective_times() {
+    use iotpipe::io::connect::store::entities::Kind;
+    use iotpipe::io::connect::store::registry::RegistryEntry;
+    use iotpipe::io::connect::store::write::Precondition;
+    use iotpipe::io::connect::store::{Store, StoreConfig};
+    use serde_json::json;
+
+    let fixture = fixture(40, 360);
+    let postgres = common::postgres::Postgres::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = runtime
+        .block_on(Store::open(&StoreConfig::url(postgres.url()), |_| None))
+        .unwrap();
+    let entries: Vec<RegistryEntry> = fixture
+        .registry_lines
+        .iter()
+        .map(|(_, l)| serde_json::from_str(l).unwrap())
+        .collect();
+    runtime.block_on(store.import_registry(&entries)).unwrap();
+
+    let start = common::START_MS as i64;
+    let (unset_at, tighten_at, move_at) = (start + 210_000, start + 240_000, start + 300_000);
+    let put = |kind, id: &str, body: &Value, at| {
+        runtime
+            .block_on(store.put(kind, id, body, at, Precondition::None))
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+    };
+    let active = |filters: &[(&str, String)]| {
+        runtime
+            .block_on(store.list(Kind::Device, filters, None, None, None, 1000))
+            .unwrap()
+    };
+    // The model most devices have; its devices lose their own thresholds.
+    let mut by_model: BTreeMap<String, usize> = BTreeMap::new();
+    for device in active(&[("status", "active".into())]) {
+        *by_model
+            .entry(device.body["model_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let (model, _) = by_model.iter().max_by_key(|(_, n)| **n).unwrap();
+    let devices = active(&[("model_id", model.clone()), ("status", "active".into())]);
+    assert!(devices.len() >= 2, "{by_model:?}");
+    let metric = devices[0].body["threshold_overrides"]
+        .as_object()
+        .and_then(|o| o.keys().next().cloned())
+        .expect("imported devices have thresholds");
+    for device in &devices {
+        let mut body = device.body.clone();
+        body["threshold_overrides"] = json!({});
+        put(Kind::Device, &device.id, &body, unset_at);
+    }
+    // The model's default threshold for that metric: every reading breaches it.
+    let mut model_body = runtime
+        .block_on(store.get(Kind::Model, model, None))
+        .unwrap()
+        .unwrap()
+        .body;
+    model_body["default_thresholds"] = json!({ metric.clone(): {"min": 1e9, "max": 1e9} });
+    put(Kind::Model, model, &model_body, tighten_at);
+    // The building of dev-000005 moves to another site of the store.
+    let building_id = active(&[])
+        .into_iter()
+        .find(|d| d.id == "dev-000005")
+        .unwrap()
+        .body["place_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let building = runtime
+        .block_on(store.get(Kind::Place, &building_id, None))
+        .unwrap()
+        .unwrap();
+    let sites = runtime
+        .block_on(store.list(
+            Kind::Place,
+            &[("kind", "site".into())],
+            None,
+            None,
+            None,
+            1000,
+        ))
+        .unwrap();
+    let new_site = sites
+        .iter()
+        .find(|s| Some(s.id.as_str()) != building.body["parent_id"].as_str())
+        .unwrap();
+    let mut moved = building.body.clone();
+    moved["parent_id"] = json!(new_site.id);
+    put(Kind::Place, &building_id, &moved, move_at);
+
+    // The batch computation over the store's history, as registry lines.
+    let exported = runtime.block_on(store.export_registry()).unwrap();
+    let text: String = exported
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    let schemas = SchemaSet::embedded();
+    let changes = parse_registry(&text, schemas.catalog()).unwrap();
+    let expected = common::reference::compute_partitions(
+        &fixture.partition_files,
+        &changes,
+        &schemas,
+        PipelineConfig::default(),
+    );
+    let window_of = |line: &String| -> Value { serde_json::from_str(line).unwrap() };
+    let of_model: BTreeSet<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let breaches = |from: i64, to: i64| -> u64 {
+        expected
+            .aggregates
+            .iter()
+            .map(window_of)
+            .filter(|w| {
+                of_model.contains(w["device_id"].as_str().unwrap())
+                    && w["metric"] == metric.as_str()
+            })
+            .filter(|w| (from..to).contains(&w["window_start_ms"].as_i64().unwrap()))
+            .map(|w| w["threshold_breaches"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        breaches(unset_at, tighten_at),
+        0,
+        "no thresholds between the two changes"
+    );
+    assert!(
+        breaches(tighten_at, i64::MAX) > 0,
+        "the model's default applies from its time"
+    );
+    let new_site_name = new_site.body["name"].as_str().unwrap();
+    assert!(
+        expected
+            .aggregates
+            .iter()
+            .map(window_of)
+            .any(|w| w["device_id"] == "dev-000005"
+                && w["site"] == new_site_name
+                && w["window_start_ms"].as_i64().unwrap() >= move_at),
+        "dev-000005 is at its building's new site after the move"
+    );
+
+    let outputs = Outputs::named("store");
+    outputs.create(&fixture.tansu, 2);
+    let mut cluster = Cluster::configure(
+        fixture.data.dir.path(),
+        "store",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        &format!("[store]\nurl = \"{}\"\n", postgres.url()),
+    );
+    fixture.produce_telemetry();
+    cluster.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    cluster.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+}

@@ -16,9 +16,11 @@ type Changes<T> = Vec<(TimeMs, Option<T>)>;
 /// Places, models and devices over event time: what sources consult before a message enters
 /// the dataflow (a reading of an unregistered device must not advance the watermark).
 ///
-/// It answers as [`ResolveRegistry`](super::ResolveRegistry) resolves: a device is
-/// registered at `t` when its record holds then; [`Self::device_at`] resolves its entry through
-/// the model and places in force at `t`.
+/// Each entity's version at `t` is the one with the latest effective time by `t` (of two with
+/// the same, the later applied), as the store's history answers and as
+/// [`ResolveRegistry`](super::ResolveRegistry) resolves changes known in time. A device is
+/// registered at `t` when its record holds then; [`Self::device_at`] resolves its entry
+/// through the model and places in force at `t`.
 #[derive(Clone, Debug, Default)]
 pub struct MetadataHistory {
     places: FxHashMap<String, Changes<PlaceRecord>>,
@@ -26,14 +28,10 @@ pub struct MetadataHistory {
     devices: FxHashMap<DeviceId, Changes<DeviceRecord>>,
 }
 
-/// Adds a change; two at the same time resolve to the greater (an entry over a removal).
-fn insert<T: Ord + Clone>(changes: &mut Changes<T>, time: TimeMs, value: Option<T>) {
+/// Adds a change; of two at the same time the later applied wins (a correction).
+fn insert<T>(changes: &mut Changes<T>, time: TimeMs, value: Option<T>) {
     match changes.binary_search_by_key(&time, |(t, _)| *t) {
-        Ok(at) => {
-            if value > changes[at].1 {
-                changes[at].1 = value;
-            }
-        }
+        Ok(at) => changes[at].1 = value,
         Err(at) => changes.insert(at, (time, value)),
     }
 }

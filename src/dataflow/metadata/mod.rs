@@ -89,11 +89,14 @@ pub type RegistryUpdate = (EntityKey, Option<Entity>, TimeMs);
 
 /// What a change says of its entity: from `effective_ms` on, it is `value` (none: removed).
 ///
-/// The registry keeps the effective time beside the timely time at which a change became
-/// known: a change known late (a correction whose effective time the dataflow has passed)
-/// still holds from its effective time for every message looked up after it arrived. Each
-/// version holds from its effective time until a version known later takes over (from that
-/// version's own effective time on).
+/// A version holds from its effective time until the version with the next effective time (of
+/// two with one effective time, the later written), as the store's history answers. The
+/// registry keeps the effective time beside the timely time at which a change became known,
+/// so a change known late (a correction whose effective time the dataflow has passed, as every
+/// live change is in `run`, whose registry input runs a clock skew ahead of the messages)
+/// still holds from its effective time for every message looked up after it arrives. One
+/// difference remains: such a late correction also holds over versions of a later effective
+/// time known before it, until a restart reads the versions in effective order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version<T> {
     /// Event time from which the version holds.

@@ -116,11 +116,11 @@ impl<'scope> ResolveRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
                     let mut session = output.session(&cap);
                     for (key, value, effective_ms) in updates.drain(..) {
                         let mut at = effective_ms.max(known_ms);
-                        // Two corrections of one entity known at once are both versions: the
-                        // later in the log is known a millisecond later (an upsert keeps one
-                        // value per time).
-                        if effective_ms < known_ms
-                            && let Some(&last) = last_known.get(&key)
+                        // Two versions of one entity at one time are both versions, the later
+                        // in arrival order known a millisecond later (an upsert keeps one value
+                        // per time): a correction of the same effective time wins, as in the
+                        // store's history.
+                        if let Some(&last) = last_known.get(&key)
                             && last >= at
                         {
                             at = last + 1;

@@ -84,6 +84,26 @@ impl Store {
         entries: &[RegistryEntry],
     ) -> Result<ImportReport, StoreError> {
         let mut report = ImportReport::default();
+        // A place or model holds from the earliest line naming it, whichever line comes first
+        // in the file: a device registered from the beginning in a building a later-joining
+        // device named first is in that building from the beginning too.
+        let mut first_named: HashMap<String, i64> = HashMap::new();
+        for entry in entries.iter().filter(|e| !e.deleted) {
+            let (Some(org), Some(site), Some(building)) =
+                (&entry.org, &entry.site, &entry.building)
+            else {
+                continue;
+            };
+            for id in [
+                org.clone(),
+                site_id(org, site),
+                building_id(org, site, building),
+                format!("model:{}", entry.model.as_deref().unwrap_or_default()),
+            ] {
+                let at = first_named.entry(id).or_insert(entry.effective_ms);
+                *at = (*at).min(entry.effective_ms);
+            }
+        }
         let mut client = self.client().await?;
         for batch in entries.chunks(IMPORT_BATCH) {
             let tx = client
@@ -92,7 +112,9 @@ impl Store {
                 .map_err(StoreError::query("starting an import"))?;
             lock_log(&tx).await?;
             for entry in batch {
-                report.changes += apply(&tx, entry).await.map_err(import_error)?;
+                report.changes += apply(&tx, entry, &first_named)
+                    .await
+                    .map_err(import_error)?;
                 report.lines += 1;
             }
             tx.commit()
@@ -343,6 +365,7 @@ impl ExportState {
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     entry: &RegistryEntry,
+    first_named: &HashMap<String, i64>,
 ) -> Result<usize, WriteError> {
     let id = entry.device_id.as_str();
     let t = entry.effective_ms;
@@ -400,7 +423,8 @@ async fn apply(
         (&building_place, "building", Some(&site_place), &building),
     ] {
         let body = json!({"kind": kind, "parent_id": parent, "name": name});
-        match put_in(tx, Kind::Place, place, &body, t, Precondition::Absent).await {
+        let from = first_named.get(place.as_str()).copied().unwrap_or(t).min(t);
+        match put_in(tx, Kind::Place, place, &body, from, Precondition::Absent).await {
             Ok(written) => changes += changed(written),
             // It exists: lines never change a place.
             Err(WriteError::Stale { .. }) => {}
@@ -417,9 +441,28 @@ async fn apply(
         .await
         .map_err(|e| WriteError::Store(StoreError::query("reading a model")(e)))?
         .map(|r| r.get(0));
+    let model_at = match &current {
+        // A new model holds from the earliest line naming it.
+        None => first_named
+            .get(&format!("model:{model}"))
+            .copied()
+            .unwrap_or(t)
+            .min(t),
+        Some(_) => t,
+    };
     let mut model_body = current.unwrap_or_else(|| json!({}));
     model_body["device_type"] = json!(device_type);
-    changes += changed(put_in(tx, Kind::Model, &model, &model_body, t, Precondition::None).await?);
+    changes += changed(
+        put_in(
+            tx,
+            Kind::Model,
+            &model,
+            &model_body,
+            model_at,
+            Precondition::None,
+        )
+        .await?,
+    );
     let device = Device {
         model_id: model,
         place_id: building_place,
