@@ -1238,3 +1238,265 @@ fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
+
+/// `run` following the store is SIGKILLed while changes keep coming (devices moved to other
+/// buildings, models re-thresholded, one change made while it is down), then restarted: every
+/// change is applied exactly once, so the outputs equal the batch computation over the
+/// store's final history. Each change holds from an event time ahead of the data streamed so
+/// far, so it is known before any message it concerns.
+#[test]
+fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_once() {
+    use iotpipe::io::connect::store::entities::Kind;
+    use iotpipe::io::connect::store::registry::RegistryEntry;
+    use iotpipe::io::connect::store::write::Precondition;
+    use iotpipe::io::connect::store::{Store, StoreConfig};
+    use serde_json::json;
+
+    const SECONDS: u64 = 480;
+    const SLICES: usize = 24;
+    let fixture = fixture(60, SECONDS);
+    let postgres = common::postgres::Postgres::start();
+    let url = postgres.create_database("killed");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = runtime
+        .block_on(Store::open(&StoreConfig::url(&url), |_| None))
+        .unwrap();
+    let entries: Vec<RegistryEntry> = fixture
+        .registry_lines
+        .iter()
+        .map(|(_, l)| serde_json::from_str(l).unwrap())
+        .collect();
+    runtime.block_on(store.import_registry(&entries)).unwrap();
+    let devices = runtime
+        .block_on(store.list(
+            Kind::Device,
+            &[("status", "active".into())],
+            None,
+            None,
+            None,
+            1000,
+        ))
+        .unwrap();
+    // A second site with a building, from the beginning, for devices to move to.
+    let org = entries[0].org.clone().unwrap();
+    let east = format!("{org}/site-east");
+    for (id, body) in [
+        (
+            east.clone(),
+            json!({"kind": "site", "parent_id": org, "name": "site-east"}),
+        ),
+        (
+            format!("{east}/B1"),
+            json!({"kind": "building", "parent_id": east, "name": "B1"}),
+        ),
+    ] {
+        runtime
+            .block_on(store.put(Kind::Place, &id, &body, 0, Precondition::None))
+            .unwrap();
+    }
+    let buildings = runtime
+        .block_on(store.list(
+            Kind::Place,
+            &[("kind", "building".into())],
+            None,
+            None,
+            None,
+            1000,
+        ))
+        .unwrap();
+    let models = runtime
+        .block_on(store.list(Kind::Model, &[], None, None, None, 1000))
+        .unwrap();
+    assert!(buildings.len() >= 2 && models.len() >= 2);
+    // The dataset's own registry changes (dev-000001 to dev-000004) stay out of the way: the
+    // test's changes concern other devices, and models none of those four has. Those models'
+    // devices lose their own thresholds, so their model's defaults apply.
+    let special = |id: &str| ["dev-000001", "dev-000002", "dev-000003", "dev-000004"].contains(&id);
+    let devices: Vec<_> = devices.into_iter().filter(|d| !special(&d.id)).collect();
+    let taken: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| special(&e.device_id))
+        .filter_map(|e| e.model.clone())
+        .collect();
+    let models: Vec<_> = models
+        .into_iter()
+        .filter(|m| !taken.contains(&m.id))
+        .collect();
+    assert!(
+        !models.is_empty(),
+        "every model has one of the dataset's changed devices"
+    );
+    for device in devices
+        .iter()
+        .filter(|d| models.iter().any(|m| d.body["model_id"] == m.id.as_str()))
+    {
+        let mut body = device.body.clone();
+        body["threshold_overrides"] = json!({});
+        runtime
+            .block_on(store.put(Kind::Device, &device.id, &body, 0, Precondition::None))
+            .unwrap();
+    }
+
+    // The changes, each made once the stream reaches its slice, holding from 120 s of event
+    // time past the data streamed by then: moves and tightened model thresholds, alternating.
+    let start = common::START_MS as i64;
+    let slice_end_ms =
+        |slice: usize| start + (slice as i64 + 1) * (SECONDS as i64 * 1000) / SLICES as i64;
+    let metric_of = |model: &str| -> String {
+        let entry = entries
+            .iter()
+            .find(|e| e.model.as_deref() == Some(model))
+            .unwrap();
+        entry.thresholds.keys().next().unwrap().clone()
+    };
+    let mut changes: Vec<(usize, Kind, String, Value, i64)> = Vec::new();
+    for (n, slice) in (2..16).step_by(2).enumerate() {
+        let at = slice_end_ms(slice) + 120_000;
+        if n % 2 == 0 {
+            let device = &devices[(n * 7 + 10) % devices.len()];
+            let mut body = device.body.clone();
+            // To a building of another site, so the move shows in the windows' site.
+            let here = body["place_id"].as_str().unwrap().to_owned();
+            let site_of = |id: &str| {
+                buildings
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| b.body["parent_id"].clone())
+            };
+            let there = buildings
+                .iter()
+                .find(|b| {
+                    Some(b.body["parent_id"].clone()) != site_of(&here) && b.effective_ms <= at
+                })
+                .unwrap();
+            body["place_id"] = json!(there.id);
+            changes.push((slice, Kind::Device, device.id.clone(), body, at));
+        } else {
+            let model = &models[n % models.len()];
+            let mut body = model.body.clone();
+            body["default_thresholds"] =
+                json!({ metric_of(&model.id): {"min": 1e9, "max": 1e9 + n as f64} });
+            changes.push((slice, Kind::Model, model.id.clone(), body, at));
+        }
+    }
+    let apply = |(_, kind, id, body, at): &(usize, Kind, String, Value, i64)| {
+        runtime
+            .block_on(store.put(*kind, id, body, *at, Precondition::None))
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+    };
+
+    let outputs = Outputs {
+        telemetry: "killed-store.telemetry".to_owned(),
+        ..Outputs::named("killed-store")
+    };
+    outputs.create(&fixture.tansu, 2);
+    fixture
+        .tansu
+        .create_topics(&[(&outputs.telemetry, PARTITIONS)]);
+    let skew = "[pipeline.event_time]\nallowed_lateness_ms = 30000\nmax_clock_skew_ms = 10000\n";
+    let mut cluster = Cluster::configure(
+        fixture.data.dir.path(),
+        "killed-store",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        &format!("[store]\nurl = \"{url}\"\n\n{skew}"),
+    );
+    cluster.start();
+    let slice_len = fixture.lines.len().div_ceil(SLICES);
+    let mut pending = changes.iter().peekable();
+    let kill_after = 9;
+    for (slice, lines) in fixture.lines.chunks(slice_len).enumerate() {
+        fixture.tansu.produce(
+            &outputs.telemetry,
+            lines.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())),
+        );
+        while let Some(change) = pending.next_if(|c| c.0 <= slice) {
+            apply(change);
+        }
+        if slice == kill_after {
+            cluster.signal(0, "-KILL");
+            cluster.kill_all();
+            // A change made while the service is down.
+            if let Some(change) = pending.next() {
+                apply(change);
+            }
+            cluster.start();
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    for change in pending {
+        apply(change);
+    }
+
+    let exported = runtime.block_on(store.export_registry()).unwrap();
+    let text: String = exported
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    let schemas = SchemaSet::embedded();
+    let history = parse_registry(&text, schemas.catalog()).unwrap();
+    let mut config = PipelineConfig::default();
+    config.event_time.max_clock_skew_ms = 10_000;
+    let expected =
+        common::reference::compute_partitions(&fixture.partition_files, &history, &schemas, config);
+    // Every change shows in the batch computation: the data must exercise them.
+    let windows: Vec<Value> = expected
+        .aggregates
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (_, kind, id, body, at) in &changes {
+        let after = |w: &&Value| w["window_start_ms"].as_i64().unwrap() + 60_000 > *at;
+        let shows = match kind {
+            Kind::Device => {
+                let site_id = buildings
+                    .iter()
+                    .find(|b| b.id == body["place_id"].as_str().unwrap())
+                    .unwrap()
+                    .body["parent_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let site = site_id.rsplit('/').next().unwrap().to_owned();
+                windows
+                    .iter()
+                    .filter(after)
+                    .any(|w| w["device_id"] == id.as_str() && w["site"] == site.as_str())
+            }
+            _ => {
+                let of_model: BTreeSet<&str> = devices
+                    .iter()
+                    .filter(|d| d.body["model_id"] == id.as_str())
+                    .map(|d| d.id.as_str())
+                    .collect();
+                let metric = metric_of(id);
+                windows.iter().filter(after).any(|w| {
+                    of_model.contains(w["device_id"].as_str().unwrap())
+                        && w["metric"] == metric.as_str()
+                        && w["threshold_breaches"].as_u64().unwrap() > 0
+                })
+            }
+        };
+        assert!(
+            shows,
+            "{kind:?} {id} from {at} shows in no window: {body}\n{:?}",
+            windows
+                .iter()
+                .filter(|w| w["device_id"] == id.as_str())
+                .map(|w| (
+                    w["window_start_ms"].clone(),
+                    w["site"].clone(),
+                    w["metric"].clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+    }
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    cluster.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+}

@@ -297,7 +297,14 @@ fn every_entity_round_trips_with_etags_roles_field_errors_pages_as_of_and_a_tree
     expect(&api.write("PUT", "/v1/models/P-100", hotter), 200);
     let device = json!({"model_id": "P-100", "place_id": "hall-a-z1", "firmware": "2.1", "schema": "v1",
                         "threshold_overrides": {"pressure": {"min": 2, "max": 5}}, "attributes": {"serial": "X1"},
-                        "effective_ms": 0});
+                        "effective_ms": 1000});
+    // Not from before its model exists: the history must resolve at every time after a change.
+    let mut too_early = device.clone();
+    too_early["effective_ms"] = json!(0);
+    expect_field(
+        &api.write("PUT", "/v1/devices/pump-1", too_early),
+        "model_id",
+    );
     expect(&api.write("PUT", "/v1/devices/pump-1", device), 201);
     let read = api.read("/v1/devices/pump-1");
     let body = expect(&read, 200);
@@ -346,7 +353,7 @@ fn every_entity_round_trips_with_etags_roles_field_errors_pages_as_of_and_a_tree
     );
     let before = expect(&api.read("/v1/devices/pump-1/resolved?as_of=1500"), 200);
     assert_eq!(before["thresholds"]["temperature"]["max"], 80.0);
-    // Before its model existed the device resolves to nothing.
+    // Before it existed the device resolves to nothing.
     expect(&api.read("/v1/devices/pump-1/resolved?as_of=500"), 404);
 
     // 25 more devices, paged 10 at a time by cursor, filtered by model.

@@ -115,6 +115,30 @@ impl Postgres {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Creates database `name` (each test of a server may want a store of its own); its URL.
+    #[allow(dead_code)]
+    pub fn create_database(&self, name: &str) -> String {
+        let output = self
+            .command("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-c", &format!("CREATE DATABASE \"{name}\"")])
+            .output()
+            .expect("psql");
+        assert!(
+            output.status.success(),
+            "CREATE DATABASE {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        format!("postgresql://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
     /// The server's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

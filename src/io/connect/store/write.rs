@@ -233,7 +233,7 @@ pub(crate) async fn put_in(
             return Ok(Written { version, seq: None });
         }
     }
-    check_references(tx, kind, id, body).await?;
+    check_references(tx, kind, id, body, effective_ms).await?;
     let version = next_version(tx, kind, id).await?;
     let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
     let object = |field: &str| body.get(field).cloned().unwrap_or_else(|| json!({}));
@@ -326,33 +326,51 @@ pub(crate) async fn put_in(
     })
 }
 
-/// The entities a body names exist, a place does not become its own ancestor, and a time zone
-/// is one PostgreSQL knows.
+/// The entities a body names exist (from `effective_ms` on), a place does not become its own
+/// ancestor, and a time zone is one PostgreSQL knows.
 async fn check_references(
     tx: &deadpool_postgres::Transaction<'_>,
     kind: Kind,
     id: &str,
     body: &Value,
+    effective_ms: i64,
 ) -> Result<(), WriteError> {
     let named = |field: &str| body.get(field).and_then(Value::as_str);
+    // What a body names must exist, and from the change's effective time on: history read as
+    // of any time after it must resolve.
     let exists = |table: &'static str, field: &'static str| async move {
         let Some(named) = named(field) else {
             return Ok(());
         };
-        let found = tx
+        let what = &table[..table.len() - 1];
+        let current = tx
             .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&named])
             .await
             .map_err(query("checking a reference"))?;
-        match found {
-            Some(_) => Ok(()),
-            None => Err(WriteError::Invalid(Invalid::new(
+        if current.is_none() {
+            return Err(WriteError::Invalid(Invalid::new(
+                field,
+                format!("no {what} {named} exists: create it first"),
+            )));
+        }
+        let then = tx
+            .query_opt(
+                "SELECT deleted FROM history WHERE kind = $1 AND id = $2 AND effective_ms <= $3
+                 ORDER BY effective_ms DESC, version DESC LIMIT 1",
+                &[&what, &named, &effective_ms],
+            )
+            .await
+            .map_err(query("checking a reference's history"))?;
+        if then.is_none_or(|row| row.get::<_, bool>(0)) {
+            return Err(WriteError::Invalid(Invalid::new(
                 field,
                 format!(
-                    "no {} {named} exists: create it first",
-                    &table[..table.len() - 1]
+                    "{what} {named} does not exist at {effective_ms} ms, when this change takes \
+                     effect: give it an earlier effective_ms, or this change a later one"
                 ),
-            ))),
+            )));
         }
+        Ok(())
     };
     match kind {
         Kind::Place => {
