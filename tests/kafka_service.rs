@@ -1497,6 +1497,15 @@ fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_
         );
     }
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    // How long changes took to reach enrichment is measured.
+    let metrics = cluster.metrics();
+    let propagated = metrics
+        .lines()
+        .find(|l| l.starts_with("iotpipe_registry_propagation_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(propagated > 0, "{metrics}");
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }

@@ -119,6 +119,8 @@ pub struct PipelineOutputs<'scope> {
     pub late: EventStream<'scope, LateReading>,
     /// Every dead letter: the source's and the pipeline's own.
     pub dead_letters: EventStream<'scope, DeadLetter>,
+    /// The resolved registry (its frontier says which changes enrichment sees).
+    pub registry: enrich::RegistryArrangement<'scope>,
 }
 
 /// Builds the pipeline.
@@ -129,6 +131,7 @@ pub fn pipeline<'scope>(
     let registry = inputs.registry.resolve_registry();
     let (on_time, late) = inputs.messages.split_late(config.window, config.event_time);
     let (enriched, unknown_devices) = on_time.enrich(&registry, config.window);
+    let registry_out = registry.clone();
     let windowed = enriched
         .clone()
         .aggregate_windows(config.window, &config.anomaly);
@@ -163,5 +166,6 @@ pub fn pipeline<'scope>(
         site_rollups,
         late,
         dead_letters: inputs.dead_letters.concat(unknown_devices),
+        registry: registry_out,
     }
 }

@@ -45,7 +45,7 @@ use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
 use crate::io::sources::inputs::{PipelineSources, VecInput};
 use crate::io::sources::kafka::registry::RegistryFollower;
 use crate::io::sources::kafka::telemetry::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
-use crate::io::sources::live_registry::LiveRegistry;
+use crate::io::sources::live_registry::{ForwardedChange, LiveRegistry};
 use crate::io::sources::store::StoreFollower;
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
@@ -396,7 +396,7 @@ struct WorkerContext<'a> {
     influx: Option<&'a InfluxPool>,
     /// With the dashboard on: whether this worker receives the view's records, and the view.
     view: Option<(bool, &'a Arc<Mutex<LiveStats>>)>,
-    changes: Option<Receiver<crate::dataflow::RegistryUpdate>>,
+    changes: Option<Receiver<ForwardedChange>>,
 }
 
 fn wall_clock_ms() -> TimeMs {
@@ -460,6 +460,9 @@ fn run_worker(
     let full = Rc::new(Cell::new(false));
     let influx_full = HeldBack::default();
     let source_probe = ProbeHandle::new();
+    let registry_probe = ProbeHandle::new();
+    // Registry changes sent, not yet seen by enrichment: (time sent at, wall time made).
+    let mut in_flight: Vec<(TimeMs, i64)> = Vec::new();
     let written_probe = ProbeHandle::new();
     let influx_probe = ProbeHandle::new();
     let mut sources = PipelineSources::new();
@@ -473,6 +476,7 @@ fn run_worker(
     worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
         let counts = counts.probe_with(&source_probe);
+        outputs.registry.stream.clone().probe_with(&registry_probe);
         let topics = &job.kafka.topics;
         let catalog = Arc::clone(job.schemas.catalog());
         let mut dead_letters = outputs.dead_letters.clone();
@@ -573,8 +577,16 @@ fn run_worker(
         }
         sources.source.flush();
         if let (Some(changes), Some(input)) = (&registry_changes, sources.registry_input()) {
-            feed_registry(changes, input, live.is_loaded(), &source_probe, lead_ms);
+            feed_registry(
+                changes,
+                input,
+                live.is_loaded(),
+                &source_probe,
+                lead_ms,
+                &mut in_flight,
+            );
         }
+        observe_propagation(&mut in_flight, &registry_probe, metrics);
         if now.duration_since(last_report) >= Duration::from_millis(100) {
             last_report = now;
             if producer.failure().is_some() || influx.and_then(InfluxPool::failure).is_some() {
@@ -641,25 +653,59 @@ fn run_worker(
 }
 
 /// Sends the registry changes that arrived into the dataflow at the input's time (each holds
-/// from its own effective time, see [`crate::dataflow::metadata::Version`]); then, once the changelog is
-/// loaded, advances the input to where no message can still need an earlier registry: the
-/// least partition watermark plus the allowed lateness and clock skew (the furthest a
-/// message's own time can be ahead of its stamp).
+/// from its own effective time, see [`crate::dataflow::metadata::Version`]), and seals that
+/// time at once, so enrichment sees them without waiting for the watermark to move; then, once
+/// the changelog is loaded, advances the input to where no message can still need an earlier
+/// registry: the least partition watermark plus the allowed lateness and clock skew (the
+/// furthest a message's own time can be ahead of its stamp). Changes whose making time is
+/// known go into `in_flight` with the time they were sent at.
 fn feed_registry(
-    changes: &Receiver<crate::dataflow::RegistryUpdate>,
+    changes: &Receiver<ForwardedChange>,
     input: &mut VecInput<TimeMs, crate::dataflow::RegistryUpdate>,
     loaded: bool,
     source_probe: &ProbeHandle<TimeMs>,
     lead_ms: TimeMs,
+    in_flight: &mut Vec<(TimeMs, i64)>,
 ) {
-    while let Ok(update) = changes.try_recv() {
-        input.send(update);
-    }
-    if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
-        let target = frontier.saturating_add(lead_ms);
-        if target > *input.time() {
-            input.advance_to(target);
+    let sent_at = *input.time();
+    let mut sent = false;
+    while let Ok(change) = changes.try_recv() {
+        input.send(change.update);
+        sent = true;
+        if let Some(made_ms) = change.made_ms {
+            in_flight.push((sent_at, made_ms));
         }
     }
+    let mut target = if sent { sent_at + 1 } else { sent_at };
+    if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
+        target = target.max(frontier.saturating_add(lead_ms));
+    }
+    if target > sent_at {
+        input.advance_to(target);
+    }
     input.flush();
+}
+
+/// Observes the propagation of the changes enrichment now sees (the registry's frontier has
+/// passed the time they were sent at).
+fn observe_propagation(
+    in_flight: &mut Vec<(TimeMs, i64)>,
+    registry_probe: &ProbeHandle<TimeMs>,
+    metrics: &Metrics,
+) {
+    if in_flight.is_empty() {
+        return;
+    }
+    let frontier = registry_probe.with_frontier(|f| f.first().copied());
+    let now_ms = wall_clock_ms() as i64;
+    in_flight.retain(|(sent_at, made_ms)| {
+        let seen = frontier.is_none_or(|f| f > *sent_at);
+        if seen {
+            let ms = (now_ms - made_ms).max(0) as u64;
+            metrics
+                .registry_propagation
+                .observe(Duration::from_millis(ms));
+        }
+        !seen
+    });
 }

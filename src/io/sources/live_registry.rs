@@ -43,3 +43,13 @@ impl LiveRegistry {
         self.loaded.store(true, Ordering::Release);
     }
 }
+
+/// A registry change on its way to the dataflow, with when it was made (the store's commit,
+/// the changelog record's timestamp), to measure how long it takes to reach enrichment.
+#[derive(Clone, Debug)]
+pub struct ForwardedChange {
+    /// The change.
+    pub update: crate::dataflow::RegistryUpdate,
+    /// Wall-clock time it was made (ms since the epoch), if known.
+    pub made_ms: Option<i64>,
+}

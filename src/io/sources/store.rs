@@ -19,13 +19,12 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::dataflow::RegistryUpdate;
 use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::store::entities::to_entity;
 use crate::io::connect::store::read::Change;
 use crate::io::connect::store::{Store, StoreConfig, StoreError};
-use crate::io::sources::live_registry::LiveRegistry;
+use crate::io::sources::live_registry::{ForwardedChange, LiveRegistry};
 use crate::io::support::metrics::Metrics;
 
 /// Log entries read per query.
@@ -44,7 +43,7 @@ impl StoreFollower {
         config: &StoreConfig,
         catalog: Arc<MetricCatalog>,
         live: Arc<LiveRegistry>,
-        forward: Option<Sender<RegistryUpdate>>,
+        forward: Option<Sender<ForwardedChange>>,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, StoreError> {
@@ -103,7 +102,7 @@ struct Follower {
     history: MetadataHistory,
     last_seq: i64,
     catalog: Arc<MetricCatalog>,
-    forward: Option<Sender<RegistryUpdate>>,
+    forward: Option<Sender<ForwardedChange>>,
     metrics: Arc<Metrics>,
 }
 
@@ -128,7 +127,10 @@ impl Follower {
                     self.history.apply(&update);
                     if let Some(forward) = &self.forward {
                         // The receiver is gone only when the dataflow is shutting down.
-                        let _ = forward.send(update);
+                        let _ = forward.send(ForwardedChange {
+                            update,
+                            made_ms: Some(change.committed_ms),
+                        });
                     }
                     self.metrics.registry_changes.inc();
                     changed = true;

@@ -177,6 +177,8 @@ pub struct Metrics {
     /// From reading a batch to the written frontier passing its watermark (everything the
     /// dataflow emitted at or before the batch's time is then durable).
     pub batch_latency: Histogram,
+    /// From a registry change being made to enrichment seeing it.
+    pub registry_propagation: Histogram,
     /// From a message's arrival at iotpipe to InfluxDB accepting its readings' points, one
     /// observation per message.
     pub influx_latency: Histogram,
@@ -210,6 +212,7 @@ impl Default for Metrics {
             registry_rejects: Counter::default(),
             delivery_retries: Counter::default(),
             batch_latency: Histogram::default(),
+            registry_propagation: Histogram::default(),
             influx_latency: Histogram::default(),
             influx_request: Histogram::default(),
             influx_points: Counter::default(),
@@ -311,6 +314,13 @@ impl Default for Metrics {
             "From reading a batch to the written frontier passing its watermark",
             Unit::Seconds,
             metrics.batch_latency.clone(),
+        );
+        r.register_with_unit(
+            "registry_propagation",
+            "From a registry change being made (committed to the store, or produced to the \
+             changelog topic) to enrichment seeing it",
+            Unit::Seconds,
+            metrics.registry_propagation.clone(),
         );
         r.register(
             "influx_points",

@@ -37,6 +37,8 @@ pub struct Change {
     pub deleted: bool,
     /// The entity as it is after the change.
     pub body: Value,
+    /// Wall-clock time of its commit (ms since the epoch).
+    pub committed_ms: i64,
 }
 
 /// The body fields a list may be filtered on, by kind.
@@ -230,8 +232,9 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT seq, kind, id, version, effective_ms, deleted, body FROM change_log
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, kind, id, version, effective_ms, deleted, body,
+                     (extract(epoch FROM committed_at) * 1000)::bigint
+                 FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2",
                 &[&seq, &limit],
             )
             .await
@@ -247,6 +250,7 @@ impl Store {
                     effective_ms: r.get(4),
                     deleted: r.get(5),
                     body: r.get(6),
+                    committed_ms: r.get(7),
                 })
             })
             .collect())

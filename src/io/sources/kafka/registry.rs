@@ -19,12 +19,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::dataflow::RegistryUpdate;
 use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::registry::{RegistryChange, parse_registry_line};
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::kafka::{KafkaConfig, KafkaSetupError, client_error, partition_count};
-use crate::io::sources::live_registry::LiveRegistry;
+use crate::io::sources::live_registry::{ForwardedChange, LiveRegistry};
 use crate::io::support::metrics::Metrics;
 
 /// A changelog record that is not a registry change (skipped and counted).
@@ -77,7 +76,7 @@ impl RegistryFollower {
         config: &KafkaConfig,
         catalog: Arc<MetricCatalog>,
         live: Arc<LiveRegistry>,
-        forward: Option<Sender<RegistryUpdate>>,
+        forward: Option<Sender<ForwardedChange>>,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, KafkaSetupError> {
@@ -136,7 +135,7 @@ fn follow(
     end_offsets: Vec<i64>,
     catalog: &MetricCatalog,
     live: &LiveRegistry,
-    forward: Option<Sender<RegistryUpdate>>,
+    forward: Option<Sender<ForwardedChange>>,
     metrics: &Metrics,
     stop: &AtomicBool,
 ) {
@@ -168,9 +167,10 @@ fn follow(
                 Ok(change) => {
                     history.apply_change(&change);
                     if let Some(forward) = &forward {
+                        let made_ms = message.timestamp().to_millis();
                         for update in change.to_updates() {
                             // The receiver is gone only when the dataflow is shutting down.
-                            let _ = forward.send(update);
+                            let _ = forward.send(ForwardedChange { update, made_ms });
                         }
                     }
                     metrics.registry_changes.inc();
