@@ -7,13 +7,13 @@
 //! it), and the device, which names its model and building. Each is a change of its own in
 //! the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::entities::{Device, Kind, Limits, Model, Place};
-use super::write::{Precondition, WriteError, lock_log, put_in};
+use super::write::{Precondition, WriteError, lock_log, prepared, put_in};
 use super::{Store, StoreError};
 use crate::dataflow::metadata::{MAX_PLACE_DEPTH, building_id, site_id};
 
@@ -104,6 +104,10 @@ impl Store {
                 *at = (*at).min(entry.effective_ms);
             }
         }
+        // Places and models this import has already written as its lines want them: a line
+        // naming one again needs no query (the import holds the log's lock per batch, and
+        // lines never change a place).
+        let mut ensured: HashSet<String> = HashSet::new();
         let mut client = self.client().await?;
         for batch in entries.chunks(IMPORT_BATCH) {
             let tx = client
@@ -112,7 +116,7 @@ impl Store {
                 .map_err(StoreError::query("starting an import"))?;
             lock_log(&tx).await?;
             for entry in batch {
-                report.changes += apply(&tx, entry, &first_named)
+                report.changes += apply(&tx, entry, &first_named, &mut ensured)
                     .await
                     .map_err(import_error)?;
                 report.lines += 1;
@@ -366,13 +370,17 @@ async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     entry: &RegistryEntry,
     first_named: &HashMap<String, i64>,
+    ensured: &mut HashSet<String>,
 ) -> Result<usize, WriteError> {
     let id = entry.device_id.as_str();
     let t = entry.effective_ms;
     let changed = |written: super::write::Written| usize::from(written.seq.is_some());
     if entry.deleted {
         let version = tx
-            .query_opt("SELECT version FROM devices WHERE id = $1", &[&id])
+            .query_opt(
+                &prepared(tx, "SELECT version FROM devices WHERE id = $1").await?,
+                &[&id],
+            )
             .await
             .map_err(|e| WriteError::Store(StoreError::query("reading a device")(e)))?;
         if version.is_none() {
@@ -380,8 +388,12 @@ async fn apply(
         }
         let mut body: Value = tx
             .query_one(
-                "SELECT body FROM history WHERE kind = 'device' AND id = $1
+                &prepared(
+                    tx,
+                    "SELECT body FROM history WHERE kind = 'device' AND id = $1
                  ORDER BY version DESC LIMIT 1",
+                )
+                .await?,
                 &[&id],
             )
             .await
@@ -422,6 +434,9 @@ async fn apply(
         (&site_place, "site", Some(&org), &site),
         (&building_place, "building", Some(&site_place), &building),
     ] {
+        if !ensured.insert(format!("place:{place}")) {
+            continue;
+        }
         let body = json!({"kind": kind, "parent_id": parent, "name": name});
         let from = first_named.get(place.as_str()).copied().unwrap_or(t).min(t);
         match put_in(tx, Kind::Place, place, &body, from, Precondition::Absent).await {
@@ -432,10 +447,23 @@ async fn apply(
         }
     }
     // The model keeps what the catalogue says of it; a line only sets its device type.
+    let model_key = format!("model:{model}:{device_type}");
+    if ensured.contains(&model_key) {
+        let device = device_body(&model, building_place, firmware, schema, entry);
+        return Ok(
+            changes + changed(put_in(tx, Kind::Device, id, &device, t, Precondition::None).await?)
+        );
+    }
+    ensured.retain(|k| !k.starts_with(&format!("model:{model}:")));
+    ensured.insert(model_key);
     let current: Option<Value> = tx
         .query_opt(
-            "SELECT h.body FROM models m JOIN history h ON h.kind = 'model' AND h.id = m.id
+            &prepared(
+                tx,
+                "SELECT h.body FROM models m JOIN history h ON h.kind = 'model' AND h.id = m.id
                  AND h.version = m.version WHERE m.id = $1",
+            )
+            .await?,
             &[&model],
         )
         .await
@@ -463,16 +491,27 @@ async fn apply(
         )
         .await?,
     );
+    let body = device_body(&model, building_place, firmware, schema, entry);
+    changes += changed(put_in(tx, Kind::Device, id, &body, t, Precondition::None).await?);
+    Ok(changes)
+}
+
+/// The device a registry line describes, as the store keeps it.
+fn device_body(
+    model: &str,
+    place_id: String,
+    firmware: String,
+    schema: String,
+    entry: &RegistryEntry,
+) -> Value {
     let device = Device {
-        model_id: model,
-        place_id: building_place,
+        model_id: model.to_owned(),
+        place_id,
         firmware,
         schema,
         threshold_overrides: entry.thresholds.clone(),
         attributes: Default::default(),
         status: super::entities::DeviceStatus::Active,
     };
-    let body = serde_json::to_value(device).expect("devices serialise");
-    changes += changed(put_in(tx, Kind::Device, id, &body, t, Precondition::None).await?);
-    Ok(changes)
+    serde_json::to_value(device).expect("devices serialise")
 }

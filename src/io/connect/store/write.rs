@@ -125,7 +125,7 @@ impl Store {
         };
         for (sql, what) in users {
             let rows = tx
-                .query(*sql, &[&id])
+                .query(&prepared(&tx, *sql).await?, &[&id])
                 .await
                 .map_err(query("finding what names an entity"))?;
             if !rows.is_empty() {
@@ -139,7 +139,7 @@ impl Store {
             }
         }
         tx.execute(
-            &format!("DELETE FROM {} WHERE id = $1", kind.table()),
+            &prepared(&tx, &format!("DELETE FROM {} WHERE id = $1", kind.table())).await?,
             &[&id],
         )
         .await
@@ -178,10 +178,14 @@ async fn current_version(
 ) -> Result<Option<i64>, WriteError> {
     let row = tx
         .query_opt(
-            &format!(
-                "SELECT version FROM {} WHERE id = $1 FOR UPDATE",
-                kind.table()
-            ),
+            &prepared(
+                tx,
+                &format!(
+                    "SELECT version FROM {} WHERE id = $1 FOR UPDATE",
+                    kind.table()
+                ),
+            )
+            .await?,
             &[&id],
         )
         .await
@@ -198,7 +202,11 @@ async fn next_version(
 ) -> Result<i64, WriteError> {
     Ok(tx
         .query_one(
-            "SELECT coalesce(max(version), 0) + 1 FROM history WHERE kind = $1 AND id = $2",
+            &prepared(
+                tx,
+                "SELECT coalesce(max(version), 0) + 1 FROM history WHERE kind = $1 AND id = $2",
+            )
+            .await?,
             &[&kind.name(), &id],
         )
         .await
@@ -221,9 +229,8 @@ pub(crate) async fn put_in(
     check(kind, current, precondition)?;
     if let Some(version) = current {
         let same = tx
-            .query_one(
-                "SELECT body = $3 FROM history WHERE kind = $1 AND id = $2 ORDER BY version DESC
-                 LIMIT 1",
+            .query_one(&prepared(tx, "SELECT body = $3 FROM history WHERE kind = $1 AND id = $2 ORDER BY version DESC
+                 LIMIT 1").await?,
                 &[&kind.name(), &id, body],
             )
             .await
@@ -316,7 +323,7 @@ pub(crate) async fn put_in(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    tx.execute(sql, &params)
+    tx.execute(&prepared(tx, sql).await?, &params)
         .await
         .map_err(query("writing an entity"))?;
     let seq = record(tx, kind, id, version, effective_ms, Some(body)).await?;
@@ -344,7 +351,10 @@ async fn check_references(
         };
         let what = &table[..table.len() - 1];
         let current = tx
-            .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&named])
+            .query_opt(
+                &prepared(tx, &format!("SELECT 1 FROM {table} WHERE id = $1")).await?,
+                &[&named],
+            )
             .await
             .map_err(query("checking a reference"))?;
         if current.is_none() {
@@ -355,8 +365,12 @@ async fn check_references(
         }
         let then = tx
             .query_opt(
-                "SELECT deleted FROM history WHERE kind = $1 AND id = $2 AND effective_ms <= $3
+                &prepared(
+                    tx,
+                    "SELECT deleted FROM history WHERE kind = $1 AND id = $2 AND effective_ms <= $3
                  ORDER BY effective_ms DESC, version DESC LIMIT 1",
+                )
+                .await?,
                 &[&what, &named, &effective_ms],
             )
             .await
@@ -378,11 +392,15 @@ async fn check_references(
             if let Some(parent) = named("parent_id") {
                 let cycle = tx
                     .query_opt(
-                        "WITH RECURSIVE up(id) AS (
+                        &prepared(
+                            tx,
+                            "WITH RECURSIVE up(id) AS (
                              SELECT $1::text UNION
                              SELECT p.parent_id FROM places p JOIN up ON p.id = up.id
                              WHERE p.parent_id IS NOT NULL)
                          SELECT 1 FROM up WHERE id = $2",
+                        )
+                        .await?,
                         &[&parent, &id],
                     )
                     .await
@@ -396,7 +414,10 @@ async fn check_references(
             }
             if let Some(zone) = named("time_zone") {
                 let known = tx
-                    .query_opt("SELECT 1 FROM pg_timezone_names WHERE name = $1", &[&zone])
+                    .query_opt(
+                        &prepared(tx, "SELECT 1 FROM pg_timezone_names WHERE name = $1").await?,
+                        &[&zone],
+                    )
                     .await
                     .map_err(query("checking a time zone"))?;
                 if known.is_none() {
@@ -418,13 +439,27 @@ async fn check_references(
     Ok(())
 }
 
+/// A statement prepared once per connection: a write is a dozen of them, each otherwise two
+/// round trips (parse, then execute) instead of one.
+pub(crate) async fn prepared(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(StoreError::query("preparing a statement"))
+}
+
 /// Takes the change log's counter before anything else, so writers queue there in one order
 /// (a writer that locked a model first and the counter second could deadlock with one that did
 /// the opposite) and commit one at a time.
 pub(crate) async fn lock_log(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute("SELECT last_seq FROM change_counter FOR UPDATE", &[])
-        .await
-        .map_err(StoreError::query("locking the change log"))?;
+    tx.execute(
+        &prepared(tx, "SELECT last_seq FROM change_counter FOR UPDATE").await?,
+        &[],
+    )
+    .await
+    .map_err(StoreError::query("locking the change log"))?;
     Ok(())
 }
 
@@ -441,7 +476,11 @@ async fn record(
 ) -> Result<i64, StoreError> {
     let seq: i64 = tx
         .query_one(
-            "UPDATE change_counter SET last_seq = last_seq + 1 RETURNING last_seq",
+            &prepared(
+                tx,
+                "UPDATE change_counter SET last_seq = last_seq + 1 RETURNING last_seq",
+            )
+            .await?,
             &[],
         )
         .await
@@ -452,15 +491,23 @@ async fn record(
     let body = body.unwrap_or(&empty);
     let kind = kind.name();
     tx.execute(
-        "INSERT INTO history (kind, id, version, effective_ms, deleted, body, change_seq)
+        &prepared(
+            tx,
+            "INSERT INTO history (kind, id, version, effective_ms, deleted, body, change_seq)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?,
         &[&kind, &id, &version, &effective_ms, &deleted, body, &seq],
     )
     .await
     .map_err(StoreError::query("recording a version"))?;
     tx.execute(
-        "INSERT INTO change_log (seq, kind, id, version, effective_ms, deleted, body)
+        &prepared(
+            tx,
+            "INSERT INTO change_log (seq, kind, id, version, effective_ms, deleted, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?,
         &[&seq, &kind, &id, &version, &effective_ms, &deleted, body],
     )
     .await
