@@ -125,7 +125,7 @@ impl Store {
         };
         for (sql, what) in users {
             let rows = tx
-                .query(&prepared(&tx, *sql).await?, &[&id])
+                .query(&prepared(&tx, sql).await?, &[&id])
                 .await
                 .map_err(query("finding what names an entity"))?;
             if !rows.is_empty() {
