@@ -174,6 +174,36 @@ impl RegistryChange {
     }
 }
 
+/// Turns registry lines into entity updates, each place and model sent once for as long as the
+/// lines agree on it: a line repeats its places and model, and 100,000 lines naming one site
+/// need not be 100,000 versions of it. A place or model holds from the earliest line naming
+/// it (a later-joining device's line may come first in the file).
+#[derive(Debug, Default)]
+pub struct LineEntities {
+    sent: rustc_hash::FxHashMap<EntityKey, (Entity, TimeMs)>,
+}
+
+impl LineEntities {
+    /// The updates of `change` not already sent.
+    pub fn updates(&mut self, change: &RegistryChange) -> Vec<RegistryUpdate> {
+        let mut updates = change.to_updates();
+        updates.retain(|(key, value, effective_ms)| {
+            let (EntityKey::Place(_) | EntityKey::Model(_), Some(entity)) = (key, value) else {
+                return true;
+            };
+            match self.sent.get(key) {
+                Some((same, since)) if same == entity && *since <= *effective_ms => false,
+                _ => {
+                    self.sent
+                        .insert(key.clone(), (entity.clone(), *effective_ms));
+                    true
+                }
+            }
+        });
+        updates
+    }
+}
+
 /// The thresholds in force for a device: its model's defaults, each overridden by the device's
 /// own for the same metric; sorted by metric.
 pub fn effective_thresholds(

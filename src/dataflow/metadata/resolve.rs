@@ -107,25 +107,27 @@ impl<'scope> ResolveRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
         // A change counts in the dataflow from when it is known (its timely time), and holds
         // from its effective time: both go into the arrangement (see `Version`).
         let known = self.unary(Pipeline, "KnowVersions", |_, _| {
-            // The knowledge time each key was last given, while it may still collide.
-            let mut last_known: FxHashMap<EntityKey, TimeMs> = FxHashMap::default();
+            // The knowledge times each key was given, while they may still collide.
+            let mut known: FxHashMap<EntityKey, Vec<TimeMs>> = FxHashMap::default();
             move |input, output| {
                 input.for_each(|cap, updates| {
                     let Some(&known_ms) = cap.least() else { return };
-                    last_known.retain(|_, t| *t >= known_ms);
+                    known.retain(|_, times| {
+                        times.retain(|t| *t >= known_ms);
+                        !times.is_empty()
+                    });
                     let mut session = output.session(&cap);
                     for (key, value, effective_ms) in updates.drain(..) {
                         let mut at = effective_ms.max(known_ms);
                         // Two versions of one entity at one time are both versions, the later
                         // in arrival order known a millisecond later (an upsert keeps one value
                         // per time): a correction of the same effective time wins, as in the
-                        // store's history.
-                        if let Some(&last) = last_known.get(&key)
-                            && last >= at
-                        {
-                            at = last + 1;
+                        // store's history. Versions at other times keep their own.
+                        let times = known.entry(key.clone()).or_default();
+                        while times.contains(&at) {
+                            at += 1;
                         }
-                        last_known.insert(key.clone(), at);
+                        times.push(at);
                         let version = Version {
                             effective_ms,
                             value,

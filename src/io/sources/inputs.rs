@@ -180,7 +180,8 @@ impl PipelineSources {
     /// arrangement is complete for every time. Every worker calls it; one passes the changes.
     pub fn load_registry_and_close(&mut self, changes: &[RegistryChange]) {
         if let Some(mut input) = self.registry.take() {
-            for update in changes.iter().flat_map(RegistryChange::to_updates) {
+            let mut lines = crate::dataflow::metadata::LineEntities::default();
+            for update in changes.iter().flat_map(|change| lines.updates(change)) {
                 input.send(update);
             }
         }

@@ -140,6 +140,7 @@ fn follow(
     stop: &AtomicBool,
 ) {
     let mut history = MetadataHistory::default();
+    let mut lines = crate::dataflow::metadata::LineEntities::default();
     // Where each partition has been read to; loaded once every one reaches its end at start.
     let mut next_offsets = vec![0_i64; end_offsets.len()];
     let loaded = |next: &[i64]| next.iter().zip(&end_offsets).all(|(n, e)| n >= e);
@@ -168,7 +169,7 @@ fn follow(
                     history.apply_change(&change);
                     if let Some(forward) = &forward {
                         let made_ms = message.timestamp().to_millis();
-                        for update in change.to_updates() {
+                        for update in lines.updates(&change) {
                             // The receiver is gone only when the dataflow is shutting down.
                             let _ = forward.send(ForwardedChange { update, made_ms });
                         }
