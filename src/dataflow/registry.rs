@@ -7,8 +7,9 @@
 //! `"deleted": true` (the device leaves the registry at `effective_ms`).
 //!
 //! In the dataflow each line becomes changes of its device, places and model
-//! ([`RegistryChange::to_updates`]), which [`crate::dataflow::metadata`] joins back into entries; [`RegistryHistory`] answers the same as-of question
-//! outside the dataflow, for sources that must know whether a device is registered before the
+//! ([`RegistryChange::to_updates`]), which [`crate::dataflow::metadata`] joins back into
+//! entries; [`MetadataHistory`](crate::dataflow::metadata::MetadataHistory) answers the same
+//! question outside the dataflow, for sources that must know whether a device is registered before the
 //! message enters (a reading of an unregistered device must not advance the watermark).
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! The metadata store keeps them apart (a device names its model and its place; a place names
 //! the place above it), and so does the dataflow: a change of a model's default thresholds or
 //! of a building's site is one update, and [`ResolveRegistry`] turns the three into each
-//! device's [`DeviceInfo`] by an incremental join, so the change reaches every device it
+//! device's [`DeviceInfo`](crate::dataflow::model::DeviceInfo) by an incremental join, so the change reaches every device it
 //! concerns from its effective time on.
 //!
 //! A registry line of the JSON Lines changelog, which names its device's org, site, building

@@ -6,7 +6,7 @@
 //! (`change_log`) that the dataflow follows. iotpipe applies its own migrations, in order,
 //! each once, when it opens the store.
 //!
-//! [`entities`] says what each entity holds and checks it, [`write`] and [`read`] store and
+//! [`entities`] says what each entity holds and checks it, [`mod@write`] and [`mod@read`] store and
 //! read them (each write one transaction that numbers its change in the log), and
 //! [`registry`] converts the JSON Lines registry `replay` and the registry topic take.
 
