@@ -124,6 +124,52 @@ impl Fixture {
         );
     }
 
+    /// A store at `url` holding the fixture's registry, imported; the runtime that drives it
+    /// and the registry's lines.
+    fn store_with_registry(
+        &self,
+        url: &str,
+    ) -> (
+        tokio::runtime::Runtime,
+        iotpipe::io::connect::store::Store,
+        Vec<iotpipe::io::connect::store::registry::RegistryEntry>,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = runtime
+            .block_on(iotpipe::io::connect::store::Store::open(
+                &iotpipe::io::connect::store::StoreConfig::url(url),
+                |_| None,
+            ))
+            .unwrap();
+        let entries: Vec<_> = self
+            .registry_lines
+            .iter()
+            .map(|(_, l)| serde_json::from_str(l).unwrap())
+            .collect();
+        runtime.block_on(store.import_registry(&entries)).unwrap();
+        (runtime, store, entries)
+    }
+
+    /// The batch computation over the store's history, exported as registry lines.
+    fn expected_from_store(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        store: &iotpipe::io::connect::store::Store,
+        config: PipelineConfig,
+    ) -> common::reference::Expected {
+        let exported = runtime.block_on(store.export_registry()).unwrap();
+        let text: String = exported
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        let schemas = SchemaSet::embedded();
+        let history = parse_registry(&text, schemas.catalog()).unwrap();
+        common::reference::compute_partitions(&self.partition_files, &history, &schemas, config)
+    }
+
     fn expected(&self) -> common::reference::Expected {
         self.expected_with(PipelineConfig::default())
     }
@@ -1080,26 +1126,12 @@ fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves
 #[test]
 fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_effective_times() {
     use iotpipe::io::connect::store::entities::Kind;
-    use iotpipe::io::connect::store::registry::RegistryEntry;
     use iotpipe::io::connect::store::write::Precondition;
-    use iotpipe::io::connect::store::{Store, StoreConfig};
     use serde_json::json;
 
     let fixture = fixture(40, 360);
     let postgres = common::postgres::Postgres::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = runtime
-        .block_on(Store::open(&StoreConfig::url(postgres.url()), |_| None))
-        .unwrap();
-    let entries: Vec<RegistryEntry> = fixture
-        .registry_lines
-        .iter()
-        .map(|(_, l)| serde_json::from_str(l).unwrap())
-        .collect();
-    runtime.block_on(store.import_registry(&entries)).unwrap();
+    let (runtime, store, _) = fixture.store_with_registry(&postgres.url());
 
     let start = common::START_MS as i64;
     let (unset_at, tighten_at, move_at) = (start + 210_000, start + 240_000, start + 300_000);
@@ -1172,19 +1204,7 @@ fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_
     put(Kind::Place, &building_id, &moved, move_at);
 
     // The batch computation over the store's history, as registry lines.
-    let exported = runtime.block_on(store.export_registry()).unwrap();
-    let text: String = exported
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
-    let schemas = SchemaSet::embedded();
-    let changes = parse_registry(&text, schemas.catalog()).unwrap();
-    let expected = common::reference::compute_partitions(
-        &fixture.partition_files,
-        &changes,
-        &schemas,
-        PipelineConfig::default(),
-    );
+    let expected = fixture.expected_from_store(&runtime, &store, PipelineConfig::default());
     let window_of = |line: &String| -> Value { serde_json::from_str(line).unwrap() };
     let of_model: BTreeSet<String> = devices.iter().map(|d| d.id.clone()).collect();
     let breaches = |from: i64, to: i64| -> u64 {
@@ -1247,9 +1267,7 @@ fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_
 #[test]
 fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_once() {
     use iotpipe::io::connect::store::entities::Kind;
-    use iotpipe::io::connect::store::registry::RegistryEntry;
     use iotpipe::io::connect::store::write::Precondition;
-    use iotpipe::io::connect::store::{Store, StoreConfig};
     use serde_json::json;
 
     const SECONDS: u64 = 480;
@@ -1257,19 +1275,7 @@ fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_
     let fixture = fixture(60, SECONDS);
     let postgres = common::postgres::Postgres::start();
     let url = postgres.create_database("killed");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = runtime
-        .block_on(Store::open(&StoreConfig::url(&url), |_| None))
-        .unwrap();
-    let entries: Vec<RegistryEntry> = fixture
-        .registry_lines
-        .iter()
-        .map(|(_, l)| serde_json::from_str(l).unwrap())
-        .collect();
-    runtime.block_on(store.import_registry(&entries)).unwrap();
+    let (runtime, store, entries) = fixture.store_with_registry(&url);
     let devices = runtime
         .block_on(store.list(
             Kind::Device,
@@ -1433,17 +1439,9 @@ fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_
         apply(change);
     }
 
-    let exported = runtime.block_on(store.export_registry()).unwrap();
-    let text: String = exported
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
-    let schemas = SchemaSet::embedded();
-    let history = parse_registry(&text, schemas.catalog()).unwrap();
     let mut config = PipelineConfig::default();
     config.event_time.max_clock_skew_ms = 10_000;
-    let expected =
-        common::reference::compute_partitions(&fixture.partition_files, &history, &schemas, config);
+    let expected = fixture.expected_from_store(&runtime, &store, config);
     // Every change shows in the batch computation: the data must exercise them.
     let windows: Vec<Value> = expected
         .aggregates

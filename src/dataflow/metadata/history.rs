@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::resolve::{PlacePath, device_info};
 use super::{DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, RegistryUpdate};
-use crate::dataflow::metadata::{MAX_PLACE_DEPTH, effective_thresholds};
-use crate::dataflow::model::{DeviceId, DeviceInfo, SharedDeviceInfo, TimeMs};
+use crate::dataflow::metadata::MAX_PLACE_DEPTH;
+use crate::dataflow::model::{DeviceId, SharedDeviceInfo, TimeMs};
 use crate::dataflow::registry::RegistryChange;
 
 /// One entity's changes, sorted by time, one per time.
@@ -110,6 +111,8 @@ impl MetadataHistory {
     pub fn device_at(&self, device_id: &str, ts_ms: TimeMs) -> Option<SharedDeviceInfo> {
         let device = at(self.devices.get(device_id)?, ts_ms)?;
         let model = at(self.models.get(&device.model_id)?, ts_ms)?;
+        // The device's own place must exist, as the join requires.
+        at(self.places.get(&device.place_id)?, ts_ms)?;
         let (mut org, mut site, mut building) = (None, None, None);
         let mut place_id = Some(device.place_id.as_str());
         for _ in 0..=MAX_PLACE_DEPTH {
@@ -119,6 +122,7 @@ impl MetadataHistory {
             else {
                 break;
             };
+            // The nearest place of each level names it.
             let slot = match place.kind.as_str() {
                 "org" => &mut org,
                 "site" => &mut site,
@@ -128,24 +132,12 @@ impl MetadataHistory {
             slot.get_or_insert_with(|| place.name.clone());
             place_id = place.parent_id.as_deref();
         }
-        // The device's own place must exist, as the join requires.
-        at(self.places.get(&device.place_id)?, ts_ms)?;
-        Some(Arc::new(DeviceInfo {
-            device_type: device
-                .device_type
-                .clone()
-                .unwrap_or_else(|| model.device_type.clone()),
-            firmware: device.firmware.clone(),
-            schema: device.schema.clone(),
+        let path = PlacePath {
             org: org.unwrap_or_default(),
             site: site.unwrap_or_default(),
             building: building.unwrap_or_default(),
-            model: device.model_id.clone(),
-            thresholds: effective_thresholds(
-                &model.default_thresholds,
-                &device.threshold_overrides,
-            ),
-        }))
+        };
+        Some(Arc::new(device_info(device, model, &path)))
     }
 }
 

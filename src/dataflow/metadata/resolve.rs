@@ -232,7 +232,11 @@ impl<'scope> ResolveRegistry<'scope> for EventStream<'scope, RegistryUpdate> {
 }
 
 /// A device's entry: its record, its model's type and thresholds under its own, its places.
-fn device_info(device: &DeviceRecord, model: &ModelRecord, path: &PlacePath) -> DeviceInfo {
+pub(super) fn device_info(
+    device: &DeviceRecord,
+    model: &ModelRecord,
+    path: &PlacePath,
+) -> DeviceInfo {
     DeviceInfo {
         device_type: device
             .device_type

@@ -61,6 +61,15 @@ fn integer(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, 
         .map_err(ApiError::from)
 }
 
+/// The `limit` of a page: 1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`].
+fn page_limit(params: &HashMap<String, String>) -> Result<i64, ApiError> {
+    let limit = integer(params, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Invalid::new("limit", format!("must lie in [1, {MAX_PAGE}]")).into());
+    }
+    Ok(limit)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -121,10 +130,7 @@ pub async fn list(
             }
         }
     }
-    let limit = integer(&params, "limit")?.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Invalid::new("limit", format!("must lie in [1, {MAX_PAGE}]")).into());
-    }
+    let limit = page_limit(&params)?;
     let as_of = integer(&params, "as_of")?;
     let after = params.get("after").map(String::as_str);
     let page = state
@@ -349,10 +355,7 @@ pub async fn changes(
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.authorize(&headers, Role::Read)?;
     let after = integer(&params, "after")?.unwrap_or(0);
-    let limit = integer(&params, "limit")?.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Invalid::new("limit", format!("must lie in [1, {MAX_PAGE}]")).into());
-    }
+    let limit = page_limit(&params)?;
     let page = state.store.changes_after(after, limit).await?;
     let items: Vec<Value> = page
         .iter()
