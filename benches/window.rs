@@ -8,8 +8,10 @@ use iotpipe::dataflow::anomaly::AnomalyConfig;
 use iotpipe::dataflow::model::{
     DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading, Threshold,
 };
-use iotpipe::dataflow::{AggregateWindows, RollupSites, WindowConfig};
-use timely::dataflow::operators::Probe;
+use iotpipe::dataflow::{
+    AggregateWindows, RegistryUpdate, ResolveRegistry, RollupSites, WindowConfig,
+};
+use timely::dataflow::operators::{Probe, ToStream};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 const DEVICES: usize = 10_000;
@@ -75,9 +77,16 @@ fn window(c: &mut Criterion) {
                     let mut handle = InputHandle::new();
                     let probe = ProbeHandle::new();
                     worker.dataflow::<u64, _, _>(|scope| {
+                        let registry = Vec::<RegistryUpdate>::new()
+                            .to_stream(scope)
+                            .resolve_registry();
                         handle
                             .to_stream(scope)
-                            .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default())
+                            .aggregate_windows(
+                                &registry,
+                                WindowConfig::default(),
+                                &AnomalyConfig::default(),
+                            )
                             .aggregates
                             .rollup_sites()
                             .probe_with(&probe);

@@ -7,10 +7,10 @@ use iotpipe::dataflow::anomaly::{
     AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress,
 };
 use iotpipe::dataflow::model::{DeviceId, DeviceInfo, EnrichedMessage, MetricId, Reading};
-use iotpipe::dataflow::{AggregateWindows, WindowConfig};
+use iotpipe::dataflow::{AggregateWindows, RegistryUpdate, ResolveRegistry, WindowConfig};
 use iotpipe::io::sources::inputs::VecInput;
 use timely::dataflow::operators::capture::Event;
-use timely::dataflow::operators::{Capture, Concat};
+use timely::dataflow::operators::{Capture, Concat, ToStream};
 
 const START: u64 = 1_704_067_200_000;
 
@@ -69,9 +69,14 @@ fn run_with(
         let all = all.clone();
         let mut input: VecInput<u64, EnrichedMessage> = VecInput::new();
         let captured = worker.dataflow::<u64, _, _>(|scope| {
-            let windowed = input
+            let registry = Vec::<RegistryUpdate>::new()
                 .to_stream(scope)
-                .aggregate_windows(WindowConfig::default(), &config);
+                .resolve_registry();
+            let windowed = input.to_stream(scope).aggregate_windows(
+                &registry,
+                WindowConfig::default(),
+                &config,
+            );
             let progress = windowed.activity.clone().fleet_progress();
             let silences = windowed
                 .activity

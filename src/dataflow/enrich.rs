@@ -9,19 +9,16 @@
 
 use differential_dataflow::Hashable;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::cursor::cursor_list;
 use differential_dataflow::trace::implementations::ValSpine;
-use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
-use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, OkErr};
-use timely::progress::Antichain;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::metadata::Version;
+use crate::dataflow::metadata::lookup::{RegistryLookup, in_force};
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
@@ -110,7 +107,7 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
         registry: &RegistryArrangement<'scope>,
         window: WindowConfig,
     ) -> EnrichedAndUnknown<'scope> {
-        let mut trace = registry.trace.clone();
+        let trace = registry.trace.clone();
         let (enriched, unknown) = {
             // The arrangement is partitioned by the same hash, so each lookup is local.
             let by_device = Exchange::new(|m: &TimedMessage| m.device_id.hashed());
@@ -118,137 +115,78 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
             // Boxed: unknown devices are rare, and the `Ok` path stays small.
             type Joined = Result<EnrichedMessage, Box<(TimeMs, DeadLetter)>>;
             self.binary_frontier::<_, CapacityContainerBuilder<Vec<Joined>>, _, _, _, _>(
-            registry.stream.clone(),
-            by_device,
-            Pipeline,
-            "Enrich",
-            move |_cap, _info| {
-                let mut stash: Vec<(Capability<TimeMs>, Vec<TimedMessage>)> = Vec::new();
-                // Each looked-up device's history, read from the trace once and kept until a
-                // registry batch changes the device: the hot path is one hash lookup.
-                let mut histories: FxHashMap<DeviceId, History> = FxHashMap::default();
-                move |(input, frontier), (registry_batches, registry_frontier), output| {
-                    input.for_each(|cap, data| {
-                        if let Some(cap) = cap.retain_least(0) {
-                            stash.push((cap, std::mem::take(data)));
-                        }
-                    });
-                    // A registry batch makes the cached histories of its devices stale.
-                    registry_batches.for_each(|_, spans| {
-                        for span in spans.iter() {
-                            if let Some(batch) = &span.inner {
-                                let mut cursor = batch.cursor();
-                                while let Some(key) = cursor.get_key(batch) {
-                                    histories.remove(key);
-                                    cursor.step_key(batch);
-                                }
+                registry.stream.clone(),
+                by_device,
+                Pipeline,
+                "Enrich",
+                move |_cap, _info| {
+                    let mut stash: Vec<(Capability<TimeMs>, Vec<TimedMessage>)> = Vec::new();
+                    let mut lookup = RegistryLookup::new(trace);
+                    move |(input, frontier), (registry_batches, registry_frontier), output| {
+                        input.for_each(|cap, data| {
+                            if let Some(cap) = cap.retain_least(0) {
+                                stash.push((cap, std::mem::take(data)));
+                            }
+                        });
+                        // A registry batch makes the cached histories of its devices stale.
+                        registry_batches.for_each(|_, spans| {
+                            for batch in spans.iter().filter_map(|span| span.inner.as_ref()) {
+                                lookup.forget_changed(batch, |_, _| {});
+                            }
+                        });
+
+                        // A message is answered once every registry batch with updates at or before
+                        // its time has reached this operator: the batch stream's frontier, not the
+                        // trace's upper, which can run ahead of the batches (and of the invalidations
+                        // above) that this operator has seen.
+                        let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
+                        for (cap, messages) in stash.iter_mut() {
+                            if !messages.iter().any(is_ready) {
+                                continue;
+                            }
+                            let (ready, waiting): (Vec<_>, Vec<_>) =
+                                std::mem::take(messages).into_iter().partition(is_ready);
+                            *messages = waiting;
+                            lookup.load(ready.iter().map(|m| &m.device_id));
+                            let mut session = output.session(cap);
+                            for message in ready {
+                                let found =
+                                    lookup.history(&message.device_id).and_then(|history| {
+                                        let at = in_force(history, message.ts_ms)?;
+                                        history[at].1.clone()
+                                    });
+                                session.give(match found {
+                                    Some(device) => Ok(EnrichedMessage {
+                                        device_id: message.device_id,
+                                        device,
+                                        stamp_ms: message.watermark_ms,
+                                        readings: message.readings,
+                                    }),
+                                    None => Err(Box::new((
+                                        message.watermark_ms,
+                                        unknown_device(&message),
+                                    ))),
+                                });
                             }
                         }
-                    });
+                        stash.retain(|(_, messages)| !messages.is_empty());
 
-                    // A message is answered once every registry batch with updates at or before
-                    // its time has reached this operator: the batch stream's frontier, not the
-                    // trace's upper, which can run ahead of the batches (and of the invalidations
-                    // above) that this operator has seen.
-                    let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
-                    let mut trace_cursor = None;
-                    for (cap, messages) in stash.iter_mut() {
-                        if !messages.iter().any(is_ready) {
-                            continue;
-                        }
-                        let (ready, waiting): (Vec<_>, Vec<_>) =
-                            std::mem::take(messages).into_iter().partition(is_ready);
-                        *messages = waiting;
-                        let mut session = output.session(cap);
-                        for message in ready {
-                            let history = match histories.get(&message.device_id) {
-                                Some(history) => history,
-                                None => {
-                                    let (cursor, storage) = trace_cursor.get_or_insert_with(|| {
-                                        let batches = trace
-                                            .batches_through(Antichain::new().borrow())
-                                            .expect("the registry trace is readable from our compaction frontier");
-                                        cursor_list(batches)
-                                    });
-                                    cursor.rewind_keys(storage);
-                                    cursor.seek_key(storage, &message.device_id);
-                                    let mut changes = Vec::new();
-                                    if cursor.get_key(storage) == Some(&message.device_id) {
-                                        while let Some(info) = cursor.get_val(storage) {
-                                            cursor.map_times(storage, |time, diff| changes.push((*time, *diff, info.clone())));
-                                            cursor.step_val(storage);
-                                        }
-                                    }
-                                    histories.entry(message.device_id.clone()).or_insert(history_of(changes))
-                                }
-                            };
-                            // The version known last among those in force by the message's time.
-                            let found = history
-                                .iter()
-                                .rev()
-                                .find(|(effective_ms, _)| *effective_ms <= message.ts_ms)
-                                .and_then(|(_, info)| info.clone());
-                            session.give(match found {
-                                Some(device) => Ok(EnrichedMessage {
-                                    device_id: message.device_id,
-                                    device,
-                                    stamp_ms: message.watermark_ms,
-                                    readings: message.readings,
-                                }),
-                                None => Err(Box::new((message.watermark_ms, unknown_device(&message)))),
-                            });
-                        }
+                        // Keep the registry readable as far back as any message may still look.
+                        let oldest = frontier
+                            .frontier()
+                            .iter()
+                            .chain(stash.iter().map(|(cap, _)| cap.time()))
+                            .min()
+                            .copied();
+                        lookup.compact_to(oldest.map(|t| t.saturating_sub(window.length_ms)));
                     }
-                    stash.retain(|(_, messages)| !messages.is_empty());
-
-                    // Keep the registry readable as far back as any message may still look.
-                    let oldest = frontier
-                        .frontier()
-                        .iter()
-                        .chain(stash.iter().map(|(cap, _)| cap.time()))
-                        .min()
-                        .copied();
-                    let readable = match oldest {
-                        Some(t) => Antichain::from_elem(t.saturating_sub(window.length_ms)),
-                        None => Antichain::new(),
-                    };
-                    trace.set_logical_compaction(readable.borrow());
-                    trace.set_physical_compaction(readable.borrow());
-                }
-            },
-        )
-        .ok_err(|joined: Joined| joined)
+                },
+            )
+            .ok_err(|joined: Joined| joined)
         };
         let unknown = unknown.map(|unknown| *unknown);
         (enriched, unknown.at_stamps("StampUnknownDevices"))
     }
-}
-
-/// A device's versions in the order they became known: each version's effective time and
-/// entry (none: not registered from then on).
-type History = Vec<(TimeMs, Option<SharedDeviceInfo>)>;
-
-/// Turns a key's `(known time, diff, version)` updates into the versions ever inserted, in the
-/// order they became known. A version replaced later stays: it still holds before the
-/// replacing version's effective time (compaction drops it once no message can be that old).
-fn history_of(mut changes: Vec<(TimeMs, isize, Version<SharedDeviceInfo>)>) -> History {
-    changes.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
-    let mut history: History = Vec::new();
-    let mut i = 0;
-    while i < changes.len() {
-        let (known_ms, _, version) = &changes[i];
-        let mut net = 0;
-        let mut j = i;
-        while j < changes.len() && changes[j].0 == *known_ms && changes[j].2 == *version {
-            net += changes[j].1;
-            j += 1;
-        }
-        if net > 0 {
-            history.push((version.effective_ms, version.value.clone()));
-        }
-        i = j;
-    }
-    history
 }
 
 /// The dead letter for a message whose device the arrangement does not hold at its time.

@@ -134,7 +134,7 @@ pub fn pipeline<'scope>(
     let registry_out = registry.clone();
     let windowed = enriched
         .clone()
-        .aggregate_windows(config.window, &config.anomaly);
+        .aggregate_windows(&registry, config.window, &config.anomaly);
     let progress = windowed.activity.clone().fleet_progress();
     let silences = windowed
         .activity

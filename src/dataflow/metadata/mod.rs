@@ -11,6 +11,7 @@
 //! and model, becomes the same entities ([`RegistryChange::to_updates`]).
 
 mod history;
+pub mod lookup;
 mod resolve;
 
 use serde::{Deserialize, Serialize};
@@ -94,9 +95,12 @@ pub type RegistryUpdate = (EntityKey, Option<Entity>, TimeMs);
 /// registry keeps the effective time beside the timely time at which a change became known,
 /// so a change known late (a correction whose effective time the dataflow has passed, as every
 /// live change is in `run`, whose registry input runs a clock skew ahead of the messages)
-/// still holds from its effective time for every message looked up after it arrives. One
-/// difference remains: such a late correction also holds over versions of a later effective
-/// time known before it, until a restart reads the versions in effective order.
+/// still holds from its effective time for every message looked up after it arrives, and for
+/// every window still open then (see [`AggregateWindows`](crate::dataflow::AggregateWindows)).
+/// A device's entry is derived from its device, model and place versions, and holds from the
+/// latest of their effective times: a correction of the device record that predates the
+/// current model or place version takes effect from that version's time in the stream (the
+/// store's history, which later batch jobs read, has it from its own time).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version<T> {
     /// Event time from which the version holds.

@@ -1,6 +1,9 @@
 //! Tumbling event-time windows per device and metric, closed by the frontier, with anomaly
 //! scoring folded into the same pass (see [`anomaly`](crate::dataflow::anomaly) for why).
 
+mod open;
+mod reattribute;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,12 +17,14 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::{
-    AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, Judge, ParamsTable, WindowEvidence,
+    AnomalyConfig, AnomalyScore, DeviceActivity, DeviceScorer, Judge, ParamsTable,
 };
+use crate::dataflow::enrich::RegistryArrangement;
+use crate::dataflow::metadata::lookup::RegistryLookup;
 use crate::dataflow::model::{
-    DeviceId, EnrichedMessage, ExactSum, MetricId, Reading, SharedDeviceInfo, ThresholdBreach,
-    TimeMs, WindowAggregate,
+    DeviceId, EnrichedMessage, Reading, SharedDeviceInfo, ThresholdBreach, TimeMs, WindowAggregate,
 };
+use open::{CloseBuffers, DeviceState, OpenWindows};
 
 /// Window geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,220 +61,6 @@ impl WindowConfig {
     pub fn close_time(&self, start_ms: TimeMs) -> TimeMs {
         start_ms.saturating_add(self.length_ms - 1)
     }
-}
-
-/// An open window's running aggregate, and its evidence for the anomaly scorer. In C layout
-/// with what every reading updates first, so a reading touches two or three cache lines.
-#[derive(Clone, Debug)]
-#[repr(C)]
-struct OpenWindow {
-    sum: ExactSum,
-    count: u64,
-    min: f64,
-    max: f64,
-    breaches: u64,
-    evidence: WindowEvidence,
-    metric: MetricId,
-    start_ms: TimeMs,
-    /// The registry entry of the readings (its site keys the window).
-    device: SharedDeviceInfo,
-}
-
-impl OpenWindow {
-    fn closed(&self, device_id: &DeviceId) -> WindowAggregate {
-        WindowAggregate {
-            device_id: device_id.clone(),
-            metric: self.metric,
-            window_start_ms: self.start_ms,
-            site: self.device.site.clone(),
-            count: self.count,
-            min: self.min,
-            max: self.max,
-            sum: self.sum,
-            threshold_breaches: self.breaches,
-        }
-    }
-}
-
-/// A device's open windows, with their keys kept apart: finding a reading's window scans a few
-/// small keys in one cache line instead of windows hundreds of bytes apart.
-#[derive(Default)]
-struct OpenWindows {
-    /// (metric, window start, registry entry's address) of each window, in step with `windows`.
-    keys: Vec<(MetricId, TimeMs, usize)>,
-    windows: Vec<OpenWindow>,
-}
-
-impl OpenWindows {
-    /// Folds a reading into its open window (opening it if needed); returns the window's index
-    /// and whether it was opened.
-    fn fold(
-        &mut self,
-        reading: &Reading,
-        start_ms: TimeMs,
-        device: &SharedDeviceInfo,
-    ) -> (usize, bool) {
-        let address = Arc::as_ptr(device) as usize;
-        let found = self.keys.iter().position(|&(metric, start, at)| {
-            metric == reading.metric && start == start_ms && at == address
-        });
-        // A registry update gives the same site a new entry: same window.
-        let found = found.or_else(|| {
-            self.keys
-                .iter()
-                .zip(&self.windows)
-                .position(|(&(metric, start, _), w)| {
-                    metric == reading.metric && start == start_ms && w.device.site == device.site
-                })
-        });
-        let (index, opened) = match found {
-            Some(i) => (i, false),
-            None => {
-                self.keys.push((reading.metric, start_ms, address));
-                self.windows.push(OpenWindow {
-                    metric: reading.metric,
-                    start_ms,
-                    device: Arc::clone(device),
-                    count: 0,
-                    min: f64::INFINITY,
-                    max: f64::NEG_INFINITY,
-                    sum: ExactSum::default(),
-                    breaches: 0,
-                    evidence: WindowEvidence::default(),
-                });
-                (self.windows.len() - 1, true)
-            }
-        };
-        let window = &mut self.windows[index];
-        window.count += 1;
-        window.min = window.min.min(reading.value);
-        window.max = window.max.max(reading.value);
-        window.sum.add(reading.value);
-        window.breaches += device
-            .threshold(reading.metric)
-            .is_some_and(|t| t.is_breached_by(reading.value)) as u64;
-        (index, opened)
-    }
-
-    /// Removes and returns the windows starting at or before `start_ms`.
-    fn take_through(&mut self, start_ms: TimeMs) -> Vec<OpenWindow> {
-        let (closing, open): (Vec<OpenWindow>, Vec<OpenWindow>) = std::mem::take(&mut self.windows)
-            .into_iter()
-            .partition(|w| w.start_ms <= start_ms);
-        self.keys = open
-            .iter()
-            .map(|w| (w.metric, w.start_ms, Arc::as_ptr(&w.device) as usize))
-            .collect();
-        self.windows = open;
-        closing
-    }
-
-    fn is_empty(&self) -> bool {
-        self.windows.is_empty()
-    }
-}
-
-/// A device's open windows and its scoring state.
-struct DeviceState {
-    /// The registry entry last seen (its type selects the scorer's parameters).
-    device: SharedDeviceInfo,
-    windows: OpenWindows,
-    scorer: DeviceScorer,
-}
-
-impl DeviceState {
-    /// Closes the windows starting at or before `start_ms`: their aggregates, the scorer's
-    /// findings and the device's activity go to the buffers.
-    fn close(
-        &mut self,
-        device_id: &DeviceId,
-        start_ms: TimeMs,
-        table: &ParamsTable,
-        out: &mut CloseBuffers,
-    ) {
-        let mut closing = self.windows.take_through(start_ms);
-        // Windows close in order of start; a metric moved to another site mid-window has one
-        // piece per site, which the scorer sees as one window.
-        closing.sort_by_key(|w| (w.start_ms, w.metric));
-        let mut activity: Option<DeviceActivity> = None;
-        let mut joint: Vec<(TimeMs, MetricId, WindowEvidence, SharedDeviceInfo)> = Vec::new();
-        let params = self.scorer.params(table);
-        for group in closing.chunk_by(|a, b| a.start_ms == b.start_ms && a.metric == b.metric) {
-            let mut evidence = group[0].evidence.clone();
-            let (mut count, mut sum) = (group[0].count, group[0].sum);
-            for piece in &group[1..] {
-                evidence.merge(&piece.evidence);
-                count += piece.count;
-                sum.merge(piece.sum);
-            }
-            let w = &group[0];
-            match &mut activity {
-                Some(a) if a.window_start_ms == w.start_ms => {
-                    a.first_ts_ms = a.first_ts_ms.min(evidence.first_ts_ms);
-                    a.last_ts_ms = a.last_ts_ms.max(evidence.last_ts_ms);
-                    a.slots |= evidence.slots;
-                }
-                _ => {
-                    out.activity.extend(activity.take());
-                    activity = Some(DeviceActivity {
-                        device_id: device_id.clone(),
-                        device: Arc::clone(&w.device),
-                        window_start_ms: w.start_ms,
-                        first_ts_ms: evidence.first_ts_ms,
-                        last_ts_ms: evidence.last_ts_ms,
-                        slots: evidence.slots,
-                        silence_timeout_ms: params.silence_timeout_ms,
-                        forget_after_ms: params.forget_after_ms,
-                    });
-                }
-            }
-            self.scorer.close_window(
-                device_id,
-                &w.device,
-                w.metric,
-                w.start_ms,
-                count,
-                sum,
-                &evidence,
-                table,
-                &mut out.findings,
-            );
-            joint.push((w.start_ms, w.metric, evidence, Arc::clone(&w.device)));
-        }
-        out.activity.extend(activity);
-        // The device as a whole, window by window (metrics sorted within each).
-        for window in joint.chunk_by(|a, b| a.0 == b.0) {
-            let metrics: Vec<(MetricId, &WindowEvidence)> =
-                window.iter().map(|(_, m, e, _)| (*m, e)).collect();
-            self.scorer.close_device_window(
-                device_id,
-                &window[0].3,
-                window[0].0,
-                &metrics,
-                table,
-                &mut out.findings,
-            );
-        }
-        for w in &closing {
-            let aggregate = w.closed(device_id);
-            if w.breaches > 0 {
-                out.breaches.push(ThresholdBreach {
-                    window: aggregate.clone(),
-                    device: Arc::clone(&w.device),
-                });
-            }
-            out.aggregates.push(aggregate);
-        }
-    }
-}
-
-/// What closing windows produces, gathered over devices.
-#[derive(Default)]
-struct CloseBuffers {
-    aggregates: Vec<WindowAggregate>,
-    findings: Vec<AnomalyScore>,
-    activity: Vec<DeviceActivity>,
-    breaches: Vec<ThresholdBreach>,
 }
 
 /// Capabilities to emit at one close time, one per output.
@@ -320,7 +111,7 @@ pub trait AggregateWindows<'scope> {
     ///
     /// use iotpipe::dataflow::anomaly::AnomalyConfig;
     /// use iotpipe::dataflow::model::{DeviceInfo, EnrichedMessage, MetricId, Reading};
-    /// use iotpipe::dataflow::{AggregateWindows, WindowConfig};
+    /// use iotpipe::dataflow::{AggregateWindows, RegistryUpdate, ResolveRegistry, WindowConfig};
     /// use timely::dataflow::operators::capture::Extract;
     /// use timely::dataflow::operators::vec::Map;
     /// use timely::dataflow::operators::{Capture, ToStream};
@@ -334,9 +125,13 @@ pub trait AggregateWindows<'scope> {
     /// };
     /// let messages = vec![message(10_000, 1.0), message(20_000, 3.0), message(70_000, 5.0)];
     /// let captured = timely::example(move |scope| {
-    ///     let windowed = messages
-    ///         .to_stream(scope)
-    ///         .aggregate_windows(WindowConfig::default(), &AnomalyConfig::default());
+    ///     // No registry changes: each window keeps the entry its readings came with.
+    ///     let registry = Vec::<RegistryUpdate>::new().to_stream(scope).resolve_registry();
+    ///     let windowed = messages.to_stream(scope).aggregate_windows(
+    ///         &registry,
+    ///         WindowConfig::default(),
+    ///         &AnomalyConfig::default(),
+    ///     );
     ///     let summary = |a: &iotpipe::dataflow::model::WindowAggregate| {
     ///         (a.window_start_ms, a.count, a.mean().to_string())
     ///     };
@@ -347,7 +142,12 @@ pub trait AggregateWindows<'scope> {
     /// assert_eq!(windows[0], (59_999, vec![(0, 2, "2".to_string())]));
     /// assert_eq!(windows[1], (119_999, vec![(60_000, 1, "5".to_string())]));
     /// ```
-    fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope>;
+    fn aggregate_windows(
+        self,
+        registry: &RegistryArrangement<'scope>,
+        config: WindowConfig,
+        anomaly: &AnomalyConfig,
+    ) -> Windowed<'scope>;
 }
 
 /// An anomaly score for a reading, if it is reported. Most readings are far below the reporting
@@ -378,9 +178,17 @@ fn reported(
 }
 
 impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
-    fn aggregate_windows(self, config: WindowConfig, anomaly: &AnomalyConfig) -> Windowed<'scope> {
+    fn aggregate_windows(
+        self,
+        registry: &RegistryArrangement<'scope>,
+        config: WindowConfig,
+        anomaly: &AnomalyConfig,
+    ) -> Windowed<'scope> {
         let mut builder = OperatorBuilder::new("AggregateWindows".to_owned(), self.scope());
         let mut input = builder.new_input(self, Pipeline);
+        // The registry is partitioned by device like the readings, so its batches are local.
+        let mut registry_batches = builder.new_input(registry.stream.clone(), Pipeline);
+        let trace = registry.trace.clone();
         let (aggregates_out, aggregates) = builder.new_output();
         let (scores_out, scores) = builder.new_output();
         let (activity_out, activity) = builder.new_output();
@@ -404,14 +212,33 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
             // Every window closing at or before this has been closed.
             let mut closed_through: Option<TimeMs> = None;
             let mut buffers = CloseBuffers::default();
+            let mut lookup = RegistryLookup::new(trace);
+            // Devices a registry batch changed, with the latest time it became known: their
+            // windows starting before it may hold readings enriched without the change, and
+            // are attributed again when they close (see `reattribute`).
+            let mut changed: FxHashMap<DeviceId, TimeMs> = FxHashMap::default();
             move |frontiers| {
                 let mut aggregates_out = aggregates_out.activate();
                 let mut scores_out = scores_out.activate();
                 let mut activity_out = activity_out.activate();
                 let mut breaches_out = breaches_out.activate();
+                registry_batches.for_each(|_, spans| {
+                    for batch in spans.iter().filter_map(|span| span.inner.as_ref()) {
+                        lookup.forget_changed(batch, |device_id, known_ms| {
+                            let at = changed.entry(device_id.clone()).or_default();
+                            *at = (*at).max(known_ms);
+                        });
+                    }
+                });
                 // Windows the frontier has reached close, and held readings are scored, in
                 // event-time order: a window closing at `c` before readings waiting for `c`.
-                let reached = frontiers[0].frontier().first().map_or(TimeMs::MAX, |t| *t);
+                // A window closes once the registry, too, is complete through its close, so
+                // that every correction known by then reaches it.
+                let reached = frontiers
+                    .iter()
+                    .map(|f| f.frontier().first().map_or(TimeMs::MAX, |t| *t))
+                    .min()
+                    .unwrap_or(TimeMs::MAX);
                 loop {
                     let next_close = closes.keys().next().copied().filter(|c| *c <= reached);
                     let next_held = held.keys().next().copied().filter(|h| *h <= reached);
@@ -419,10 +246,34 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                         (Some(c), h) if h.is_none_or(|h| c <= h) => {
                             let caps = closes.remove(&c).expect("listed");
                             let start = c + 1 - len;
+                            // The changed devices with a closing window from before the change.
+                            let stale = |device_id: &DeviceId, known_ms: TimeMs| {
+                                devices.get(device_id).is_some_and(|state| {
+                                    state
+                                        .windows
+                                        .windows
+                                        .iter()
+                                        .any(|w| w.start_ms <= start && w.start_ms < known_ms)
+                                })
+                            };
+                            lookup.keep_only(|device_id| changed.contains_key(device_id));
+                            lookup.load(
+                                changed
+                                    .iter()
+                                    .filter(|(id, known_ms)| stale(id, **known_ms))
+                                    .map(|(id, _)| id),
+                            );
                             devices.retain(|device_id, state| {
-                                state.close(device_id, start, &table, &mut buffers);
+                                let changed = changed.get(device_id).and_then(|known_ms| {
+                                    Some((lookup.history(device_id)?, *known_ms))
+                                });
+                                state.close(device_id, start, changed, &table, &mut buffers);
                                 let no_model = state.scorer.evict(start + 1, &table);
                                 !(state.windows.is_empty() && no_model)
+                            });
+                            // A change no open window started before has been applied.
+                            changed.retain(|device_id, known_ms| {
+                                *known_ms > start + len && devices.contains_key(device_id)
                             });
                             aggregates_out
                                 .session(&caps.aggregates)
@@ -475,6 +326,9 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                 if reached > closed_through.unwrap_or(0) {
                     closed_through = Some(reached);
                 }
+                // Open windows start after `reached - len`: versions replaced before then are
+                // in force for none of their readings.
+                lookup.compact_to((reached < TimeMs::MAX).then(|| reached.saturating_sub(len)));
 
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };

@@ -1,0 +1,267 @@
+//! A device's open windows: running aggregates folded reading by reading, and what closing
+//! them produces.
+
+use std::sync::Arc;
+
+use crate::dataflow::anomaly::{
+    AnomalyScore, DeviceActivity, DeviceScorer, ParamsTable, WindowEvidence,
+};
+use crate::dataflow::metadata::lookup::History;
+use crate::dataflow::model::{
+    DeviceId, ExactSum, MetricId, Reading, SharedDeviceInfo, ThresholdBreach, TimeMs,
+    WindowAggregate,
+};
+
+use super::reattribute::reattribute;
+
+/// An open window's running aggregate, and its evidence for the anomaly scorer. In C layout
+/// with what every reading updates first, so a reading touches two or three cache lines.
+#[derive(Clone, Debug)]
+#[repr(C)]
+pub(super) struct OpenWindow {
+    pub(super) sum: ExactSum,
+    pub(super) count: u64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+    pub(super) breaches: u64,
+    pub(super) evidence: WindowEvidence,
+    pub(super) metric: MetricId,
+    pub(super) start_ms: TimeMs,
+    /// The registry entry the readings were enriched with (its site keys the aggregate).
+    pub(super) device: SharedDeviceInfo,
+}
+
+impl OpenWindow {
+    fn closed(&self, device_id: &DeviceId) -> WindowAggregate {
+        WindowAggregate {
+            device_id: device_id.clone(),
+            metric: self.metric,
+            window_start_ms: self.start_ms,
+            site: self.device.site.clone(),
+            count: self.count,
+            min: self.min,
+            max: self.max,
+            sum: self.sum,
+            threshold_breaches: self.breaches,
+        }
+    }
+}
+
+/// A device's open windows, with their keys kept apart: finding a reading's window scans a few
+/// small keys in one cache line instead of windows hundreds of bytes apart.
+#[derive(Default)]
+pub(super) struct OpenWindows {
+    /// (metric, window start, registry entry's address) of each window, in step with `windows`.
+    keys: Vec<(MetricId, TimeMs, usize)>,
+    pub(super) windows: Vec<OpenWindow>,
+}
+
+impl OpenWindows {
+    /// Folds a reading into its open window (opening it if needed); returns the window's index
+    /// and whether it was opened.
+    pub(super) fn fold(
+        &mut self,
+        reading: &Reading,
+        start_ms: TimeMs,
+        device: &SharedDeviceInfo,
+    ) -> (usize, bool) {
+        let address = Arc::as_ptr(device) as usize;
+        let found = self.keys.iter().position(|&(metric, start, at)| {
+            metric == reading.metric && start == start_ms && at == address
+        });
+        // Readings enriched with another version of the device open a window of their own, so
+        // that each can be attributed again at close (see `reattribute`); windows of one site
+        // are merged then.
+        let (index, opened) = match found {
+            Some(i) => (i, false),
+            None => {
+                self.keys.push((reading.metric, start_ms, address));
+                self.windows.push(OpenWindow {
+                    metric: reading.metric,
+                    start_ms,
+                    device: Arc::clone(device),
+                    count: 0,
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    sum: ExactSum::default(),
+                    breaches: 0,
+                    evidence: WindowEvidence::default(),
+                });
+                (self.windows.len() - 1, true)
+            }
+        };
+        let window = &mut self.windows[index];
+        window.count += 1;
+        window.min = window.min.min(reading.value);
+        window.max = window.max.max(reading.value);
+        window.sum.add(reading.value);
+        window.breaches += device
+            .threshold(reading.metric)
+            .is_some_and(|t| t.is_breached_by(reading.value)) as u64;
+        (index, opened)
+    }
+
+    /// Removes and returns the windows starting at or before `start_ms`.
+    fn take_through(&mut self, start_ms: TimeMs) -> Vec<OpenWindow> {
+        let (closing, open): (Vec<OpenWindow>, Vec<OpenWindow>) = std::mem::take(&mut self.windows)
+            .into_iter()
+            .partition(|w| w.start_ms <= start_ms);
+        self.keys = open
+            .iter()
+            .map(|w| (w.metric, w.start_ms, Arc::as_ptr(&w.device) as usize))
+            .collect();
+        self.windows = open;
+        closing
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+}
+
+/// A device's open windows and its scoring state.
+pub(super) struct DeviceState {
+    /// The registry entry last seen (its type selects the scorer's parameters).
+    pub(super) device: SharedDeviceInfo,
+    pub(super) windows: OpenWindows,
+    pub(super) scorer: DeviceScorer,
+}
+
+impl DeviceState {
+    /// Closes the windows starting at or before `start_ms`: their aggregates, the scorer's
+    /// findings and the device's activity go to the buffers.
+    ///
+    /// With `changed`, the device's history and the time its last change became known, the
+    /// windows starting before that time are attributed again to the versions in force over
+    /// their readings (see [`reattribute`]).
+    pub(super) fn close(
+        &mut self,
+        device_id: &DeviceId,
+        start_ms: TimeMs,
+        changed: Option<(&History, TimeMs)>,
+        table: &ParamsTable,
+        out: &mut CloseBuffers,
+    ) {
+        let mut closing = self.windows.take_through(start_ms);
+        if let Some((history, known_ms)) = changed {
+            for window in closing.iter_mut().filter(|w| w.start_ms < known_ms) {
+                reattribute(device_id, window, history);
+            }
+        }
+        // Windows close in order of start; a metric moved to another site mid-window has one
+        // piece per site, which the scorer sees as one window.
+        let closing = merge_same_site(closing);
+        let mut activity: Option<DeviceActivity> = None;
+        let mut joint: Vec<(TimeMs, MetricId, WindowEvidence, SharedDeviceInfo)> = Vec::new();
+        let params = self.scorer.params(table);
+        for group in closing.chunk_by(|a, b| a.start_ms == b.start_ms && a.metric == b.metric) {
+            let mut evidence = group[0].evidence.clone();
+            let (mut count, mut sum) = (group[0].count, group[0].sum);
+            for piece in &group[1..] {
+                evidence.merge(&piece.evidence);
+                count += piece.count;
+                sum.merge(piece.sum);
+            }
+            let w = &group[0];
+            match &mut activity {
+                Some(a) if a.window_start_ms == w.start_ms => {
+                    a.first_ts_ms = a.first_ts_ms.min(evidence.first_ts_ms);
+                    a.last_ts_ms = a.last_ts_ms.max(evidence.last_ts_ms);
+                    a.slots |= evidence.slots;
+                }
+                _ => {
+                    out.activity.extend(activity.take());
+                    activity = Some(DeviceActivity {
+                        device_id: device_id.clone(),
+                        device: Arc::clone(&w.device),
+                        window_start_ms: w.start_ms,
+                        first_ts_ms: evidence.first_ts_ms,
+                        last_ts_ms: evidence.last_ts_ms,
+                        slots: evidence.slots,
+                        silence_timeout_ms: params.silence_timeout_ms,
+                        forget_after_ms: params.forget_after_ms,
+                    });
+                }
+            }
+            self.scorer.close_window(
+                device_id,
+                &w.device,
+                w.metric,
+                w.start_ms,
+                count,
+                sum,
+                &evidence,
+                table,
+                &mut out.findings,
+            );
+            joint.push((w.start_ms, w.metric, evidence, Arc::clone(&w.device)));
+        }
+        out.activity.extend(activity);
+        // The device as a whole, window by window (metrics sorted within each).
+        for window in joint.chunk_by(|a, b| a.0 == b.0) {
+            let metrics: Vec<(MetricId, &WindowEvidence)> =
+                window.iter().map(|(_, m, e, _)| (*m, e)).collect();
+            self.scorer.close_device_window(
+                device_id,
+                &window[0].3,
+                window[0].0,
+                &metrics,
+                table,
+                &mut out.findings,
+            );
+        }
+        for w in &closing {
+            let aggregate = w.closed(device_id);
+            if w.breaches > 0 {
+                out.breaches.push(ThresholdBreach {
+                    window: aggregate.clone(),
+                    device: Arc::clone(&w.device),
+                });
+            }
+            out.aggregates.push(aggregate);
+        }
+    }
+}
+
+/// What closing windows produces, gathered over devices.
+#[derive(Default)]
+pub(super) struct CloseBuffers {
+    pub(super) aggregates: Vec<WindowAggregate>,
+    pub(super) findings: Vec<AnomalyScore>,
+    pub(super) activity: Vec<DeviceActivity>,
+    pub(super) breaches: Vec<ThresholdBreach>,
+}
+
+/// Sorts closing windows by start, metric and site, and merges those of one site (readings
+/// enriched with different versions of the device that agree on its site) into one. The
+/// merged window keeps the entry of its latest readings.
+fn merge_same_site(mut closing: Vec<OpenWindow>) -> Vec<OpenWindow> {
+    closing.sort_by(|a, b| {
+        (a.start_ms, a.metric, &a.device.site, a.evidence.last_ts_ms).cmp(&(
+            b.start_ms,
+            b.metric,
+            &b.device.site,
+            b.evidence.last_ts_ms,
+        ))
+    });
+    let mut merged: Vec<OpenWindow> = Vec::with_capacity(closing.len());
+    for window in closing {
+        match merged.last_mut() {
+            Some(last)
+                if last.start_ms == window.start_ms
+                    && last.metric == window.metric
+                    && last.device.site == window.device.site =>
+            {
+                last.count += window.count;
+                last.min = last.min.min(window.min);
+                last.max = last.max.max(window.max);
+                last.sum.merge(window.sum);
+                last.breaches += window.breaches;
+                last.evidence.merge(&window.evidence);
+                last.device = window.device;
+            }
+            _ => merged.push(window),
+        }
+    }
+    merged
+}
