@@ -55,6 +55,7 @@ fn messages() -> Vec<(u64, EnrichedMessage)> {
                 EnrichedMessage {
                     device_id: id.clone(),
                     device: Arc::clone(info),
+                    ts_ms,
                     stamp_ms: ts_ms,
                     readings,
                 },

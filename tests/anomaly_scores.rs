@@ -106,6 +106,7 @@ fn run_with(
                 input.send(EnrichedMessage {
                     device_id,
                     device: Arc::clone(&info),
+                    ts_ms: reading.ts_ms,
                     stamp_ms: *input.time(),
                     readings: vec![reading],
                 });

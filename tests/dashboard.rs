@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chromium::{chromium, dom_without_errors};
 use common::influx::Influx;
 use serde_json::Value;
 
@@ -35,34 +36,6 @@ fn wait_for(port: u16, what: &str, ready: impl Fn() -> bool, demo: &mut Demo) {
         assert!(Instant::now() < deadline, "dashboard on {port}: no {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn chromium(user_data: &Path, args: &[&str], url: &str) -> Output {
-    let output = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            // Long enough for the page's first round of requests and drawing.
-            "--virtual-time-budget=8000",
-        ])
-        .arg(format!("--user-data-dir={}", user_data.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("chromium runs (scripts/test.sh installs the chromium package)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// Charts in `html` that drew at least one window.
@@ -150,19 +123,7 @@ fn the_dashboard_shows_charts_from_influxdb_and_open_alerts_without_errors() {
 
     let url = format!("http://127.0.0.1:{port}/");
     let profile = dir.path().join("chromium");
-    let output = chromium(&profile, &["--dump-dom"], &url);
-    let dom = String::from_utf8_lossy(&output.stdout);
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        dom.contains("data-errors=\"0\""),
-        "errors on the page:\n{dom}"
-    );
-    for line in log.lines().filter(|l| l.contains("CONSOLE")) {
-        assert!(
-            !line.contains("Uncaught") && !line.contains("Error"),
-            "console: {line}"
-        );
-    }
+    let dom = dom_without_errors(&profile, &url);
     // Site and device charts with drawn windows, and alert rows.
     let (site_part, device_part) = dom
         .split_once("id=\"device-charts\"")
@@ -198,4 +159,167 @@ fn the_dashboard_shows_charts_from_influxdb_and_open_alerts_without_errors() {
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "screenshot"
     );
+}
+
+/// The `href`s of the links in the hierarchy list of a dumped page.
+fn hierarchy_links(dom: &str, key: &str) -> Vec<String> {
+    let list = dom
+        .split_once("id=\"hierarchy\"")
+        .and_then(|(_, rest)| rest.split_once("</ul>"))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("no hierarchy list:\n{dom}"));
+    list.split(&format!("href=\"#{key}="))
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|id| format!("#{key}={id}"))
+        .collect()
+}
+
+/// `iotpipe demo --database-url`: the fleet's registry goes into a real PostgreSQL 15 store,
+/// and the page, in headless Chromium, drills down the store's hierarchy by its own links
+/// (org, site, building, device) to a device's model, firmware, thresholds and change history,
+/// including a change made in the store while the demo runs.
+#[test]
+fn the_dashboard_drills_down_the_hierarchy_of_the_metadata_store() {
+    let postgres = common::postgres::Postgres::start();
+    let database_url = postgres.create_database("demo");
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args([
+                "demo",
+                "--devices",
+                "40",
+                "--rate",
+                "1",
+                "--duration",
+                "120",
+            ])
+            .args(["--window-ms", "2000", "--lateness-ms", "500", "--plain"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "-w", "1"])
+            .args(["--database-url", &database_url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        port,
+        "hierarchy from the store",
+        || {
+            api(port, "/api/hierarchy")
+                .is_some_and(|h| h["places"].as_array().is_some_and(|orgs| !orgs.is_empty()))
+        },
+        &mut demo,
+    );
+    let overview = api(port, "/api/overview").unwrap();
+    assert_eq!(overview["metadata_store"], true, "{overview}");
+
+    // Down the page's own links: org, site, building, then a device.
+    let profile = dir.path().join("chromium");
+    let base = format!("http://127.0.0.1:{port}/");
+    let mut url = format!("{base}#top=");
+    let mut levels = Vec::new();
+    let device_link = loop {
+        let dom = dom_without_errors(&profile, &url);
+        assert!(
+            !dom.contains("id=\"hierarchy-section\" hidden"),
+            "hierarchy hidden:\n{dom}"
+        );
+        if let Some(device) = hierarchy_links(&dom, "device").first() {
+            break device.clone();
+        }
+        let places = hierarchy_links(&dom, "place");
+        assert!(
+            !places.is_empty(),
+            "a level with no place or device:\n{dom}"
+        );
+        levels.push(places[0].clone());
+        assert!(
+            levels.len() <= 4,
+            "deeper than org, site, building: {levels:?}"
+        );
+        url = format!("{base}{}", places[0]);
+    };
+    assert_eq!(levels.len(), 3, "org, site, building: {levels:?}");
+    let device_id = device_link.trim_start_matches("#device=").to_owned();
+
+    // A change in the store while the demo runs: the device's firmware is upgraded.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let model_id = runtime.block_on(async {
+        use iotpipe::io::connect::store::entities::Kind;
+        use iotpipe::io::connect::store::write::Precondition;
+        use iotpipe::io::connect::store::{Store, StoreConfig};
+        let store = Store::open(&StoreConfig::url(database_url.clone()), |_| None)
+            .await
+            .unwrap();
+        let current = store
+            .get(Kind::Device, &device_id, None)
+            .await
+            .unwrap()
+            .expect("the demo's device is in the store");
+        let mut body = current.body.clone();
+        body["firmware"] = "9.9.9".into();
+        store
+            .put(
+                Kind::Device,
+                &device_id,
+                &body,
+                current.effective_ms + 1,
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        current.body["model_id"].as_str().unwrap().to_owned()
+    });
+
+    let dom = dom_without_errors(&profile, &format!("{base}{device_link}"));
+    let fact = |name: &str| {
+        dom.split_once(&format!("data-fact=\"{name}\">"))
+            .and_then(|(_, rest)| rest.split_once('<'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_else(|| panic!("no {name} on the device page:\n{dom}"))
+    };
+    assert_eq!(fact("device"), device_id);
+    assert_eq!(fact("firmware"), "9.9.9");
+    assert!(
+        fact("model").starts_with(&model_id),
+        "model: {}",
+        fact("model")
+    );
+    assert!(
+        fact("thresholds").contains('…'),
+        "thresholds: {}",
+        fact("thresholds")
+    );
+    let place = fact("place");
+    assert_eq!(
+        place.split(" / ").count(),
+        3,
+        "org / site / building: {place}"
+    );
+    assert_eq!(
+        dom.matches("<tr class=\"version\">").count(),
+        2,
+        "two versions in the history:\n{dom}"
+    );
+    // The breadcrumb names the device's building, the last level followed down.
+    assert!(dom.contains("id=\"current-place\""), "{dom}");
+    assert!(demo.0.try_wait().unwrap().is_none(), "demo exited");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("dashboard-hierarchy.png");
+    let _ = std::fs::remove_file(&screenshot);
+    chromium(
+        &profile,
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,1400",
+            "--hide-scrollbars",
+        ],
+        &format!("{base}{device_link}"),
+    );
+    assert!(std::fs::read(&screenshot).unwrap().starts_with(b"\x89PNG"));
 }

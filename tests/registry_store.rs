@@ -235,3 +235,69 @@ fn iotpipe_registry_import_then_export_gives_back_the_file_and_a_bad_line_import
     assert!(stderr.contains("--database-url"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// `deploy/postgres/grafana-reader.sql` gives Grafana a login that answers every metadata-store
+/// panel of `deploy/grafana` and can write nothing.
+#[test]
+fn the_grafana_login_reads_every_store_panel_and_writes_nothing() {
+    let server = Postgres::start();
+    let data = common::dataset(20, 30);
+    let text = std::fs::read_to_string(&data.registry).unwrap();
+    let entries: Vec<RegistryEntry> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    runtime().block_on(async {
+        open(&server).await.import_registry(&entries).await.unwrap();
+    });
+    let reader_sql = include_str!("../deploy/postgres/grafana-reader.sql");
+    server.psql("postgres", "postgres", reader_sql).unwrap();
+    // Twice: an operator re-running it after an upgrade gets no error.
+    server.psql("postgres", "postgres", reader_sql).unwrap();
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/dashboards/iotpipe.json")).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["datasource"]["uid"] != "iotpipe-metadata" {
+            continue;
+        }
+        for target in panel["targets"].as_array().unwrap() {
+            // Grafana's macro, for the last hour.
+            let sql = target["rawSql"].as_str().unwrap().replace(
+                "$__timeFilter(committed_at)",
+                "committed_at > now() - interval '1 hour'",
+            );
+            let rows = server
+                .psql("postgres", "grafana", &sql)
+                .unwrap_or_else(|e| panic!("panel {:?}: {e}", panel["title"]));
+            assert!(
+                !rows.trim().is_empty(),
+                "panel {:?} answered nothing",
+                panel["title"]
+            );
+            queries += 1;
+        }
+    }
+    assert_eq!(queries, 2);
+    for write in [
+        "UPDATE devices SET firmware = 'x'",
+        "DELETE FROM change_log",
+        "CREATE TABLE grafana_was_here (x int)",
+    ] {
+        let refused = server.psql("postgres", "grafana", write).unwrap_err();
+        assert!(
+            refused.contains("read-only transaction") || refused.contains("permission denied"),
+            "{write}: {refused}"
+        );
+    }
+    // Not only the read-only default: the grants refuse it too.
+    let refused = server
+        .psql(
+            "postgres",
+            "grafana",
+            "SET TRANSACTION READ WRITE; UPDATE devices SET firmware = 'x'",
+        )
+        .unwrap_err();
+    assert!(refused.contains("permission denied"), "{refused}");
+}

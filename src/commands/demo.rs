@@ -21,6 +21,8 @@ use crate::dataflow::registry::{RegistryChange, parse_registry};
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::InfluxConfig;
 use crate::io::connect::influx::write::InfluxSinkFailure;
+use crate::io::connect::store::registry::RegistryEntry;
+use crate::io::connect::store::{Store, StoreConfig, StoreError};
 use crate::io::serve::dashboard::Dashboard;
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::influx::sink::HeldBack;
@@ -75,6 +77,11 @@ pub struct DemoConfig {
     pub notify: Option<NotifyConfig>,
     /// The InfluxDB every output is also written to; none: not written.
     pub influx: Option<InfluxConfig>,
+    /// The metadata store: the fleet's registry is written into it at start (a device already
+    /// there as the fleet has it gets no new version), the pipeline enriches from the registry
+    /// read back from it (edits made there before the start included), and the dashboard
+    /// navigates its hierarchy. None: the fleet's embedded registry, no store.
+    pub store: Option<StoreConfig>,
     /// The timely cluster.
     pub cluster: ClusterConfig,
 }
@@ -95,6 +102,7 @@ impl Default for DemoConfig {
             terminal: None,
             notify: None,
             influx: None,
+            store: None,
             cluster: ClusterConfig::default(),
         }
     }
@@ -170,7 +178,8 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
             Arc::clone(schemas.catalog()),
             influx.as_ref(),
             pipeline.window.length_ms,
-        );
+        )
+        .with_store(config.store.as_ref());
         let local = dashboard
             .serve(listen)
             .map_err(|source| DemoError::Dashboard { listen, source })?;
@@ -188,19 +197,24 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         workers = cluster.workers,
         "demo starting"
     );
+    let fleet = FleetConfig {
+        devices: config.devices,
+        rate_per_device: config.rate_per_device,
+        seed: config.seed,
+        start_ms,
+        fault_share: config.fault_share,
+        fault_start_ms: (
+            fault_start_ms,
+            fault_start_ms + config.fault_spread_s * 1000,
+        ),
+        ..FleetConfig::default()
+    };
+    let registry_lines = match &config.store {
+        Some(store) => Some(registry_through_store(store, &fleet)?),
+        None => None,
+    };
     let job = DemoJob {
-        fleet: FleetConfig {
-            devices: config.devices,
-            rate_per_device: config.rate_per_device,
-            seed: config.seed,
-            start_ms,
-            fault_share: config.fault_share,
-            fault_start_ms: (
-                fault_start_ms,
-                fault_start_ms + config.fault_spread_s * 1000,
-            ),
-            ..FleetConfig::default()
-        },
+        fleet,
         schemas,
         pipeline,
         duration: config.duration_s.map(Duration::from_secs_f64),
@@ -210,6 +224,7 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         metrics: Arc::clone(&metrics),
         influx,
         notifier: outputs.notifier.as_ref().map(Notifier::handle),
+        registry_lines,
     };
     let (summary, channels) = outputs.finish(run_demo_job(job, cluster))?;
     Ok(DemoReport {
@@ -252,6 +267,8 @@ pub struct DemoJob {
     pub influx: Option<InfluxPool>,
     /// Where alert events are notified (process 0's).
     pub notifier: Option<NotifierHandle>,
+    /// The registry lines read from the metadata store (none: the fleet's own).
+    pub registry_lines: Option<Vec<String>>,
 }
 
 /// A demo that could not run, or stopped on a failure.
@@ -286,6 +303,9 @@ pub enum DemoError {
     /// The fleet's registry could not be read (a schema without its metrics).
     #[error("the fleet's registry: {0}")]
     Registry(String),
+    /// The metadata store could not be opened, written or read.
+    #[error("the metadata store: {0}")]
+    Store(#[from] StoreError),
     /// Timely could not start.
     #[error("timely: {0}")]
     Timely(String),
@@ -295,6 +315,40 @@ pub enum DemoError {
     /// InfluxDB says it cannot be written to.
     #[error(transparent)]
     Influx(#[from] InfluxSinkFailure),
+}
+
+/// Writes the fleet's registry into the metadata store and reads the registry back from it, as
+/// registry lines. Importing again what is already there makes no new version, so a demo
+/// restarted on the same store keeps its history; edits made through `iotpipe registry serve`
+/// (a building moved, a model's thresholds) hold for the devices they concern.
+fn registry_through_store(
+    config: &StoreConfig,
+    fleet: &FleetConfig,
+) -> Result<Vec<String>, DemoError> {
+    let entries = Fleet::new(fleet.clone())
+        .registry_lines()
+        .iter()
+        .map(|line| serde_json::from_str::<RegistryEntry>(line))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DemoError::Registry(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DemoError::Registry(format!("a runtime for the store: {e}")))?;
+    let exported = runtime.block_on(async {
+        let store = Store::open(config, |name| std::env::var(name).ok()).await?;
+        let report = store.import_registry(&entries).await?;
+        tracing::info!(
+            lines = report.lines,
+            changes = report.changes,
+            "the fleet's registry is in the metadata store"
+        );
+        store.export_registry().await
+    })?;
+    Ok(exported
+        .iter()
+        .map(|entry| serde_json::to_string(entry).expect("registry entries serialise"))
+        .collect())
 }
 
 /// Runs a demo whose servers and channels are started: until `job.stop` or its duration;
@@ -319,10 +373,13 @@ pub fn run_demo_job(
         metrics,
         influx,
         notifier,
+        registry_lines,
     } = job;
     let now_ms = fleet_config.start_ms;
     let devices = fleet_config.devices;
-    let registry_text = Fleet::new(fleet_config.clone()).registry_lines().join("\n");
+    let registry_text = registry_lines
+        .unwrap_or_else(|| Fleet::new(fleet_config.clone()).registry_lines())
+        .join("\n");
     let registry = parse_registry(&registry_text, schemas.catalog())
         .map_err(|e| DemoError::Registry(e.to_string()))?;
     let history = Arc::new(MetadataHistory::of_changes(&registry));

@@ -159,6 +159,7 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                                     Some(device) => Ok(EnrichedMessage {
                                         device_id: message.device_id,
                                         device,
+                                        ts_ms: message.ts_ms,
                                         stamp_ms: message.watermark_ms,
                                         readings: message.readings,
                                     }),

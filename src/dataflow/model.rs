@@ -302,6 +302,9 @@ pub struct EnrichedMessage {
     pub device_id: DeviceId,
     /// Its registry entry as of the message's time.
     pub device: SharedDeviceInfo,
+    /// The message's own time ([`TimedMessage::ts_ms`]), at which its device was looked up
+    /// (its readings may carry other times).
+    pub ts_ms: TimeMs,
     /// The message's watermark stamp ([`TimedMessage::watermark_ms`]): a function of the input
     /// alone, never of how it was batched, and never before the message's timely time. What
     /// the message causes (its anomaly scores) is emitted at this time, so that alert

@@ -2,6 +2,7 @@
 //! plain batch computation of SPEC.md to hold the dataflow's outputs against.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod influx;
 pub mod kafka;
 pub mod mqtt;

@@ -139,6 +139,24 @@ impl Postgres {
         format!("postgresql://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// Runs `sql` with psql in database `database` as `user` (trusted): its output, or its
+    /// error.
+    #[allow(dead_code)]
+    pub fn psql(&self, database: &str, user: &str, sql: &str) -> Result<String, String> {
+        let output = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", user, "-d", database, "-v", "ON_ERROR_STOP=1", "-At"])
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
     /// The server's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

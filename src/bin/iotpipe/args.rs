@@ -444,6 +444,14 @@ pub struct DemoArgs {
     /// InfluxDB output.
     #[command(flatten)]
     pub influx: InfluxArgs,
+    /// The metadata store (PostgreSQL): the fleet's registry is written into it, enrichment
+    /// reads it back, and the dashboard navigates its hierarchy. Without it: the fleet's
+    /// embedded registry, no server needed.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// The environment variable holding the database password (none: the server trusts you).
+    #[arg(long, requires = "database_url")]
+    pub database_password_env: Option<String>,
     /// Alert notifications.
     #[command(flatten)]
     pub notify: NotifyArgs,

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 
 use iotpipe::commands::demo::{DemoConfig, DemoError, Terminal, run_demo};
+use iotpipe::io::connect::store::StoreConfig;
 use iotpipe::io::support::metrics::Histogram;
 
 use crate::args::{DemoArgs, print_channels, setup_error};
@@ -60,6 +61,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         }),
         notify: args.notify.config()?,
         influx: args.influx.config()?,
+        store: args.database_url.as_ref().map(|url| StoreConfig {
+            password_env: args.database_password_env.clone(),
+            ..StoreConfig::url(url.clone())
+        }),
         cluster: args.cluster.config(),
     };
     let stop = crate::args::stop_on_signal()?;
@@ -102,6 +107,11 @@ fn flag_error(args: &DemoArgs, error: DemoError) -> String {
         DemoError::Config { field, message } => format!("{} {message}", flag_of(field)),
         DemoError::Setup(e) => setup_error(e, &args.pipeline, &args.notify),
         DemoError::Dashboard { listen, source } => format!("--listen {listen}: {source}"),
+        // The store's settings are flags here: name them as such.
+        DemoError::Store(e) => e
+            .to_string()
+            .replace("store.url", "--database-url")
+            .replace("store.password_env", "--database-password-env"),
         other => other.to_string(),
     }
 }

@@ -292,7 +292,8 @@ pub fn run_service_job(
             Arc::clone(job.schemas.catalog()),
             influx.as_ref(),
             job.pipeline.window.length_ms,
-        );
+        )
+        .with_store(job.store.as_ref());
         let local = dashboard
             .serve(addr)
             .map_err(|source| ServiceError::Dashboard { addr, source })?;

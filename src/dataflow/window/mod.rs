@@ -120,6 +120,7 @@ pub trait AggregateWindows<'scope> {
     /// let message = |ts_ms, value| EnrichedMessage {
     ///     device_id: "dev-1".into(),
     ///     device: Arc::new(DeviceInfo::default()),
+    ///     ts_ms,
     ///     stamp_ms: 0,
     ///     readings: vec![Reading { metric: MetricId(0), ts_ms, value }],
     /// };
@@ -364,7 +365,8 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                         let slots = state.scorer.slots(&table);
                         for r in &message.readings {
                             let start = config.start_of(r.ts_ms);
-                            let (index, opened) = state.windows.fold(r, start, &message.device);
+                            let (index, opened) =
+                                state.windows.fold(r, start, &message.device, message.ts_ms);
                             if opened {
                                 let close = config.close_time(start);
                                 if last_close != Some(close) {

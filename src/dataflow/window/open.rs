@@ -29,6 +29,9 @@ pub(super) struct OpenWindow {
     pub(super) start_ms: TimeMs,
     /// The registry entry the readings were enriched with (its site keys the aggregate).
     pub(super) device: SharedDeviceInfo,
+    /// The earliest and latest time the device was looked up at for these readings (their
+    /// messages' times, which enrichment and [`reattribute`] go by).
+    pub(super) looked_up_ms: (TimeMs, TimeMs),
 }
 
 impl OpenWindow {
@@ -64,6 +67,7 @@ impl OpenWindows {
         reading: &Reading,
         start_ms: TimeMs,
         device: &SharedDeviceInfo,
+        looked_up_ms: TimeMs,
     ) -> (usize, bool) {
         let address = Arc::as_ptr(device) as usize;
         let found = self.keys.iter().position(|&(metric, start, at)| {
@@ -86,11 +90,14 @@ impl OpenWindows {
                     sum: ExactSum::default(),
                     breaches: 0,
                     evidence: WindowEvidence::default(),
+                    looked_up_ms: (looked_up_ms, looked_up_ms),
                 });
                 (self.windows.len() - 1, true)
             }
         };
         let window = &mut self.windows[index];
+        window.looked_up_ms.0 = window.looked_up_ms.0.min(looked_up_ms);
+        window.looked_up_ms.1 = window.looked_up_ms.1.max(looked_up_ms);
         window.count += 1;
         window.min = window.min.min(reading.value);
         window.max = window.max.max(reading.value);
@@ -258,6 +265,8 @@ fn merge_same_site(mut closing: Vec<OpenWindow>) -> Vec<OpenWindow> {
                 last.sum.merge(window.sum);
                 last.breaches += window.breaches;
                 last.evidence.merge(&window.evidence);
+                last.looked_up_ms.0 = last.looked_up_ms.0.min(window.looked_up_ms.0);
+                last.looked_up_ms.1 = last.looked_up_ms.1.max(window.looked_up_ms.1);
                 last.device = window.device;
             }
             _ => merged.push(window),

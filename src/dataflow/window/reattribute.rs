@@ -1,14 +1,14 @@
 //! Corrections reach open windows: at close, a window's readings are attributed to the version
 //! of their device in force over them, as the registry knows it then.
 //!
-//! A reading is enriched with the version its device has at the reading's time, as known when
-//! the reading arrives. A correction known later (the device was at another site since 10:00,
+//! A reading is enriched with the version its device has at its message's time, as known when
+//! the message arrives. A correction known later (the device was at another site since 10:00,
 //! recorded at 10:05) changes that answer for readings already folded into open windows. The
-//! window does not keep its readings, only their aggregate and the span of their times; so it
-//! is attributed again whole, to the version in force over that span:
+//! window does not keep its readings, only their aggregate and the span of their messages'
+//! times; so it is attributed again whole, to the version in force over that span:
 //!
 //! - exactly, when one version is in force over the whole span. That is every window whose
-//!   readings all lie on one side of each effective time the correction introduces; in
+//!   messages all lie on one side of each effective time the correction introduces; in
 //!   particular every window when the correction replaces what a known version said from its
 //!   effective time (the wrong site from 10:00), since readings enriched with different
 //!   versions never share a window (see `OpenWindows::fold`);
@@ -30,8 +30,8 @@ use super::open::OpenWindow;
 /// Attributes `window` to the version of `history` in force over its readings (see the
 /// module's documentation).
 pub(super) fn reattribute(device_id: &DeviceId, window: &mut OpenWindow, history: &History) {
-    let first = in_force(history, window.evidence.first_ts_ms);
-    let last = in_force(history, window.evidence.last_ts_ms);
+    let (first_ms, last_ms) = window.looked_up_ms;
+    let (first, last) = (in_force(history, first_ms), in_force(history, last_ms));
     let device = match (first, last) {
         (Some(first), Some(last)) if first == last => match &history[first].1 {
             Some(device) => device,
@@ -50,8 +50,8 @@ pub(super) fn reattribute(device_id: &DeviceId, window: &mut OpenWindow, history
                 device_id = %device_id,
                 metric = window.metric.0,
                 window_start_ms = window.start_ms,
-                first_ts_ms = window.evidence.first_ts_ms,
-                last_ts_ms = window.evidence.last_ts_ms,
+                first_ms,
+                last_ms,
                 "a registry correction takes effect inside this window's readings; the window stays where it was counted"
             );
             return;
@@ -107,18 +107,17 @@ mod tests {
         })
     }
 
-    /// A window of 60 s from 60 s, with readings from `first_ms` to `last_ms` between 10 and 20.
+    /// A window of 60 s from 60 s, with readings between 10 and 20 of messages from `first_ms` to
+    /// `last_ms`.
     fn window(device: &SharedDeviceInfo, first_ms: u64, last_ms: u64) -> OpenWindow {
-        let mut evidence = WindowEvidence::default();
-        evidence.first_ts_ms = first_ms;
-        evidence.last_ts_ms = last_ms;
         OpenWindow {
             sum: ExactSum::default(),
             count: 4,
             min: 10.0,
             max: 20.0,
             breaches: 0,
-            evidence,
+            evidence: WindowEvidence::default(),
+            looked_up_ms: (first_ms, last_ms),
             metric: MetricId(0),
             start_ms: 60_000,
             device: Arc::clone(device),

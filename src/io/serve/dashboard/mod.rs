@@ -9,10 +9,15 @@
 //! | `/api/devices?site=S` | a site's devices and their metrics |
 //! | `/api/series?device=D&metric=M` or `?site=S&metric=M` | recent 1-minute windows |
 //! | `/api/alerts` | open alerts, most severe first |
+//! | `/api/hierarchy` or `?place=P` | from the metadata store: the orgs, or a place's child places and devices |
+//! | `/api/device?id=D` | from the metadata store: a device's record, model, resolved entry and history |
 //! | `/metrics` | the process's metrics, for Prometheus (as `iotpipe run`'s `[metrics]` serves) |
 //!
 //! With an InfluxDB, series are read back from it with InfluxQL, so the page shows what other
-//! dashboards see; without one, from the pipeline's own recent windows.
+//! dashboards see; without one, from the pipeline's own recent windows. With a metadata store,
+//! the page navigates its hierarchy (see [`metadata`]).
+
+pub mod metadata;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,7 @@ use serde_json::{Value, json};
 use crate::dataflow::model::MetricId;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::influx::query::{InfluxReader, string_literal};
+use crate::io::connect::store::StoreConfig;
 use crate::io::serve::http::{Handler, response};
 use crate::io::serve::metrics::metrics_response;
 use crate::io::sinks::influx::pool::InfluxPool;
@@ -46,6 +52,8 @@ pub struct Dashboard {
     pub influx: Option<InfluxReader>,
     /// Window length, ms (for the span of a chart).
     pub window_ms: u64,
+    /// The metadata store the hierarchy is read from, if any.
+    pub metadata: Option<metadata::MetadataView>,
 }
 
 impl Dashboard {
@@ -66,7 +74,14 @@ impl Dashboard {
                 InfluxReader::new(pool.endpoint.clone(), &pool.api, pool.config.timeout())
             }),
             window_ms,
+            metadata: None,
         }
+    }
+
+    /// The same dashboard, navigating the hierarchy of the metadata store `store`.
+    pub fn with_store(mut self, store: Option<&StoreConfig>) -> Self {
+        self.metadata = store.cloned().map(metadata::MetadataView::new);
+        self
     }
 
     /// Serves the dashboard at `listen` from a thread of its own; returns the address.
@@ -133,6 +148,7 @@ impl Dashboard {
             "anomalies": totals.anomaly_total(),
             "open_alerts": stats.open_alerts().len(),
             "series_source": if self.influx.is_some() { "influxdb" } else { "iotpipe" },
+            "metadata_store": self.metadata.is_some(),
         })
     }
 
@@ -280,6 +296,34 @@ impl Dashboard {
     }
 }
 
+impl Dashboard {
+    /// The store's hierarchy and devices (404 without a store or for an unknown id, 502 when
+    /// the store does not answer).
+    async fn metadata_response(
+        &self,
+        path: &str,
+        query: &HashMap<String, String>,
+    ) -> Response<Full<Bytes>> {
+        let Some(view) = &self.metadata else {
+            let error = "no metadata store: start with --database-url (demo) or [store] url (run)";
+            return json_response(404, &json!({ "error": error }));
+        };
+        let answer = match (path, query.get("id")) {
+            ("/api/hierarchy", _) => view.level(query.get("place").map(String::as_str)).await,
+            (_, Some(id)) => view.device(id).await,
+            (_, None) => return json_response(400, &json!({"error": "give id="})),
+        };
+        match answer {
+            Ok(Some(value)) => json_response(200, &value),
+            Ok(None) => json_response(404, &json!({"error": "not in the metadata store"})),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: metadata store");
+                json_response(502, &json!({"error": e.to_string()}))
+            }
+        }
+    }
+}
+
 impl Handler for Dashboard {
     async fn get(&self, path: &str, query: &str, accept: &str) -> Response<Full<Bytes>> {
         let query = parameters(query);
@@ -293,6 +337,7 @@ impl Handler for Dashboard {
                 None => json_response(400, &json!({"error": "give site="})),
             },
             "/api/alerts" => json_response(200, &self.alerts()),
+            "/api/hierarchy" | "/api/device" => self.metadata_response(path, &query).await,
             "/metrics" => metrics_response(self.metrics.as_ref(), accept),
             "/api/series" => match self.series(&query).await {
                 Ok(series) => json_response(200, &series),

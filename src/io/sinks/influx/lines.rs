@@ -221,6 +221,7 @@ mod tests {
                 site: "site\n1".into(),
                 ..DeviceInfo::default()
             }),
+            ts_ms: 0,
             stamp_ms: 0,
             readings: vec![
                 reading(a, 10, 1.5),
