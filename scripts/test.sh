@@ -34,6 +34,11 @@ if ! need promtool; then
     echo "test.sh: installing prometheus (promtool and the server for the metrics tests)"
     install_debian prometheus
 fi
+# The Alertmanager channel is tested against a real Alertmanager.
+if ! need prometheus-alertmanager; then
+    echo "test.sh: installing prometheus-alertmanager (Alertmanager channel tests)"
+    install_debian prometheus-alertmanager
+fi
 # The dashboard test drives the page in headless Chromium.
 if ! need chromium; then
     echo "test.sh: installing chromium (dashboard browser test)"

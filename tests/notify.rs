@@ -542,3 +542,249 @@ fn mosquitto_receives_every_alert_event() {
             .all(|topic| topic.starts_with("iotpipe/alerts/site-"))
     );
 }
+
+/// Debian's `prometheus-alertmanager` on loopback, routing every alert to a webhook receiver;
+/// stopped when dropped.
+struct Alertmanager {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start(receiver: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: hook\n  group_by: [alertname, site]\n  group_wait: 1s\n  \
+                 group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    \
+                 webhook_configs:\n      - url: http://{receiver}/alertmanager\n"
+            ),
+        )
+        .unwrap();
+        let port = common::free_port();
+        let child = std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager runs (scripts/test.sh installs it)");
+        let alertmanager = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::http_get(port, "/-/ready").is_none_or(|(status, _)| status != 200) {
+            assert!(Instant::now() < deadline, "Alertmanager did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        alertmanager
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its active alerts.
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = common::http_get(self.port, "/api/v2/alerts").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alert ids whose last event in `out/alerts.jsonl` is not `resolved`, and those that are.
+fn open_and_resolved(out: &Path) -> (BTreeMap<String, serde_json::Value>, Vec<String>) {
+    let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for line in std::fs::read_to_string(out.join("alerts.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        last.insert(event["alert_id"].as_str().unwrap().to_owned(), event);
+    }
+    let (open, resolved): (BTreeMap<_, _>, BTreeMap<_, _>) = last
+        .into_iter()
+        .partition(|(_, e)| e["event"] != "resolved");
+    (open, resolved.into_keys().collect())
+}
+
+/// A real Alertmanager gets iotpipe's alerts: the open ones active with labels to route on,
+/// the resolved ones not, and routes them on to its own receiver; with iotpipe gone, they end
+/// by themselves a few resend intervals later.
+#[test]
+fn alertmanager_gets_open_alerts_with_their_labels_and_routes_them() {
+    let data = common::dataset(200, 420);
+    let (hook, routed, _runtime) = start_receiver(0);
+    let alertmanager = Alertmanager::start(hook);
+    let notify = data.dir.path().join("notify.toml");
+    std::fs::write(
+        &notify,
+        format!(
+            "ledger_dir = {:?}\ndrain_timeout_ms = 5000\n\n[[alertmanager]]\nname = \"am\"\n\
+             url = \"{}\"\nresend_interval_ms = 1000\nlabels = {{ env = \"test\" }}\n\
+             backoff = {{ initial_ms = 20, max_ms = 100 }}\n",
+            data.dir.path().join("ledger").display().to_string(),
+            alertmanager.url()
+        ),
+    )
+    .unwrap();
+    let out = data.dir.path().join("out");
+    let report = replay(&data, &out, &notify);
+    let ids = alert_ids(&out);
+    let rejected = data.dir.path().join("ledger/am.rejected.jsonl");
+    assert!(
+        report.contains(&format!("delivered {} (already 0), rejected 0", ids.len())),
+        "{report}\n{}",
+        std::fs::read_to_string(&rejected).unwrap_or_default()
+    );
+    let (open, resolved) = open_and_resolved(&out);
+    assert!(!open.is_empty() && !resolved.is_empty(), "{report}");
+
+    let active = alertmanager.alerts();
+    let active_ids: BTreeMap<String, &serde_json::Value> = active
+        .iter()
+        .map(|a| {
+            let id = a["annotations"]["alert_id"].as_str().unwrap().to_owned();
+            (id, a)
+        })
+        .collect();
+    assert_eq!(
+        active_ids.keys().collect::<Vec<_>>(),
+        open.keys().collect::<Vec<_>>(),
+        "the open alerts are active, the resolved ones not"
+    );
+    for (id, alert) in &active_ids {
+        let event = &open[id];
+        let labels = &alert["labels"];
+        assert_eq!(labels["alertname"], event["rule"], "{alert}");
+        assert_eq!(labels["severity"], event["severity"], "{alert}");
+        assert_eq!(labels["cause"], event["cause"], "{alert}");
+        assert_eq!(labels["site"], event["site"], "{alert}");
+        assert_eq!(labels["org"], event["org"], "{alert}");
+        assert_eq!(labels["env"], "test", "{alert}");
+        if event["device_id"].is_string() {
+            assert_eq!(labels["device_id"], event["device_id"], "{alert}");
+            assert_eq!(labels["building"], event["building"], "{alert}");
+            assert!(!event["building"].as_str().unwrap().is_empty(), "{event}");
+        }
+        assert_eq!(alert["status"]["state"], "active", "{alert}");
+    }
+
+    // Alertmanager routes them on: its webhook receiver gets them, grouped, firing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = routed.lock().unwrap().accepted.clone();
+        let firing: usize = got
+            .iter()
+            .map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).unwrap())
+            .filter(|n| n["status"] == "firing")
+            .map(|n| n["alerts"].as_array().unwrap().len())
+            .sum();
+        if firing >= open.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager routed {firing} of {}",
+            open.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // iotpipe is gone: nobody posts the open alerts again, and they end within a few intervals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !alertmanager.alerts().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "alerts still active without iotpipe"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// While an alert is open, the channel posts it again each resend interval, each post moving
+/// its end further out: Alertmanager keeps it firing as long as iotpipe runs.
+#[test]
+fn alertmanager_alerts_stay_firing_while_posted_again() {
+    use iotpipe::io::sinks::notify::{
+        AlertmanagerChannel, AlertmanagerConfig, Backoff, Channel, Notification,
+    };
+    let (hook, _routed, _runtime) = start_receiver(0);
+    let alertmanager = Alertmanager::start(hook);
+    let mut channel = AlertmanagerChannel::new(AlertmanagerConfig {
+        name: "am".into(),
+        url: alertmanager.url(),
+        tls: None,
+        resend_interval_ms: 1_000,
+        labels: BTreeMap::new(),
+        generator_url: None,
+        timeout_ms: 2_000,
+        min_severity: Default::default(),
+        backoff: Backoff::default(),
+    })
+    .unwrap();
+    let event = serde_json::json!({
+        "id": "dev-1/m0/threshold/0/opened/0", "alert_id": "dev-1/m0/threshold/0",
+        "event": "opened", "device_id": "dev-1", "site": "s", "org": "o", "building": "b",
+        "metric": "temperature", "rule": "hot", "severity": "major", "cause": "threshold",
+        "ts_ms": 1_704_067_200_000_u64, "score": null, "value": 99.5,
+    });
+    let notification = Notification {
+        id: event["id"].as_str().unwrap().into(),
+        severity: iotpipe::dataflow::alert::Severity::Major,
+        site: "s".into(),
+        json: event.to_string(),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ends_at = || -> String {
+        let alerts = alertmanager.alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0]["startsAt"], "2024-01-01T00:00:00.000Z");
+        alerts[0]["endsAt"].as_str().unwrap().to_owned()
+    };
+    runtime.block_on(channel.deliver(&notification)).unwrap();
+    let first = ends_at();
+    // Past the 4 s the first post gave it: alive only because it was posted again.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(1_000));
+        let wait = channel
+            .idle_interval()
+            .expect("an open alert to post again");
+        runtime.block_on(async {
+            tokio::time::sleep(wait).await;
+            channel.idle().await;
+        });
+    }
+    let later = ends_at();
+    assert!(later > first, "endsAt {first} then {later}");
+    // Resolved: it ends at the event's time.
+    let mut resolved = event.clone();
+    resolved["event"] = "resolved".into();
+    resolved["id"] = "dev-1/m0/threshold/0/resolved/60000".into();
+    resolved["ts_ms"] = 1_704_067_260_000_u64.into();
+    let resolved = Notification {
+        id: resolved["id"].as_str().unwrap().into(),
+        json: resolved.to_string(),
+        ..notification
+    };
+    runtime.block_on(channel.deliver(&resolved)).unwrap();
+    assert!(alertmanager.alerts().is_empty());
+    assert_eq!(channel.idle_interval(), None, "nothing open to post again");
+}

@@ -39,6 +39,8 @@ fn silence(device: &str, site: &str, event: AlertEventKind, ts_ms: u64) -> Alert
         event,
         device_id: Some(device.into()),
         site: site.into(),
+        org: "org".into(),
+        building: "B1".into(),
         metric: None,
         rule: "device-silent".into(),
         severity: Severity::Major,

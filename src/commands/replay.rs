@@ -326,10 +326,7 @@ fn run_worker(
             .alerts
             .deliver_in_order("WriteAlerts", move |_, events| {
                 if let Some(notifier) = &notifier {
-                    let mut notifications = Notification::for_events(&events, &catalog);
-                    // In the order of alerts.jsonl: by time, then line.
-                    notifications.sort_by(|a, b| a.json.cmp(&b.json));
-                    notifier.send(&notifications);
+                    notifier.send(&Notification::for_events(&events, &catalog));
                 }
                 if let Some(files) = &alert_files {
                     files.borrow_mut().alerts(events);

@@ -359,6 +359,8 @@ fn push_event(
         event,
         device_id: Some(key.0.clone()),
         site: alert.device.site.clone(),
+        org: alert.device.org.clone(),
+        building: alert.device.building.clone(),
         metric: key.1,
         rule: config.rules[alert.rule].name.clone(),
         severity: alert.severity,

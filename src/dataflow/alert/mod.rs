@@ -65,6 +65,12 @@ pub struct AlertEvent {
     pub device_id: Option<DeviceId>,
     /// The site (of the device, or the site alerted).
     pub site: String,
+    /// The organisation (of the device, or of the site alerted).
+    #[serde(default)]
+    pub org: String,
+    /// The device's building (empty for a site alert).
+    #[serde(default)]
+    pub building: String,
     /// The metric, where one applies.
     pub metric: Option<MetricId>,
     /// The rule that fired (the highest-severity one so far).

@@ -28,6 +28,8 @@ struct Site {
     alert: Option<String>,
     /// Devices whose silence alerts the site alert replaced (their resolutions are dropped too).
     replaced: BTreeSet<DeviceId>,
+    /// The site's organisation, as its devices say.
+    org: String,
 }
 
 impl Site {
@@ -76,6 +78,8 @@ pub trait CorrelateSites<'scope> {
     ///     event: AlertEventKind::Opened,
     ///     device_id: Some(format!("dev-{n}").into()),
     ///     site: "site-a".into(),
+    ///     org: "acme".into(),
+    ///     building: "hall-1".into(),
     ///     metric: None,
     ///     rule: "device-silent".into(),
     ///     severity: Severity::Major,
@@ -139,6 +143,9 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                         let mut touched: BTreeMap<String, TimeMs> = BTreeMap::new();
                         for a in heard {
                             let site = sites.entry(a.device.site.clone()).or_default();
+                            if site.org != a.device.org {
+                                site.org.clone_from(&a.device.org);
+                            }
                             let last = site.known.entry(a.device_id.clone()).or_insert((0, 0));
                             *last = (last.0.max(a.last_ts_ms), a.forget_after_ms);
                             let latest = last.0;
@@ -181,6 +188,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                                     site_events.push(site_event(
                                         &id,
                                         name,
+                                        &site.org,
                                         AlertEventKind::Opened,
                                         *ts_ms,
                                         share,
@@ -192,6 +200,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                                     site_events.push(site_event(
                                         id,
                                         name,
+                                        &site.org,
                                         AlertEventKind::Resolved,
                                         *ts_ms,
                                         share,
@@ -231,6 +240,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
 fn site_event(
     alert_id: &str,
     site: &str,
+    org: &str,
     event: AlertEventKind,
     ts_ms: TimeMs,
     share: f64,
@@ -242,6 +252,8 @@ fn site_event(
         event,
         device_id: None,
         site: site.to_string(),
+        org: org.to_string(),
+        building: String::new(),
         metric: None,
         rule: "site-silent".to_string(),
         severity: config.site.severity,

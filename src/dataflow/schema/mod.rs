@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 pub use catalog::{Metric, MetricCatalog};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, Decoded, Decoder, MAX_TIMESTAMP_MS};
-pub use time_format::{TimeFormat, parse_rfc3339_ms};
+pub use time_format::{TimeFormat, format_rfc3339_ms, parse_rfc3339_ms};
 
 use crate::dataflow::model::MetricId;
 

@@ -26,6 +26,29 @@ impl TimeFormat {
     }
 }
 
+/// Formats epoch milliseconds as RFC 3339 in UTC with milliseconds, e.g.
+/// `2024-01-01T00:00:00.001Z` (what [`parse_rfc3339_ms`] reads back).
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let (days, in_day) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // The civil date of a day count (H. Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000
+    )
+}
+
 /// Parses an RFC 3339 timestamp into epoch milliseconds (before 1970 is rejected).
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
     let b = text.as_bytes();
@@ -125,6 +148,24 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_times_parse_back() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_704_067_200_001),
+            "2024-01-01T00:00:00.001Z"
+        );
+        // Leap days, century rules and the ends of months and years.
+        for ms in [
+            951_782_400_000_u64,
+            951_868_799_999,
+            4_107_542_400_000,
+            1_709_251_199_999,
+        ] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms), "{ms}");
+        }
+    }
 
     #[test]
     fn parses_workload_timestamps() {

@@ -70,6 +70,8 @@ struct AlertLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     device_id: Option<&'a str>,
     site: &'a str,
+    org: &'a str,
+    building: &'a str,
     metric: Option<&'a str>,
     rule: &'a str,
     severity: &'a str,
@@ -149,7 +151,8 @@ pub fn anomaly_line(a: &AnomalyScore, catalog: &MetricCatalog) -> String {
 }
 
 /// `alerts.jsonl` (and every notification): `id, event, device_id` (absent for a site alert),
-/// `site, metric, rule, severity, cause, ts_ms, score, value`, and the `alert_id` events of
+/// `site, org, building` (empty for a site alert's building), `metric, rule, severity, cause, ts_ms,
+/// score, value`, and the `alert_id` events of
 /// one alert share.
 pub fn alert_line(a: &AlertEvent, catalog: &MetricCatalog) -> String {
     line(&AlertLine {
@@ -158,6 +161,8 @@ pub fn alert_line(a: &AlertEvent, catalog: &MetricCatalog) -> String {
         event: a.event.code(),
         device_id: a.device_id.as_deref(),
         site: &a.site,
+        org: &a.org,
+        building: &a.building,
         metric: a.metric.map(|m| catalog.name(m)),
         rule: &a.rule,
         severity: a.severity.code(),

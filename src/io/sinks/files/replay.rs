@@ -10,6 +10,7 @@ use crate::dataflow::anomaly::{AnomalyKind, AnomalyScore};
 use crate::dataflow::model::{DeadLetter, IngestCounts, LateReading, SiteRollup, WindowAggregate};
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::sinks::files::jsonl;
+use crate::io::sinks::notify::Notification;
 use crate::io::support::summary::RunSummary;
 
 /// The output directory's files.
@@ -83,6 +84,14 @@ impl ReplayFiles {
         error: &mut Option<std::io::Error>,
     ) {
         lines.sort_unstable();
+        Self::write_lines(out, lines, error);
+    }
+
+    fn write_lines(
+        out: &mut BufWriter<File>,
+        lines: Vec<String>,
+        error: &mut Option<std::io::Error>,
+    ) {
         for line in lines {
             if let Err(e) = out
                 .write_all(line.as_bytes())
@@ -157,11 +166,12 @@ impl ReplayFiles {
     /// Writes alert events.
     pub fn alerts(&mut self, records: Vec<AlertEvent>) {
         self.summary.count_alert_events(&records);
-        let lines = records
-            .iter()
-            .map(|a| jsonl::alert_line(a, &self.catalog))
+        // In the order notification channels send them (each alert's events as they happened).
+        let lines = Notification::for_events(&records, &self.catalog)
+            .into_iter()
+            .map(|n| n.json)
             .collect();
-        Self::write_sorted(&mut self.alerts, lines, &mut self.error);
+        Self::write_lines(&mut self.alerts, lines, &mut self.error);
     }
 
     /// Adds ingest counts.

@@ -1,4 +1,5 @@
-//! Notification channels for alert events: webhooks, MQTT and JSON Lines files.
+//! Notification channels for alert events: webhooks, MQTT, JSON Lines files and Prometheus
+//! Alertmanager.
 //!
 //! The dataflow hands each completed time's alert events to a [`NotifierHandle`], which never
 //! blocks: events queue in memory per channel (alert events are few; a storm of a hundred
@@ -15,6 +16,7 @@
 //! channel: what it still holds is kept for the next run, and the command stops with one error
 //! naming the channel's config field.
 
+mod alertmanager;
 mod ledger;
 mod mqtt;
 mod spool;
@@ -29,10 +31,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use crate::io::support::backoff::Backoff;
+pub use alertmanager::{AlertmanagerChannel, AlertmanagerConfig};
 pub use mqtt::MqttChannel;
 pub use webhook::{WebhookChannel, signature};
 
-use crate::dataflow::alert::{AlertEvent, Severity};
+use crate::dataflow::alert::{AlertEvent, AlertEventKind, Severity};
+use crate::dataflow::model::TimeMs;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::support::failure::{FailureClass, SINK_FAILURE_TRIES, SinkStrikes};
 use crate::io::support::metrics::Metrics;
@@ -53,12 +57,19 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// The notifications for events, as `alerts.jsonl` lines.
+    /// The notifications for events, as `alerts.jsonl` lines, in the order channels send them:
+    /// by event time, the events of one alert at one time as they happened (opened, escalated,
+    /// resolved), then by line, so that every run sends them in the same order.
     pub fn for_events(events: &[AlertEvent], catalog: &MetricCatalog) -> Vec<Self> {
-        events
+        let mut ordered: Vec<(TimeMs, AlertEventKind, Self)> = events
             .iter()
-            .map(|e| Self::new(e, crate::io::sinks::files::jsonl::alert_line(e, catalog)))
-            .collect()
+            .map(|e| {
+                let line = crate::io::sinks::files::jsonl::alert_line(e, catalog);
+                (e.ts_ms, e.event, Self::new(e, line))
+            })
+            .collect();
+        ordered.sort_by(|a, b| (a.0, a.1, &a.2.json).cmp(&(b.0, b.1, &b.2.json)));
+        ordered.into_iter().map(|(_, _, n)| n).collect()
     }
 
     /// The notification for an event, given its JSON line.
@@ -88,6 +99,8 @@ pub struct NotifyConfig {
     pub mqtt: Vec<mqtt::MqttConfig>,
     /// JSON Lines files.
     pub file: Vec<FileConfig>,
+    /// Prometheus Alertmanagers.
+    pub alertmanager: Vec<AlertmanagerConfig>,
 }
 
 /// A JSON Lines file that alert events are appended to.
@@ -111,6 +124,7 @@ impl Default for NotifyConfig {
             webhook: Vec::new(),
             mqtt: Vec::new(),
             file: Vec::new(),
+            alertmanager: Vec::new(),
         }
     }
 }
@@ -163,6 +177,17 @@ pub trait Channel: Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
     /// Waits for deliveries still in flight (MQTT acknowledgements).
     fn flush(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+    /// Learns of an event the ledger says an earlier run delivered (it is not sent again), so
+    /// that a channel keeping state across events (Alertmanager's open alerts) has it.
+    fn already_delivered(&mut self, _n: &Notification) {}
+    /// How long until [`idle`](Self::idle) is due while no event waits (none: never).
+    fn idle_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Work between events (Alertmanager: post the open alerts again).
+    fn idle(&mut self) -> impl std::future::Future<Output = ()> + Send {
         async {}
     }
 }
@@ -443,6 +468,10 @@ impl Notifier {
             };
             notifier.spawn(channel, c.backoff, ledger_dir, metrics)?;
         }
+        for c in &config.alertmanager {
+            let channel = AlertmanagerChannel::new(c.clone()).map_err(NotifyError::Config)?;
+            notifier.spawn(channel, c.backoff, ledger_dir, metrics)?;
+        }
         for c in &config.file {
             let channel = FileChannel {
                 config: c.clone(),
@@ -499,16 +528,29 @@ impl Notifier {
             loop {
                 let n = match pending.pop_front() {
                     Some(n) => n,
-                    None => match receiver.recv().await {
-                        Some(n) => n,
-                        None => break,
-                    },
+                    None => {
+                        // Between events, the channel's own work when it is due.
+                        let next = loop {
+                            match channel.idle_interval() {
+                                Some(wait) => tokio::select! {
+                                    next = receiver.recv() => break next,
+                                    _ = tokio::time::sleep(wait) => channel.idle().await,
+                                },
+                                None => break receiver.recv().await,
+                            }
+                        };
+                        match next {
+                            Some(n) => n,
+                            None => break,
+                        }
+                    }
                 };
                 if n.severity < channel.min_severity() {
                     continue;
                 }
                 if ledger.as_ref().is_some_and(|l| l.contains(&n.id)) {
                     counts.already_delivered.fetch_add(1, Ordering::Relaxed);
+                    channel.already_delivered(&n);
                     continue;
                 }
                 // How the delivery of `n` ended: delivered or refused for good (`None`), or the
