@@ -788,3 +788,173 @@ fn alertmanager_alerts_stay_firing_while_posted_again() {
     assert!(alertmanager.alerts().is_empty());
     assert_eq!(channel.idle_interval(), None, "nothing open to post again");
 }
+
+/// Starts `iotpipe alerts` with `config`; its stdout and stderr go to `log`.
+fn start_dispatcher(config: &Path, log: &Path) -> std::process::Child {
+    let log_file = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args(["alerts", "--config"])
+        .arg(config)
+        .env("HOOK_SECRET", SECRET)
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap()
+}
+
+/// The ids a receiver accepted, in order.
+fn accepted_ids(received: &Mutex<Received>) -> Vec<String> {
+    received
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// `iotpipe alerts` delivers the alert events of the alerts topic to a webhook, and, killed
+/// with SIGKILL mid-stream and started again, then stopped and started once more, sends each
+/// event at most once more than once (the one in flight at the kill, which the receiver drops
+/// by its `x-iotpipe-event-id`), loses none, and keeps each alert's events in order.
+#[test]
+fn the_dispatcher_killed_and_restarted_delivers_every_alert_event_once_in_order() {
+    let data = common::dataset(200, 420);
+    // The alert events `run` would write: a replay's, keyed by alert id.
+    let out = data.dir.path().join("replayed");
+    common::succeed(&mut common::replay_command(&data, &out));
+    let lines: Vec<String> = std::fs::read_to_string(out.join("alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(lines.len() >= 20, "too few alert events: {}", lines.len());
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tansu = common::kafka::Tansu::start(common::kafka::Engine::Sqlite);
+    tansu.create_topics(&[("alerts", 4)]);
+    tansu.produce(
+        "alerts",
+        events
+            .iter()
+            .zip(&lines)
+            .map(|(e, l)| (None, e["alert_id"].as_str().unwrap(), l.as_bytes())),
+    );
+
+    let (hook, received, _runtime) = start_receiver(0);
+    let config = data.dir.path().join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopics = {{ alerts = \"alerts\" }}\n\n[notify]\n\
+             ledger_dir = {:?}\ndrain_timeout_ms = 5000\n\n[[notify.webhook]]\nname = \"ops\"\n\
+             url = \"http://{hook}/alerts\"\nsecret_env = \"HOOK_SECRET\"\nmax_per_second = 15.0\n",
+            tansu.brokers(),
+            data.dir.path().join("ledger").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let log = data.dir.path().join("dispatcher.log");
+    let wait_for = |count: usize, dispatcher: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accepted_ids(&received).len() < count {
+            assert!(
+                dispatcher.try_wait().unwrap().is_none(),
+                "the dispatcher exited:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} delivered",
+                accepted_ids(&received).len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Killed a third of the way.
+    let mut dispatcher = start_dispatcher(&config, &log);
+    wait_for(lines.len() / 3, &mut dispatcher);
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    let at_kill = accepted_ids(&received).len();
+    // Started again: it goes on from what the webhook had not acknowledged.
+    let mut dispatcher = start_dispatcher(&config, &log);
+    wait_for(lines.len().min(at_kill + 5), &mut dispatcher);
+    // Stopped cleanly mid-stream, and started once more.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &dispatcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = dispatcher.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut dispatcher = start_dispatcher(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut distinct = accepted_ids(&received);
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() >= lines.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} delivered",
+            distinct.len(),
+            lines.len()
+        );
+        assert!(
+            dispatcher.try_wait().unwrap().is_none(),
+            "the dispatcher exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing more comes.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let _ = dispatcher.kill();
+    let _ = dispatcher.wait();
+
+    let got = accepted_ids(&received);
+    let mut distinct = got.clone();
+    distinct.sort();
+    distinct.dedup();
+    let mut want: Vec<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(distinct, want, "every event, none other");
+    assert!(
+        got.len() <= want.len() + 1,
+        "{} deliveries of {} events: more than the one in flight at the kill",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(received.lock().unwrap().bad_signatures, 0);
+    // Each alert's events in the order they happened.
+    let position: BTreeMap<&str, usize> = got
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut by_alert: BTreeMap<&str, Vec<&serde_json::Value>> = BTreeMap::new();
+    for e in &events {
+        by_alert
+            .entry(e["alert_id"].as_str().unwrap())
+            .or_default()
+            .push(e);
+    }
+    for (alert, events) in by_alert {
+        let order: Vec<usize> = events
+            .iter()
+            .map(|e| position[e["id"].as_str().unwrap()])
+            .collect();
+        assert!(order.is_sorted(), "alert {alert}: delivered out of order");
+    }
+}

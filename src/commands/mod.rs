@@ -13,6 +13,7 @@
 //! - [`loadgen`]: a simulated fleet publishing to MQTT or Kafka.
 //! - [`registry`]: the JSON Lines registry into the metadata store and back out.
 
+pub mod alerts;
 pub mod bridge;
 pub mod demo;
 pub mod loadgen;

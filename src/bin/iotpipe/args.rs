@@ -86,6 +86,16 @@ pub enum Command {
     /// Move the device registry between its JSON Lines form and the metadata store.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Deliver the alert events `run` writes to Kafka to the notification channels.
+    Alerts(AlertsArgs),
+}
+
+/// `iotpipe alerts`.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// The configuration file, TOML: `[kafka]` as `run`'s, and `[notify]` with its channels.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 /// `iotpipe registry`.

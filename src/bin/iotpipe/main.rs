@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod alerts;
 mod args;
 mod bridge;
 mod demo;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => loadgen::run(args),
         Command::FleetPasswords(args) => loadgen::fleet_passwords(args),
         Command::Registry(command) => registry::run(command),
+        Command::Alerts(args) => alerts::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

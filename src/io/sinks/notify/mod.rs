@@ -142,6 +142,10 @@ pub struct ChannelCounts {
     pub retries: AtomicU64,
     /// Events still queued when the notifier was finished.
     pub undelivered: AtomicU64,
+    /// Events the channel is done with: delivered, skipped (below its severity, or delivered
+    /// before) or refused for good and kept. A dispatcher commits its input up to what every
+    /// channel is done with.
+    pub handled: AtomicU64,
 }
 
 /// What a channel did.
@@ -159,6 +163,9 @@ pub struct ChannelReport {
     pub retries: u64,
     /// Events not delivered when the notifier finished.
     pub undelivered: u64,
+    /// Events sent to the notifier that the channel is done with (see
+    /// [`ChannelCounts::handled`]).
+    pub handled: u64,
     /// Why the channel gave up, if it did (the command then ends with this error).
     pub failure: Option<ChannelFailure>,
 }
@@ -525,6 +532,17 @@ impl Notifier {
         let task = self.runtime.spawn(async move {
             let counts = task_counts;
             let mut strikes = SinkStrikes::default();
+            // The spooled events go first and are not among those sent to this notifier: they
+            // do not count as handled.
+            let mut spooled = pending.len();
+            let handled = Arc::clone(&counts);
+            let mut done = move || {
+                if spooled > 0 {
+                    spooled -= 1;
+                } else {
+                    handled.handled.fetch_add(1, Ordering::Release);
+                }
+            };
             loop {
                 let n = match pending.pop_front() {
                     Some(n) => n,
@@ -546,11 +564,13 @@ impl Notifier {
                     }
                 };
                 if n.severity < channel.min_severity() {
+                    done();
                     continue;
                 }
                 if ledger.as_ref().is_some_and(|l| l.contains(&n.id)) {
                     counts.already_delivered.fetch_add(1, Ordering::Relaxed);
                     channel.already_delivered(&n);
+                    done();
                     continue;
                 }
                 // How the delivery of `n` ended: delivered or refused for good (`None`), or the
@@ -607,6 +627,7 @@ impl Notifier {
                     attempt += 1;
                 };
                 let Some(gave_up) = stopped else {
+                    done();
                     continue;
                 };
                 pending.push_front(n);
@@ -633,6 +654,21 @@ impl Notifier {
             task,
         });
         Ok(())
+    }
+
+    /// How many of the events sent every channel is done with (see
+    /// [`ChannelCounts::handled`]); events are handled in the order sent.
+    pub fn handled(&self) -> u64 {
+        self.tasks
+            .iter()
+            .map(|t| t.counts.handled.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The first channel that gave up, if one did.
+    pub fn failure(&self) -> Option<ChannelFailure> {
+        self.handle.as_ref().and_then(NotifierHandle::failure)
     }
 
     /// The handle to send through.
@@ -673,6 +709,7 @@ impl Notifier {
                 rejected: counts.rejected.load(Ordering::Relaxed),
                 retries: counts.retries.load(Ordering::Relaxed),
                 undelivered: counts.undelivered.load(Ordering::Relaxed),
+                handled: counts.handled.load(Ordering::Acquire),
                 failure: failure.lock().expect("not poisoned").clone(),
             });
         }
