@@ -958,3 +958,76 @@ fn the_dispatcher_killed_and_restarted_delivers_every_alert_event_once_in_order(
         assert!(order.is_sorted(), "alert {alert}: delivered out of order");
     }
 }
+
+/// The webhook's payload templates against receivers: the alert event's JSON, a Slack message
+/// and PagerDuty Events v2 events, each signed over what is sent, one per alert event.
+#[test]
+fn webhooks_send_the_event_a_slack_message_or_a_pagerduty_event() {
+    let data = common::dataset(200, 420);
+    let receivers: Vec<_> = (0..3).map(|_| start_receiver(0)).collect();
+    let notify = data.dir.path().join("notify.toml");
+    let mut config = "drain_timeout_ms = 5000\n".to_string();
+    for ((addr, _, _), format) in receivers.iter().zip(["json", "slack", "pagerduty"]) {
+        config.push_str(&format!(
+            "\n[[webhook]]\nname = \"{format}\"\nurl = \"http://{addr}/hook\"\n\
+             secret_env = \"HOOK_SECRET\"\nmax_per_second = 1000.0\nformat = \"{format}\"\n"
+        ));
+    }
+    config.push_str("routing_key_env = \"PD_ROUTING_KEY\"\n");
+    std::fs::write(&notify, config).unwrap();
+    let out = data.dir.path().join("out");
+    common::succeed(
+        common::replay_command(&data, &out)
+            .arg("--notify")
+            .arg(&notify)
+            .env("HOOK_SECRET", SECRET)
+            .env("PD_ROUTING_KEY", "R0UTING"),
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(out.join("alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 10);
+    let bodies = |i: usize| -> Vec<serde_json::Value> {
+        let r = receivers[i].1.lock().unwrap();
+        assert_eq!(r.bad_signatures, 0, "signed over what is sent");
+        r.accepted
+            .iter()
+            .map(|(_, body)| serde_json::from_str(body).unwrap())
+            .collect()
+    };
+    assert_eq!(bodies(0), events, "json: the events themselves");
+    let slack = bodies(1);
+    assert_eq!(slack.len(), events.len());
+    for (message, event) in slack.iter().zip(&events) {
+        let text = message["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "[{}]",
+                event["severity"].as_str().unwrap().to_uppercase()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(event["rule"].as_str().unwrap()), "{text}");
+        assert_eq!(message["blocks"].as_array().unwrap().len(), 2, "{message}");
+    }
+    let pagerduty = bodies(2);
+    assert_eq!(pagerduty.len(), events.len());
+    for (pd, event) in pagerduty.iter().zip(&events) {
+        assert_eq!(pd["routing_key"], "R0UTING");
+        assert_eq!(pd["dedup_key"], event["alert_id"]);
+        let action = if event["event"] == "resolved" {
+            "resolve"
+        } else {
+            "trigger"
+        };
+        assert_eq!(pd["event_action"], action);
+        assert!(
+            ["critical", "error", "warning", "info"]
+                .contains(&pd["payload"]["severity"].as_str().unwrap()),
+            "{pd}"
+        );
+        assert_eq!(pd["payload"]["custom_details"], *event);
+    }
+}

@@ -19,6 +19,7 @@
 mod alertmanager;
 mod ledger;
 mod mqtt;
+mod payload;
 mod spool;
 mod webhook;
 
@@ -33,6 +34,7 @@ use tokio::sync::mpsc;
 pub use crate::io::support::backoff::Backoff;
 pub use alertmanager::{AlertmanagerChannel, AlertmanagerConfig};
 pub use mqtt::MqttChannel;
+pub use payload::WebhookFormat;
 pub use webhook::{WebhookChannel, signature};
 
 use crate::dataflow::alert::{AlertEvent, AlertEventKind, Severity};

@@ -1,4 +1,5 @@
-//! Webhook: an HTTP POST of each alert event's JSON, signed with HMAC-SHA256.
+//! Webhook: an HTTP POST of each alert event (its JSON, a Slack message or a PagerDuty event),
+//! signed with HMAC-SHA256.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::payload::{WebhookFormat, body};
 use super::{Backoff, Channel, ChannelConfigError, Failure, Notification};
 use crate::dataflow::alert::Severity;
 use crate::dataflow::model::bounded;
@@ -43,6 +45,13 @@ pub struct WebhookConfig {
     /// Waits between retries.
     #[serde(default)]
     pub backoff: Backoff,
+    /// The payload: `json` (the alert event), `slack` or `pagerduty` (see [`WebhookFormat`]).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// For `format = "pagerduty"`: the environment variable holding the integration's routing
+    /// key.
+    #[serde(default)]
+    pub routing_key_env: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -67,6 +76,7 @@ pub struct WebhookChannel {
     http: HttpConnection,
     path: String,
     secret: Option<Vec<u8>>,
+    routing_key: Option<String>,
     next_send: tokio::time::Instant,
 }
 
@@ -91,6 +101,19 @@ impl WebhookChannel {
                     .into_bytes(),
             ),
         };
+        let routing_key = match (config.format, &config.routing_key_env) {
+            (WebhookFormat::Pagerduty, None) => {
+                return Err(invalid(
+                    "routing_key_env",
+                    "is needed with format = \"pagerduty\": name the variable holding the routing key".into(),
+                ));
+            }
+            (WebhookFormat::Pagerduty, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| invalid("routing_key_env", format!("${var} is not set")))?,
+            ),
+            _ => None,
+        };
         if !(config.max_per_second.is_finite() && config.max_per_second > 0.0) {
             return Err(invalid(
                 "max_per_second",
@@ -101,6 +124,7 @@ impl WebhookChannel {
             http: HttpConnection::to(endpoint),
             path,
             secret,
+            routing_key,
             next_send: tokio::time::Instant::now(),
             config,
         })
@@ -125,11 +149,19 @@ impl Channel for WebhookChannel {
             .header(hyper::header::HOST, self.http.authority())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("x-iotpipe-event-id", &n.id);
+        let payload = match self.config.format {
+            WebhookFormat::Json => n.json.clone(),
+            format => {
+                let event: serde_json::Value = serde_json::from_str(&n.json)
+                    .map_err(|e| Failure::record(format!("not an alert event: {e}")))?;
+                body(format, &event, &n.json, self.routing_key.as_deref())
+            }
+        };
         if let Some(secret) = &self.secret {
-            request = request.header("x-iotpipe-signature", signature(secret, n.json.as_bytes()));
+            request = request.header("x-iotpipe-signature", signature(secret, payload.as_bytes()));
         }
         let request = request
-            .body(Full::new(Bytes::from(n.json.clone())))
+            .body(Full::new(Bytes::from(payload)))
             .map_err(|e| Failure::record(format!("request: {e}")))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let (status, body) = self
@@ -191,6 +223,8 @@ mod tests {
             max_per_second: 1.0,
             min_severity: Severity::Warning,
             backoff: Backoff::default(),
+            format: WebhookFormat::Json,
+            routing_key_env: None,
         };
         let err = WebhookChannel::new(config.clone())
             .err()

@@ -1,0 +1,166 @@
+//! What a webhook sends: the alert event's own JSON, a Slack message, or a PagerDuty Events v2
+//! event, each made from the `alerts.jsonl` line.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::dataflow::schema::format_rfc3339_ms;
+
+/// A webhook's payload shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The alert event as `alerts.jsonl` has it.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message (`text`, and `blocks` with the details): also what
+    /// Mattermost and Rocket.Chat incoming webhooks take.
+    Slack,
+    /// A PagerDuty Events API v2 event (`trigger` or `resolve`, deduplicated by the alert's
+    /// id); the URL is `https://events.pagerduty.com/v2/enqueue`, the routing key from
+    /// `routing_key_env`.
+    Pagerduty,
+}
+
+/// The body of `event` (an `alerts.jsonl` line, `json` its text) in `format`.
+pub fn body(format: WebhookFormat, event: &Value, json: &str, routing_key: Option<&str>) -> String {
+    match format {
+        WebhookFormat::Json => json.to_owned(),
+        WebhookFormat::Slack => slack(event).to_string(),
+        WebhookFormat::Pagerduty => pagerduty(event, routing_key.unwrap_or_default()).to_string(),
+    }
+}
+
+fn text(event: &Value, name: &str) -> String {
+    event[name].as_str().unwrap_or("-").to_owned()
+}
+
+/// What the alert is about: its device, else its site.
+fn subject(event: &Value) -> String {
+    event["device_id"]
+        .as_str()
+        .map_or_else(|| format!("site {}", text(event, "site")), str::to_owned)
+}
+
+/// One line: severity, event, rule, subject, cause, metric and value.
+fn summary(event: &Value) -> String {
+    let metric = event["metric"]
+        .as_str()
+        .map(|m| format!(" {m}"))
+        .unwrap_or_default();
+    let value = event["value"]
+        .as_f64()
+        .map(|v| format!(" = {v}"))
+        .unwrap_or_default();
+    format!(
+        "[{}] {} {}: {} ({}){metric}{value}",
+        text(event, "severity").to_uppercase(),
+        text(event, "event"),
+        text(event, "rule"),
+        subject(event),
+        text(event, "cause"),
+    )
+}
+
+fn slack(event: &Value) -> Value {
+    let place = ["org", "site", "building"]
+        .iter()
+        .filter_map(|k| event[*k].as_str().filter(|v| !v.is_empty()))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let when = format_rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0));
+    json!({
+        "text": summary(event),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", summary(event))}},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": format!("{place} · {when} · alert `{}`", text(event, "alert_id"))}
+            ]}
+        ],
+    })
+}
+
+fn pagerduty(event: &Value, routing_key: &str) -> Value {
+    let action = if event["event"] == "resolved" {
+        "resolve"
+    } else {
+        "trigger"
+    };
+    // PagerDuty's four severities.
+    let severity = match event["severity"].as_str() {
+        Some("critical") => "critical",
+        Some("major") => "error",
+        Some("minor") | Some("warning") => "warning",
+        _ => "info",
+    };
+    json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        // Every event of one alert updates one incident.
+        "dedup_key": event["alert_id"],
+        "payload": {
+            "summary": summary(event),
+            "source": subject(event),
+            "severity": severity,
+            "timestamp": format_rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0)),
+            "component": event["metric"],
+            "group": event["site"],
+            "class": event["cause"],
+            "custom_details": event,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str) -> Value {
+        json!({
+            "id": "dev-1/m0/threshold/0/opened/0", "alert_id": "dev-1/m0/threshold/0",
+            "event": kind, "device_id": "dev-1", "site": "s1", "org": "acme", "building": "B1",
+            "metric": "temperature", "rule": "hot", "severity": "major", "cause": "threshold",
+            "ts_ms": 1_704_067_200_000_u64, "score": null, "value": 41.5,
+        })
+    }
+
+    #[test]
+    fn slack_gets_a_line_and_the_place() {
+        let body: Value =
+            serde_json::from_str(&body(WebhookFormat::Slack, &event("opened"), "", None)).unwrap();
+        assert_eq!(
+            body["text"],
+            "[MAJOR] opened hot: dev-1 (threshold) temperature = 41.5"
+        );
+        let context = body["blocks"][1]["elements"][0]["text"].as_str().unwrap();
+        assert!(
+            context.starts_with("acme / s1 / B1 · 2024-01-01T00:00:00.000Z"),
+            "{context}"
+        );
+    }
+
+    #[test]
+    fn pagerduty_triggers_and_resolves_one_incident_per_alert() {
+        let trigger: Value = serde_json::from_str(&body(
+            WebhookFormat::Pagerduty,
+            &event("opened"),
+            "",
+            Some("KEY"),
+        ))
+        .unwrap();
+        assert_eq!(trigger["event_action"], "trigger");
+        assert_eq!(trigger["routing_key"], "KEY");
+        assert_eq!(trigger["dedup_key"], "dev-1/m0/threshold/0");
+        assert_eq!(trigger["payload"]["severity"], "error");
+        assert_eq!(trigger["payload"]["source"], "dev-1");
+        let resolve: Value = serde_json::from_str(&body(
+            WebhookFormat::Pagerduty,
+            &event("resolved"),
+            "",
+            Some("KEY"),
+        ))
+        .unwrap();
+        assert_eq!(resolve["event_action"], "resolve");
+        assert_eq!(resolve["dedup_key"], trigger["dedup_key"]);
+    }
+}
