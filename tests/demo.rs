@@ -15,6 +15,8 @@ fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
             "300",
             "--duration",
             "3",
+            "--history-s",
+            "0",
             "--plain",
             "-w",
             "2",
@@ -56,6 +58,56 @@ fn demo_runs_the_fleet_and_closes_its_windows_on_exit() {
     // Shutting down closes every open window.
     assert!(total("windows") >= 300, "{stdout}");
     assert!(total("  aggregated") > 0, "{stdout}");
+}
+
+/// A newcomer does not wait: the demo starts with ten minutes of history, faults included, run
+/// at full speed, so closed windows, anomalies and alerts are there within seconds.
+#[test]
+fn demo_starts_with_history_so_windows_and_alerts_show_at_once() {
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args([
+            "demo",
+            "--devices",
+            "200",
+            "--duration",
+            "4",
+            "--history-s",
+            "600",
+        ])
+        .args([
+            "--fault-share",
+            "0.2",
+            "--fault-start-s",
+            "120",
+            "--fault-spread-s",
+            "120",
+        ])
+        .args(["--plain", "--no-dashboard"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let total = |label: &str| -> u64 {
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(if label == "alert events" { 2 } else { 1 })
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` in\n{stdout}"))
+    };
+    // In 4 s, at least two minutes of the history went through (far more in a release
+    // build), closing windows of every device.
+    let messages = total("messages");
+    assert!(messages >= 200 * 120, "{messages} messages\n{stdout}");
+    assert!(total("windows") >= 200, "{stdout}");
+    assert!(total("anomalies") > 0, "{stdout}");
+    assert!(total("alert events") > 0, "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{stdout}");
 }
 
 #[test]

@@ -38,12 +38,12 @@ use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
 use crate::io::support::summary::RunSummary;
 
+/// Fleet time a worker sends per step while it catches up with the wall clock (the history at
+/// the start, or after InfluxDB held it back).
+const CATCH_UP_MS: u64 = 5_000;
+
 /// How often each worker moves the fleet's clock forward.
 const TICK: Duration = Duration::from_millis(100);
-
-/// The most fleet time a worker sends in one tick when it catches up after InfluxDB held it
-/// back, ms.
-const CATCH_UP_MS: u64 = 1_000;
 
 /// The whole configuration of a demo: what `iotpipe demo`'s flags and the files they name
 /// become. Every field is documented; unknown fields are errors.
@@ -58,12 +58,15 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Share of devices with an injected fault (spike, level shift, stuck value, silence).
     pub fault_share: f64,
-    /// Seconds after the start when the first faults begin.
+    /// Seconds after the fleet's start (the history's) when the first faults begin.
     pub fault_start_s: u64,
-    /// Seconds over which fault starts spread after `fault_start_s`.
+    /// Seconds over which fault starts spread after `fault_start_s`, beyond the history.
     pub fault_spread_s: u64,
     /// How long to run, seconds (none: until stopped).
     pub duration_s: Option<f64>,
+    /// Seconds of simulated history before now, run at full speed at the start (faults
+    /// included), so charts, anomalies and alerts are there within seconds; then real time.
+    pub history_s: u64,
     /// A directory of schema files (default: the schemas built into iotpipe).
     pub schemas: Option<PathBuf>,
     /// Windows, event time, anomaly scoring and alert rules.
@@ -96,6 +99,7 @@ impl Default for DemoConfig {
             fault_start_s: 180,
             fault_spread_s: 420,
             duration_s: None,
+            history_s: 1_800,
             schemas: None,
             pipeline: PipelineConfig::default(),
             dashboard: None,
@@ -186,11 +190,16 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         // Printed before the live view takes the screen, and for scripts that wait for it.
         println!("dashboard at http://{local}/");
     }
-    let start_ms = SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64;
+    // The fleet starts `history_s` before now and catches up at full speed.
+    let start_ms = now_ms.saturating_sub(config.history_s * 1000);
+    // Faults start `fault_start_s` into the fleet's time and spread over the history too, so
+    // some show within seconds of the start and some are still to come after it reaches now.
     let fault_start_ms = config.fault_start_s * 1000;
+    let fault_spread_ms = (config.history_s + config.fault_spread_s) * 1000;
     tracing::info!(
         devices = config.devices,
         rate = config.rate_per_device,
@@ -205,7 +214,7 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         fault_share: config.fault_share,
         fault_start_ms: (
             fault_start_ms,
-            fault_start_ms + config.fault_spread_s * 1000,
+            fault_start_ms + fault_spread_ms,
         ),
         ..FleetConfig::default()
     };
@@ -215,6 +224,7 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
     };
     let job = DemoJob {
         fleet,
+        now_ms,
         schemas,
         pipeline,
         duration: config.duration_s.map(Duration::from_secs_f64),
@@ -247,8 +257,10 @@ pub enum Terminal {
 /// Everything a demo needs, its servers and channels started by the caller.
 #[derive(Clone)]
 pub struct DemoJob {
-    /// The simulated fleet; its `start_ms` is the demo's start, in wall-clock ms.
+    /// The simulated fleet; its `start_ms` is where its history starts, in wall-clock ms.
     pub fleet: FleetConfig,
+    /// Wall-clock ms at the demo's start: the fleet runs at full speed until it gets there.
+    pub now_ms: u64,
     /// Message schemas.
     pub schemas: SchemaSet,
     /// Pipeline semantics.
@@ -364,6 +376,7 @@ pub fn run_demo_job(
     }
     let DemoJob {
         fleet: fleet_config,
+        now_ms,
         schemas,
         pipeline: pipeline_config,
         duration,
@@ -375,7 +388,6 @@ pub fn run_demo_job(
         notifier,
         registry_lines,
     } = job;
-    let now_ms = fleet_config.start_ms;
     let devices = fleet_config.devices;
     let registry_text = registry_lines
         .unwrap_or_else(|| Fleet::new(fleet_config.clone()).registry_lines())
@@ -439,7 +451,7 @@ pub fn run_demo_job(
         let mut stdout = std::io::stdout();
         // The fleet's clock: real time, unless InfluxDB held the worker back, as a broker
         // holds messages for a consumer that is behind.
-        let mut fleet_ms = now_ms;
+        let mut fleet_ms = fleet_config.start_ms;
         let mut unstored = ArrivalLatency::default();
         let influx_failed = || {
             worker_influx
@@ -471,7 +483,8 @@ pub fn run_demo_job(
                     ingestor.release_held(&mut batch);
                     // Latency counts from when the batch's first messages were due (kept only
                     // when InfluxDB is there to store them, or it would only grow).
-                    if worker_influx.is_some() {
+                    // (History has no due time to count from.)
+                    if worker_influx.is_some() && fleet_ms >= now_ms {
                         let due = started + Duration::from_millis(fleet_ms - now_ms);
                         unstored.arrived(batch.time_ms, due, lines.len() as u64);
                     }
@@ -482,9 +495,15 @@ pub fn run_demo_job(
                     source.flush();
                 }
             }
-            let tick_end = Instant::now() + TICK;
-            while Instant::now() < tick_end {
-                worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
+            let behind = now_ms + (started.elapsed().as_millis() as u64) > fleet_ms + CATCH_UP_MS;
+            if behind && !influx_full.is_held() {
+                // Catching up: on to the next stretch once the dataflow has taken this one.
+                worker.step();
+            } else {
+                let tick_end = Instant::now() + TICK;
+                while Instant::now() < tick_end {
+                    worker.step_or_park(Some(tick_end.saturating_duration_since(Instant::now())));
+                }
             }
             if worker_influx.is_some() {
                 let frontier = stored.with_frontier(|f| f.first().copied());

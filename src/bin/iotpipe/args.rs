@@ -430,6 +430,10 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Seconds of simulated history run at full speed first (faults included), so charts,
+    /// anomalies and alerts show within seconds; 0 starts at now.
+    #[arg(long, default_value_t = 1_800)]
+    pub history_s: u64,
     /// Random seed of the fleet.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

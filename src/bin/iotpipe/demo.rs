@@ -51,6 +51,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         fault_start_s: args.fault_start_s,
         fault_spread_s: args.fault_spread_s,
         duration_s: args.duration,
+        history_s: args.history_s,
         schemas: args.pipeline.schemas.clone(),
         pipeline,
         dashboard,
