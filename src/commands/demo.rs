@@ -212,10 +212,7 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         seed: config.seed,
         start_ms,
         fault_share: config.fault_share,
-        fault_start_ms: (
-            fault_start_ms,
-            fault_start_ms + fault_spread_ms,
-        ),
+        fault_start_ms: (fault_start_ms, fault_start_ms + fault_spread_ms),
         ..FleetConfig::default()
     };
     let registry_lines = match &config.store {
