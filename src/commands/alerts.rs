@@ -161,8 +161,12 @@ pub fn run_alerts(
         .set("auto.offset.reset", "earliest");
     // A dispatcher restarted after a crash waits for its old self to leave the group: the
     // broker's shortest session (6 s by default), not librdkafka's 45 s, unless set.
-    if !config.kafka.properties.contains_key("session.timeout.ms") {
-        client.set("session.timeout.ms", "6000");
+    // Alerts are few and urgent: a fetch returns within 50 ms rather than waiting up to
+    // librdkafka's 500 ms for more, unless set.
+    for (property, value) in [("session.timeout.ms", "6000"), ("fetch.wait.max.ms", "50")] {
+        if !config.kafka.properties.contains_key(property) {
+            client.set(property, value);
+        }
     }
     let consumer: BaseConsumer = client
         .create()
@@ -177,7 +181,7 @@ pub fn run_alerts(
     let mut report = AlertsReport::default();
     // Offsets to commit once every channel has handled the events sent before them.
     let mut waiting: VecDeque<(u64, BTreeMap<i32, i64>)> = VecDeque::new();
-    let commit = |waiting: &mut VecDeque<(u64, BTreeMap<i32, i64>)>, handled: u64| {
+    let commit = |waiting: &mut VecDeque<(u64, BTreeMap<i32, i64>)>, handled: u64, mode| {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while waiting.front().is_some_and(|(sent, _)| *sent <= handled) {
             let (_, next) = waiting.pop_front().expect("checked");
@@ -192,7 +196,7 @@ pub fn run_alerts(
         }
         // A failed commit is retried with the next one; at worst events are read again, and
         // the ledgers skip them.
-        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+        if let Err(e) = consumer.commit(&list, mode) {
             tracing::warn!(error = %e, "committing the alerts topic's offsets failed; retried with the next");
             let mut back: BTreeMap<i32, i64> = BTreeMap::new();
             back.extend(offsets);
@@ -240,13 +244,15 @@ pub fn run_alerts(
         if !next.is_empty() {
             waiting.push_back((report.events, next));
         }
-        commit(&mut waiting, notifier.handled());
+        // Asynchronous while running (one lost is made good by the next, or by the ledgers);
+        // synchronous at the end.
+        commit(&mut waiting, notifier.handled(), CommitMode::Async);
     }
     drop(handle);
     // What the channels finish while draining is committed; the rest is read again next time.
     let channels = notifier.finish();
     let handled = channels.iter().map(|c| c.handled).min().unwrap_or(0);
-    commit(&mut waiting, handled);
+    commit(&mut waiting, handled, CommitMode::Sync);
     report.channels = channels;
     match failure.or_else(|| report.channels.iter().find_map(|c| c.failure.clone())) {
         Some(failure) => Err(AlertsError::Channel(failure)),
