@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::chromium::{chromium, dom_without_errors};
+use common::chromium::{dom_without_errors, screenshot};
 use common::influx::Influx;
 use serde_json::Value;
 
@@ -143,20 +142,7 @@ fn the_dashboard_shows_charts_from_influxdb_and_open_alerts_without_errors() {
     assert!(dom.contains("<tr class=\"alert\">"), "no alert row:\n{dom}");
     assert!(dom.contains("charts from InfluxDB"), "{dom}");
 
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let screenshot = artifacts.join("dashboard.png");
-    let _ = std::fs::remove_file(&screenshot);
-    chromium(
-        &profile,
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,1600",
-            "--hide-scrollbars",
-        ],
-        &url,
-    );
-    let png = std::fs::read(&screenshot).unwrap();
+    let png = screenshot(&profile, &url, "dashboard.png", (1280, 1600));
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "screenshot"
@@ -310,18 +296,7 @@ fn the_dashboard_drills_down_the_hierarchy_of_the_metadata_store() {
     assert!(dom.contains("id=\"current-place\""), "{dom}");
     assert!(demo.0.try_wait().unwrap().is_none(), "demo exited");
 
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let screenshot = artifacts.join("dashboard-hierarchy.png");
-    let _ = std::fs::remove_file(&screenshot);
-    chromium(
-        &profile,
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,1400",
-            "--hide-scrollbars",
-        ],
-        &format!("{base}{device_link}"),
-    );
-    assert!(std::fs::read(&screenshot).unwrap().starts_with(b"\x89PNG"));
+    let url = format!("{base}{device_link}");
+    let png = screenshot(&profile, &url, "dashboard-hierarchy.png", (1280, 1400));
+    assert!(png.starts_with(b"\x89PNG"));
 }

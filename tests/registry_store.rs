@@ -23,6 +23,15 @@ async fn open(server: &Postgres) -> Store {
         .unwrap_or_else(|e| panic!("{e}\n{}", server.log()))
 }
 
+/// The dataset's registry changelog, as the store imports it.
+fn registry_entries(data: &common::Dataset) -> Vec<RegistryEntry> {
+    std::fs::read_to_string(&data.registry)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn migrations_apply_once_when_several_processes_open_the_store_at_once() {
     let server = Postgres::start();
@@ -41,11 +50,7 @@ fn migrations_apply_once_when_several_processes_open_the_store_at_once() {
 fn a_registry_imported_comes_back_line_for_line_and_history_answers_as_of() {
     let server = Postgres::start();
     let data = common::dataset(40, 60);
-    let text = std::fs::read_to_string(&data.registry).unwrap();
-    let entries: Vec<RegistryEntry> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = registry_entries(&data);
     runtime().block_on(async {
         let store = open(&server).await;
         let report = store.import_registry(&entries).await.unwrap();
@@ -242,11 +247,7 @@ fn iotpipe_registry_import_then_export_gives_back_the_file_and_a_bad_line_import
 fn the_grafana_login_reads_every_store_panel_and_writes_nothing() {
     let server = Postgres::start();
     let data = common::dataset(20, 30);
-    let text = std::fs::read_to_string(&data.registry).unwrap();
-    let entries: Vec<RegistryEntry> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = registry_entries(&data);
     runtime().block_on(async {
         open(&server).await.import_registry(&entries).await.unwrap();
     });

@@ -7,7 +7,11 @@
 //! The registry input runs far ahead of the messages, as `run` advances it, so each correction
 //! is known long after its effective time. The whole pipeline runs, as `run` builds it.
 
+mod common;
+
 use std::collections::BTreeMap;
+
+use common::reference::{EMPTY_WINDOW, WindowState, fold_reading};
 
 use iotpipe::dataflow::metadata::{
     DeviceRecord, Entity, EntityKey, MetadataHistory, ModelRecord, PlaceRecord,
@@ -211,7 +215,7 @@ fn readings(devices: usize, high: &[bool]) -> Vec<(DeviceId, Reading)> {
 
 type Key = (String, u64, String);
 /// A window's count, minimum, maximum, sum and breaches.
-type Window = (u64, f64, f64, ExactSum, u64);
+type Window = WindowState;
 /// A site's count and sum per window start.
 type Sites = BTreeMap<(String, u64), (u64, ExactSum)>;
 
@@ -233,14 +237,8 @@ fn batch(
         let breach = info
             .threshold(r.metric)
             .is_some_and(|t| t.is_breached_by(r.value));
-        let w = windows
-            .entry((device_id.to_string(), start, info.site.clone()))
-            .or_insert((0, f64::INFINITY, f64::NEG_INFINITY, ExactSum::default(), 0));
-        w.0 += 1;
-        w.1 = w.1.min(r.value);
-        w.2 = w.2.max(r.value);
-        w.3.add(r.value);
-        w.4 += breach as u64;
+        let key = (device_id.to_string(), start, info.site.clone());
+        fold_reading(windows.entry(key).or_insert(EMPTY_WINDOW), r.value, breach);
         let s = sites
             .entry((info.site.clone(), start))
             .or_insert((0, ExactSum::default()));

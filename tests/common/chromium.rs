@@ -52,3 +52,22 @@ pub fn dom_without_errors(user_data: &Path, url: &str) -> String {
     }
     dom
 }
+
+/// A screenshot of the page at `url`, `width` x `height`, kept as
+/// `target/test-artifacts/NAME` for people to look at; its PNG bytes.
+pub fn screenshot(user_data: &Path, url: &str, name: &str, (width, height): (u32, u32)) -> Vec<u8> {
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let path = artifacts.join(name);
+    let _ = std::fs::remove_file(&path);
+    chromium(
+        user_data,
+        &[
+            &format!("--screenshot={}", path.display()),
+            &format!("--window-size={width},{height}"),
+            "--hide-scrollbars",
+        ],
+        url,
+    );
+    std::fs::read(&path).unwrap()
+}

@@ -21,7 +21,19 @@ use iotpipe::io::sinks::files::jsonl;
 /// (device, metric, window start, site)
 type WindowKey = (DeviceId, MetricId, u64, String);
 /// (count, min, max, sum, breaches)
-type WindowState = (u64, f64, f64, ExactSum, u64);
+pub type WindowState = (u64, f64, f64, ExactSum, u64);
+
+/// A window with no reading yet.
+pub const EMPTY_WINDOW: WindowState = (0, f64::INFINITY, f64::NEG_INFINITY, ExactSum(0), 0);
+
+/// Folds a reading's `value` into a window's state (`breach`: outside its thresholds).
+pub fn fold_reading(w: &mut WindowState, value: f64, breach: bool) {
+    w.0 += 1;
+    w.1 = w.1.min(value);
+    w.2 = w.2.max(value);
+    w.3.add(value);
+    w.4 += breach as u64;
+}
 
 /// The reference outputs, as sorted lines and dead-letter pairs.
 pub struct Expected {
@@ -125,14 +137,8 @@ pub fn compute_partitions(
                     let breach = info
                         .threshold(r.metric)
                         .is_some_and(|t| r.value < t.min || r.value > t.max);
-                    let w = windows
-                        .entry((m.device_id.clone(), r.metric, start, info.site.clone()))
-                        .or_insert((0, f64::INFINITY, f64::NEG_INFINITY, ExactSum::default(), 0));
-                    w.0 += 1;
-                    w.1 = w.1.min(r.value);
-                    w.2 = w.2.max(r.value);
-                    w.3.add(r.value);
-                    w.4 += breach as u64;
+                    let key = (m.device_id.clone(), r.metric, start, info.site.clone());
+                    fold_reading(windows.entry(key).or_insert(EMPTY_WINDOW), r.value, breach);
                 }
                 *max_valid = Some(max_valid.map_or(r.ts_ms, |max| max.max(r.ts_ms)));
             }

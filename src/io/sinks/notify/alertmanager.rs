@@ -24,9 +24,8 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Backoff, Channel, ChannelConfigError, Failure, Notification};
+use super::{Backoff, Channel, ChannelConfigError, Failure, Notification, send_http};
 use crate::dataflow::alert::Severity;
-use crate::dataflow::model::bounded;
 use crate::dataflow::schema::format_rfc3339_ms;
 use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::tls::TlsConfig;
@@ -176,7 +175,7 @@ impl AlertmanagerChannel {
         let mut alert = json!({
             "labels": labels,
             "annotations": annotations,
-            "startsAt": rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0)),
+            "startsAt": format_rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0)),
         });
         if let Some(url) = &self.config.generator_url {
             alert["generatorURL"] = json!(url);
@@ -192,24 +191,7 @@ impl AlertmanagerChannel {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Failure::record(format!("request: {e}")))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let (status, answer) = self
-            .http
-            .send(request, timeout)
-            .await
-            .map_err(|e| Failure {
-                class: e.class(),
-                field: e.field(),
-                reason: e.to_string(),
-            })?;
-        if status.is_success() {
-            return Ok(());
-        }
-        let mut failure = Failure::of_http_status(status.as_u16(), "url");
-        let answer = String::from_utf8_lossy(&answer).trim().to_owned();
-        if !answer.is_empty() {
-            failure.reason = format!("{}: {}", failure.reason, bounded(answer, 512));
-        }
-        Err(failure)
+        send_http(&mut self.http, request, timeout, |_| "url").await
     }
 
     /// Keeps an alert open, or forgets it once resolved.
@@ -249,7 +231,7 @@ impl Channel for AlertmanagerChannel {
             .map_err(|e| Failure::record(format!("not an alert event: {e}")))?;
         let alert_id = event["alert_id"].as_str().unwrap_or(&n.id).to_owned();
         let alert = self.alert_of(&event);
-        let ends_at = rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0));
+        let ends_at = format_rfc3339_ms(event["ts_ms"].as_u64().unwrap_or(0));
         // Open alerts due to be posted again go along (the idle resend waits for a quiet
         // moment that a busy channel may not have).
         let resend = self.resent_at.elapsed() >= self.resend_interval();
@@ -333,10 +315,6 @@ fn is_label_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn rfc3339_ms(ms: u64) -> String {
-    format_rfc3339_ms(ms)
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -40,6 +40,7 @@ pub use webhook::{WebhookChannel, signature};
 use crate::dataflow::alert::{AlertEvent, AlertEventKind, Severity};
 use crate::dataflow::model::TimeMs;
 use crate::dataflow::schema::MetricCatalog;
+use crate::io::connect::http::HttpConnection;
 use crate::io::support::failure::{FailureClass, SINK_FAILURE_TRIES, SinkStrikes};
 use crate::io::support::metrics::Metrics;
 use ledger::Ledger;
@@ -250,6 +251,39 @@ impl Failure {
             reason: format!("HTTP {status}"),
         }
     }
+}
+
+/// How much of a receiver's answer a failure carries.
+const ANSWER_SHOWN_BYTES: usize = 512;
+
+/// Sends an HTTP channel's `request` within `timeout`: `Ok` on a 2xx answer, else the failure
+/// of its class, with the field `field_of(status)` names and the receiver's answer (bounded:
+/// it ends up in logs and the rejected file).
+async fn send_http(
+    http: &mut HttpConnection,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    timeout: Duration,
+    field_of: impl Fn(u16) -> &'static str,
+) -> Result<(), Failure> {
+    let (status, answer) = http.send(request, timeout).await.map_err(|e| Failure {
+        class: e.class(),
+        field: e.field(),
+        reason: e.to_string(),
+    })?;
+    if status.is_success() {
+        return Ok(());
+    }
+    let status = status.as_u16();
+    let mut failure = Failure::of_http_status(status, field_of(status));
+    let answer = String::from_utf8_lossy(&answer).trim().to_owned();
+    if !answer.is_empty() {
+        failure.reason = format!(
+            "{}: {}",
+            failure.reason,
+            crate::dataflow::model::bounded(answer, ANSWER_SHOWN_BYTES)
+        );
+    }
+    Err(failure)
 }
 
 /// A channel whose settings cannot work: which, the field and why.

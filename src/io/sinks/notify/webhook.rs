@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::payload::{WebhookFormat, body};
-use super::{Backoff, Channel, ChannelConfigError, Failure, Notification};
+use super::{Backoff, Channel, ChannelConfigError, Failure, Notification, send_http};
 use crate::dataflow::alert::Severity;
-use crate::dataflow::model::bounded;
 use crate::io::connect::http::{HttpConnection, HttpEndpoint};
 use crate::io::connect::tls::TlsConfig;
 
@@ -164,40 +163,14 @@ impl Channel for WebhookChannel {
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| Failure::record(format!("request: {e}")))?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let (status, body) = self
-            .http
-            .send(request, timeout)
-            .await
-            .map_err(|e| Failure {
-                class: e.class(),
-                field: e.field(),
-                reason: e.to_string(),
-            })?;
-        if status.is_success() {
-            return Ok(());
-        }
-        let status = status.as_u16();
-        let field = match status {
+        send_http(&mut self.http, request, timeout, |status| match status {
             // A receiver that checks signatures answers so to a wrong secret.
             401 | 403 => "secret_env (the receiver refused the request's signature or sender)",
             _ => "url",
-        };
-        let mut failure = Failure::of_http_status(status, field);
-        let answer = String::from_utf8_lossy(&body).trim().to_owned();
-        if !answer.is_empty() {
-            // The receiver's reason, bounded: it ends up in logs and the rejected file.
-            failure.reason = format!(
-                "{}: {}",
-                failure.reason,
-                bounded(answer, ANSWER_SHOWN_BYTES)
-            );
-        }
-        Err(failure)
+        })
+        .await
     }
 }
-
-/// How much of a receiver's answer a failure carries.
-const ANSWER_SHOWN_BYTES: usize = 512;
 
 #[cfg(test)]
 mod tests {
