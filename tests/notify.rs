@@ -1031,3 +1031,36 @@ fn webhooks_send_the_event_a_slack_message_or_a_pagerduty_event() {
         assert_eq!(pd["payload"]["custom_details"], *event);
     }
 }
+
+/// `iotpipe alerts` with a configuration that cannot work stops at once with one line naming
+/// the field.
+#[test]
+fn the_dispatcher_refuses_a_config_without_channels_or_brokers_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, field) in [
+        (
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\n\n[notify]\n",
+            "notify has no channel",
+        ),
+        (
+            "[kafka]\nbrokers = \" \"\n\n[notify]\n[[notify.file]]\nname = \"f\"\npath = \"x\"\n",
+            "kafka.brokers",
+        ),
+        (
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\nbrokres = 1\n",
+            "brokres",
+        ),
+    ] {
+        let config = dir.path().join("alerts.toml");
+        std::fs::write(&config, toml).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args(["alerts", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(field), "{field}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
