@@ -737,6 +737,7 @@ fn alertmanager_alerts_stay_firing_while_posted_again() {
         generator_url: None,
         timeout_ms: 2_000,
         min_severity: Default::default(),
+        overdue_only: false,
         backoff: Backoff::default(),
     })
     .unwrap();

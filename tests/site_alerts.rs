@@ -48,6 +48,9 @@ fn silence(device: &str, site: &str, event: AlertEventKind, ts_ms: u64) -> Alert
         ts_ms,
         score: None,
         value: None,
+        silenced_by: None,
+        overdue: false,
+        acknowledged_by: None,
     }
 }
 

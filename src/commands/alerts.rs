@@ -141,6 +141,8 @@ fn notification(payload: &[u8]) -> Option<Notification> {
         id: event["id"].as_str()?.to_owned(),
         severity,
         site: event["site"].as_str().unwrap_or_default().to_owned(),
+        silenced: event["silenced_by"].is_string(),
+        overdue: event["overdue"].as_bool().unwrap_or(false),
         json: json.to_owned(),
     })
 }

@@ -439,6 +439,7 @@ pub fn run_demo_job(
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);
+        sources.load_controls_and_close(&[]);
         // A worker with no devices (more workers than devices) closes its input at once, so
         // it does not hold everyone's frontier back.
         let mut source = (fleet.device_count() > 0).then_some(sources.source);

@@ -22,6 +22,7 @@ use timely::dataflow::operators::{Concat, Input, Inspect};
 
 use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
+use crate::dataflow::alert::AlertControl;
 use crate::dataflow::event_time::{PartitionClock, Watermarker, watermark_after};
 use crate::dataflow::ingest::{Ingestor, Provenance};
 use crate::dataflow::metadata::MetadataHistory;
@@ -41,7 +42,7 @@ use crate::io::sinks::notify::{
 use crate::io::sources::file::{Chunk, ChunkedFile};
 use crate::io::sources::inputs::{PipelineSources, SourceInputs, VecInput};
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
-use crate::io::support::schema_files::{LoadError, load_registry};
+use crate::io::support::schema_files::{LoadError, load_alert_controls, load_registry};
 use crate::io::support::summary::RunSummary;
 
 /// Everything a replay needs.
@@ -51,6 +52,8 @@ pub struct ReplayJob {
     pub events: PathBuf,
     /// The registry changelog.
     pub registry: Arc<Vec<RegistryChange>>,
+    /// Silences and acknowledgements.
+    pub alert_controls: Arc<Vec<AlertControl>>,
     /// Where the outputs go (written by process 0).
     pub out: PathBuf,
     /// Message schemas.
@@ -77,6 +80,10 @@ pub struct ReplayConfig {
     pub events: PathBuf,
     /// The device registry changelog, JSON Lines.
     pub registry: PathBuf,
+    /// Silences and acknowledgements, JSON Lines (`GET /v1/alert-controls` of the registry
+    /// API); none: no silences, nothing acknowledged.
+    #[serde(default)]
+    pub alert_controls: Option<PathBuf>,
     /// The output directory (written by process 0).
     pub out: PathBuf,
     /// A directory of schema files (default: the schemas built into iotpipe).
@@ -129,6 +136,12 @@ pub fn run_replay(
     }
     let (schemas, pipeline) = schemas_and_pipeline(config.schemas.as_deref(), &config.pipeline)?;
     let registry = load_registry(&config.registry, &schemas).map_err(ReplayError::Registry)?;
+    let alert_controls = match &config.alert_controls {
+        Some(path) => {
+            load_alert_controls(path, schemas.catalog()).map_err(ReplayError::AlertControls)?
+        }
+        None => Vec::new(),
+    };
     let cluster = &config.cluster;
     let outputs = SideOutputs::start(
         config.influx.as_ref(),
@@ -140,6 +153,7 @@ pub fn run_replay(
         notifier: outputs.notifier.as_ref().map(Notifier::handle),
         events: config.events.clone(),
         registry: Arc::new(registry),
+        alert_controls: Arc::new(alert_controls),
         out: config.out.clone(),
         schemas,
         pipeline,
@@ -161,6 +175,9 @@ pub enum ReplayError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The silences and acknowledgements could not be loaded.
+    #[error("alert_controls: {0}")]
+    AlertControls(LoadError),
     /// The registry could not be loaded.
     #[error("registry: {0}")]
     Registry(LoadError),
@@ -337,6 +354,8 @@ fn run_worker(
     // The registry is known up front: worker 0 loads it whole, every worker closes its input.
     let changes: &[RegistryChange] = if index == 0 { &job.registry } else { &[] };
     sources.load_registry_and_close(changes);
+    let controls: &[AlertControl] = if index == 0 { &job.alert_controls } else { &[] };
+    sources.load_controls_and_close(controls);
 
     let result = feed_chunks(
         worker,

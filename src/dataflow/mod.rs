@@ -17,8 +17,10 @@
 //!        │                       │ anomaly scores, stuck, level shifts
 //!        │                       │ activity ──► DetectSilence ──► silences
 //!        │                       ▼
-//!        │                   anomalies
-//!        ▼
+//!        │          anomalies, breaches, activity ──► EvaluateAlerts ──► CorrelateSites
+//!        │                                                                   │ lifecycle
+//!        │           silences, acknowledgements ──► ApplyNotificationPolicy ◄┘
+//!        ▼                                                  └──► alert events
 //!   dead letters
 //! ```
 //!
@@ -58,7 +60,10 @@ pub use rollup::RollupSites;
 pub use split_late::SplitLate;
 pub use window::{AggregateWindows, WindowConfig};
 
-use alert::{AlertConfig, AlertEvent, CorrelateSites, EvaluateAlerts, Signal};
+use alert::{
+    AlertConfig, AlertControl, AlertEvent, ApplyNotificationPolicy, CorrelateSites, EvaluateAlerts,
+    Signal,
+};
 use anomaly::{AnomalyConfig, AnomalyKind, AnomalyScore, DetectSilence, FleetProgress};
 use model::{
     ClockFault, DeadLetter, EnrichedMessage, LateReading, SiteRollup, TimeMs, TimedMessage,
@@ -100,6 +105,8 @@ pub struct PipelineInputs<'scope> {
     pub clock_faults: EventStream<'scope, ClockFault>,
     /// Changes of the metadata: places, models, devices.
     pub registry: EventStream<'scope, RegistryUpdate>,
+    /// Silences and acknowledgements, each with its own event times.
+    pub alert_controls: EventStream<'scope, AlertControl>,
 }
 
 /// What the pipeline produces.
@@ -113,7 +120,8 @@ pub struct PipelineOutputs<'scope> {
     /// Anomaly scores at or above the reporting threshold (every score with
     /// [`AnomalyConfig::emit_all_scores`]), stuck values, level shifts and silences.
     pub anomalies: EventStream<'scope, AnomalyScore>,
-    /// Alert events: opened, escalated, resolved.
+    /// Alert events: opened, escalated, resolved, and the notification policy's repeated,
+    /// overdue and acknowledged; those a silence keeps from people carry `silenced_by`.
     pub alerts: EventStream<'scope, AlertEvent>,
     /// Readings that arrived after their window closed.
     pub late: EventStream<'scope, LateReading>,
@@ -156,8 +164,9 @@ pub fn pipeline<'scope>(
         )
         .concat(windowed.activity.clone().map(Signal::Heard));
     let alerts = signals
-        .evaluate_alerts(progress, alert_config.clone(), config.window)
-        .correlate_sites(windowed.activity, alert_config);
+        .evaluate_alerts(progress.clone(), alert_config.clone(), config.window)
+        .correlate_sites(windowed.activity, alert_config.clone())
+        .apply_notification_policy(inputs.alert_controls, progress, alert_config);
     PipelineOutputs {
         readings: enriched,
         aggregates: windowed.aggregates,

@@ -293,6 +293,7 @@ pub fn replay_in_process(
     let job = iotpipe::commands::replay::ReplayJob {
         events: events.to_owned(),
         registry: std::sync::Arc::new(registry),
+        alert_controls: Default::default(),
         out: out.to_owned(),
         schemas,
         pipeline: PipelineConfig {

@@ -395,6 +395,10 @@ pub struct ReplayArgs {
     /// Device registry changelog, JSON Lines.
     #[arg(long)]
     pub registry: PathBuf,
+    /// Silences and acknowledgements, JSON Lines (the registry API's
+    /// `GET /v1/alert-controls`), applied at their own event times.
+    #[arg(long)]
+    pub alert_controls: Option<PathBuf>,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,

@@ -12,6 +12,7 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
     let config = ReplayConfig {
         events: args.events.clone(),
         registry: args.registry.clone(),
+        alert_controls: args.alert_controls.clone(),
         out: args.out.clone(),
         schemas: args.pipeline.schemas.clone(),
         pipeline,
@@ -30,6 +31,7 @@ pub fn run(args: ReplayArgs) -> Result<(), String> {
         }
         Err(ReplayError::Setup(e)) => return Err(setup_error(e, &args.pipeline, &args.notify)),
         Err(ReplayError::Registry(e)) => return Err(format!("--registry {e}")),
+        Err(ReplayError::AlertControls(e)) => return Err(format!("--alert-controls {e}")),
         // The fields checked are the flags' namesakes (`chunk_bytes`: `--chunk-bytes`).
         Err(ReplayError::Config { field, message }) => {
             return Err(format!("--{} {message}", field.replace('_', "-")));

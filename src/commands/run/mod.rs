@@ -553,6 +553,7 @@ fn run_worker(
     if registry_changes.is_none() {
         sources.close_registry();
     }
+    sources.load_controls_and_close(&[]);
     sources.source.advance_to(source.start_time_ms());
 
     let lead_ms = event_time.allowed_lateness_ms + event_time.max_clock_skew_ms;

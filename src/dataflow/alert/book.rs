@@ -368,6 +368,9 @@ fn push_event(
         ts_ms,
         score: alert.score,
         value: alert.value,
+        silenced_by: None,
+        overdue: false,
+        acknowledged_by: None,
     });
 }
 

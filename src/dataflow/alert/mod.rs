@@ -9,6 +9,8 @@
 //! a sink that remembers ids never delivers one twice.
 
 pub mod book;
+pub mod control;
+mod policy;
 pub mod rules;
 mod sites;
 
@@ -19,6 +21,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
+pub use control::AlertControl;
+pub use policy::{ApplyNotificationPolicy, BySeverity, NotificationPolicy, PolicyBook};
 pub use rules::{AlertConfig, AlertConfigError, Cause, Severity};
 pub use sites::CorrelateSites;
 
@@ -37,6 +41,12 @@ pub enum AlertEventKind {
     Opened,
     /// A rule of higher severity fired while it was open.
     Escalated,
+    /// A reminder: still open, nobody acknowledged it (see [`NotificationPolicy`]).
+    Repeated,
+    /// Still unacknowledged at its escalation time: escalation channels hear of it from now.
+    Overdue,
+    /// Someone took it on.
+    Acknowledged,
     /// Its condition cleared.
     Resolved,
 }
@@ -47,6 +57,9 @@ impl AlertEventKind {
         match self {
             Self::Opened => "opened",
             Self::Escalated => "escalated",
+            Self::Repeated => "repeated",
+            Self::Overdue => "overdue",
+            Self::Acknowledged => "acknowledged",
             Self::Resolved => "resolved",
         }
     }
@@ -86,6 +99,15 @@ pub struct AlertEvent {
     /// The value behind it, if any (the reading, the extreme of a breaching window, the share
     /// of a site's devices silent).
     pub value: Option<f64>,
+    /// The silence that keeps this event from people (none: channels send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
+    /// The alert stayed unacknowledged past its escalation time (see [`NotificationPolicy`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue: bool,
+    /// Who acknowledged it, and their note (`acknowledged` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
 }
 
 /// A signal alert rules look at.

@@ -273,6 +273,9 @@ pub struct AlertConfig {
     /// Maintenance windows.
     #[serde(default)]
     pub maintenance: Vec<Maintenance>,
+    /// Reminders and escalation.
+    #[serde(default)]
+    pub notification: super::NotificationPolicy,
 }
 
 /// The rules shipped with iotpipe.

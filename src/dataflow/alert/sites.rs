@@ -87,6 +87,9 @@ pub trait CorrelateSites<'scope> {
     ///     ts_ms: 170_000,
     ///     score: Some(1.0),
     ///     value: None,
+    ///     silenced_by: None,
+    ///     overdue: false,
+    ///     acknowledged_by: None,
     /// };
     /// let captured = timely::example(move |scope| {
     ///     let activity = (1..=4).map(heard).collect::<Vec<_>>().to_stream(scope);
@@ -170,7 +173,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                                 AlertEventKind::Resolved => {
                                     site.silent.remove(device_id);
                                 }
-                                AlertEventKind::Escalated => {}
+                                _ => {}
                             }
                             let at = touched.entry(e.site.clone()).or_insert(e.ts_ms);
                             *at = (*at).max(e.ts_ms);
@@ -261,5 +264,8 @@ fn site_event(
         ts_ms,
         score: None,
         value: Some(share),
+        silenced_by: None,
+        overdue: false,
+        acknowledged_by: None,
     }
 }

@@ -3,6 +3,7 @@
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, Scope, Stream};
 
+use crate::dataflow::alert::AlertControl;
 use crate::dataflow::ingest::IngestBatch;
 use crate::dataflow::model::{ClockFault, DeadLetter, IngestCounts, TimeMs, TimedMessage};
 use crate::dataflow::registry::RegistryChange;
@@ -122,11 +123,13 @@ impl SourceInputs {
     }
 }
 
-/// A worker's inputs into the pipeline: its share of the messages and the registry changelog.
+/// A worker's inputs into the pipeline: its share of the messages, the registry changelog, and
+/// the silences and acknowledgements.
 pub struct PipelineSources {
     /// Admitted messages, dead letters and counts.
     pub source: SourceInputs,
     registry: Option<VecInput<TimeMs, RegistryUpdate>>,
+    controls: Option<VecInput<TimeMs, AlertControl>>,
 }
 
 impl Default for PipelineSources {
@@ -141,6 +144,7 @@ impl PipelineSources {
         Self {
             source: SourceInputs::new(),
             registry: Some(VecInput::new()),
+            controls: Some(VecInput::new()),
         }
     }
 
@@ -156,11 +160,17 @@ impl PipelineSources {
             .as_mut()
             .expect("the pipeline is built before the registry is closed")
             .to_stream(scope);
+        let alert_controls = self
+            .controls
+            .as_mut()
+            .expect("the pipeline is built before the controls are closed")
+            .to_stream(scope);
         let inputs = PipelineInputs {
             messages: streams.messages,
             dead_letters: streams.dead_letters,
             clock_faults: streams.clock_faults,
             registry,
+            alert_controls,
         };
         (pipeline(inputs, config), streams.counts)
     }
@@ -183,6 +193,22 @@ impl PipelineSources {
             let mut lines = crate::dataflow::metadata::LineEntities::default();
             for update in changes.iter().flat_map(|change| lines.updates(change)) {
                 input.send(update);
+            }
+        }
+    }
+
+    /// The input of silences and acknowledgements, for a source that follows them live
+    /// (`None` once closed).
+    pub fn controls_input(&mut self) -> Option<&mut VecInput<TimeMs, AlertControl>> {
+        self.controls.as_mut()
+    }
+
+    /// Sends silences and acknowledgements known up front and closes their input, so alert
+    /// notifications are complete for every time. Every worker calls it; one passes them.
+    pub fn load_controls_and_close(&mut self, controls: &[AlertControl]) {
+        if let Some(mut input) = self.controls.take() {
+            for control in controls {
+                input.send(control.clone());
             }
         }
     }

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dataflow::alert::AlertControl;
+use crate::dataflow::alert::control::SilenceMatch;
 use crate::dataflow::registry::{RegistryChange, RegistryError, parse_registry};
+use crate::dataflow::schema::MetricCatalog;
 use crate::dataflow::schema::{SchemaError, SchemaSet};
 
 /// A file that could not be loaded.
@@ -26,6 +29,16 @@ pub enum LoadError {
         path: PathBuf,
         /// Which line and why.
         source: RegistryError,
+    },
+    /// A line of silences and acknowledgements is wrong.
+    #[error("{path}:{line}: {message}")]
+    AlertControl {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -69,5 +82,43 @@ pub fn load_registry(path: &Path, schemas: &SchemaSet) -> Result<Vec<RegistryCha
     parse_registry(&read(path)?, schemas.catalog()).map_err(|source| LoadError::Registry {
         path: path.to_owned(),
         source,
+    })
+}
+
+/// Loads silences and acknowledgements, JSON Lines (what `GET /v1/alert-controls` of the
+/// registry API gives): each a silence (`"kind": "silence"`) or an acknowledgement
+/// (`"kind": "acknowledgement"`), metric names checked against the catalog.
+pub fn load_alert_controls(
+    path: &Path,
+    catalog: &MetricCatalog,
+) -> Result<Vec<AlertControl>, LoadError> {
+    let text = read(path)?;
+    let mut controls = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let error = |message: String| LoadError::AlertControl {
+            path: path.to_owned(),
+            line: i + 1,
+            message,
+        };
+        let mut control: AlertControl =
+            serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
+        if let AlertControl::Silence(silence) = &mut control {
+            resolve_matchers(&mut silence.matchers, catalog).map_err(error)?;
+        }
+        controls.push(control);
+    }
+    Ok(controls)
+}
+
+/// Resolves a silence's metric names; the error names the unknown one.
+pub fn resolve_matchers(
+    matchers: &mut SilenceMatch,
+    catalog: &MetricCatalog,
+) -> Result<(), String> {
+    matchers.resolve(catalog).map_err(|name| {
+        format!("matchers.metrics: unknown metric `{name}` (see the metric catalog)")
     })
 }

@@ -79,6 +79,12 @@ struct AlertLine<'a> {
     ts_ms: u64,
     score: Option<f64>,
     value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silenced_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    overdue: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acknowledged_by: Option<&'a str>,
 }
 
 fn line<T: Serialize>(value: &T) -> String {
@@ -152,8 +158,8 @@ pub fn anomaly_line(a: &AnomalyScore, catalog: &MetricCatalog) -> String {
 
 /// `alerts.jsonl` (and every notification): `id, event, device_id` (absent for a site alert),
 /// `site, org, building` (empty for a site alert's building), `metric, rule, severity, cause, ts_ms,
-/// score, value`, and the `alert_id` events of
-/// one alert share.
+/// score, value`, the `alert_id` events of one alert share, and where they apply `silenced_by`,
+/// `overdue` and `acknowledged_by`.
 pub fn alert_line(a: &AlertEvent, catalog: &MetricCatalog) -> String {
     line(&AlertLine {
         id: &a.id,
@@ -170,5 +176,8 @@ pub fn alert_line(a: &AlertEvent, catalog: &MetricCatalog) -> String {
         ts_ms: a.ts_ms,
         score: a.score,
         value: a.value,
+        silenced_by: a.silenced_by.as_deref(),
+        overdue: a.overdue,
+        acknowledged_by: a.acknowledged_by.as_deref(),
     })
 }

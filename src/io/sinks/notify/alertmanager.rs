@@ -61,6 +61,10 @@ pub struct AlertmanagerConfig {
     /// Events below this severity are not sent.
     #[serde(default)]
     pub min_severity: Severity,
+    /// An escalation: only events of alerts left unacknowledged past their escalation time
+    /// (see the alert rules' `notification`) are sent.
+    #[serde(default)]
+    pub overdue_only: bool,
     /// Waits between retries.
     #[serde(default)]
     pub backoff: Backoff,
@@ -225,6 +229,9 @@ impl Channel for AlertmanagerChannel {
     fn min_severity(&self) -> Severity {
         self.config.min_severity
     }
+    fn overdue_only(&self) -> bool {
+        self.config.overdue_only
+    }
 
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
         let event: Value = serde_json::from_str(&n.json)
@@ -338,6 +345,7 @@ mod tests {
             generator_url: None,
             timeout_ms: 1_000,
             min_severity: Severity::default(),
+            overdue_only: false,
             backoff: Backoff::default(),
         }
     }

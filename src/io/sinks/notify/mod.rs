@@ -55,6 +55,12 @@ pub struct Notification {
     pub severity: Severity,
     /// Its site.
     pub site: String,
+    /// A silence keeps it from people: no channel sends it.
+    #[serde(default)]
+    pub silenced: bool,
+    /// Its alert is overdue: escalation channels (`overdue_only`) send it.
+    #[serde(default)]
+    pub overdue: bool,
     /// The JSON object sent.
     pub json: String,
 }
@@ -81,6 +87,8 @@ impl Notification {
             id: event.id.clone(),
             severity: event.severity,
             site: event.site.clone(),
+            silenced: event.silenced_by.is_some(),
+            overdue: event.overdue,
             json,
         }
     }
@@ -117,6 +125,10 @@ pub struct FileConfig {
     /// Events below this severity are not sent.
     #[serde(default)]
     pub min_severity: Severity,
+    /// An escalation: only events of alerts left unacknowledged past their escalation time
+    /// (see the alert rules' `notification`) are sent.
+    #[serde(default)]
+    pub overdue_only: bool,
 }
 
 impl Default for NotifyConfig {
@@ -179,6 +191,12 @@ pub trait Channel: Send + 'static {
     fn name(&self) -> &str;
     /// Events below this severity are skipped.
     fn min_severity(&self) -> Severity;
+    /// Whether the channel is an escalation: it sends only events of overdue alerts.
+    fn overdue_only(&self) -> bool;
+    /// Whether the channel sends `n` (a silenced event never).
+    fn takes(&self, n: &Notification) -> bool {
+        !n.silenced && n.severity >= self.min_severity() && (n.overdue || !self.overdue_only())
+    }
     /// Delivers one notification: `Ok` when delivered, else a [`Failure`] of its class
     /// (retrying is the caller's).
     fn deliver(
@@ -332,6 +350,9 @@ impl Channel for FileChannel {
     }
     fn min_severity(&self) -> Severity {
         self.config.min_severity
+    }
+    fn overdue_only(&self) -> bool {
+        self.config.overdue_only
     }
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
         use std::io::Write;
@@ -599,7 +620,7 @@ impl Notifier {
                         }
                     }
                 };
-                if n.severity < channel.min_severity() {
+                if !channel.takes(&n) {
                     done();
                     continue;
                 }

@@ -38,6 +38,10 @@ pub struct MqttConfig {
     /// Events below this severity are not sent.
     #[serde(default)]
     pub min_severity: Severity,
+    /// An escalation: only events of alerts left unacknowledged past their escalation time
+    /// (see the alert rules' `notification`) are sent.
+    #[serde(default)]
+    pub overdue_only: bool,
     /// Waits between retries.
     #[serde(default)]
     pub backoff: Backoff,
@@ -162,6 +166,9 @@ impl Channel for MqttChannel {
 
     fn min_severity(&self) -> Severity {
         self.config.min_severity
+    }
+    fn overdue_only(&self) -> bool {
+        self.config.overdue_only
     }
 
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {

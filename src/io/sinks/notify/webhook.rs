@@ -41,6 +41,10 @@ pub struct WebhookConfig {
     /// Events below this severity are not sent.
     #[serde(default)]
     pub min_severity: Severity,
+    /// An escalation: only events of alerts left unacknowledged past their escalation time
+    /// (see the alert rules' `notification`) are sent.
+    #[serde(default)]
+    pub overdue_only: bool,
     /// Waits between retries.
     #[serde(default)]
     pub backoff: Backoff,
@@ -138,6 +142,9 @@ impl Channel for WebhookChannel {
     fn min_severity(&self) -> Severity {
         self.config.min_severity
     }
+    fn overdue_only(&self) -> bool {
+        self.config.overdue_only
+    }
 
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
         // The rate limit: one request per 1/max_per_second, retries included.
@@ -195,6 +202,7 @@ mod tests {
             timeout_ms: 1000,
             max_per_second: 1.0,
             min_severity: Severity::Warning,
+            overdue_only: false,
             backoff: Backoff::default(),
             format: WebhookFormat::Json,
             routing_key_env: None,

@@ -1,0 +1,129 @@
+//! What people say about alerts: silences and acknowledgements. They are data with event times,
+//! like registry changes: the metadata store keeps them, and they flow into the dataflow, so a
+//! replay of the same input with the same silences and acknowledgements notifies the same.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AlertEvent, Cause, Severity};
+use crate::dataflow::model::{MetricId, TimeMs};
+use crate::dataflow::schema::MetricCatalog;
+
+/// A silence or an acknowledgement, as the dataflow takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AlertControl {
+    /// A silence (a new one, or a new version of one: an edit or its expiry).
+    Silence(Silence),
+    /// Someone took an alert on.
+    Acknowledgement(Acknowledgement),
+}
+
+/// Alerts matching `matchers` notify nobody from `starts_ms` until `ends_ms` (event time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Silence {
+    /// The silence's id.
+    pub id: String,
+    /// Its version: a later version of the same id replaces the earlier (an expiry is a
+    /// version whose end is the time it was expired).
+    pub version: u64,
+    /// Which alerts.
+    pub matchers: SilenceMatch,
+    /// From (event time, ms since the epoch).
+    pub starts_ms: TimeMs,
+    /// Until (exclusive).
+    pub ends_ms: TimeMs,
+    /// Who made it.
+    #[serde(default)]
+    pub created_by: String,
+    /// Why.
+    #[serde(default)]
+    pub comment: String,
+}
+
+impl Silence {
+    /// Whether it mutes `event` at `ts_ms`.
+    pub fn mutes(&self, event: &AlertEvent, ts_ms: TimeMs) -> bool {
+        (self.starts_ms..self.ends_ms).contains(&ts_ms) && self.matchers.matches(event)
+    }
+}
+
+/// Which alerts a silence applies to: every list that is given must hold the alert's value;
+/// a list left empty matches everything. A site alert has no device, metric or building: a
+/// silence naming devices, metrics or buildings does not match it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SilenceMatch {
+    /// Device ids.
+    pub devices: Vec<String>,
+    /// Sites.
+    pub sites: Vec<String>,
+    /// Buildings.
+    pub buildings: Vec<String>,
+    /// Metric names.
+    pub metrics: Vec<String>,
+    /// Rule names.
+    pub rules: Vec<String>,
+    /// Severities.
+    pub severities: Vec<Severity>,
+    /// Causes.
+    pub causes: Vec<Cause>,
+    /// `metrics` resolved against the catalog (see [`SilenceMatch::resolve`]).
+    #[serde(skip)]
+    pub metric_ids: Vec<MetricId>,
+}
+
+impl SilenceMatch {
+    /// Resolves metric names; the first unknown one is the error.
+    pub fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), String> {
+        self.metric_ids = self
+            .metrics
+            .iter()
+            .map(|name| catalog.id(name).ok_or_else(|| name.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// Whether no list is given (it would silence everything).
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+            && self.sites.is_empty()
+            && self.buildings.is_empty()
+            && self.metrics.is_empty()
+            && self.rules.is_empty()
+            && self.severities.is_empty()
+            && self.causes.is_empty()
+    }
+
+    /// Whether the alert of `event` is selected.
+    pub fn matches(&self, event: &AlertEvent) -> bool {
+        fn any(list: &[String], value: Option<&str>) -> bool {
+            list.is_empty() || value.is_some_and(|v| list.iter().any(|l| l == v))
+        }
+        let building = (!event.building.is_empty()).then_some(event.building.as_str());
+        any(&self.devices, event.device_id.as_deref())
+            && any(&self.sites, Some(&event.site))
+            && any(&self.buildings, building)
+            && any(&self.rules, Some(&event.rule))
+            && (self.metric_ids.is_empty()
+                || event.metric.is_some_and(|m| self.metric_ids.contains(&m)))
+            && (self.severities.is_empty() || self.severities.contains(&event.severity))
+            && (self.causes.is_empty() || self.causes.contains(&event.cause))
+    }
+}
+
+/// Someone took an alert on: it is not notified again as a reminder, and it does not become
+/// overdue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acknowledgement {
+    /// The alert.
+    pub alert_id: String,
+    /// Who.
+    pub by: String,
+    /// Their note.
+    #[serde(default)]
+    pub note: String,
+    /// When (event time, ms since the epoch).
+    pub at_ms: TimeMs,
+}
