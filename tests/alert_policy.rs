@@ -234,3 +234,238 @@ fn a_bad_line_of_alert_controls_is_one_error_naming_the_line() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_workers() {
+    use common::api::{Api, READ, expect, expect_field};
+    let api = Api::start();
+    // Data from two minutes on: a silence made through the API cannot start in the past.
+    let start_ms = (now_ms() / 60_000 + 2) * 60_000;
+    let data = common::dataset_from(start_ms, 200, 420);
+    let dir = data.dir.path();
+    let rules = quick_policy_rules(dir);
+    let baseline_out = dir.join("baseline");
+    replay(&data, &baseline_out, &rules, "2", &[]);
+    let baseline = events_of(&baseline_out.join("alerts.jsonl"));
+    let of = |events: &[Value], alert: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["alert_id"] == alert)
+            .cloned()
+            .collect()
+    };
+    let reminded = baseline
+        .iter()
+        .find(|e| e["event"] == "repeated")
+        .map(|e| e["alert_id"].as_str().unwrap().to_owned())
+        .expect("a reminded alert");
+    let target = baseline
+        .iter()
+        .find(|e| {
+            e["event"] == "opened"
+                && e["device_id"].is_string()
+                && e["alert_id"] != reminded.as_str()
+        })
+        .expect("a device alert")
+        .clone();
+    let (site, building) = (
+        target["site"].as_str().unwrap(),
+        target["building"].as_str().unwrap(),
+    );
+    let opened_ms = target["ts_ms"].as_u64().unwrap();
+
+    // Acknowledge: 201, then 200 with the first; a reader may not; `by` is needed.
+    let ack_path = format!("/v1/alerts/{}/ack", common::url_encode(&reminded));
+    let ack = expect(
+        &api.write("POST", &ack_path, json!({"by": "ana", "note": "on it"})),
+        201,
+    );
+    assert_eq!(ack["by"], "ana");
+    let again = expect(&api.write("POST", &ack_path, json!({"by": "bo"})), 200);
+    assert_eq!(again["by"], "ana");
+    expect(
+        &api.call("POST", &ack_path, Some(READ), &[], Some(json!({"by": "x"}))),
+        403,
+    );
+    expect_field(&api.write("POST", &ack_path, json!({"note": "who?"})), "by");
+
+    // Silence the target's building around its opening; bad bodies name their field.
+    let silence = json!({"matchers": {"sites": [site], "buildings": [building]},
+                         "starts_ms": opened_ms - 1, "ends_ms": opened_ms + 90_000,
+                         "created_by": "ops", "comment": "rewiring"});
+    let created = expect(&api.write("POST", "/v1/silences", silence.clone()), 201);
+    let silence_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["state"], "pending");
+    expect_field(
+        &api.write(
+            "POST",
+            "/v1/silences",
+            json!({"matchers": {}, "ends_ms": opened_ms, "created_by": "ops"}),
+        ),
+        "matchers",
+    );
+    expect_field(
+        &api.write(
+            "POST",
+            "/v1/silences",
+            json!({"matchers": {"metrics": ["colour"]}, "ends_ms": opened_ms, "created_by": "ops"}),
+        ),
+        "matchers.metrics",
+    );
+    expect_field(
+        &api.write(
+            "POST",
+            "/v1/silences",
+            json!({"matchers": {"sites": [site]}, "ends_ms": 5, "created_by": "ops"}),
+        ),
+        "ends_ms",
+    );
+    expect_field(
+        &api.write("POST", "/v1/silences", json!({"matchers": {"sites": [site]}, "ends_ms": opened_ms, "created_by": "ops", "colour": 1})),
+        "colour",
+    );
+    // A silence of everything silent there, expired before it starts: it never does.
+    let expired = expect(
+        &api.write(
+            "POST",
+            "/v1/silences",
+            json!({"matchers": {"causes": ["silence", "anomaly", "threshold"]}, "starts_ms": start_ms,
+                   "ends_ms": start_ms + 3_600_000, "created_by": "ops"}),
+        ),
+        201,
+    );
+    let expired_path = format!("/v1/silences/{}", expired["id"].as_str().unwrap());
+    assert_eq!(
+        expect(&api.write("DELETE", &expired_path, json!({})), 200)["state"],
+        "expired"
+    );
+    assert_eq!(expect(&api.read(&expired_path), 200)["version"], 2);
+    let current = expect(&api.read("/v1/silences"), 200);
+    assert_eq!(current["items"].as_array().unwrap().len(), 1, "{current}");
+    assert_eq!(current["items"][0]["id"], silence_id.as_str());
+    assert_eq!(
+        expect(&api.read("/v1/silences?state=all"), 200)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    expect(&api.read("/v1/silences/silence-999"), 404);
+
+    // The control log, replayed with 1 and 2 workers, every event recorded in the store.
+    let log = api.read("/v1/alert-controls");
+    assert_eq!(log.status, 200);
+    assert_eq!(log.body.lines().count(), 4, "{}", log.body);
+    let controls = dir.join("controls.jsonl");
+    std::fs::write(&controls, &log.body).unwrap();
+    let notify = dir.join("notify.toml");
+    std::fs::write(&notify, format!("[store]\nurl = {:?}\n", api.server.url())).unwrap();
+    let mut outputs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = dir.join(format!("out-w{workers}"));
+        replay(
+            &data,
+            &out,
+            &rules,
+            workers,
+            &[
+                "--alert-controls".as_ref(),
+                controls.as_os_str(),
+                "--notify".as_ref(),
+                notify.as_os_str(),
+            ],
+        );
+        outputs.push(std::fs::read(out.join("alerts.jsonl")).unwrap());
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "alert events differ between 1 and 2 workers"
+    );
+    let events = events_of(&dir.join("out-w2/alerts.jsonl"));
+
+    let target_events = of(&events, target["alert_id"].as_str().unwrap());
+    assert_eq!(
+        target_events[0]["silenced_by"],
+        silence_id.as_str(),
+        "{target_events:?}"
+    );
+    // Acknowledged before it opened: announced at its opening, never reminded.
+    let acked = of(&events, &reminded);
+    let kinds: Vec<&str> = acked.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[..2], ["opened", "acknowledged"], "{acked:?}");
+    assert_eq!(acked[1]["ts_ms"], acked[0]["ts_ms"]);
+    assert_eq!(acked[1]["acknowledged_by"], "ana: on it");
+    assert!(
+        !kinds.contains(&"repeated") && !kinds.contains(&"overdue"),
+        "{kinds:?}"
+    );
+
+    // The store has every event once, and each alert's state.
+    let history = expect(
+        &api.read(&format!(
+            "/v1/alerts/{}/history",
+            common::url_encode(&reminded)
+        )),
+        200,
+    );
+    assert_eq!(history["items"].as_array().unwrap().len(), acked.len());
+    let listed = expect(
+        &api.read(&format!(
+            "/v1/alerts?state=all&building={}&site={}",
+            common::url_encode(building),
+            common::url_encode(site)
+        )),
+        200,
+    );
+    let items = listed["items"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .all(|a| a["building"] == building && a["site"] == site)
+    );
+    let expected: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["building"] == building && e["site"] == site)
+        .map(|e| e["alert_id"].as_str().unwrap())
+        .collect();
+    let got: std::collections::BTreeSet<&str> = items
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    let open = expect(&api.read("/v1/alerts"), 200);
+    let still_open: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["alert_id"].as_str().unwrap())
+        .filter(|id| of(&events, id).last().unwrap()["event"] != "resolved")
+        .collect();
+    let listed_open: std::collections::BTreeSet<&str> = open["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_open, still_open);
+    let acked_state = open["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            expect(&api.read("/v1/alerts?state=resolved"), 200)["items"]
+                .as_array()
+                .unwrap(),
+        )
+        .find(|a| a["alert_id"] == reminded.as_str())
+        .cloned()
+        .expect("the acknowledged alert is listed");
+    assert_eq!(acked_state["acknowledged_by"], "ana: on it");
+    expect_field(&api.read("/v1/alerts?colour=red"), "colour");
+    expect_field(&api.read("/v1/alerts?state=maybe"), "state");
+}

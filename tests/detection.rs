@@ -58,6 +58,7 @@ fn alerts_catch_injected_faults_within_two_minutes_without_false_alarms() {
     let job = ReplayJob {
         events,
         registry: Arc::new(load_registry(&registry, &schemas).unwrap()),
+        alert_controls: Default::default(),
         out: out.clone(),
         schemas,
         pipeline: PipelineConfig::default(),

@@ -751,6 +751,8 @@ fn alertmanager_alerts_stay_firing_while_posted_again() {
         id: event["id"].as_str().unwrap().into(),
         severity: iotpipe::dataflow::alert::Severity::Major,
         site: "s".into(),
+        silenced: false,
+        overdue: false,
         json: event.to_string(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -272,6 +272,10 @@ fn run(
                     dead_letters: dead_letters.to_stream(scope),
                     clock_faults: clock_faults.to_stream(scope),
                     registry: registry.to_stream(scope),
+                    alert_controls: timely::dataflow::operators::ToStream::to_stream(
+                        Vec::<iotpipe::dataflow::alert::AlertControl>::new(),
+                        scope,
+                    ),
                 },
                 &PipelineConfig::default(),
             );

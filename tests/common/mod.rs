@@ -2,6 +2,7 @@
 //! plain batch computation of SPEC.md to hold the dataflow's outputs against.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod chromium;
 pub mod influx;
 pub mod kafka;
@@ -28,11 +29,16 @@ pub struct Dataset {
 /// Writes `seconds` of a `devices`-device fleet with raised bad, late and future rates, and a
 /// registry changelog that moves, deletes, adds and re-thresholds devices mid-stream.
 pub fn dataset(devices: usize, seconds: u64) -> Dataset {
+    dataset_from(START_MS, devices, seconds)
+}
+
+/// [`dataset`] with its first message at `start_ms`.
+pub fn dataset_from(start_ms: u64, devices: usize, seconds: u64) -> Dataset {
     let dir = tempfile::tempdir().unwrap();
     let config = FleetConfig {
         devices,
         seed: 7,
-        start_ms: START_MS,
+        start_ms,
         bad_rate: 0.02,
         delayed_rate: 0.05,
         // Straddles the 30 s lateness bound, so lateness is decided close to the line.
@@ -48,7 +54,7 @@ pub fn dataset(devices: usize, seconds: u64) -> Dataset {
     let mut fleet = Fleet::new(config);
     let mut lines = Vec::new();
     // Everything sent during `seconds` arrives within the 5 minutes after.
-    fleet.advance_to(START_MS + seconds * 1000, &mut lines);
+    fleet.advance_to(start_ms + seconds * 1000, &mut lines);
     let events = dir.path().join("events.jsonl");
     let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     std::fs::write(&events, text).unwrap();
@@ -58,7 +64,7 @@ pub fn dataset(devices: usize, seconds: u64) -> Dataset {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let mid = START_MS + seconds * 1000 / 2;
+    let mid = start_ms + seconds * 1000 / 2;
     // dev-000001 moves to another site mid-window (not on a window boundary).
     let mut moved = registry[1].clone();
     moved["site"] = json!("site-moved");

@@ -194,6 +194,7 @@ pub fn run_protocol(
     let config = ReplayConfig {
         events,
         registry,
+        alert_controls: None,
         out: out.clone(),
         schemas: None,
         pipeline,

@@ -30,6 +30,7 @@ use timely::dataflow::operators::{Concat, Concatenate, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dataflow::PipelineConfig;
+use crate::dataflow::alert::AlertControl;
 use crate::dataflow::model::{DeadLetterReason, TimeMs};
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
@@ -244,12 +245,21 @@ pub fn run_service_job(
         Arc::clone(&metrics),
         Arc::clone(&job.stop),
     );
+    // Silences and acknowledgements live in the store: without one, there are none.
+    let (forward_controls, controls) = match (&job.store, cluster.is_leader()) {
+        (Some(_), true) => {
+            let (sender, receiver) = channel();
+            (Some(sender), Some(receiver))
+        }
+        _ => (None, None),
+    };
     let follower = match &job.store {
         Some(store) => Follower::Store(StoreFollower::start(
             store,
             catalog,
             live_view,
             forward,
+            forward_controls,
             follower_metrics,
             stop,
         )?),
@@ -300,6 +310,7 @@ pub fn run_service_job(
         tracing::info!(%local, "dashboard at /");
     }
     let changes = Arc::new(Mutex::new(Some(changes)));
+    let controls = Arc::new(Mutex::new(controls));
     tracing::info!(
         brokers = %job.kafka.brokers,
         workers = cluster.workers,
@@ -310,10 +321,13 @@ pub fn run_service_job(
     let worker_job = job.clone();
     let report_metrics = Arc::clone(&metrics);
     let guards = timely::execute(timely_config, move |worker| {
-        let changes = if worker.index() == 0 {
-            changes.lock().expect("not poisoned").take()
+        let (changes, controls) = if worker.index() == 0 {
+            (
+                changes.lock().expect("not poisoned").take(),
+                controls.lock().expect("not poisoned").take(),
+            )
         } else {
-            None
+            (None, None)
         };
         let context = WorkerContext {
             job: &worker_job,
@@ -323,6 +337,7 @@ pub fn run_service_job(
             influx: worker_influx.as_ref(),
             view: view.as_ref().map(|v| (worker.index() == 0, v)),
             changes,
+            controls,
         };
         run_worker(worker, context)
     })
@@ -398,6 +413,9 @@ struct WorkerContext<'a> {
     /// With the dashboard on: whether this worker receives the view's records, and the view.
     view: Option<(bool, &'a Arc<Mutex<LiveStats>>)>,
     changes: Option<Receiver<ForwardedChange>>,
+    /// Silences and acknowledgements the store follower forwards (worker 0 of process 0,
+    /// with a store).
+    controls: Option<Receiver<AlertControl>>,
 }
 
 fn wall_clock_ms() -> TimeMs {
@@ -418,6 +436,7 @@ fn run_worker(
         influx,
         view,
         changes,
+        controls,
     } = context;
     let index = worker.index();
     let peers = worker.peers();
@@ -553,7 +572,9 @@ fn run_worker(
     if registry_changes.is_none() {
         sources.close_registry();
     }
-    sources.load_controls_and_close(&[]);
+    if controls.is_none() {
+        sources.load_controls_and_close(&[]);
+    }
     sources.source.advance_to(source.start_time_ms());
 
     let lead_ms = event_time.allowed_lateness_ms + event_time.max_clock_skew_ms;
@@ -586,6 +607,15 @@ fn run_worker(
                 &source_probe,
                 lead_ms,
                 &mut in_flight,
+            );
+        }
+        if let (Some(controls), Some(input)) = (&controls, sources.controls_input()) {
+            feed_live(
+                controls.try_iter(),
+                input,
+                live.is_loaded(),
+                &source_probe,
+                lead_ms,
             );
         }
         observe_propagation(&mut in_flight, &registry_probe, metrics);
@@ -654,29 +684,25 @@ fn run_worker(
     Ok(())
 }
 
-/// Sends the registry changes that arrived into the dataflow at the input's time (each holds
-/// from its own effective time, see [`crate::dataflow::metadata::Version`]), and seals that
-/// time at once, so enrichment sees them without waiting for the watermark to move; then, once
-/// the changelog is loaded, advances the input to where no message can still need an earlier
-/// registry: the least partition watermark plus the allowed lateness and clock skew (the
-/// furthest a message's own time can be ahead of its stamp). Changes whose making time is
-/// known go into `in_flight` with the time they were sent at.
-fn feed_registry(
-    changes: &Receiver<ForwardedChange>,
-    input: &mut VecInput<TimeMs, crate::dataflow::RegistryUpdate>,
+/// Sends what a follower forwarded into `input` at the input's time, and seals that time at
+/// once, so the dataflow sees it without waiting for the watermark to move (registry changes
+/// and silences hold from their own effective times, carried as data); then, once the
+/// follower has loaded what the store held at start, advances the input to where no message
+/// can still need an earlier entry: the least partition watermark plus the allowed lateness and
+/// clock skew (the furthest a message's own time can be ahead of its stamp). The time sent at,
+/// if anything was.
+fn feed_live<D: Clone + 'static>(
+    arrived: impl Iterator<Item = D>,
+    input: &mut VecInput<TimeMs, D>,
     loaded: bool,
     source_probe: &ProbeHandle<TimeMs>,
     lead_ms: TimeMs,
-    in_flight: &mut Vec<(TimeMs, i64)>,
-) {
+) -> Option<TimeMs> {
     let sent_at = *input.time();
     let mut sent = false;
-    while let Ok(change) = changes.try_recv() {
-        input.send(change.update);
+    for entry in arrived {
+        input.send(entry);
         sent = true;
-        if let Some(made_ms) = change.made_ms {
-            in_flight.push((sent_at, made_ms));
-        }
     }
     let mut target = if sent { sent_at + 1 } else { sent_at };
     if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
@@ -686,6 +712,27 @@ fn feed_registry(
         input.advance_to(target);
     }
     input.flush();
+    sent.then_some(sent_at)
+}
+
+/// [`feed_live`] for registry changes: those whose making time is known go into `in_flight`
+/// with the time they were sent at.
+fn feed_registry(
+    changes: &Receiver<ForwardedChange>,
+    input: &mut VecInput<TimeMs, crate::dataflow::RegistryUpdate>,
+    loaded: bool,
+    source_probe: &ProbeHandle<TimeMs>,
+    lead_ms: TimeMs,
+    in_flight: &mut Vec<(TimeMs, i64)>,
+) {
+    let mut made = Vec::new();
+    let updates = changes.try_iter().map(|change| {
+        made.extend(change.made_ms);
+        change.update
+    });
+    if let Some(sent_at) = feed_live(updates, input, loaded, source_probe, lead_ms) {
+        in_flight.extend(made.into_iter().map(|made_ms| (sent_at, made_ms)));
+    }
 }
 
 /// Observes the propagation of the changes enrichment now sees (the registry's frontier has

@@ -13,7 +13,7 @@ use crate::dataflow::schema::MetricCatalog;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AlertControl {
     /// A silence (a new one, or a new version of one: an edit or its expiry).
-    Silence(Silence),
+    Silence(Box<Silence>),
     /// Someone took an alert on.
     Acknowledgement(Acknowledgement),
 }

@@ -134,7 +134,7 @@ pub trait ApplyNotificationPolicy<'scope> {
     ///     overdue: false,
     ///     acknowledged_by: None,
     /// };
-    /// let silence = AlertControl::Silence(Silence {
+    /// let silence = AlertControl::Silence(Box::new(Silence {
     ///     id: "works".into(),
     ///     version: 1,
     ///     matchers: SilenceMatch { sites: vec!["site-b".into()], ..SilenceMatch::default() },
@@ -142,7 +142,7 @@ pub trait ApplyNotificationPolicy<'scope> {
     ///     ends_ms: 600_000,
     ///     created_by: "ops".into(),
     ///     comment: "rewiring".into(),
-    /// });
+    /// }));
     /// let captured = timely::example(move |scope| {
     ///     let (mut ticks_input, ticks) = scope.new_input::<Vec<u64>>();
     ///     let controls = vec![silence].to_stream(scope);
@@ -274,7 +274,7 @@ impl PolicyBook {
                     .get(&s.id)
                     .is_none_or(|old| old.version <= s.version)
                 {
-                    self.silences.insert(s.id.clone(), s);
+                    self.silences.insert(s.id.clone(), *s);
                 }
             }
             AlertControl::Acknowledgement(a) => {
@@ -467,7 +467,7 @@ mod tests {
     }
 
     fn silence(version: u64, starts_ms: TimeMs, ends_ms: TimeMs) -> AlertControl {
-        AlertControl::Silence(Silence {
+        AlertControl::Silence(Box::new(Silence {
             id: "s1".into(),
             version,
             matchers: SilenceMatch {
@@ -478,7 +478,7 @@ mod tests {
             ends_ms,
             created_by: "ops".into(),
             comment: String::new(),
-        })
+        }))
     }
 
     fn ack(at_ms: TimeMs) -> AlertControl {
@@ -492,16 +492,18 @@ mod tests {
 
     /// Repeats every 10 minutes for major alerts, overdue after 25 minutes.
     fn book() -> PolicyBook {
-        let mut config = AlertConfig::default();
-        config.notification = NotificationPolicy {
-            repeat_after_ms: BySeverity {
-                major: 10 * MINUTE,
-                ..BySeverity::default()
+        let config = AlertConfig {
+            notification: NotificationPolicy {
+                repeat_after_ms: BySeverity {
+                    major: 10 * MINUTE,
+                    ..BySeverity::default()
+                },
+                escalate_after_ms: BySeverity {
+                    major: 25 * MINUTE,
+                    ..BySeverity::default()
+                },
             },
-            escalate_after_ms: BySeverity {
-                major: 25 * MINUTE,
-                ..BySeverity::default()
-            },
+            ..AlertConfig::default()
         };
         PolicyBook::new(Arc::new(config))
     }

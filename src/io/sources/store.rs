@@ -19,6 +19,7 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::dataflow::alert::AlertControl;
 use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::store::entities::to_entity;
@@ -26,6 +27,7 @@ use crate::io::connect::store::read::Change;
 use crate::io::connect::store::{Store, StoreConfig, StoreError};
 use crate::io::sources::live_registry::{ForwardedChange, LiveRegistry};
 use crate::io::support::metrics::Metrics;
+use crate::io::support::schema_files::resolve_matchers;
 
 /// Log entries read per query.
 const PAGE: i64 = 5_000;
@@ -37,13 +39,15 @@ pub struct StoreFollower {
 
 impl StoreFollower {
     /// Opens the store (an error names the field if it cannot be reached) and starts
-    /// following its log from entry 1. Changes go into `live`, and into `forward` when given.
-    /// The thread ends when `stop` is set.
+    /// following its logs from entry 1. Changes go into `live`, and into `forward` when given;
+    /// silences and acknowledgements into `controls` when given. `live` is marked loaded once
+    /// both logs were read to where they ended. The thread ends when `stop` is set.
     pub fn start(
         config: &StoreConfig,
         catalog: Arc<MetricCatalog>,
         live: Arc<LiveRegistry>,
         forward: Option<Sender<ForwardedChange>>,
+        controls: Option<Sender<AlertControl>>,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, StoreError> {
@@ -59,14 +63,24 @@ impl StoreFollower {
                 let mut follower = Follower {
                     history: MetadataHistory::default(),
                     last_seq: 0,
+                    last_control_seq: 0,
                     catalog,
                     forward,
+                    controls,
                     metrics,
                 };
                 while !stop.load(Ordering::Acquire) {
+                    let more_controls = match runtime.block_on(follower.follow_controls(&store)) {
+                        Ok(more) => more,
+                        Err(e) => {
+                            tracing::warn!(error = %e, seq = follower.last_control_seq, "alert control log read failed; retrying");
+                            std::thread::sleep(Duration::from_secs(1));
+                            continue;
+                        }
+                    };
                     match runtime.block_on(store.changes_after(follower.last_seq, PAGE)) {
                         Ok(page) => {
-                            let more = page.len() as i64 == PAGE;
+                            let more = page.len() as i64 == PAGE || more_controls;
                             if follower.apply(page) {
                                 live.publish(&follower.history);
                             }
@@ -101,12 +115,36 @@ impl StoreFollower {
 struct Follower {
     history: MetadataHistory,
     last_seq: i64,
+    last_control_seq: i64,
     catalog: Arc<MetricCatalog>,
     forward: Option<Sender<ForwardedChange>>,
+    controls: Option<Sender<AlertControl>>,
     metrics: Arc<Metrics>,
 }
 
 impl Follower {
+    /// Reads a page of the alert control log and forwards it; whether more may follow.
+    async fn follow_controls(&mut self, store: &Store) -> Result<bool, StoreError> {
+        let Some(controls) = &self.controls else {
+            return Ok(false);
+        };
+        let page = store.controls_after(self.last_control_seq, PAGE).await?;
+        let more = page.len() as i64 == PAGE;
+        for (seq, mut control) in page {
+            self.last_control_seq = seq;
+            if let AlertControl::Silence(silence) = &mut control
+                && let Err(e) = resolve_matchers(&mut silence.matchers, &self.catalog)
+            {
+                // The API checks names; a metric gone from the catalog since leaves the
+                // silence matching no metric name, which is what it said.
+                tracing::warn!(seq, silence = %silence.id, error = %e, "silence names an unknown metric");
+            }
+            // The receiver is gone only when the dataflow is shutting down.
+            let _ = controls.send(control);
+        }
+        Ok(more)
+    }
+
     /// Applies a page of the log, in order; whether anything changed.
     fn apply(&mut self, page: Vec<Change>) -> bool {
         let mut changed = false;

@@ -9,7 +9,9 @@
 //! [`entities`] says what each entity holds and checks it, [`mod@write`] and [`mod@read`] store and
 //! read them (each write one transaction that numbers its change in the log), and
 //! [`registry`] converts the JSON Lines registry `replay` and the registry topic take.
+//! [`alert_state`] keeps silences, acknowledgements and the alert events recorded.
 
+pub mod alert_state;
 pub mod entities;
 pub mod read;
 pub mod registry;
@@ -87,8 +89,14 @@ impl StoreError {
 }
 
 /// The migrations, in order: version, name, SQL. Never edit one that has shipped; add the next.
-const MIGRATIONS: [(i32, &str, &str); 1] =
-    [(1, "metadata", include_str!("migrations/0001_metadata.sql"))];
+const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (1, "metadata", include_str!("migrations/0001_metadata.sql")),
+    (
+        2,
+        "alert_state",
+        include_str!("migrations/0002_alert_state.sql"),
+    ),
+];
 
 /// An open store: a pool of connections to a migrated database.
 #[derive(Clone)]

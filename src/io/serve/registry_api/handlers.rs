@@ -22,8 +22,8 @@ use crate::io::connect::store::write::Precondition;
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
-type Params = Query<HashMap<String, String>>;
-type Shared = State<Arc<ApiState>>;
+pub(super) type Params = Query<HashMap<String, String>>;
+pub(super) type Shared = State<Arc<ApiState>>;
 
 /// The entity as the API shows it: its fields, its id, version and effective time.
 fn entity_json(stored: &Stored) -> Value {
@@ -62,7 +62,7 @@ fn integer(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, 
 }
 
 /// The `limit` of a page: 1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`].
-fn page_limit(params: &HashMap<String, String>) -> Result<i64, ApiError> {
+pub(super) fn page_limit(params: &HashMap<String, String>) -> Result<i64, ApiError> {
     let limit = integer(params, "limit")?.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Invalid::new("limit", format!("must lie in [1, {MAX_PAGE}]")).into());
@@ -70,7 +70,7 @@ fn page_limit(params: &HashMap<String, String>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -11,6 +11,13 @@
 //! | `GET /v1/places/{id}/tree` | the places below and their devices |
 //! | `GET /v1/devices/{id}/resolved` | the device as enrichment sees it (`?as_of=`) |
 //! | `GET /v1/changes` | the change log (`?after=`, `?limit=`) |
+//! | `GET /v1/alerts` | a page of alerts: `?state=open\|resolved\|all`, filters on site, building, severity, device_id, cause, rule, org |
+//! | `GET /v1/alerts/{id}/history` | the alert's events |
+//! | `POST /v1/alerts/{id}/ack` | acknowledge (`by`, `note`): no more reminders, no escalation |
+//! | `GET /v1/silences` | silences (`?state=pending\|active\|expired\|current\|all`) |
+//! | `POST /v1/silences` | create: `matchers`, `starts_ms`, `ends_ms`, `created_by`, `comment` |
+//! | `GET /v1/silences/{id}`, `DELETE /v1/silences/{id}` | one silence; expire it now |
+//! | `GET /v1/alert-controls` | every silence version and acknowledgement, JSON Lines (`replay --alert-controls`) |
 //! | `GET /openapi.json` | this, as OpenAPI 3.1 |
 //!
 //! Every `/v1` route needs `Authorization: Bearer TOKEN` (401 without a known token); a token
@@ -18,6 +25,7 @@
 //! is sent percent-encoded (`org-1%2Fsite-2`). A body's `effective_ms` says from when a
 //! change holds (default: now); the wrong field of a body is named in a 400's `field`.
 
+mod alerts;
 pub mod auth;
 pub mod error;
 mod handlers;
@@ -26,7 +34,7 @@ mod openapi;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::store::Store;
@@ -56,7 +64,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/changes", get(handlers::changes))
         .route("/v1/places/{id}/tree", get(handlers::tree))
-        .route("/v1/devices/{id}/resolved", get(handlers::resolved));
+        .route("/v1/devices/{id}/resolved", get(handlers::resolved))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/alerts/{id}/history", get(alerts::history))
+        .route("/v1/alerts/{id}/ack", post(alerts::acknowledge))
+        .route(
+            "/v1/silences",
+            get(alerts::list_silences).post(alerts::create_silence),
+        )
+        .route(
+            "/v1/silences/{id}",
+            get(alerts::get_silence).delete(alerts::expire_silence),
+        )
+        .route("/v1/alert-controls", get(alerts::control_log));
     for kind in Kind::ALL {
         let plural = plural(kind);
         router = router

@@ -174,10 +174,12 @@ pub fn openapi_document() -> Value {
                "parameters": [query("after", "The last seq read (default 0)."), query("limit", "Entries (1-1000).")],
                "responses": with(json!({"200": {"description": "Entries and the `next` seq."}}))}}),
     );
+    alert_paths(&mut paths, &with, &id);
     let mut schemas = serde_json::Map::new();
     for kind in Kind::ALL {
         schemas.insert(kind.name().into(), schema(kind));
     }
+    schemas.insert("Silence".into(), silence_schema());
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error", "message"], "properties": {
@@ -187,7 +189,7 @@ pub fn openapi_document() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "iotpipe registry", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Places, equipment models and devices, with their history and change log."},
+                 "description": "Places, equipment models and devices, with their history and change log; alerts, acknowledgements and silences."},
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
@@ -195,4 +197,96 @@ pub fn openapi_document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     })
+}
+
+fn silence_schema() -> Value {
+    let list =
+        |what: &str| json!({"type": "array", "items": {"type": "string"}, "description": what});
+    json!({
+        "type": "object", "required": ["matchers", "ends_ms", "created_by"], "additionalProperties": false,
+        "properties": {
+            "id": {"type": "string", "readOnly": true},
+            "version": {"type": "integer", "readOnly": true},
+            "state": {"enum": ["pending", "active", "expired"], "readOnly": true},
+            "matchers": {"type": "object", "additionalProperties": false,
+                         "description": "Every list given must hold the alert's value; at least one list.",
+                         "properties": {
+                             "devices": list("Device ids."), "sites": list("Sites."),
+                             "buildings": list("Buildings."), "metrics": list("Metric names (the catalog's)."),
+                             "rules": list("Rule names."),
+                             "severities": {"type": "array", "items": {"enum": ["warning", "minor", "major", "critical"]}},
+                             "causes": {"type": "array", "items": {"enum": ["anomaly", "threshold", "silence", "site", "clock"]}}}},
+            "starts_ms": {"type": "integer", "description": "From (ms since the epoch; default and at the earliest: now)."},
+            "ends_ms": {"type": "integer", "description": "Until, exclusive."},
+            "created_by": {"type": "string"},
+            "comment": {"type": "string"},
+        }
+    })
+}
+
+/// The alert routes (see [`super::alerts`]).
+fn alert_paths(
+    paths: &mut serde_json::Map<String, Value>,
+    with: &dyn Fn(Value) -> Value,
+    id: &Value,
+) {
+    let text = |name: &str, description: &str| {
+        json!({"name": name, "in": "query", "required": false, "description": description,
+               "schema": {"type": "string"}})
+    };
+    let mut list_params = vec![
+        text("state", "open (default), resolved or all."),
+        query("after", "Cursor: the `next` of the previous page."),
+        query("limit", "Alerts per page (1-1000, default 100)."),
+    ];
+    for field in crate::io::connect::store::alert_state::ALERT_FILTER_FIELDS {
+        list_params.push(text(field, "Only those whose field equals this."));
+    }
+    let silence = json!({"$ref": "#/components/schemas/Silence"});
+    let one_silence = json!({"description": "The silence.", "content": {"application/json": {"schema": silence}}});
+    paths.insert(
+        "/v1/alerts".into(),
+        json!({"get": {"summary": "Alerts and their latest state", "parameters": list_params,
+               "responses": with(json!({"200": {"description": "A page: `items`, `next`."},
+                                        "400": error_response("A parameter is wrong; `field` names it.")}))}}),
+    );
+    paths.insert(
+        "/v1/alerts/{id}/history".into(),
+        json!({"parameters": [id], "get": {"summary": "An alert's events, in event-time order",
+               "responses": with(json!({"200": {"description": "`items`."}, "404": error_response("No such alert.")}))}}),
+    );
+    paths.insert(
+        "/v1/alerts/{id}/ack".into(),
+        json!({"parameters": [id], "post": {"summary": "Acknowledge an alert: no more reminders, no escalation",
+               "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                   "type": "object", "required": ["by"], "additionalProperties": false,
+                   "properties": {"by": {"type": "string"}, "note": {"type": "string"}}}}}},
+               "responses": with(json!({"201": {"description": "Acknowledged."},
+                                        "200": {"description": "It was already: the first acknowledgement."},
+                                        "400": error_response("A field is wrong; `field` names it.")}))}}),
+    );
+    paths.insert(
+        "/v1/silences".into(),
+        json!({
+            "get": {"summary": "Silences", "parameters": [text("state", "pending, active, expired, current (default: pending and active) or all.")],
+                    "responses": with(json!({"200": {"description": "`items`."}}))},
+            "post": {"summary": "Create a silence",
+                     "requestBody": {"required": true, "content": {"application/json": {"schema": silence}}},
+                     "responses": with(json!({"201": one_silence, "400": error_response("A field is wrong; `field` names it.")}))},
+        }),
+    );
+    paths.insert(
+        "/v1/silences/{id}".into(),
+        json!({
+            "parameters": [id],
+            "get": {"summary": "A silence", "responses": with(json!({"200": one_silence, "404": error_response("No such silence.")}))},
+            "delete": {"summary": "Expire a silence now", "responses": with(json!({"200": one_silence, "404": error_response("No such silence.")}))},
+        }),
+    );
+    paths.insert(
+        "/v1/alert-controls".into(),
+        json!({"get": {"summary": "Every silence version and acknowledgement, JSON Lines, in commit order",
+               "responses": with(json!({"200": {"description": "What `iotpipe replay --alert-controls` reads.",
+                                                "content": {"application/x-ndjson": {}}}}))}}),
+    );
 }

@@ -1,5 +1,5 @@
-//! Notification channels for alert events: webhooks, MQTT, JSON Lines files and Prometheus
-//! Alertmanager.
+//! Notification channels for alert events: webhooks, MQTT, JSON Lines files, Prometheus
+//! Alertmanager, and the metadata store (which records every event, for the alert API).
 //!
 //! The dataflow hands each completed time's alert events to a [`NotifierHandle`], which never
 //! blocks: events queue in memory per channel (alert events are few; a storm of a hundred
@@ -21,6 +21,7 @@ mod ledger;
 mod mqtt;
 mod payload;
 mod spool;
+mod store;
 mod webhook;
 
 use std::path::PathBuf;
@@ -112,6 +113,10 @@ pub struct NotifyConfig {
     pub file: Vec<FileConfig>,
     /// Prometheus Alertmanagers.
     pub alertmanager: Vec<AlertmanagerConfig>,
+    /// The metadata store every alert event is recorded in (silenced ones too, once by id):
+    /// the registry API's `/v1/alerts` and the dashboard list, acknowledge and silence from
+    /// it. None: not recorded.
+    pub store: Option<crate::io::connect::store::StoreConfig>,
 }
 
 /// A JSON Lines file that alert events are appended to.
@@ -140,6 +145,7 @@ impl Default for NotifyConfig {
             mqtt: Vec::new(),
             file: Vec::new(),
             alertmanager: Vec::new(),
+            store: None,
         }
     }
 }
@@ -541,6 +547,10 @@ impl Notifier {
                 config: c.clone(),
                 file: None,
             };
+            notifier.spawn(channel, Backoff::default(), ledger_dir, metrics)?;
+        }
+        if let Some(c) = &config.store {
+            let channel = store::StoreChannel::new(c.clone());
             notifier.spawn(channel, Backoff::default(), ledger_dir, metrics)?;
         }
         Ok(notifier)

@@ -1,0 +1,290 @@
+//! Alert state over HTTP: open alerts and their history, acknowledgements, silences, and the
+//! control log `replay --alert-controls` reads. Same tokens as the registry: reading needs
+//! the `read` role, acting the `write` role.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Role;
+use super::error::ApiError;
+use super::handlers::{Params, Shared, now_ms, page_limit};
+use crate::dataflow::alert::control::{Silence, SilenceMatch};
+use crate::io::connect::store::alert_state::{ALERT_FILTER_FIELDS, AlertFilter};
+use crate::io::connect::store::entities::Invalid;
+use crate::io::support::schema_files::resolve_matchers;
+
+/// `GET /v1/alerts`: a page of alerts (`?state=open|resolved|all`, default open), filtered by
+/// `site`, `building`, `severity`, `device_id`, `cause`, `rule`, `org`.
+pub async fn list(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    let mut filter = AlertFilter {
+        open: Some(true),
+        fields: Vec::new(),
+    };
+    for (name, value) in &params {
+        match name.as_str() {
+            "after" | "limit" => {}
+            "state" => {
+                filter.open = match value.as_str() {
+                    "open" => Some(true),
+                    "resolved" => Some(false),
+                    "all" => None,
+                    _ => return Err(Invalid::new("state", "must be open, resolved or all").into()),
+                }
+            }
+            field => {
+                let Some(field) = ALERT_FILTER_FIELDS.iter().find(|f| **f == field) else {
+                    return Err(Invalid::new(
+                        field,
+                        format!(
+                            "not a filter of alerts: use state, after, limit or {}",
+                            ALERT_FILTER_FIELDS.join(", ")
+                        ),
+                    )
+                    .into());
+                };
+                filter.fields.push((field, value.clone()));
+            }
+        }
+    }
+    filter.fields.sort();
+    let limit = page_limit(&params)?;
+    let after = params.get("after").map(String::as_str);
+    let page = state.store.alerts(&filter, after, limit).await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|a| a["alert_id"].clone()))
+        .flatten();
+    Ok(Json(json!({ "items": page, "next": next })))
+}
+
+/// `GET /v1/alerts/{id}/history`: the alert's events, in event-time order.
+pub async fn history(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    let items = state.store.alert_history(&id).await?;
+    if items.is_empty() {
+        return Err(ApiError::NotFound(format!("no alert {id}")));
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+/// What `POST /v1/alerts/{id}/ack` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    /// Who takes the alert on.
+    by: String,
+    /// Their note.
+    #[serde(default)]
+    note: String,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        // serde names the field it stopped at: "unknown field `x`", "missing field `by`".
+        let message = e.to_string();
+        let field = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.contains("field"))
+            .unwrap_or("body")
+            .to_owned();
+        Invalid::new(field, message).into()
+    })
+}
+
+/// `POST /v1/alerts/{id}/ack`: acknowledges it now (201; 200 with the first one if it was).
+pub async fn acknowledge(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    state.tokens.authorize(&headers, Role::Write)?;
+    let body: AckBody = json_body(&bytes)?;
+    if body.by.trim().is_empty() {
+        return Err(Invalid::new("by", "must name who takes the alert on").into());
+    }
+    let (ack, new) = state
+        .store
+        .acknowledge(&id, body.by.trim(), &body.note, now_ms() as u64)
+        .await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(serde_json::to_value(ack).expect("serialises"))).into_response())
+}
+
+/// What `POST /v1/silences` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceBody {
+    /// Which alerts (at least one list).
+    matchers: SilenceMatch,
+    /// From (ms since the epoch; default and at the earliest: now).
+    #[serde(default)]
+    starts_ms: Option<u64>,
+    /// Until (exclusive).
+    ends_ms: u64,
+    /// Who.
+    created_by: String,
+    /// Why.
+    #[serde(default)]
+    comment: String,
+}
+
+/// Where a silence is now: `pending`, `active` or `expired`.
+fn silence_state(silence: &Silence, now_ms: u64) -> &'static str {
+    // One expired before it started ends where it starts.
+    if now_ms >= silence.ends_ms || silence.ends_ms <= silence.starts_ms {
+        "expired"
+    } else if now_ms < silence.starts_ms {
+        "pending"
+    } else {
+        "active"
+    }
+}
+
+fn silence_json(silence: &Silence, now_ms: u64) -> Value {
+    let mut value = serde_json::to_value(silence).expect("silences serialise");
+    value["state"] = json!(silence_state(silence, now_ms));
+    value
+}
+
+/// `POST /v1/silences`: creates a silence (201, its id in `Location`). A start in the past
+/// is now: a silence cannot rewrite what was already notified.
+pub async fn create_silence(
+    State(state): Shared,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    state.tokens.authorize(&headers, Role::Write)?;
+    let mut body: SilenceBody = json_body(&bytes)?;
+    if body.matchers.is_empty() {
+        return Err(Invalid::new(
+            "matchers",
+            "needs at least one of devices, sites, buildings, metrics, rules, severities, causes",
+        )
+        .into());
+    }
+    resolve_matchers(&mut body.matchers, &state.catalog)
+        .map_err(|message| Invalid::new("matchers.metrics", message))?;
+    if body.created_by.trim().is_empty() {
+        return Err(Invalid::new("created_by", "must name who silences").into());
+    }
+    let now = now_ms() as u64;
+    let starts_ms = body.starts_ms.unwrap_or(now).max(now);
+    if body.ends_ms <= starts_ms {
+        return Err(Invalid::new("ends_ms", "must be after starts_ms (and after now)").into());
+    }
+    let silence = state
+        .store
+        .create_silence(
+            body.matchers,
+            starts_ms,
+            body.ends_ms,
+            body.created_by.trim(),
+            &body.comment,
+        )
+        .await?;
+    let mut response = (StatusCode::CREATED, Json(silence_json(&silence, now))).into_response();
+    if let Ok(location) = format!("/v1/silences/{}", silence.id).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/silences?state=`: silences by id; `state` one of pending, active, expired, or
+/// `current` (pending and active, the default) or `all`.
+pub async fn list_silences(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    let wanted = params.get("state").map_or("current", String::as_str);
+    if !["pending", "active", "expired", "current", "all"].contains(&wanted) {
+        return Err(
+            Invalid::new("state", "must be pending, active, expired, current or all").into(),
+        );
+    }
+    let now = now_ms() as u64;
+    let items: Vec<Value> = state
+        .store
+        .silences()
+        .await?
+        .iter()
+        .filter(|s| {
+            let at = silence_state(s, now);
+            wanted == "all" || wanted == at || (wanted == "current" && at != "expired")
+        })
+        .map(|s| silence_json(s, now))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /v1/silences/{id}`.
+pub async fn get_silence(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    let silence = state
+        .store
+        .silence(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))?;
+    Ok(Json(silence_json(&silence, now_ms() as u64)))
+}
+
+/// `DELETE /v1/silences/{id}`: expires it now (a pending one never starts).
+pub async fn expire_silence(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Write)?;
+    let now = now_ms() as u64;
+    let silence = state
+        .store
+        .expire_silence(&id, now)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))?;
+    Ok(Json(silence_json(&silence, now)))
+}
+
+/// `GET /v1/alert-controls`: every silence version and acknowledgement in commit order, as
+/// JSON Lines: the file `iotpipe replay --alert-controls` reads.
+pub async fn control_log(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    if let Some(name) = params.keys().next() {
+        return Err(Invalid::new(name.as_str(), "takes no parameters").into());
+    }
+    let lines: String = state
+        .store
+        .control_log()
+        .await?
+        .iter()
+        .map(|v| format!("{v}\n"))
+        .collect();
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response())
+}
