@@ -8,9 +8,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::chromium::{dom_without_errors, screenshot};
+use common::chromium::{dom_without_errors, drive, screenshot};
 use common::influx::Influx;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Demo(Child);
 
@@ -298,5 +298,171 @@ fn the_dashboard_drills_down_the_hierarchy_of_the_metadata_store() {
 
     let url = format!("{base}{device_link}");
     let png = screenshot(&profile, &url, "dashboard-hierarchy.png", (1280, 1400));
+    assert!(png.starts_with(b"\x89PNG"));
+}
+
+/// `iotpipe demo --database-url --action-token-env`: in headless Chromium, the page's own
+/// buttons acknowledge one open alert and silence another (refused without the token, which
+/// the page then takes); both show at once, the pipeline's own `acknowledged` event follows,
+/// every alert event is recorded in the store, and the silence is expired from the page.
+#[test]
+fn the_dashboard_acknowledges_and_silences_open_alerts() {
+    const TOKEN: &str = "dashboard-token-of-the-test";
+    let postgres = common::postgres::Postgres::start();
+    let database_url = postgres.create_database("actions");
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args([
+                "demo",
+                "--devices",
+                "40",
+                "--rate",
+                "1",
+                "--duration",
+                "180",
+            ])
+            .args(["--fault-share", "0.5", "--history-s", "600"])
+            .args(["--window-ms", "2000", "--lateness-ms", "500", "--plain"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "-w", "1"])
+            .args(["--database-url", &database_url])
+            .args(["--action-token-env", "TEST_ACTION_TOKEN"])
+            .env("TEST_ACTION_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let device_alerts = || {
+        api(port, "/api/alerts")
+            .and_then(|a| a.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["device_id"].is_string())
+            .collect::<Vec<Value>>()
+    };
+    wait_for(
+        port,
+        "two open device alerts",
+        || device_alerts().len() >= 2,
+        &mut demo,
+    );
+    wait_for(
+        port,
+        "the store",
+        || api(port, "/api/overview").is_some_and(|o| o["metadata_store"] == true),
+        &mut demo,
+    );
+
+    let profile = dir.path().join("chromium");
+    let url = format!("http://127.0.0.1:{port}/");
+    let rows = "document.querySelectorAll('#alert-table tr.alert')";
+    let click = |row: usize, button: &str| {
+        format!(
+            "(() => {{ const row = {rows}[{row}]; row.querySelector('button.{button}').click(); \
+             return row.dataset.alert; }})()"
+        )
+    };
+    let set = |id: &str, value: &str| {
+        format!(
+            "(() => {{ const input = document.getElementById('{id}'); input.value = '{value}'; \
+             input.dispatchEvent(new Event('change')); return true; }})()"
+        )
+    };
+    let state_of = |alert: &str| {
+        format!(
+            "[...{rows}].filter((r) => r.dataset.alert === {alert:?}).map((r) => \
+             r.querySelector('td.state').textContent).join('')"
+        )
+    };
+    // Without the token: refused, and the page says why. With it: done.
+    let first = drive(
+        &profile,
+        &url,
+        &[
+            json!({"wait": format!("{rows}.length >= 2 && {rows}[0].querySelector('button.ack') !== null")}),
+            json!({"eval": set("action-name", "ana")}),
+            json!({"eval": click(0, "ack")}),
+            json!({"wait": "document.getElementById('action-status').textContent"}),
+        ],
+    );
+    assert!(
+        first[3].as_str().unwrap().contains("token"),
+        "refused without a token: {first:?}"
+    );
+    let acted = drive(
+        &profile,
+        &url,
+        &[
+            json!({"wait": format!("{rows}.length >= 2 && {rows}[1].querySelector('button.silence') !== null")}),
+            json!({"eval": set("action-name", "ana")}),
+            json!({"eval": set("action-token", TOKEN)}),
+            json!({"eval": click(0, "ack")}),
+            json!({"wait": "document.getElementById('action-status').textContent === 'done'"}),
+            json!({"eval": click(1, "silence")}),
+            json!({"wait": "document.querySelectorAll('#silence-table tr.silence').length === 1"}),
+        ],
+    );
+    let acked = acted[3].as_str().unwrap().to_owned();
+    let silenced = acted[5].as_str().unwrap().to_owned();
+    assert_ne!(acked, silenced);
+    // Both show on the page at once (from the store), before the pipeline's events follow.
+    let shown = drive(
+        &profile,
+        &url,
+        &[
+            json!({"wait": format!("{}.includes('acknowledged by ana')", state_of(&acked))}),
+            json!({"wait": format!("{}.includes('silenced')", state_of(&silenced))}),
+        ],
+    );
+    assert!(shown.iter().all(|v| v.as_bool() == Some(true)), "{shown:?}");
+
+    // The acknowledgement reaches the pipeline: its own `acknowledged` event (the page's
+    // alert list holds each alert's latest event).
+    wait_for(
+        port,
+        "the pipeline's acknowledged event",
+        || {
+            device_alerts()
+                .iter()
+                .any(|a| a["alert_id"] == acked.as_str() && a["event"] == "acknowledged")
+        },
+        &mut demo,
+    );
+    // Every alert event is recorded in the store, the acknowledgement among them.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let history = runtime.block_on(async {
+        use iotpipe::io::connect::store::{Store, StoreConfig};
+        let store = Store::open(&StoreConfig::url(database_url.clone()), |_| None)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let history = store.alert_history(&acked).await.unwrap();
+            if history.iter().any(|e| e["event"] == "acknowledged") {
+                break history;
+            }
+            assert!(Instant::now() < deadline, "not recorded: {history:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(history[0]["event"], "opened", "{history:?}");
+
+    // The silence is expired from the page.
+    let expired = drive(
+        &profile,
+        &url,
+        &[
+            json!({"wait": "document.querySelectorAll('#silence-table button.expire').length === 1"}),
+            // The token is kept for the browser session: this is a new one.
+            json!({"eval": set("action-token", TOKEN)}),
+            json!({"eval": "document.querySelector('#silence-table button.expire').click(); true"}),
+            json!({"wait": "document.querySelectorAll('#silence-table tr.silence').length === 0"}),
+        ],
+    );
+    assert_eq!(expired[3], json!(true));
+    assert!(demo.0.try_wait().unwrap().is_none(), "demo exited");
+    let png = screenshot(&profile, &url, "dashboard-alert-actions.png", (1280, 1400));
     assert!(png.starts_with(b"\x89PNG"));
 }

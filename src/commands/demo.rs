@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use timely::dataflow::operators::{Concat, Probe};
 
 use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
+use crate::dataflow::alert::AlertControl;
 use crate::dataflow::ingest::{Ingestor, Provenance};
 use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::registry::{RegistryChange, parse_registry};
@@ -24,6 +26,7 @@ use crate::io::connect::influx::write::InfluxSinkFailure;
 use crate::io::connect::store::registry::RegistryEntry;
 use crate::io::connect::store::{Store, StoreConfig, StoreError};
 use crate::io::serve::dashboard::Dashboard;
+use crate::io::serve::registry_api::auth::{Role, TokenConfig, Tokens};
 use crate::io::sinks::influx::pool::InfluxPool;
 use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
@@ -32,7 +35,8 @@ use crate::io::sinks::notify::{
     ChannelReport, Notification, Notifier, NotifierHandle, NotifyConfig,
 };
 use crate::io::sources::fleet::{Fleet, FleetConfig};
-use crate::io::sources::inputs::PipelineSources;
+use crate::io::sources::inputs::{PipelineSources, feed_live};
+use crate::io::sources::store::ControlFollower;
 use crate::io::support::cluster::{ClusterConfig, ClusterError};
 use crate::io::support::latency::ArrivalLatency;
 use crate::io::support::metrics::{Metrics, count_outputs};
@@ -83,8 +87,13 @@ pub struct DemoConfig {
     /// The metadata store: the fleet's registry is written into it at start (a device already
     /// there as the fleet has it gets no new version), the pipeline enriches from the registry
     /// read back from it (edits made there before the start included), and the dashboard
-    /// navigates its hierarchy. None: the fleet's embedded registry, no store.
+    /// navigates its hierarchy. Its silences and acknowledgements are followed live, and every
+    /// alert event is recorded there. None: the fleet's embedded registry, no store.
     pub store: Option<StoreConfig>,
+    /// The environment variable holding the token the dashboard's actions need (acknowledge,
+    /// silence: `Authorization: Bearer`, as the registry API's write role); none: the
+    /// dashboard only shows.
+    pub action_token_env: Option<String>,
     /// The timely cluster.
     pub cluster: ClusterConfig,
 }
@@ -107,6 +116,7 @@ impl Default for DemoConfig {
             notify: None,
             influx: None,
             store: None,
+            action_token_env: None,
             cluster: ClusterConfig::default(),
         }
     }
@@ -165,11 +175,29 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
     let cluster = &config.cluster;
     cluster.to_timely()?;
     let (schemas, pipeline) = schemas_and_pipeline(config.schemas.as_deref(), &config.pipeline)?;
-    let outputs = SideOutputs::start(
-        config.influx.as_ref(),
-        config.notify.as_ref(),
-        cluster.is_leader(),
-    )?;
+    let action_tokens = match &config.action_token_env {
+        Some(name) => Tokens::load(
+            &[TokenConfig {
+                role: Role::Write,
+                token_env: name.clone(),
+            }],
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(|_| DemoError::Config {
+            field: "action_token_env",
+            message: format!("${name} is not set (or empty): export the token there"),
+        })?,
+        None => Tokens::default(),
+    };
+    // With a store, every alert event is recorded there too (the alert API lists them).
+    let notify = match (&config.store, &config.notify) {
+        (Some(store), notify) => Some(NotifyConfig {
+            store: Some(store.clone()),
+            ..notify.clone().unwrap_or_default()
+        }),
+        (None, notify) => notify.clone(),
+    };
+    let outputs = SideOutputs::start(config.influx.as_ref(), notify.as_ref(), cluster.is_leader())?;
     let (metrics, influx) = (Arc::clone(&outputs.metrics), outputs.influx.clone());
     let stats = Arc::new(Mutex::new(
         LiveStats::new().with_device_windows(influx.is_none()),
@@ -183,7 +211,8 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
             influx.as_ref(),
             pipeline.window.length_ms,
         )
-        .with_store(config.store.as_ref());
+        .with_store(config.store.as_ref())
+        .with_action_tokens(action_tokens);
         let local = dashboard
             .serve(listen)
             .map_err(|source| DemoError::Dashboard { listen, source })?;
@@ -219,6 +248,20 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         Some(store) => Some(registry_through_store(store, &fleet)?),
         None => None,
     };
+    // Process 0's worker 0 feeds the silences and acknowledgements the store holds and gets.
+    let (controls, control_follower) = match (&config.store, cluster.is_leader()) {
+        (Some(store), true) => {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let follower = ControlFollower::start(
+                store,
+                Arc::clone(schemas.catalog()),
+                sender,
+                Arc::clone(&stop),
+            )?;
+            (Some(receiver), Some(follower))
+        }
+        _ => (None, None),
+    };
     let job = DemoJob {
         fleet,
         now_ms,
@@ -232,8 +275,13 @@ pub fn run_demo(config: DemoConfig, stop: Arc<AtomicBool>) -> Result<DemoReport,
         influx,
         notifier: outputs.notifier.as_ref().map(Notifier::handle),
         registry_lines,
+        controls: Arc::new(Mutex::new(controls)),
     };
-    let (summary, channels) = outputs.finish(run_demo_job(job, cluster))?;
+    let result = run_demo_job(job, cluster);
+    if let Some(follower) = control_follower {
+        follower.join();
+    }
+    let (summary, channels) = outputs.finish(result)?;
     Ok(DemoReport {
         summary,
         channels,
@@ -278,6 +326,9 @@ pub struct DemoJob {
     pub notifier: Option<NotifierHandle>,
     /// The registry lines read from the metadata store (none: the fleet's own).
     pub registry_lines: Option<Vec<String>>,
+    /// Silences and acknowledgements as the store gets them (worker 0 takes the receiver; none:
+    /// there are none).
+    pub controls: Arc<Mutex<Option<Receiver<AlertControl>>>>,
 }
 
 /// A demo that could not run, or stopped on a failure.
@@ -384,6 +435,7 @@ pub fn run_demo_job(
         influx,
         notifier,
         registry_lines,
+        controls,
     } = job;
     let devices = fleet_config.devices;
     let registry_text = registry_lines
@@ -439,7 +491,18 @@ pub fn run_demo_job(
         });
         let changes: &[RegistryChange] = if index == 0 { &registry } else { &[] };
         sources.load_registry_and_close(changes);
-        sources.load_controls_and_close(&[]);
+        let controls = if index == 0 {
+            controls.lock().expect("not poisoned").take()
+        } else {
+            None
+        };
+        let mut controls_input = match controls {
+            Some(_) => sources.take_controls_input(),
+            None => {
+                sources.load_controls_and_close(&[]);
+                None
+            }
+        };
         // A worker with no devices (more workers than devices) closes its input at once, so
         // it does not hold everyone's frontier back.
         let mut source = (fleet.device_count() > 0).then_some(sources.source);
@@ -493,6 +556,10 @@ pub fn run_demo_job(
                     source.flush();
                 }
             }
+            if let (Some(receiver), Some(input)) = (&controls, controls_input.as_mut()) {
+                // At the frontier: the policy sees a control from its next tick on.
+                feed_live(receiver.try_iter(), input, true, &progress, 0);
+            }
             let behind = now_ms + (started.elapsed().as_millis() as u64) > fleet_ms + CATCH_UP_MS;
             if behind && !influx_full.is_held() {
                 // Catching up: on to the next stretch once the dataflow has taken this one.
@@ -529,8 +596,9 @@ pub fn run_demo_job(
                 }
             }
         }
-        // Close the source: the frontier empties and every open window is emitted.
+        // Close the sources: the frontier empties and every open window is emitted.
         drop(source);
+        drop(controls_input);
         while worker.has_dataflows() {
             if influx_failed() {
                 // The InfluxDB sinks hold what they could not write: nothing more completes.

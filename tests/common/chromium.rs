@@ -71,3 +71,26 @@ pub fn screenshot(user_data: &Path, url: &str, name: &str, (width, height): (u32
     );
     std::fs::read(&path).unwrap()
 }
+
+/// Drives Chromium over the DevTools protocol (`tests/common/cdp.py`, a pipe, no extra
+/// packages): opens `url` in the profile `user_data` and runs `steps` (`{"wait": JS}` until
+/// truthy, `{"eval": JS}`); each step's value. Fails the test if a step throws or times out.
+pub fn drive(user_data: &Path, url: &str, steps: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/cdp.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(url)
+        .arg(user_data)
+        .arg(serde_json::Value::from(steps.to_vec()).to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

@@ -470,6 +470,10 @@ pub struct DemoArgs {
     /// The environment variable holding the database password (none: the server trusts you).
     #[arg(long, requires = "database_url")]
     pub database_password_env: Option<String>,
+    /// The environment variable holding the token the dashboard's acknowledge and silence
+    /// actions need (`Authorization: Bearer`); without it the dashboard only shows.
+    #[arg(long, requires = "database_url")]
+    pub action_token_env: Option<String>,
     /// Alert notifications.
     #[command(flatten)]
     pub notify: NotifyArgs,

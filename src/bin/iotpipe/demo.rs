@@ -66,6 +66,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             password_env: args.database_password_env.clone(),
             ..StoreConfig::url(url.clone())
         }),
+        action_token_env: args.action_token_env.clone(),
         cluster: args.cluster.config(),
     };
     let stop = crate::args::stop_on_signal()?;

@@ -43,7 +43,7 @@ use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::kafka::{ProduceTo, SinkFailure, SinkProducer, SinkTarget};
 use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
-use crate::io::sources::inputs::{PipelineSources, VecInput};
+use crate::io::sources::inputs::{PipelineSources, VecInput, feed_live};
 use crate::io::sources::kafka::registry::RegistryFollower;
 use crate::io::sources::kafka::telemetry::{IdleFloor, KafkaSource, PartitionReport, SourceConfig};
 use crate::io::sources::live_registry::{ForwardedChange, LiveRegistry};
@@ -610,12 +610,14 @@ fn run_worker(
             );
         }
         if let (Some(controls), Some(input)) = (&controls, sources.controls_input()) {
+            // At the frontier, not ahead of it like the registry: a control holds from its own
+            // event times, and the notification policy sees it from its next tick on.
             feed_live(
                 controls.try_iter(),
                 input,
                 live.is_loaded(),
                 &source_probe,
-                lead_ms,
+                0,
             );
         }
         observe_propagation(&mut in_flight, &registry_probe, metrics);
@@ -682,37 +684,6 @@ fn run_worker(
     drop(sources);
     drop(reports);
     Ok(())
-}
-
-/// Sends what a follower forwarded into `input` at the input's time, and seals that time at
-/// once, so the dataflow sees it without waiting for the watermark to move (registry changes
-/// and silences hold from their own effective times, carried as data); then, once the
-/// follower has loaded what the store held at start, advances the input to where no message
-/// can still need an earlier entry: the least partition watermark plus the allowed lateness and
-/// clock skew (the furthest a message's own time can be ahead of its stamp). The time sent at,
-/// if anything was.
-fn feed_live<D: Clone + 'static>(
-    arrived: impl Iterator<Item = D>,
-    input: &mut VecInput<TimeMs, D>,
-    loaded: bool,
-    source_probe: &ProbeHandle<TimeMs>,
-    lead_ms: TimeMs,
-) -> Option<TimeMs> {
-    let sent_at = *input.time();
-    let mut sent = false;
-    for entry in arrived {
-        input.send(entry);
-        sent = true;
-    }
-    let mut target = if sent { sent_at + 1 } else { sent_at };
-    if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
-        target = target.max(frontier.saturating_add(lead_ms));
-    }
-    if target > sent_at {
-        input.advance_to(target);
-    }
-    input.flush();
-    sent.then_some(sent_at)
 }
 
 /// [`feed_live`] for registry changes: those whose making time is known go into `in_flight`

@@ -8,14 +8,35 @@ use super::{AlertEvent, Cause, Severity};
 use crate::dataflow::model::{MetricId, TimeMs};
 use crate::dataflow::schema::MetricCatalog;
 
-/// A silence or an acknowledgement, as the dataflow takes it.
+/// A silence or an acknowledgement, as the dataflow takes it. (Externally tagged: controls
+/// cross processes in bincode. A JSON line names its kind in a `kind` field instead, see
+/// [`ControlLine`].)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AlertControl {
     /// A silence (a new one, or a new version of one: an edit or its expiry).
     Silence(Box<Silence>),
     /// Someone took an alert on.
     Acknowledgement(Acknowledgement),
+}
+
+/// A control as a JSON line (the store's control log, `replay --alert-controls`): its kind
+/// in a `kind` field beside its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlLine {
+    /// A silence.
+    Silence(Box<Silence>),
+    /// An acknowledgement.
+    Acknowledgement(Acknowledgement),
+}
+
+impl From<ControlLine> for AlertControl {
+    fn from(line: ControlLine) -> Self {
+        match line {
+            ControlLine::Silence(s) => Self::Silence(s),
+            ControlLine::Acknowledgement(a) => Self::Acknowledgement(a),
+        }
+    }
 }
 
 /// Alerts matching `matchers` notify nobody from `starts_ms` until `ends_ms` (event time).
@@ -42,6 +63,15 @@ pub struct Silence {
 }
 
 impl Silence {
+    /// The JSON form people and the store see: metric names, not the catalog's ids.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("silences serialise");
+        if let Some(matchers) = value["matchers"].as_object_mut() {
+            matchers.remove("metric_ids");
+        }
+        value
+    }
+
     /// Whether it mutes `event` at `ts_ms`.
     pub fn mutes(&self, event: &AlertEvent, ts_ms: TimeMs) -> bool {
         (self.starts_ms..self.ends_ms).contains(&ts_ms) && self.matchers.matches(event)
@@ -68,8 +98,10 @@ pub struct SilenceMatch {
     pub severities: Vec<Severity>,
     /// Causes.
     pub causes: Vec<Cause>,
-    /// `metrics` resolved against the catalog (see [`SilenceMatch::resolve`]).
-    #[serde(skip)]
+    /// `metrics` resolved against the catalog (see [`SilenceMatch::resolve`]). Serialised, as
+    /// silences cross processes in bincode; the JSON forms leave it out (see
+    /// [`Silence::to_json`]) and resolve the names again.
+    #[serde(default)]
     pub metric_ids: Vec<MetricId>,
 }
 

@@ -99,14 +99,16 @@ pub struct AlertEvent {
     /// The value behind it, if any (the reading, the extreme of a breaching window, the share
     /// of a site's devices silent).
     pub value: Option<f64>,
+    // No `skip_serializing_if` here: events cross processes in bincode, which needs every
+    // field; the JSON line (`alerts.jsonl`) leaves the empty ones out.
     /// The silence that keeps this event from people (none: channels send it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub silenced_by: Option<String>,
     /// The alert stayed unacknowledged past its escalation time (see [`NotificationPolicy`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub overdue: bool,
     /// Who acknowledged it, and their note (`acknowledged` events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub acknowledged_by: Option<String>,
 }
 

@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 server on hyper, for `/metrics` and the dashboard: GET only, one thread.
+//! A small HTTP/1.1 server on hyper, for `/metrics` and the dashboard: GET, and POST where a
+//! handler takes it; one thread.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,7 +16,22 @@ pub trait Handler: Send + Sync + 'static {
         query: &str,
         accept: &str,
     ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send;
+
+    /// The response to `POST path` with `body` (at most [`MAX_POST_BYTES`]) from a client that
+    /// sent `authorization` (its `Authorization` header; empty if none). By default: 405.
+    fn post(
+        &self,
+        path: &str,
+        authorization: &str,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        let _ = (path, authorization, body);
+        async { response(405, "text/plain", "only GET is served\n") }
+    }
 }
+
+/// The largest POST body read; a longer one is answered 413.
+pub const MAX_POST_BYTES: usize = 64 * 1024;
 
 /// A response with `status`, a content type and a body.
 pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -62,18 +78,48 @@ pub fn serve<H: Handler>(
                             move |request: Request<hyper::body::Incoming>| {
                                 let handler = std::sync::Arc::clone(&handler);
                                 async move {
-                                    let response = if request.method() == hyper::Method::GET {
-                                        let uri = request.uri();
-                                        let accept = request
+                                    let header = |name| {
+                                        request
                                             .headers()
-                                            .get(hyper::header::ACCEPT)
+                                            .get(name)
                                             .and_then(|v| v.to_str().ok())
-                                            .unwrap_or("");
-                                        handler
-                                            .get(uri.path(), uri.query().unwrap_or(""), accept)
-                                            .await
-                                    } else {
-                                        response(405, "text/plain", "only GET is served\n")
+                                            .unwrap_or("")
+                                            .to_owned()
+                                    };
+                                    let response = match *request.method() {
+                                        hyper::Method::GET => {
+                                            let uri = request.uri();
+                                            let accept = header(hyper::header::ACCEPT);
+                                            handler
+                                                .get(uri.path(), uri.query().unwrap_or(""), &accept)
+                                                .await
+                                        }
+                                        hyper::Method::POST => {
+                                            let authorization =
+                                                header(hyper::header::AUTHORIZATION);
+                                            let path = request.uri().path().to_owned();
+                                            let limited = http_body_util::Limited::new(
+                                                request.into_body(),
+                                                MAX_POST_BYTES,
+                                            );
+                                            match http_body_util::BodyExt::collect(limited).await {
+                                                Ok(body) => {
+                                                    handler
+                                                        .post(
+                                                            &path,
+                                                            &authorization,
+                                                            body.to_bytes(),
+                                                        )
+                                                        .await
+                                                }
+                                                Err(_) => response(
+                                                    413,
+                                                    "text/plain",
+                                                    "the body is too large\n",
+                                                ),
+                                            }
+                                        }
+                                        _ => response(405, "text/plain", "GET or POST only\n"),
                                     };
                                     Ok::<_, std::convert::Infallible>(response)
                                 }

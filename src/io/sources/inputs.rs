@@ -1,7 +1,7 @@
 //! The inputs through which a source feeds the pipeline.
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::{InputHandle, Scope, Stream};
+use timely::dataflow::{InputHandle, ProbeHandle, Scope, Stream};
 
 use crate::dataflow::alert::AlertControl;
 use crate::dataflow::ingest::IngestBatch;
@@ -203,6 +203,12 @@ impl PipelineSources {
         self.controls.as_mut()
     }
 
+    /// Takes the input of silences and acknowledgements out, for a source that feeds it live
+    /// while the messages' input is used apart (`None` once closed or taken).
+    pub fn take_controls_input(&mut self) -> Option<VecInput<TimeMs, AlertControl>> {
+        self.controls.take()
+    }
+
     /// Sends silences and acknowledgements known up front and closes their input, so alert
     /// notifications are complete for every time. Every worker calls it; one passes them.
     pub fn load_controls_and_close(&mut self, controls: &[AlertControl]) {
@@ -212,4 +218,36 @@ impl PipelineSources {
             }
         }
     }
+}
+
+/// Sends what a follower forwarded into `input` at the input's time, and seals that time at
+/// once, so the dataflow sees it without waiting for the watermark to move (registry changes
+/// and silences hold from their own effective times, carried as data); then, once the
+/// follower has loaded what the store held at start, advances the input to the least partition
+/// watermark plus `lead_ms`. The registry leads by the allowed lateness and clock skew (the
+/// furthest a message's own time can be ahead of its stamp), so no message can still need an
+/// earlier entry; silences and acknowledgements lead by nothing, so the notification policy
+/// sees them at its next tick. The time sent at, if anything was.
+pub fn feed_live<D: Clone + 'static>(
+    arrived: impl Iterator<Item = D>,
+    input: &mut VecInput<TimeMs, D>,
+    loaded: bool,
+    source_probe: &ProbeHandle<TimeMs>,
+    lead_ms: TimeMs,
+) -> Option<TimeMs> {
+    let sent_at = *input.time();
+    let mut sent = false;
+    for entry in arrived {
+        input.send(entry);
+        sent = true;
+    }
+    let mut target = if sent { sent_at + 1 } else { sent_at };
+    if loaded && let Some(frontier) = source_probe.with_frontier(|f| f.first().copied()) {
+        target = target.max(frontier.saturating_add(lead_ms));
+    }
+    if target > sent_at {
+        input.advance_to(target);
+    }
+    input.flush();
+    sent.then_some(sent_at)
 }

@@ -128,21 +128,7 @@ impl Follower {
         let Some(controls) = &self.controls else {
             return Ok(false);
         };
-        let page = store.controls_after(self.last_control_seq, PAGE).await?;
-        let more = page.len() as i64 == PAGE;
-        for (seq, mut control) in page {
-            self.last_control_seq = seq;
-            if let AlertControl::Silence(silence) = &mut control
-                && let Err(e) = resolve_matchers(&mut silence.matchers, &self.catalog)
-            {
-                // The API checks names; a metric gone from the catalog since leaves the
-                // silence matching no metric name, which is what it said.
-                tracing::warn!(seq, silence = %silence.id, error = %e, "silence names an unknown metric");
-            }
-            // The receiver is gone only when the dataflow is shutting down.
-            let _ = controls.send(control);
-        }
-        Ok(more)
+        forward_controls(store, &mut self.last_control_seq, &self.catalog, controls).await
     }
 
     /// Applies a page of the log, in order; whether anything changed.
@@ -180,5 +166,77 @@ impl Follower {
             }
         }
         changed
+    }
+}
+
+/// Forwards a page of the alert control log after `last_seq` (which it moves on), metric
+/// names resolved; whether more may follow.
+async fn forward_controls(
+    store: &Store,
+    last_seq: &mut i64,
+    catalog: &MetricCatalog,
+    controls: &Sender<AlertControl>,
+) -> Result<bool, StoreError> {
+    let page = store.controls_after(*last_seq, PAGE).await?;
+    let more = page.len() as i64 == PAGE;
+    for (seq, mut control) in page {
+        *last_seq = seq;
+        if let AlertControl::Silence(silence) = &mut control
+            && let Err(e) = resolve_matchers(&mut silence.matchers, catalog)
+        {
+            // The API checks names; a metric gone from the catalog since leaves the silence
+            // matching no metric name, which is what it said.
+            tracing::warn!(seq, silence = %silence.id, error = %e, "silence names an unknown metric");
+        }
+        // The receiver is gone only when the dataflow is shutting down.
+        let _ = controls.send(control);
+    }
+    Ok(more)
+}
+
+/// The thread that follows the alert control log alone (for `demo`, whose registry is read
+/// once at its start).
+pub struct ControlFollower {
+    handle: JoinHandle<()>,
+}
+
+impl ControlFollower {
+    /// Opens the store, forwards the whole control log into `controls` before it returns (so
+    /// the silences and acknowledgements made before the start hold from the first message),
+    /// then follows it from a thread of its own until `stop` is set.
+    pub fn start(
+        config: &StoreConfig,
+        catalog: Arc<MetricCatalog>,
+        controls: Sender<AlertControl>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        let store = runtime.block_on(Store::open(config, |name| std::env::var(name).ok()))?;
+        let mut last_seq = 0;
+        while runtime.block_on(forward_controls(&store, &mut last_seq, &catalog, &controls))? {}
+        let poll = Duration::from_millis(config.poll_interval_ms.max(1));
+        let handle = std::thread::Builder::new()
+            .name("control-follower".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(e) =
+                        runtime.block_on(forward_controls(&store, &mut last_seq, &catalog, &controls))
+                    {
+                        tracing::warn!(error = %e, seq = last_seq, "alert control log read failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+            .expect("spawn the control follower");
+        Ok(Self { handle })
+    }
+
+    /// Waits for the thread (after `stop` was set).
+    pub fn join(self) {
+        let _ = self.handle.join();
     }
 }

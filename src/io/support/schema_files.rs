@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::dataflow::alert::AlertControl;
-use crate::dataflow::alert::control::SilenceMatch;
+use crate::dataflow::alert::control::{ControlLine, SilenceMatch};
 use crate::dataflow::registry::{RegistryChange, RegistryError, parse_registry};
 use crate::dataflow::schema::MetricCatalog;
 use crate::dataflow::schema::{SchemaError, SchemaSet};
@@ -103,8 +103,9 @@ pub fn load_alert_controls(
             line: i + 1,
             message,
         };
-        let mut control: AlertControl =
-            serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
+        let mut control: AlertControl = serde_json::from_str::<ControlLine>(line)
+            .map_err(|e| error(e.to_string()))?
+            .into();
         if let AlertControl::Silence(silence) = &mut control {
             resolve_matchers(&mut silence.matchers, catalog).map_err(error)?;
         }

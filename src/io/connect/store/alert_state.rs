@@ -104,7 +104,7 @@ impl Store {
             created_by: created_by.to_owned(),
             comment: comment.to_owned(),
         };
-        let body = serde_json::to_value(&silence).expect("silences serialise");
+        let body = silence.to_json();
         append_control(&tx, seq, "silence", &silence.id, 1, &body).await?;
         tx.commit().await.map_err(query("committing a silence"))?;
         Ok(silence)
@@ -131,7 +131,7 @@ impl Store {
         }
         silence.ends_ms = now_ms.max(silence.starts_ms);
         silence.version += 1;
-        let body = serde_json::to_value(&silence).expect("silences serialise");
+        let body = silence.to_json();
         append_control(&tx, seq, "silence", id, silence.version as i64, &body).await?;
         tx.commit().await.map_err(query("committing an expiry"))?;
         Ok(Some(silence))
@@ -208,6 +208,25 @@ impl Store {
             .await
             .map_err(query("committing an acknowledgement"))?;
         Ok((ack, true))
+    }
+
+    /// The acknowledgements of those of `alert_ids` that have one, by alert.
+    pub async fn acknowledgements(
+        &self,
+        alert_ids: &[String],
+    ) -> Result<Vec<Acknowledgement>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT body FROM alert_controls WHERE kind = 'acknowledgement' AND id = ANY($1)",
+                &[&alert_ids],
+            )
+            .await
+            .map_err(query("reading acknowledgements"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| serde_json::from_value(r.get(0)).ok())
+            .collect())
     }
 
     /// Up to `limit` entries of the control log after `seq`, in order, each as the dataflow

@@ -28,7 +28,8 @@ impl MetadataView {
         }
     }
 
-    async fn store(&self) -> Result<&Store, StoreError> {
+    /// The store, opened on first use.
+    pub async fn store(&self) -> Result<&Store, StoreError> {
         self.store
             .get_or_try_init(|| Store::open(&self.config, |name| std::env::var(name).ok()))
             .await

@@ -8,7 +8,8 @@
 //! | `/api/sites` | sites with their devices and metrics |
 //! | `/api/devices?site=S` | a site's devices and their metrics |
 //! | `/api/series?device=D&metric=M` or `?site=S&metric=M` | recent 1-minute windows |
-//! | `/api/alerts` | open alerts, most severe first |
+//! | `/api/alerts` | open alerts, most severe first; with a store, who acknowledged each and the silence muting it now |
+//! | `/api/silences`, `POST /api/...` | with a store: acknowledge, silence, expire (see [`actions`]) |
 //! | `/api/hierarchy` or `?place=P` | from the metadata store: the orgs, or a place's child places and devices |
 //! | `/api/device?id=D` | from the metadata store: a device's record, model, resolved entry and history |
 //! | `/metrics` | the process's metrics, for Prometheus (as `iotpipe run`'s `[metrics]` serves) |
@@ -17,6 +18,7 @@
 //! dashboards see; without one, from the pipeline's own recent windows. With a metadata store,
 //! the page navigates its hierarchy (see [`metadata`]).
 
+pub mod actions;
 pub mod metadata;
 
 use std::collections::HashMap;
@@ -54,6 +56,8 @@ pub struct Dashboard {
     pub window_ms: u64,
     /// The metadata store the hierarchy is read from, if any.
     pub metadata: Option<metadata::MetadataView>,
+    /// The tokens the page's actions need (write role); none: the page only shows.
+    pub action_tokens: crate::io::serve::registry_api::auth::Tokens,
 }
 
 impl Dashboard {
@@ -75,7 +79,17 @@ impl Dashboard {
             }),
             window_ms,
             metadata: None,
+            action_tokens: Default::default(),
         }
+    }
+
+    /// The same dashboard, whose page acknowledges and silences for holders of `tokens`.
+    pub fn with_action_tokens(
+        mut self,
+        tokens: crate::io::serve::registry_api::auth::Tokens,
+    ) -> Self {
+        self.action_tokens = tokens;
+        self
     }
 
     /// The same dashboard, navigating the hierarchy of the metadata store `store`.
@@ -209,12 +223,31 @@ impl Dashboard {
         Value::Array(devices)
     }
 
-    fn alerts(&self) -> Value {
-        let stats = self.stats();
-        let alerts: Vec<Value> = stats
-            .open_alerts()
-            .into_iter()
+    /// Open alerts, most severe first; with a store, each with who acknowledged it and the
+    /// silence that mutes it now (the pipeline's own events follow at the next window).
+    async fn alerts(&self) -> Value {
+        let open: Vec<crate::dataflow::alert::AlertEvent> =
+            self.stats().open_alerts().into_iter().cloned().collect();
+        let state = match &self.metadata {
+            Some(view) => match actions::alert_state(view, &self.catalog, &open).await {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dashboard: alert state from the store");
+                    None
+                }
+            },
+            None => None,
+        };
+        let alerts: Vec<Value> = open
+            .iter()
             .map(|a| {
+                let (acked_by, silence) = match &state {
+                    Some((silences, acks)) => (
+                        acks.get(&a.alert_id).cloned(),
+                        actions::silenced_now(silences, a).map(|s| s.id.clone()),
+                    ),
+                    None => (None, None),
+                };
                 json!({
                     "alert_id": a.alert_id,
                     "event": a.event.code(),
@@ -222,15 +255,39 @@ impl Dashboard {
                     "rule": a.rule,
                     "cause": a.cause.code(),
                     "site": a.site,
+                    "building": a.building,
                     "device_id": a.device_id.as_deref(),
                     "metric": a.metric.map(|m| self.catalog.name(m)),
                     "ts_ms": a.ts_ms,
                     "score": a.score,
                     "value": a.value,
+                    "overdue": a.overdue,
+                    "acknowledged_by": acked_by.or_else(|| a.acknowledged_by.clone()),
+                    "silenced_by": silence.or_else(|| a.silenced_by.clone()),
                 })
             })
             .collect();
         Value::Array(alerts)
+    }
+
+    /// The silences pending or active (404 without a store).
+    async fn silences(&self) -> Response<Full<Bytes>> {
+        let Some(view) = &self.metadata else {
+            return json_response(404, &json!({"error": "no metadata store"}));
+        };
+        match actions::alert_state(view, &self.catalog, &[]).await {
+            Ok((silences, _)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let items: Vec<Value> = silences
+                    .iter()
+                    .map(|s| crate::io::serve::registry_api::alerts::silence_json(s, now))
+                    .collect();
+                json_response(200, &Value::Array(items))
+            }
+            Err(e) => json_response(502, &json!({"error": e.to_string()})),
+        }
     }
 
     /// Recent windows of a device or a site, from InfluxDB when it holds them.
@@ -336,7 +393,8 @@ impl Handler for Dashboard {
                 Some(site) => json_response(200, &self.devices(site)),
                 None => json_response(400, &json!({"error": "give site="})),
             },
-            "/api/alerts" => json_response(200, &self.alerts()),
+            "/api/alerts" => json_response(200, &self.alerts().await),
+            "/api/silences" => self.silences().await,
             "/api/hierarchy" | "/api/device" => self.metadata_response(path, &query).await,
             "/metrics" => metrics_response(self.metrics.as_ref(), accept),
             "/api/series" => match self.series(&query).await {
@@ -345,6 +403,19 @@ impl Handler for Dashboard {
             },
             _ => json_response(404, &json!({"error": format!("no page {path}")})),
         }
+    }
+
+    async fn post(&self, path: &str, authorization: &str, body: Bytes) -> Response<Full<Bytes>> {
+        let (status, answer) = actions::act(
+            self.metadata.as_ref(),
+            &self.action_tokens,
+            &self.catalog,
+            path,
+            authorization,
+            &body,
+        )
+        .await;
+        json_response(status, &answer)
     }
 }
 

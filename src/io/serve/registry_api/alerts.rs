@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use super::auth::Role;
 use super::error::ApiError;
 use super::handlers::{Params, Shared, now_ms, page_limit};
-use crate::dataflow::alert::control::{Silence, SilenceMatch};
+use crate::dataflow::alert::control::{Acknowledgement, Silence, SilenceMatch};
+use crate::dataflow::schema::MetricCatalog;
+use crate::io::connect::store::Store;
 use crate::io::connect::store::alert_state::{ALERT_FILTER_FIELDS, AlertFilter};
 use crate::io::connect::store::entities::Invalid;
 use crate::io::support::schema_files::resolve_matchers;
@@ -91,7 +93,7 @@ struct AckBody {
     note: String,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         // serde names the field it stopped at: "unknown field `x`", "missing field `by`".
         let message = e.to_string();
@@ -113,20 +115,29 @@ pub async fn acknowledge(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     state.tokens.authorize(&headers, Role::Write)?;
-    let body: AckBody = json_body(&bytes)?;
-    if body.by.trim().is_empty() {
-        return Err(Invalid::new("by", "must name who takes the alert on").into());
-    }
-    let (ack, new) = state
-        .store
-        .acknowledge(&id, body.by.trim(), &body.note, now_ms() as u64)
-        .await?;
+    let (ack, new) = acknowledge_from(&state.store, &id, &bytes).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(serde_json::to_value(ack).expect("serialises"))).into_response())
+}
+
+/// Checks an acknowledgement's body (`by`, `note`) and stores it now; the acknowledgement
+/// and whether it is new. What the API's and the dashboard's acknowledge do.
+pub async fn acknowledge_from(
+    store: &Store,
+    alert_id: &str,
+    bytes: &[u8],
+) -> Result<(Acknowledgement, bool), ApiError> {
+    let body: AckBody = json_body(bytes)?;
+    if body.by.trim().is_empty() {
+        return Err(Invalid::new("by", "must name who takes the alert on").into());
+    }
+    Ok(store
+        .acknowledge(alert_id, body.by.trim(), &body.note, now_ms() as u64)
+        .await?)
 }
 
 /// What `POST /v1/silences` takes.
@@ -159,21 +170,37 @@ fn silence_state(silence: &Silence, now_ms: u64) -> &'static str {
     }
 }
 
-fn silence_json(silence: &Silence, now_ms: u64) -> Value {
-    let mut value = serde_json::to_value(silence).expect("silences serialise");
+/// A silence as the API shows it: its fields and its `state` at `now_ms`.
+pub fn silence_json(silence: &Silence, now_ms: u64) -> Value {
+    let mut value = silence.to_json();
     value["state"] = json!(silence_state(silence, now_ms));
     value
 }
 
-/// `POST /v1/silences`: creates a silence (201, its id in `Location`). A start in the past
-/// is now: a silence cannot rewrite what was already notified.
+/// `POST /v1/silences`: creates a silence (201, its id in `Location`).
 pub async fn create_silence(
     State(state): Shared,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     state.tokens.authorize(&headers, Role::Write)?;
-    let mut body: SilenceBody = json_body(&bytes)?;
+    let silence = create_silence_from(&state.store, &state.catalog, &bytes).await?;
+    let body = silence_json(&silence, now_ms() as u64);
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(location) = format!("/v1/silences/{}", silence.id).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Checks a silence's body and stores it. A start in the past is now: a silence cannot
+/// rewrite what was already notified. What the API's and the dashboard's silence do.
+pub async fn create_silence_from(
+    store: &Store,
+    catalog: &MetricCatalog,
+    bytes: &[u8],
+) -> Result<Silence, ApiError> {
+    let mut body: SilenceBody = json_body(bytes)?;
     if body.matchers.is_empty() {
         return Err(Invalid::new(
             "matchers",
@@ -181,7 +208,7 @@ pub async fn create_silence(
         )
         .into());
     }
-    resolve_matchers(&mut body.matchers, &state.catalog)
+    resolve_matchers(&mut body.matchers, catalog)
         .map_err(|message| Invalid::new("matchers.metrics", message))?;
     if body.created_by.trim().is_empty() {
         return Err(Invalid::new("created_by", "must name who silences").into());
@@ -191,8 +218,7 @@ pub async fn create_silence(
     if body.ends_ms <= starts_ms {
         return Err(Invalid::new("ends_ms", "must be after starts_ms (and after now)").into());
     }
-    let silence = state
-        .store
+    Ok(store
         .create_silence(
             body.matchers,
             starts_ms,
@@ -200,12 +226,7 @@ pub async fn create_silence(
             body.created_by.trim(),
             &body.comment,
         )
-        .await?;
-    let mut response = (StatusCode::CREATED, Json(silence_json(&silence, now))).into_response();
-    if let Ok(location) = format!("/v1/silences/{}", silence.id).parse() {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+        .await?)
 }
 
 /// `GET /v1/silences?state=`: silences by id; `state` one of pending, active, expired, or

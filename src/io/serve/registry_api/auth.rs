@@ -60,9 +60,15 @@ impl Tokens {
     /// Checks the request's `Authorization: Bearer` token allows `needed`: 401 without a known
     /// token, 403 with a token whose role is not enough.
     pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Role, ApiError> {
-        let token = headers
+        let value = headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        self.authorize_value(value, needed)
+    }
+
+    /// The same, for the value of an `Authorization` header (none: no header).
+    pub fn authorize_value(&self, value: Option<&str>, needed: Role) -> Result<Role, ApiError> {
+        let token = value
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthenticated)?;

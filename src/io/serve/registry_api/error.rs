@@ -50,9 +50,10 @@ impl From<WriteError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ApiError {
+    /// The status and JSON body the error answers with.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, code) = match self {
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
@@ -61,14 +62,21 @@ impl IntoResponse for ApiError {
             ApiError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "stale"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
-        if let ApiError::Store(e) = &self {
+        if let ApiError::Store(e) = self {
             tracing::warn!(error = %e, "registry API: store failed");
         }
         let mut body = json!({"error": code, "message": self.to_string()});
-        if let ApiError::Invalid(invalid) = &self {
+        if let ApiError::Invalid(invalid) = self {
             body["field"] = json!(invalid.field);
             body["message"] = json!(invalid.message);
         }
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         let mut response = (status, Json(body)).into_response();
         match &self {
             ApiError::Unauthenticated => {

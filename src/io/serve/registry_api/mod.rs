@@ -25,7 +25,7 @@
 //! is sent percent-encoded (`org-1%2Fsite-2`). A body's `effective_ms` says from when a
 //! change holds (default: now); the wrong field of a body is named in a 400's `field`.
 
-mod alerts;
+pub mod alerts;
 pub mod auth;
 pub mod error;
 mod handlers;
