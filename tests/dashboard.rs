@@ -139,7 +139,7 @@ fn the_dashboard_shows_charts_from_influxdb_and_open_alerts_without_errors() {
         "no device chart with data:\n{dom}"
     );
     assert!(dom.contains("<polyline class=\"mean\""), "{dom}");
-    assert!(dom.contains("<tr class=\"alert\">"), "no alert row:\n{dom}");
+    assert!(dom.contains("<tr class=\"alert\""), "no alert row:\n{dom}");
     assert!(dom.contains("charts from InfluxDB"), "{dom}");
 
     let png = screenshot(&profile, &url, "dashboard.png", (1280, 1600));

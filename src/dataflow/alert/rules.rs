@@ -47,6 +47,8 @@ pub enum Cause {
     Silence,
     /// Most of a site's devices silent at once.
     Site,
+    /// Most of a building's devices silent at once.
+    Building,
     /// A device whose clock is far off: its stamps keep landing more than the allowed skew
     /// ahead of the fleet time (dead letters) or behind it (late readings).
     Clock,
@@ -60,6 +62,7 @@ impl Cause {
             Self::Threshold => "threshold",
             Self::Silence => "silence",
             Self::Site => "site",
+            Self::Building => "building",
             Self::Clock => "clock",
         }
     }
@@ -217,26 +220,44 @@ impl Default for Lifecycle {
     }
 }
 
-/// Site alerts: many devices of one site silent at once is the site's problem (power, network),
-/// and one site alert replaces their per-device silence alerts.
+/// Outage alerts of one level of the hierarchy (`[site]`, `[building]`): many devices of one
+/// place silent at once is the place's problem (power, network), and one alert for it replaces
+/// their per-device silence alerts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SiteRule {
-    /// Share of a site's devices that must be silent at once.
+pub struct OutageRule {
+    /// Share of the place's devices that must be silent at once.
     pub silent_share: f64,
-    /// And at least this many devices.
+    /// And at least this many devices (0: no outage alerts at this level).
     pub min_devices: usize,
-    /// Severity of site alerts.
+    /// Severity of its alerts.
     pub severity: Severity,
 }
 
-impl Default for SiteRule {
-    fn default() -> Self {
+impl OutageRule {
+    /// The shipped rule of a level: half the place's devices, and at least 3.
+    fn half_of_at_least_three(severity: Severity) -> Self {
         Self {
             silent_share: 0.5,
             min_devices: 3,
-            severity: Severity::Critical,
+            severity,
         }
+    }
+
+    /// The site level's default.
+    pub fn site() -> Self {
+        Self::half_of_at_least_three(Severity::Critical)
+    }
+
+    /// The building level's default.
+    pub fn building() -> Self {
+        Self::half_of_at_least_three(Severity::Major)
+    }
+}
+
+impl Default for OutageRule {
+    fn default() -> Self {
+        Self::site()
     }
 }
 
@@ -267,9 +288,12 @@ pub struct AlertConfig {
     /// Alert lifecycle.
     #[serde(default)]
     pub lifecycle: Lifecycle,
-    /// Site alerts.
-    #[serde(default)]
-    pub site: SiteRule,
+    /// Site outage alerts.
+    #[serde(default = "OutageRule::site")]
+    pub site: OutageRule,
+    /// Building outage alerts (a site's own outage explains its buildings').
+    #[serde(default = "OutageRule::building")]
+    pub building: OutageRule,
     /// Maintenance windows.
     #[serde(default)]
     pub maintenance: Vec<Maintenance>,

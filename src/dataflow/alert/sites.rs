@@ -1,4 +1,5 @@
-//! Site alerts: when many of a site's devices are silent at once, the site is the problem.
+//! Outage alerts: when many of a building's or a site's devices are silent at once, the place
+//! is the problem (power, network), and one alert for it replaces its devices' silence alerts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,40 +11,75 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use super::book::alert_id;
-use super::rules::{AlertConfig, Cause};
+use super::rules::{AlertConfig, Cause, OutageRule};
 use super::{AlertEvent, AlertEventKind};
 use crate::dataflow::EventStream;
 use crate::dataflow::anomaly::DeviceActivity;
 use crate::dataflow::gather::GatherByTime;
 use crate::dataflow::model::{DeviceId, TimeMs};
 
-/// One site's state.
+/// A place outages are found at: a site, or a building of one (building names repeat across
+/// sites). Sites order before their buildings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PlaceKey {
+    site: String,
+    building: Option<String>,
+}
+
+impl PlaceKey {
+    /// The places a device is in: its site, and its building if it has one.
+    fn of(site: &str, building: &str) -> impl Iterator<Item = PlaceKey> {
+        let site_key = PlaceKey {
+            site: site.to_owned(),
+            building: None,
+        };
+        let building_key = (!building.is_empty()).then(|| PlaceKey {
+            site: site.to_owned(),
+            building: Some(building.to_owned()),
+        });
+        std::iter::once(site_key).chain(building_key)
+    }
+
+    /// The subject of its alert ids.
+    fn subject(&self) -> String {
+        match &self.building {
+            None => self.site.clone(),
+            Some(b) => format!("{}/{b}", self.site),
+        }
+    }
+}
+
+/// One place's state.
 #[derive(Default)]
-struct Site {
+struct Place {
     /// Devices heard lately: their last reading and how long they are remembered.
     known: FxHashMap<DeviceId, (TimeMs, u64)>,
     /// Devices with an open silence alert.
     silent: BTreeSet<DeviceId>,
-    /// The open site alert: its id.
-    alert: Option<String>,
-    /// Devices whose silence alerts the site alert replaced (their resolutions are dropped too).
+    /// The open outage alert: its id, and whether its site's alert mutes it (a building that
+    /// went dark with its site was not announced, nor is its end).
+    alert: Option<(String, bool)>,
+    /// (Sites only.) Devices whose silence alerts an outage alert replaced (their resolutions
+    /// are dropped too).
     replaced: BTreeSet<DeviceId>,
-    /// The site's organisation, as its devices say.
+    /// The place's organisation, as its devices say.
     org: String,
 }
 
-impl Site {
+impl Place {
     fn silent_share(&self) -> f64 {
         self.silent.len() as f64 / self.known.len().max(1) as f64
     }
 }
 
-/// Correlates device alerts per site.
+/// Correlates device alerts per building and site.
 pub trait CorrelateSites<'scope> {
     /// Passes device alert events through, except that when at least the configured share of a
-    /// site's devices (seen in their forget time) are silent at once, it opens one site alert
-    /// and drops those devices' silence events (and later ones of the site) while it is open.
-    /// The site alert resolves when fewer than half that share are still silent.
+    /// building's or a site's devices (seen in their forget time) are silent at once
+    /// (`[building]`, `[site]` of the rules), it opens one alert for the place and drops those
+    /// devices' silence events (and later ones there) while it is open. An outage alert
+    /// resolves when fewer than half that share are still silent. A site's outage explains its
+    /// buildings': a building alert that opens while its site's is open is not announced.
     ///
     /// # Examples
     ///
@@ -123,7 +159,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
             activity_by_site,
             "CorrelateSites",
             move |_cap, _info| {
-                let mut sites: FxHashMap<String, Site> = FxHashMap::default();
+                let mut places: FxHashMap<PlaceKey, Place> = FxHashMap::default();
                 let mut pending: GatherByTime<
                     Capability<TimeMs>,
                     Vec<AlertEvent>,
@@ -142,74 +178,88 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                         pending.next_ready(&[frontier, activity_frontier])
                     {
                         events.sort_by(|a, b| a.id.cmp(&b.id));
-                        // Sites whose silent set changed, with the latest event time that did it.
-                        let mut touched: BTreeMap<String, TimeMs> = BTreeMap::new();
+                        // Places whose silent set changed, with the latest event time that did it.
+                        let mut touched: BTreeMap<PlaceKey, TimeMs> = BTreeMap::new();
                         for a in heard {
-                            let site = sites.entry(a.device.site.clone()).or_default();
-                            if site.org != a.device.org {
-                                site.org.clone_from(&a.device.org);
+                            for key in PlaceKey::of(&a.device.site, &a.device.building) {
+                                let place = places.entry(key).or_default();
+                                if place.org != a.device.org {
+                                    place.org.clone_from(&a.device.org);
+                                }
+                                let last = place.known.entry(a.device_id.clone()).or_insert((0, 0));
+                                *last = (last.0.max(a.last_ts_ms), a.forget_after_ms);
+                                let latest = last.0;
+                                place.known.retain(|_, (t, forget)| *t + *forget > latest);
                             }
-                            let last = site.known.entry(a.device_id.clone()).or_insert((0, 0));
-                            *last = (last.0.max(a.last_ts_ms), a.forget_after_ms);
-                            let latest = last.0;
-                            site.known.retain(|_, (t, forget)| *t + *forget > latest);
                         }
                         for e in &events {
+                            let Some(device_id) = &e.device_id else {
+                                continue;
+                            };
                             if e.cause != Cause::Silence {
                                 continue;
                             }
-                            let (Some(device_id), site) =
-                                (&e.device_id, sites.entry(e.site.clone()).or_default())
-                            else {
-                                continue;
-                            };
-                            match e.event {
-                                AlertEventKind::Opened => {
-                                    site.silent.insert(device_id.clone());
-                                    site.known
-                                        .entry(device_id.clone())
-                                        .or_insert((e.ts_ms, u64::MAX / 2));
+                            for key in PlaceKey::of(&e.site, &e.building) {
+                                let place = places.entry(key.clone()).or_default();
+                                match e.event {
+                                    AlertEventKind::Opened => {
+                                        place.silent.insert(device_id.clone());
+                                        place
+                                            .known
+                                            .entry(device_id.clone())
+                                            .or_insert((e.ts_ms, u64::MAX / 2));
+                                    }
+                                    AlertEventKind::Resolved => {
+                                        place.silent.remove(device_id);
+                                    }
+                                    _ => {}
                                 }
-                                AlertEventKind::Resolved => {
-                                    site.silent.remove(device_id);
-                                }
-                                _ => {}
+                                let at = touched.entry(key).or_insert(e.ts_ms);
+                                *at = (*at).max(e.ts_ms);
                             }
-                            let at = touched.entry(e.site.clone()).or_insert(e.ts_ms);
-                            *at = (*at).max(e.ts_ms);
                         }
-                        let rule = &config.site;
-                        let mut site_events = Vec::new();
-                        for (name, ts_ms) in &touched {
-                            let site = sites.get_mut(name).expect("touched");
-                            let share = site.silent_share();
-                            match &site.alert {
-                                None if site.silent.len() >= rule.min_devices
+                        // Sites first (they order before their buildings): a site that goes dark
+                        // with its buildings mutes theirs.
+                        let mut place_events = Vec::new();
+                        for (key, ts_ms) in &touched {
+                            let site_open = key.building.is_some()
+                                && places
+                                    .get(&PlaceKey {
+                                        site: key.site.clone(),
+                                        building: None,
+                                    })
+                                    .is_some_and(|s| s.alert.is_some());
+                            let rule = match key.building {
+                                None => &config.site,
+                                Some(_) => &config.building,
+                            };
+                            let place = places.get_mut(key).expect("touched");
+                            let share = place.silent_share();
+                            let outage = Outage {
+                                key,
+                                org: &place.org,
+                                ts_ms: *ts_ms,
+                                share,
+                                rule,
+                            };
+                            match &place.alert {
+                                None if rule.min_devices > 0
+                                    && place.silent.len() >= rule.min_devices
                                     && share >= rule.silent_share =>
                                 {
-                                    let id = alert_id(name, None, Cause::Site, *ts_ms);
-                                    site_events.push(site_event(
-                                        &id,
-                                        name,
-                                        &site.org,
-                                        AlertEventKind::Opened,
-                                        *ts_ms,
-                                        share,
-                                        &config,
-                                    ));
-                                    site.alert = Some(id);
+                                    let id = alert_id(&key.subject(), None, outage.cause(), *ts_ms);
+                                    if !site_open {
+                                        place_events
+                                            .push(outage.event(&id, AlertEventKind::Opened));
+                                    }
+                                    place.alert = Some((id, site_open));
                                 }
-                                Some(id) if share < rule.silent_share / 2.0 => {
-                                    site_events.push(site_event(
-                                        id,
-                                        name,
-                                        &site.org,
-                                        AlertEventKind::Resolved,
-                                        *ts_ms,
-                                        share,
-                                        &config,
-                                    ));
-                                    site.alert = None;
+                                Some((id, muted)) if share < rule.silent_share / 2.0 => {
+                                    if !muted {
+                                        place_events
+                                            .push(outage.event(id, AlertEventKind::Resolved));
+                                    }
+                                    place.alert = None;
                                 }
                                 _ => {}
                             }
@@ -218,9 +268,16 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                         for e in events {
                             if e.cause == Cause::Silence
                                 && let Some(device_id) = &e.device_id
-                                && let Some(site) = sites.get_mut(&e.site)
                             {
-                                if site.alert.is_some() && e.event == AlertEventKind::Opened {
+                                let explained = PlaceKey::of(&e.site, &e.building)
+                                    .any(|k| places.get(&k).is_some_and(|p| p.alert.is_some()));
+                                let site = places
+                                    .entry(PlaceKey {
+                                        site: e.site.clone(),
+                                        building: None,
+                                    })
+                                    .or_default();
+                                if explained && e.event == AlertEventKind::Opened {
                                     site.replaced.insert(device_id.clone());
                                     continue;
                                 }
@@ -232,7 +289,7 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                             }
                             session.give(e);
                         }
-                        session.give_iterator(site_events.into_iter());
+                        session.give_iterator(place_events.into_iter());
                     }
                 }
             },
@@ -240,32 +297,47 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
     }
 }
 
-fn site_event(
-    alert_id: &str,
-    site: &str,
-    org: &str,
-    event: AlertEventKind,
+/// A place's outage, as its alert events say it.
+struct Outage<'a> {
+    key: &'a PlaceKey,
+    org: &'a str,
     ts_ms: TimeMs,
     share: f64,
-    config: &AlertConfig,
-) -> AlertEvent {
-    AlertEvent {
-        id: format!("{alert_id}/{}/{ts_ms}", event.code()),
-        alert_id: alert_id.to_string(),
-        event,
-        device_id: None,
-        site: site.to_string(),
-        org: org.to_string(),
-        building: String::new(),
-        metric: None,
-        rule: "site-silent".to_string(),
-        severity: config.site.severity,
-        cause: Cause::Site,
-        ts_ms,
-        score: None,
-        value: Some(share),
-        silenced_by: None,
-        overdue: false,
-        acknowledged_by: None,
+    rule: &'a OutageRule,
+}
+
+impl Outage<'_> {
+    fn cause(&self) -> Cause {
+        match self.key.building {
+            None => Cause::Site,
+            Some(_) => Cause::Building,
+        }
+    }
+
+    fn event(&self, alert_id: &str, event: AlertEventKind) -> AlertEvent {
+        let ts_ms = self.ts_ms;
+        AlertEvent {
+            id: format!("{alert_id}/{}/{ts_ms}", event.code()),
+            alert_id: alert_id.to_string(),
+            event,
+            device_id: None,
+            site: self.key.site.clone(),
+            org: self.org.to_string(),
+            building: self.key.building.clone().unwrap_or_default(),
+            metric: None,
+            rule: match self.key.building {
+                None => "site-silent",
+                Some(_) => "building-silent",
+            }
+            .to_string(),
+            severity: self.rule.severity,
+            cause: self.cause(),
+            ts_ms,
+            score: None,
+            value: Some(self.share),
+            silenced_by: None,
+            overdue: false,
+            acknowledged_by: None,
+        }
     }
 }

@@ -215,7 +215,7 @@ fn silence_schema() -> Value {
                              "buildings": list("Buildings."), "metrics": list("Metric names (the catalog's)."),
                              "rules": list("Rule names."),
                              "severities": {"type": "array", "items": {"enum": ["warning", "minor", "major", "critical"]}},
-                             "causes": {"type": "array", "items": {"enum": ["anomaly", "threshold", "silence", "site", "clock"]}}}},
+                             "causes": {"type": "array", "items": {"enum": ["anomaly", "threshold", "silence", "site", "building", "clock"]}}}},
             "starts_ms": {"type": "integer", "description": "From (ms since the epoch; default and at the earliest: now)."},
             "ends_ms": {"type": "integer", "description": "Until, exclusive."},
             "created_by": {"type": "string"},
