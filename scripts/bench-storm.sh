@@ -87,7 +87,7 @@ for (cause, event), n in sorted(kinds.items()):
     print(f"  {cause:10} {event:10} {n}")
 outages = [e for e in dark_opened if e["cause"] in ("site", "building")]
 print(f"  dark sites with an outage alert: {len({e['site'] for e in outages})} of {len(sites)}; "
-      f"device alerts opened in them: {sum(1 for e in dark_opened if e['device_id'])}")
+      f"device alerts opened in them: {sum(1 for e in dark_opened if e.get('device_id'))}")
 PY
 }
 

@@ -469,3 +469,128 @@ fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_
     expect_field(&api.read("/v1/alerts?colour=red"), "colour");
     expect_field(&api.read("/v1/alerts?state=maybe"), "state");
 }
+
+/// The quick rules as the dataflow takes them, parsed and resolved.
+fn parsed_rules(path: &Path) -> iotpipe::dataflow::alert::AlertConfig {
+    let mut rules: iotpipe::dataflow::alert::AlertConfig =
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    rules
+        .resolve(iotpipe::dataflow::schema::SchemaSet::embedded().catalog())
+        .unwrap();
+    rules
+}
+
+#[test]
+fn a_rules_change_holds_from_its_effective_time_for_1_and_2_workers() {
+    let data = common::dataset(200, 420);
+    let dir = data.dir.path();
+    let rules = quick_policy_rules(dir);
+    let baseline_out = dir.join("baseline");
+    replay(&data, &baseline_out, &rules, "2", &[]);
+    let baseline = events_of(&baseline_out.join("alerts.jsonl"));
+    // The single-window threshold warnings: the change removes their rule halfway through.
+    let warned: Vec<u64> = baseline
+        .iter()
+        .filter(|e| e["rule"] == "over-threshold" && e["event"] == "opened")
+        .map(|e| e["ts_ms"].as_u64().unwrap())
+        .collect();
+    assert!(warned.len() >= 2, "{warned:?}");
+    let effective_ms = (warned[0] + warned[warned.len() - 1]) / 2;
+    let mut changed = parsed_rules(&rules);
+    changed.rules.retain(|r| r.name != "over-threshold");
+    let change = iotpipe::dataflow::alert::control::RulesChange {
+        version: 1,
+        effective_ms,
+        rules: changed,
+    };
+    let mut line = serde_json::to_value(&change).unwrap();
+    line["kind"] = json!("rules");
+    let controls = dir.join("controls.jsonl");
+    std::fs::write(&controls, format!("{line}\n")).unwrap();
+
+    let mut outputs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = dir.join(format!("out-w{workers}"));
+        replay(
+            &data,
+            &out,
+            &rules,
+            workers,
+            &["--alert-controls".as_ref(), controls.as_os_str()],
+        );
+        outputs.push(std::fs::read(out.join("alerts.jsonl")).unwrap());
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "alert events differ between 1 and 2 workers"
+    );
+    let events = events_of(&dir.join("out-w2/alerts.jsonl"));
+    let opened = |events: &[Value], before: bool| {
+        events
+            .iter()
+            .filter(|e| e["rule"] == "over-threshold" && e["event"] == "opened")
+            .filter(|e| (e["ts_ms"].as_u64().unwrap() < effective_ms) == before)
+            .count()
+    };
+    // Before the change, the same as without it; from it on, none.
+    assert_eq!(opened(&events, true), opened(&baseline, true));
+    assert!(opened(&baseline, false) > 0);
+    assert_eq!(
+        opened(&events, false),
+        0,
+        "warnings after the rule was removed"
+    );
+}
+
+#[test]
+fn rules_put_through_the_api_are_checked_and_join_the_control_log() {
+    use common::api::{Api, expect, expect_field};
+    let api = Api::start();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/datasets/alert_rules.toml"
+    ))
+    .unwrap();
+    expect(&api.read("/v1/alert-rules"), 404);
+    let put = |body: &str| {
+        let auth = format!("Bearer {}", common::api::WRITE);
+        common::http_request(
+            api.port,
+            "PUT",
+            "/v1/alert-rules",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/toml"),
+            ],
+            Some(body),
+        )
+        .unwrap()
+    };
+    let bad = shipped.replace("kinds = [\"spike\"]", "kinds = [\"spike\"] }\n[[rules]]\nname = \"hot\"\nseverity = \"major\"\nmatch = { metrics = [\"colour\"] }\nwhen.threshold = {");
+    expect_field(&put(&bad), "rules.hot");
+    expect_field(&put("this is not toml = ["), "body");
+    let created = expect(&put(&shipped), 201);
+    assert_eq!(created["version"], 1);
+    let again = expect(&put(&shipped), 201);
+    assert_eq!(again["version"], 2);
+    let current = expect(&api.read("/v1/alert-rules"), 200);
+    assert_eq!(current["version"], 2);
+    assert!(current["rules"]["rules"].as_array().unwrap().len() >= 8);
+    // In the log the replay reads: two rules lines, which it loads.
+    let log = api.read("/v1/alert-controls");
+    assert_eq!(
+        log.body
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"rules\""))
+            .count(),
+        2
+    );
+    let file = api.server.dir().join("controls.jsonl");
+    std::fs::write(&file, &log.body).unwrap();
+    let loaded = iotpipe::io::support::schema_files::load_alert_controls(
+        &file,
+        iotpipe::dataflow::schema::SchemaSet::embedded().catalog(),
+    )
+    .unwrap();
+    assert_eq!(loaded.len(), 2);
+}

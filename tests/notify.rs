@@ -753,6 +753,7 @@ fn alertmanager_alerts_stay_firing_while_posted_again() {
         site: "s".into(),
         silenced: false,
         overdue: false,
+        emitted_ms: None,
         json: event.to_string(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

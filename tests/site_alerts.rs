@@ -67,9 +67,13 @@ fn most_of_a_site_silent_is_one_site_alert() {
         let mut activity: VecInput<u64, DeviceActivity> = VecInput::new();
         let captured = worker.dataflow::<u64, _, _>(|scope| {
             let activity = activity.to_stream(scope);
+            let no_controls = timely::dataflow::operators::ToStream::to_stream(
+                Vec::<iotpipe::dataflow::alert::AlertControl>::new(),
+                scope,
+            );
             events
                 .to_stream(scope)
-                .correlate_sites(activity, Arc::new(AlertConfig::default()))
+                .correlate_sites(activity, no_controls, Arc::new(AlertConfig::default()))
                 .capture()
         });
         // Site A has 4 devices, site B 4; B loses one device, A three at once.
@@ -144,9 +148,13 @@ fn correlate(steps: Vec<Step>) -> Vec<AlertEvent> {
         let mut activity: VecInput<u64, DeviceActivity> = VecInput::new();
         let captured = worker.dataflow::<u64, _, _>(|scope| {
             let activity = activity.to_stream(scope);
+            let no_controls = timely::dataflow::operators::ToStream::to_stream(
+                Vec::<iotpipe::dataflow::alert::AlertControl>::new(),
+                scope,
+            );
             events
                 .to_stream(scope)
-                .correlate_sites(activity, Arc::new(AlertConfig::default()))
+                .correlate_sites(activity, no_controls, Arc::new(AlertConfig::default()))
                 .capture()
         });
         for (time, heard, silences) in steps {

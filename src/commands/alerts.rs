@@ -50,6 +50,10 @@ pub struct AlertsConfig {
     /// The channels, as `--notify` files give them to `replay` and `demo`; set `ledger_dir`,
     /// or a restarted dispatcher sends again what it had delivered.
     pub notify: NotifyConfig,
+    /// The Prometheus endpoint (`/metrics`: deliveries, failures, and
+    /// `iotpipe_notify_latency_seconds`, from the topic to the receiver's acknowledgement).
+    #[serde(default)]
+    pub metrics: crate::commands::run::config::MetricsConfig,
 }
 
 impl AlertsConfig {
@@ -75,11 +79,12 @@ impl AlertsConfig {
             && n.mqtt.is_empty()
             && n.file.is_empty()
             && n.alertmanager.is_empty()
+            && n.store.is_none()
         {
             return invalid(
                 "notify",
-                "has no channel: add a [[notify.webhook]], [[notify.mqtt]], [[notify.file]] or \
-                 [[notify.alertmanager]]",
+                "has no channel: add a [[notify.webhook]], [[notify.mqtt]], [[notify.file]], \
+                 [[notify.alertmanager]] or [notify.store]",
             );
         }
         if n.ledger_dir.is_none() {
@@ -143,6 +148,7 @@ fn notification(payload: &[u8]) -> Option<Notification> {
         site: event["site"].as_str().unwrap_or_default().to_owned(),
         silenced: event["silenced_by"].is_string(),
         overdue: event["overdue"].as_bool().unwrap_or(false),
+        emitted_ms: None,
         json: json.to_owned(),
     })
 }
@@ -176,6 +182,15 @@ pub fn run_alerts(
     consumer
         .subscribe(&[&topic])
         .map_err(client_error(format!("subscribing to {topic}")))?;
+    if let Some(listen) = config.metrics.listen {
+        let local = crate::io::serve::metrics::serve(listen, Arc::clone(metrics)).map_err(|e| {
+            AlertsError::Invalid {
+                field: "metrics.listen",
+                message: format!("cannot listen on {listen}: {e}"),
+            }
+        })?;
+        tracing::info!(%local, "metrics at /metrics");
+    }
     let notifier = Notifier::start(&config.notify, metrics)?;
     let handle = notifier.handle();
     tracing::info!(%topic, %group, "dispatching alert events");
@@ -228,7 +243,10 @@ pub fn run_alerts(
             };
             next.insert(message.partition(), message.offset() + 1);
             match message.payload().and_then(notification) {
-                Some(n) => batch.push(n),
+                Some(mut n) => {
+                    n.emitted_ms = message.timestamp().to_millis();
+                    batch.push(n);
+                }
                 None => {
                     report.skipped += 1;
                     tracing::warn!(

@@ -163,10 +163,16 @@ pub fn pipeline<'scope>(
                 .map(Signal::Clock),
         )
         .concat(windowed.activity.clone().map(Signal::Heard));
+    let controls = inputs.alert_controls;
     let alerts = signals
-        .evaluate_alerts(progress.clone(), alert_config.clone(), config.window)
-        .correlate_sites(windowed.activity, alert_config.clone())
-        .apply_notification_policy(inputs.alert_controls, progress, alert_config);
+        .evaluate_alerts(
+            controls.clone(),
+            progress.clone(),
+            alert_config.clone(),
+            config.window,
+        )
+        .correlate_sites(windowed.activity, controls.clone(), alert_config.clone())
+        .apply_notification_policy(controls, progress, alert_config);
     PipelineOutputs {
         readings: enriched,
         aggregates: windowed.aggregates,

@@ -31,7 +31,8 @@ enum Mute {
 struct OpenAlert {
     alert_id: String,
     device: SharedDeviceInfo,
-    rule: usize,
+    /// The rule that fired (by name: rules may change while it is open).
+    rule: String,
     severity: Severity,
     last_fired_ms: TimeMs,
     score: Option<f64>,
@@ -75,6 +76,26 @@ impl AlertBook {
             runs: FxHashMap::default(),
             clock_faults: FxHashMap::default(),
         }
+    }
+
+    /// The rules from now on (a change that took effect): open alerts stay open under the
+    /// rule that fired them; runs of windows and recent clock faults are kept for the rules
+    /// that keep their name, and forgotten for the others.
+    pub fn set_config(&mut self, config: Arc<AlertConfig>) {
+        let old = std::mem::replace(&mut self.config, config);
+        let new = &self.config;
+        let index_of = |i: usize| {
+            let name = &old.rules.get(i)?.name;
+            new.rules.iter().position(|r| &r.name == name)
+        };
+        self.runs = std::mem::take(&mut self.runs)
+            .into_iter()
+            .filter_map(|((d, m, i), run)| Some(((d, m, index_of(i)?), run)))
+            .collect();
+        self.clock_faults = std::mem::take(&mut self.clock_faults)
+            .into_iter()
+            .filter_map(|((d, i), faults)| Some(((d, index_of(i)?), faults)))
+            .collect();
     }
 
     /// Applies a signal.
@@ -243,7 +264,7 @@ impl AlertBook {
                 // A finding may date from before the alert opened; the escalation happens now.
                 let at = f.ts_ms.max(alert.last_fired_ms);
                 alert.severity = rule.severity;
-                alert.rule = f.rule;
+                alert.rule.clone_from(&rule.name);
                 alert.score = f.score;
                 alert.value = f.value;
                 let alert = alert.clone();
@@ -271,7 +292,7 @@ impl AlertBook {
         let alert = OpenAlert {
             alert_id: alert_id(f.device_id, f.metric, key.2, f.ts_ms),
             device: Arc::clone(f.device),
-            rule: f.rule,
+            rule: rule.name.clone(),
             severity: rule.severity,
             last_fired_ms: f.ts_ms,
             score: f.score,
@@ -295,14 +316,7 @@ impl AlertBook {
             {
                 alert.mute = None;
                 let alert = alert.clone();
-                push_event(
-                    &self.config,
-                    key,
-                    &alert,
-                    AlertEventKind::Opened,
-                    until,
-                    out,
-                );
+                push_event(key, &alert, AlertEventKind::Opened, until, out);
             }
         }
         for key in resolved {
@@ -335,7 +349,7 @@ impl AlertBook {
         out: &mut Vec<AlertEvent>,
     ) {
         if alert.mute.is_none() {
-            push_event(&self.config, key, alert, event, ts_ms, out);
+            push_event(key, alert, event, ts_ms, out);
         }
     }
 
@@ -346,7 +360,6 @@ impl AlertBook {
 }
 
 fn push_event(
-    config: &AlertConfig,
     key: &AlertKey,
     alert: &OpenAlert,
     event: AlertEventKind,
@@ -362,7 +375,7 @@ fn push_event(
         org: alert.device.org.clone(),
         building: alert.device.building.clone(),
         metric: key.1,
-        rule: config.rules[alert.rule].name.clone(),
+        rule: alert.rule.clone(),
         severity: alert.severity,
         cause: key.2,
         ts_ms,

@@ -1,10 +1,14 @@
-//! What people say about alerts: silences and acknowledgements. They are data with event times,
-//! like registry changes: the metadata store keeps them, and they flow into the dataflow, so a
-//! replay of the same input with the same silences and acknowledgements notifies the same.
+//! What people say about alerts: silences, acknowledgements, and the rules themselves. They are
+//! data with event times, like registry changes: the metadata store keeps them, and they flow
+//! into the dataflow, so a replay of the same input with the same controls alerts and notifies
+//! the same.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AlertEvent, Cause, Severity};
+use super::{AlertConfig, AlertEvent, Cause, Severity};
 use crate::dataflow::model::{MetricId, TimeMs};
 use crate::dataflow::schema::MetricCatalog;
 
@@ -17,6 +21,8 @@ pub enum AlertControl {
     Silence(Box<Silence>),
     /// Someone took an alert on.
     Acknowledgement(Acknowledgement),
+    /// New alert rules, from an event time on.
+    Rules(Box<RulesChange>),
 }
 
 /// A control as a JSON line (the store's control log, `replay --alert-controls`): its kind
@@ -28,6 +34,8 @@ pub enum ControlLine {
     Silence(Box<Silence>),
     /// An acknowledgement.
     Acknowledgement(Acknowledgement),
+    /// New alert rules.
+    Rules(Box<RulesChange>),
 }
 
 impl From<ControlLine> for AlertControl {
@@ -35,7 +43,68 @@ impl From<ControlLine> for AlertControl {
         match line {
             ControlLine::Silence(s) => Self::Silence(s),
             ControlLine::Acknowledgement(a) => Self::Acknowledgement(a),
+            ControlLine::Rules(r) => Self::Rules(r),
         }
+    }
+}
+
+/// Alert rules (the whole `alert_rules.toml`: rules, lifecycle, outages, maintenance,
+/// notification) in force from `effective_ms` on, without a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesChange {
+    /// Its version: of two changes with one effective time, the later version holds.
+    pub version: u64,
+    /// Event time from which the rules hold (ms since the epoch).
+    pub effective_ms: TimeMs,
+    /// The rules.
+    pub rules: AlertConfig,
+}
+
+/// The rules in force as event time passes: the initial ones, then each change from its
+/// effective time. Every alert stage keeps one, and switches at the same timely time, so the
+/// switch is the same for any number of workers and for a replay.
+#[derive(Debug)]
+pub struct RulesInForce {
+    current: Arc<AlertConfig>,
+    pending: BTreeMap<(TimeMs, u64), Arc<AlertConfig>>,
+}
+
+impl RulesInForce {
+    /// The initial rules.
+    pub fn new(initial: Arc<AlertConfig>) -> Self {
+        Self {
+            current: initial,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a rules change (any other control is ignored).
+    pub fn offer(&mut self, control: &AlertControl) {
+        if let AlertControl::Rules(change) = control {
+            self.pending.insert(
+                (change.effective_ms, change.version),
+                Arc::new(change.rules.clone()),
+            );
+        }
+    }
+
+    /// The rules in force at `time`, if they changed since the last call.
+    pub fn advance(&mut self, time: TimeMs) -> Option<Arc<AlertConfig>> {
+        let mut changed = None;
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > time {
+                break;
+            }
+            self.current = entry.remove();
+            changed = Some(Arc::clone(&self.current));
+        }
+        changed
+    }
+
+    /// The rules in force.
+    pub fn current(&self) -> &Arc<AlertConfig> {
+        &self.current
     }
 }
 
@@ -158,4 +227,33 @@ pub struct Acknowledgement {
     pub note: String,
     /// When (event time, ms since the epoch).
     pub at_ms: TimeMs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(version: u64, effective_ms: TimeMs, clear_after_ms: u64) -> AlertControl {
+        let mut rules = AlertConfig::default();
+        rules.lifecycle.clear_after_ms = clear_after_ms;
+        AlertControl::Rules(Box::new(RulesChange {
+            version,
+            effective_ms,
+            rules,
+        }))
+    }
+
+    #[test]
+    fn rules_hold_from_their_effective_time_and_the_later_version_wins_a_tie() {
+        let mut rules = RulesInForce::new(Arc::new(AlertConfig::default()));
+        // Offered in any order.
+        rules.offer(&change(3, 200, 3));
+        rules.offer(&change(1, 100, 1));
+        rules.offer(&change(2, 200, 2));
+        assert!(rules.advance(99).is_none());
+        assert_eq!(rules.advance(100).unwrap().lifecycle.clear_after_ms, 1);
+        assert!(rules.advance(150).is_none());
+        assert_eq!(rules.advance(250).unwrap().lifecycle.clear_after_ms, 3);
+        assert_eq!(rules.current().lifecycle.clear_after_ms, 3);
+    }
 }

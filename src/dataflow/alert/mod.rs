@@ -147,7 +147,9 @@ impl Signal {
 pub trait EvaluateAlerts<'scope> {
     /// Applies each time's signals in event-time order once the frontier has passed it, and
     /// at each tick (a window close time, seen by every worker) resolves alerts whose condition
-    /// has cleared. The signals must be partitioned by device.
+    /// has cleared. The signals must be partitioned by device. A rules change among `controls`
+    /// holds from the first time at or after its effective time (see
+    /// [`control::RulesInForce`]).
     ///
     /// # Examples
     ///
@@ -155,7 +157,7 @@ pub trait EvaluateAlerts<'scope> {
     /// use std::sync::Arc;
     ///
     /// use iotpipe::dataflow::WindowConfig;
-    /// use iotpipe::dataflow::alert::{AlertConfig, EvaluateAlerts, Signal};
+    /// use iotpipe::dataflow::alert::{AlertConfig, AlertControl, EvaluateAlerts, Signal};
     /// use iotpipe::dataflow::anomaly::{AnomalyKind, AnomalyScore};
     /// use iotpipe::dataflow::model::DeviceInfo;
     /// use timely::dataflow::operators::capture::Extract;
@@ -174,7 +176,9 @@ pub trait EvaluateAlerts<'scope> {
     /// });
     /// let captured = timely::example(move |scope| {
     ///     let (_ticks_input, ticks) = scope.new_input::<Vec<u64>>();
+    ///     let no_controls = Vec::<AlertControl>::new().to_stream(scope);
     ///     let events = vec![silence].to_stream(scope).evaluate_alerts(
+    ///         no_controls,
     ///         ticks,
     ///         Arc::new(AlertConfig::default()),
     ///         WindowConfig::default(),
@@ -188,6 +192,7 @@ pub trait EvaluateAlerts<'scope> {
     /// ```
     fn evaluate_alerts(
         self,
+        controls: EventStream<'scope, AlertControl>,
         ticks: EventStream<'scope, TimeMs>,
         config: Arc<AlertConfig>,
         window: WindowConfig,
@@ -197,33 +202,46 @@ pub trait EvaluateAlerts<'scope> {
 impl<'scope> EvaluateAlerts<'scope> for EventStream<'scope, Signal> {
     fn evaluate_alerts(
         self,
+        controls: EventStream<'scope, AlertControl>,
         ticks: EventStream<'scope, TimeMs>,
         config: Arc<AlertConfig>,
         window: WindowConfig,
     ) -> EventStream<'scope, AlertEvent> {
+        let controls_and_ticks = controls_and_ticks(controls, ticks);
         self.binary_frontier(
-            ticks,
+            controls_and_ticks,
             Pipeline,
             Pipeline,
             "EvaluateAlerts",
             move |_cap, _info| {
+                let mut rules = control::RulesInForce::new(Arc::clone(&config));
                 let mut book = AlertBook::new(config, window.length_ms);
-                // Per time: its signals, and whether it is a tick.
-                let mut pending: GatherByTime<Capability<TimeMs>, Vec<Signal>, bool> =
-                    GatherByTime::default();
+                // Per time: its signals, and its controls (none: a tick).
+                let mut pending: GatherByTime<
+                    Capability<TimeMs>,
+                    Vec<Signal>,
+                    Vec<Option<AlertControl>>,
+                > = GatherByTime::default();
                 let mut events = Vec::new();
-                move |(input, frontier), (ticks, ticks_frontier), output| {
+                move |(input, frontier), (controls, controls_frontier), output| {
                     input.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
                         pending.at(time, || cap.delayed(&time, 0)).0.append(data);
                     });
-                    ticks.for_each(|cap, _| {
+                    controls.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
-                        *pending.at(time, || cap.delayed(&time, 0)).1 = true;
+                        pending.at(time, || cap.delayed(&time, 0)).1.append(data);
                     });
-                    while let Some((time, cap, mut signals, tick)) =
-                        pending.next_ready(&[frontier, ticks_frontier])
+                    while let Some((time, cap, mut signals, controls)) =
+                        pending.next_ready(&[frontier, controls_frontier])
                     {
+                        let tick = controls.iter().any(Option::is_none);
+                        for control in controls.iter().flatten() {
+                            rules.offer(control);
+                        }
+                        if let Some(config) = rules.advance(time) {
+                            book.set_config(config);
+                        }
                         if tick {
                             book.tick(time, &mut events);
                         }
@@ -237,4 +255,15 @@ impl<'scope> EvaluateAlerts<'scope> for EventStream<'scope, Signal> {
             },
         )
     }
+}
+
+/// Controls from every worker to every worker (`Some`), with the ticks (`None`): the second
+/// input of the alert stages, which take both in timely-time order.
+pub(crate) fn controls_and_ticks<'scope>(
+    controls: EventStream<'scope, AlertControl>,
+    ticks: EventStream<'scope, TimeMs>,
+) -> EventStream<'scope, Option<AlertControl>> {
+    use timely::dataflow::operators::Concat;
+    use timely::dataflow::operators::vec::{Broadcast, Map};
+    controls.broadcast().map(Some).concat(ticks.map(|_| None))
 }

@@ -22,11 +22,10 @@ use std::sync::Arc;
 use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, Concat};
 
-use super::control::{Acknowledgement, AlertControl, Silence};
+use super::control::{Acknowledgement, AlertControl, RulesInForce, Silence};
 use super::rules::AlertConfig;
 use super::{AlertEvent, AlertEventKind, Severity};
 use crate::dataflow::EventStream;
@@ -181,8 +180,7 @@ impl<'scope> ApplyNotificationPolicy<'scope> for EventStream<'scope, AlertEvent>
         ticks: EventStream<'scope, TimeMs>,
         config: Arc<AlertConfig>,
     ) -> EventStream<'scope, AlertEvent> {
-        // None: a tick.
-        let controls_and_ticks = controls.broadcast().map(Some).concat(ticks.map(|_| None));
+        let controls_and_ticks = super::controls_and_ticks(controls, ticks);
         let by_alert = Exchange::new(|e: &AlertEvent| e.alert_id.hashed());
         self.binary_frontier(
             controls_and_ticks,
@@ -213,6 +211,7 @@ impl<'scope> ApplyNotificationPolicy<'scope> for EventStream<'scope, AlertEvent>
                         for control in controls.into_iter().flatten() {
                             book.control(control);
                         }
+                        book.rules_at(time);
                         events.sort_by(|a, b| {
                             (a.ts_ms, a.event, &a.id).cmp(&(b.ts_ms, b.event, &b.id))
                         });
@@ -248,6 +247,7 @@ struct Tracked {
 /// One worker's policy state: its open alerts, and every silence and acknowledgement.
 pub struct PolicyBook {
     config: Arc<AlertConfig>,
+    rules: RulesInForce,
     open: BTreeMap<String, Tracked>,
     silences: BTreeMap<String, Silence>,
     acks: BTreeMap<String, Acknowledgement>,
@@ -257,6 +257,7 @@ impl PolicyBook {
     /// An empty book.
     pub fn new(config: Arc<AlertConfig>) -> Self {
         Self {
+            rules: RulesInForce::new(Arc::clone(&config)),
             config,
             open: BTreeMap::new(),
             silences: BTreeMap::new(),
@@ -286,6 +287,14 @@ impl PolicyBook {
                     self.acks.insert(a.alert_id.clone(), a);
                 }
             }
+            rules @ AlertControl::Rules(_) => self.rules.offer(&rules),
+        }
+    }
+
+    /// Takes the rules in force at `time` (their `notification` policy).
+    pub fn rules_at(&mut self, time: TimeMs) {
+        if let Some(config) = self.rules.advance(time) {
+            self.config = config;
         }
     }
 

@@ -81,8 +81,9 @@ pub struct Selector {
     pub metrics: Vec<String>,
     /// Device ids.
     pub devices: Vec<String>,
-    /// `metrics` resolved against the catalog (see [`AlertConfig::resolve`]).
-    #[serde(skip)]
+    /// `metrics` resolved against the catalog (see [`AlertConfig::resolve`]). Serialised, as
+    /// rules cross processes in bincode; [`AlertConfig::resolve`] sets it from the names.
+    #[serde(default)]
     pub metric_ids: Vec<MetricId>,
 }
 

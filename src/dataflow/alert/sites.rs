@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use differential_dataflow::Hashable;
 use rustc_hash::FxHashMap;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Capability, Concat, Exchange as _};
 
 use super::book::alert_id;
+use super::control::{AlertControl, RulesInForce};
 use super::rules::{AlertConfig, Cause, OutageRule};
 use super::{AlertEvent, AlertEventKind};
 use crate::dataflow::EventStream;
@@ -87,7 +89,7 @@ pub trait CorrelateSites<'scope> {
     /// use std::sync::Arc;
     ///
     /// use iotpipe::dataflow::alert::{
-    ///     AlertConfig, AlertEvent, AlertEventKind, Cause, CorrelateSites, Severity,
+    ///     AlertConfig, AlertControl, AlertEvent, AlertEventKind, Cause, CorrelateSites, Severity,
     /// };
     /// use iotpipe::dataflow::anomaly::DeviceActivity;
     /// use iotpipe::dataflow::model::DeviceInfo;
@@ -130,8 +132,9 @@ pub trait CorrelateSites<'scope> {
     /// let captured = timely::example(move |scope| {
     ///     let activity = (1..=4).map(heard).collect::<Vec<_>>().to_stream(scope);
     ///     let events = (1..=3).map(silent).collect::<Vec<_>>().to_stream(scope);
+    ///     let no_controls = Vec::<AlertControl>::new().to_stream(scope);
     ///     events
-    ///         .correlate_sites(activity, Arc::new(AlertConfig::default()))
+    ///         .correlate_sites(activity, no_controls, Arc::new(AlertConfig::default()))
     ///         .map(|e| (e.event.code(), e.cause.code(), e.device_id.map(|d| d.to_string())))
     ///         .capture()
     /// });
@@ -141,30 +144,40 @@ pub trait CorrelateSites<'scope> {
     fn correlate_sites(
         self,
         activity: EventStream<'scope, DeviceActivity>,
+        controls: EventStream<'scope, AlertControl>,
         config: Arc<AlertConfig>,
     ) -> EventStream<'scope, AlertEvent>;
+}
+
+/// What the correlation's second input brings: activity (by site) or a control (to all).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Heard {
+    Activity(DeviceActivity),
+    Control(AlertControl),
 }
 
 impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
     fn correlate_sites(
         self,
         activity: EventStream<'scope, DeviceActivity>,
+        controls: EventStream<'scope, AlertControl>,
         config: Arc<AlertConfig>,
     ) -> EventStream<'scope, AlertEvent> {
         let events_by_site = Exchange::new(|e: &AlertEvent| e.site.hashed());
-        let activity_by_site = Exchange::new(|a: &DeviceActivity| a.device.site.hashed());
+        let heard = activity
+            .exchange(|a: &DeviceActivity| a.device.site.hashed())
+            .map(Heard::Activity)
+            .concat(controls.broadcast().map(Heard::Control));
         self.binary_frontier(
-            activity,
+            heard,
             events_by_site,
-            activity_by_site,
+            Pipeline,
             "CorrelateSites",
             move |_cap, _info| {
+                let mut rules = RulesInForce::new(config);
                 let mut places: FxHashMap<PlaceKey, Place> = FxHashMap::default();
-                let mut pending: GatherByTime<
-                    Capability<TimeMs>,
-                    Vec<AlertEvent>,
-                    Vec<DeviceActivity>,
-                > = GatherByTime::default();
+                let mut pending: GatherByTime<Capability<TimeMs>, Vec<AlertEvent>, Vec<Heard>> =
+                    GatherByTime::default();
                 move |(events, frontier), (activity, activity_frontier), output| {
                     events.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
@@ -174,13 +187,22 @@ impl<'scope> CorrelateSites<'scope> for EventStream<'scope, AlertEvent> {
                         let Some(&time) = cap.least() else { return };
                         pending.at(time, || cap.delayed(&time, 0)).1.append(data);
                     });
-                    while let Some((_, cap, mut events, heard)) =
+                    while let Some((time, cap, mut events, heard)) =
                         pending.next_ready(&[frontier, activity_frontier])
                     {
+                        let mut activity = Vec::with_capacity(heard.len());
+                        for h in heard {
+                            match h {
+                                Heard::Activity(a) => activity.push(a),
+                                Heard::Control(c) => rules.offer(&c),
+                            }
+                        }
+                        rules.advance(time);
+                        let config = Arc::clone(rules.current());
                         events.sort_by(|a, b| a.id.cmp(&b.id));
                         // Places whose silent set changed, with the latest event time that did it.
                         let mut touched: BTreeMap<PlaceKey, TimeMs> = BTreeMap::new();
-                        for a in heard {
+                        for a in activity {
                             for key in PlaceKey::of(&a.device.site, &a.device.building) {
                                 let place = places.entry(key).or_default();
                                 if place.org != a.device.org {

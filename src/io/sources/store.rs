@@ -181,12 +181,23 @@ async fn forward_controls(
     let more = page.len() as i64 == PAGE;
     for (seq, mut control) in page {
         *last_seq = seq;
-        if let AlertControl::Silence(silence) = &mut control
-            && let Err(e) = resolve_matchers(&mut silence.matchers, catalog)
-        {
-            // The API checks names; a metric gone from the catalog since leaves the silence
-            // matching no metric name, which is what it said.
-            tracing::warn!(seq, silence = %silence.id, error = %e, "silence names an unknown metric");
+        match &mut control {
+            AlertControl::Silence(silence) => {
+                if let Err(e) = resolve_matchers(&mut silence.matchers, catalog) {
+                    // The API checks names; a metric gone from the catalog since leaves the
+                    // silence matching no metric name, which is what it said.
+                    tracing::warn!(seq, silence = %silence.id, error = %e, "silence names an unknown metric");
+                }
+            }
+            AlertControl::Rules(change) => {
+                if let Err(e) = change.rules.resolve(catalog) {
+                    // The API checks them; rules naming a metric the catalog lost since are
+                    // not half applied: the rules in force stay.
+                    tracing::error!(seq, version = change.version, error = %e, "alert rules skipped");
+                    continue;
+                }
+            }
+            AlertControl::Acknowledgement(_) => {}
         }
         // The receiver is gone only when the dataflow is shutting down.
         let _ = controls.send(control);

@@ -179,6 +179,9 @@ pub struct Metrics {
     pub batch_latency: Histogram,
     /// From a registry change being made to enrichment seeing it.
     pub registry_propagation: Histogram,
+    /// From an alert event's writing to the alerts topic (its record's timestamp) to a
+    /// receiver's acknowledgement of it (`iotpipe alerts`).
+    pub notify_latency: Histogram,
     /// From a message's arrival at iotpipe to InfluxDB accepting its readings' points, one
     /// observation per message.
     pub influx_latency: Histogram,
@@ -213,6 +216,7 @@ impl Default for Metrics {
             delivery_retries: Counter::default(),
             batch_latency: Histogram::default(),
             registry_propagation: Histogram::default(),
+            notify_latency: Histogram::default(),
             influx_latency: Histogram::default(),
             influx_request: Histogram::default(),
             influx_points: Counter::default(),
@@ -321,6 +325,13 @@ impl Default for Metrics {
              changelog topic) to enrichment seeing it",
             Unit::Seconds,
             metrics.registry_propagation.clone(),
+        );
+        r.register_with_unit(
+            "notify_latency",
+            "From an alert event's writing to the alerts topic to a receiver's acknowledgement \
+             of it",
+            Unit::Seconds,
+            metrics.notify_latency.clone(),
         );
         r.register(
             "influx_points",

@@ -85,9 +85,10 @@ pub fn load_registry(path: &Path, schemas: &SchemaSet) -> Result<Vec<RegistryCha
     })
 }
 
-/// Loads silences and acknowledgements, JSON Lines (what `GET /v1/alert-controls` of the
-/// registry API gives): each a silence (`"kind": "silence"`) or an acknowledgement
-/// (`"kind": "acknowledgement"`), metric names checked against the catalog.
+/// Loads silences, acknowledgements and rules changes, JSON Lines (what `GET /v1/alert-controls`
+/// of the registry API gives): each a silence (`"kind": "silence"`), an acknowledgement
+/// (`"kind": "acknowledgement"`) or new rules (`"kind": "rules"`), metric names checked
+/// against the catalog.
 pub fn load_alert_controls(
     path: &Path,
     catalog: &MetricCatalog,
@@ -106,8 +107,17 @@ pub fn load_alert_controls(
         let mut control: AlertControl = serde_json::from_str::<ControlLine>(line)
             .map_err(|e| error(e.to_string()))?
             .into();
-        if let AlertControl::Silence(silence) = &mut control {
-            resolve_matchers(&mut silence.matchers, catalog).map_err(error)?;
+        match &mut control {
+            AlertControl::Silence(silence) => {
+                resolve_matchers(&mut silence.matchers, catalog).map_err(error)?;
+            }
+            AlertControl::Rules(change) => {
+                change
+                    .rules
+                    .resolve(catalog)
+                    .map_err(|e| error(format!("rules.{e}")))?;
+            }
+            AlertControl::Acknowledgement(_) => {}
         }
         controls.push(control);
     }

@@ -5,8 +5,8 @@
 use serde_json::{Value, json};
 
 use super::{Store, StoreError};
-use crate::dataflow::alert::control::{Acknowledgement, Silence, SilenceMatch};
-use crate::dataflow::alert::{AlertControl, AlertEventKind};
+use crate::dataflow::alert::control::{Acknowledgement, RulesChange, Silence, SilenceMatch};
+use crate::dataflow::alert::{AlertConfig, AlertControl, AlertEventKind};
 
 /// Which recorded alerts a list shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -208,6 +208,53 @@ impl Store {
             .await
             .map_err(query("committing an acknowledgement"))?;
         Ok((ack, true))
+    }
+
+    /// Stores new alert rules, in force from `effective_ms`; the change (its version one more
+    /// than the last).
+    pub async fn put_rules(
+        &self,
+        rules: AlertConfig,
+        effective_ms: u64,
+    ) -> Result<RulesChange, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(query("starting a rules change"))?;
+        let seq = next_control_seq(&tx).await?;
+        let version: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) + 1 FROM alert_controls WHERE kind = 'rules'",
+                &[],
+            )
+            .await
+            .map_err(query("numbering a rules change"))?
+            .get(0);
+        let change = RulesChange {
+            version: version as u64,
+            effective_ms,
+            rules,
+        };
+        let body = rules_json(&change);
+        append_control(&tx, seq, "rules", "rules", version, &body).await?;
+        tx.commit()
+            .await
+            .map_err(query("committing a rules change"))?;
+        Ok(change)
+    }
+
+    /// The latest rules change, if any was made.
+    pub async fn rules(&self) -> Result<Option<RulesChange>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT body FROM alert_controls WHERE kind = 'rules' ORDER BY version DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(query("reading the alert rules"))?
+            .and_then(|r| serde_json::from_value(r.get(0)).ok()))
     }
 
     /// The acknowledgements of those of `alert_ids` that have one, by alert.
@@ -450,4 +497,25 @@ async fn latest_silence(
         .await
         .map_err(query("reading a silence"))?
         .and_then(|r| silence_of(r.get(0))))
+}
+
+/// A rules change as the store and the API keep it: metric names, not the catalog's ids.
+pub fn rules_json(change: &RulesChange) -> Value {
+    let mut value = serde_json::to_value(change).expect("rules serialise");
+    let strip = |selector: &mut Value| {
+        if let Some(selector) = selector.as_object_mut() {
+            selector.remove("metric_ids");
+        }
+    };
+    if let Some(rules) = value["rules"]["rules"].as_array_mut() {
+        for rule in rules {
+            strip(&mut rule["match"]);
+        }
+    }
+    if let Some(windows) = value["rules"]["maintenance"].as_array_mut() {
+        for window in windows {
+            strip(&mut window["match"]);
+        }
+    }
+    value
 }

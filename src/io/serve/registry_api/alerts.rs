@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use super::auth::Role;
 use super::error::ApiError;
 use super::handlers::{Params, Shared, now_ms, page_limit};
+use crate::dataflow::alert::AlertConfig;
 use crate::dataflow::alert::control::{Acknowledgement, Silence, SilenceMatch};
 use crate::dataflow::schema::MetricCatalog;
 use crate::io::connect::store::Store;
-use crate::io::connect::store::alert_state::{ALERT_FILTER_FIELDS, AlertFilter};
+use crate::io::connect::store::alert_state::{ALERT_FILTER_FIELDS, AlertFilter, rules_json};
 use crate::io::connect::store::entities::Invalid;
 use crate::io::support::schema_files::resolve_matchers;
 
@@ -308,4 +309,44 @@ pub async fn control_log(
         .map(|v| format!("{v}\n"))
         .collect();
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response())
+}
+
+/// `PUT /v1/alert-rules?effective_ms=`: new alert rules (the body is a rules file, TOML, as
+/// `datasets/alert_rules.toml`), in force from `effective_ms` (default, and at the earliest:
+/// now) in every `run` following the store, without a restart. A rule that cannot be used is
+/// a 400 naming it (`rules.NAME`).
+pub async fn put_rules(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    state.tokens.authorize(&headers, Role::Write)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| Invalid::new("body", "is not UTF-8"))?;
+    let mut rules: AlertConfig = toml::from_str(text)
+        .map_err(|e| Invalid::new("body", format!("not alert rules (TOML): {}", e.message())))?;
+    rules
+        .resolve(&state.catalog)
+        .map_err(|e| Invalid::new(e.at, e.message))?;
+    let now = now_ms() as u64;
+    let effective_ms = match params.get("effective_ms") {
+        None => now,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Invalid::new("effective_ms", "must be an integer (ms since the epoch)"))?
+            .max(now),
+    };
+    let change = state.store.put_rules(rules, effective_ms).await?;
+    Ok((StatusCode::CREATED, Json(rules_json(&change))).into_response())
+}
+
+/// `GET /v1/alert-rules`: the latest rules put through the API (404: none; each `run` then
+/// uses its own file).
+pub async fn get_rules(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.tokens.authorize(&headers, Role::Read)?;
+    let change =
+        state.store.rules().await?.ok_or_else(|| {
+            ApiError::NotFound("no alert rules were put: runs use their own".into())
+        })?;
+    Ok(Json(rules_json(&change)))
 }

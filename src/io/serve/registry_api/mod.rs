@@ -17,7 +17,8 @@
 //! | `GET /v1/silences` | silences (`?state=pending\|active\|expired\|current\|all`) |
 //! | `POST /v1/silences` | create: `matchers`, `starts_ms`, `ends_ms`, `created_by`, `comment` |
 //! | `GET /v1/silences/{id}`, `DELETE /v1/silences/{id}` | one silence; expire it now |
-//! | `GET /v1/alert-controls` | every silence version and acknowledgement, JSON Lines (`replay --alert-controls`) |
+//! | `GET /v1/alert-controls` | every silence version, acknowledgement and rules change, JSON Lines (`replay --alert-controls`) |
+//! | `GET`, `PUT /v1/alert-rules` | the alert rules (`PUT`: a rules file, TOML; `?effective_ms=`, default now): in force without a restart |
 //! | `GET /openapi.json` | this, as OpenAPI 3.1 |
 //!
 //! Every `/v1` route needs `Authorization: Bearer TOKEN` (401 without a known token); a token
@@ -76,7 +77,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/silences/{id}",
             get(alerts::get_silence).delete(alerts::expire_silence),
         )
-        .route("/v1/alert-controls", get(alerts::control_log));
+        .route("/v1/alert-controls", get(alerts::control_log))
+        .route(
+            "/v1/alert-rules",
+            get(alerts::get_rules).put(alerts::put_rules),
+        );
     for kind in Kind::ALL {
         let plural = plural(kind);
         router = router

@@ -284,6 +284,19 @@ fn alert_paths(
         }),
     );
     paths.insert(
+        "/v1/alert-rules".into(),
+        json!({
+            "get": {"summary": "The alert rules put last", "responses": with(json!({"200": {"description": "`version`, `effective_ms`, `rules`."},
+                                                                                 "404": error_response("None was put: runs use their own file.")}))},
+            "put": {"summary": "New alert rules, in force from `effective_ms` without a restart",
+                    "parameters": [query("effective_ms", "Event time (ms) from which they hold (default and at the earliest: now).")],
+                    "requestBody": {"required": true, "content": {"application/toml": {"schema": {"type": "string",
+                        "description": "A rules file, as datasets/alert_rules.toml."}}}},
+                    "responses": with(json!({"201": {"description": "The change: `version`, `effective_ms`, `rules`."},
+                                             "400": error_response("A rule cannot be used; `field` names it (rules.NAME).")}))},
+        }),
+    );
+    paths.insert(
         "/v1/alert-controls".into(),
         json!({"get": {"summary": "Every silence version and acknowledgement, JSON Lines, in commit order",
                "responses": with(json!({"200": {"description": "What `iotpipe replay --alert-controls` reads.",

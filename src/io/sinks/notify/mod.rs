@@ -62,6 +62,10 @@ pub struct Notification {
     /// Its alert is overdue: escalation channels (`overdue_only`) send it.
     #[serde(default)]
     pub overdue: bool,
+    /// When it was written to the alerts topic (ms since the epoch), for a dispatcher's
+    /// latency (`iotpipe_notify_latency_seconds`); none outside one.
+    #[serde(default)]
+    pub emitted_ms: Option<i64>,
     /// The JSON object sent.
     pub json: String,
 }
@@ -90,6 +94,7 @@ impl Notification {
             site: event.site.clone(),
             silenced: event.silenced_by.is_some(),
             overdue: event.overdue,
+            emitted_ms: None,
             json,
         }
     }
@@ -656,6 +661,13 @@ impl Notifier {
                         Ok(()) => {
                             strikes.note(None);
                             counts.delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(emitted_ms) = n.emitted_ms {
+                                let ms = (now_ms() - emitted_ms).max(0) as u64;
+                                keeping
+                                    .metrics
+                                    .notify_latency
+                                    .observe(Duration::from_millis(ms));
+                            }
                             if let Some(l) = ledger.as_mut()
                                 && let Err(e) = l.record(&n.id)
                             {
@@ -783,4 +795,10 @@ impl Notifier {
         runtime.shutdown_timeout(Duration::from_secs(1));
         reports
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,14 +1,15 @@
 -- The metadata store, version 2: alert state people act on.
 --
--- Silences and acknowledgements are one ordered, gap-free log, numbered like the change log
--- (each writer takes the next number from `alert_control_counter` under its row lock), which
--- the dataflow follows: a silence's edits and its expiry are new versions of it. Alert events
+-- Silences, acknowledgements and alert rules are one ordered, gap-free log, numbered like the
+-- change log (each writer takes the next number from `alert_control_counter` under its row
+-- lock), which the dataflow follows: a silence's edits and its expiry are new versions of it,
+-- and so is each new set of rules (id `rules`). Alert events
 -- are recorded by the dispatcher (each once, by id); `alerts` holds each alert's latest state.
 
 CREATE TABLE alert_controls (
     seq          bigint PRIMARY KEY,
-    kind         text NOT NULL CHECK (kind IN ('silence', 'acknowledgement')),
-    -- The silence's id, or the alert acknowledged.
+    kind         text NOT NULL CHECK (kind IN ('silence', 'acknowledgement', 'rules')),
+    -- The silence's id, the alert acknowledged, or `rules`.
     id           text NOT NULL,
     version      bigint NOT NULL,
     -- As the dataflow takes it (`iotpipe::dataflow::alert::AlertControl`).
