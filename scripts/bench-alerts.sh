@@ -7,6 +7,7 @@
 #     receiver's acknowledgement, p50 and p99.
 #
 #   scripts/bench-alerts.sh [storm events (default 10000)] [steady rate/s (default 200)]
+#   GROUP_WAIT_MS=500 scripts/bench-alerts.sh ...   # the webhook groups (see group_wait_ms)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 storm=${1:-10000}
@@ -47,12 +48,18 @@ hook_port=$(free_port)
 python3 - "$hook_port" "$work/received.tsv" <<'PY' &
 import http.server, sys, time
 port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+requests = open(sys.argv[2] + ".requests", "a", buffering=1)
+import json
 class Hook(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        out.write(f"{self.headers['x-iotpipe-event-id']}\t{time.time():.6f}\n")
+        now = time.time()
+        # A group request carries its events' ids inside.
+        for event in body.get("events", [body]):
+            out.write(f"{event['id']}\t{now:.6f}\n")
+        requests.write(f"{now:.6f}\n")
     def log_message(self, *args): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
 PY
@@ -77,6 +84,7 @@ drain_timeout_ms = 10000
 name = "hook"
 url = "http://127.0.0.1:$hook_port/alerts"
 max_per_second = 100000.0
+group_wait_ms = ${GROUP_WAIT_MS:-0}
 TOML
 echo "machine: $(nproc) cores, $(uname -r); tansu memory engine, 4 partitions"
 
@@ -91,6 +99,7 @@ until [ "$(grep -c '^storm' "$work/received.tsv" 2>/dev/null || echo 0)" -ge "$s
 awk -v t0="$t0" -v n="$storm" '/^storm/ { if ($2 > last) last = $2 } END {
     printf "storm: %d events produced at once, all acknowledged after %.2f s (%.0f events/s)\n",
         n, last - t0, n / (last - t0) }' "$work/received.tsv"
+echo "storm: $(wc -l <"$work/received.tsv.requests") webhook requests"
 
 t0=$(date +%s.%N)
 "$load" --brokers "127.0.0.1:$kafka_port" --topic alerts --events "$work/steady.jsonl" \

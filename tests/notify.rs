@@ -754,6 +754,7 @@ fn alertmanager_alerts_stay_firing_while_posted_again() {
         silenced: false,
         overdue: false,
         emitted_ms: None,
+        members: Vec::new(),
         json: event.to_string(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -1067,4 +1068,84 @@ fn the_dispatcher_refuses_a_config_without_channels_or_brokers_naming_the_field(
         assert!(stderr.contains(field), "{field}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// A storm of one site's events in one request (or a few): a webhook with `group_wait_ms`
+/// sends every event once, in groups of one site, cause and kind, each event's id inside;
+/// a second notifier with the same ledger sends none again.
+#[test]
+fn a_grouping_webhook_sends_a_storm_in_a_few_requests_each_event_once() {
+    use iotpipe::io::sinks::notify::{Notification, Notifier, NotifyConfig};
+    use iotpipe::io::support::metrics::Metrics;
+    let (addr, received, _runtime) = start_receiver(0);
+    let ledger = tempfile::tempdir().unwrap();
+    let config: NotifyConfig = toml::from_str(&format!(
+        "ledger_dir = {:?}\n[[webhook]]\nname = \"grouped\"\nurl = \"http://{addr}/hook\"\n\
+         group_wait_ms = 300\nmax_per_second = 1000.0\n",
+        ledger.path().display().to_string()
+    ))
+    .unwrap();
+    let event = |i: usize, site: &str, cause: &str| {
+        let json = serde_json::json!({
+            "id": format!("dev-{i}/{cause}/0/opened/0"), "alert_id": format!("dev-{i}/{cause}/0"),
+            "event": "opened", "device_id": format!("dev-{i}"), "site": site, "org": "o",
+            "building": "b", "metric": null, "rule": "r", "severity": "major", "cause": cause,
+            "ts_ms": 1_704_067_200_000_u64, "score": null, "value": null,
+        });
+        Notification {
+            id: json["id"].as_str().unwrap().into(),
+            severity: iotpipe::dataflow::alert::Severity::Major,
+            site: site.into(),
+            silenced: false,
+            overdue: false,
+            emitted_ms: None,
+            members: Vec::new(),
+            json: json.to_string(),
+        }
+    };
+    // 1,200 silence events of site A, with 30 threshold events of A and 30 of site B among them.
+    let mut storm: Vec<Notification> = (0..1_200).map(|i| event(i, "A", "silence")).collect();
+    for i in 0..30 {
+        storm.insert(i * 40, event(10_000 + i, "A", "threshold"));
+        storm.insert(i * 40 + 1, event(20_000 + i, "B", "silence"));
+    }
+    let metrics = std::sync::Arc::new(Metrics::default());
+    for round in 0..2 {
+        let notifier = Notifier::start(&config, &metrics).unwrap();
+        notifier.handle().send(&storm);
+        let reports = notifier.finish();
+        assert_eq!(reports[0].failure, None);
+        if round == 1 {
+            assert_eq!(reports[0].delivered, 0, "sent again: {:?}", reports[0]);
+            assert_eq!(reports[0].already_delivered, storm.len() as u64);
+        } else {
+            assert_eq!(reports[0].delivered, storm.len() as u64);
+        }
+    }
+    let received = received.lock().unwrap();
+    let mut ids = Vec::new();
+    for (_, body) in &received.accepted {
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        let events = match body["events"].as_array() {
+            Some(events) => events.clone(),
+            None => vec![body],
+        };
+        let (site, cause) = (&events[0]["site"], &events[0]["cause"]);
+        assert!(
+            events
+                .iter()
+                .all(|e| &e["site"] == site && &e["cause"] == cause)
+        );
+        ids.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+    }
+    let mut sent: Vec<String> = storm.iter().map(|n| n.id.clone()).collect();
+    assert!(
+        received.accepted.len() <= 12,
+        "{} requests for {} events",
+        received.accepted.len(),
+        sent.len()
+    );
+    ids.sort();
+    sent.sort();
+    assert_eq!(ids, sent, "every event exactly once");
 }

@@ -149,6 +149,7 @@ fn notification(payload: &[u8]) -> Option<Notification> {
         silenced: event["silenced_by"].is_string(),
         overdue: event["overdue"].as_bool().unwrap_or(false),
         emitted_ms: None,
+        members: Vec::new(),
         json: json.to_owned(),
     })
 }

@@ -24,6 +24,7 @@ mod spool;
 mod store;
 mod webhook;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,10 @@ pub struct Notification {
     /// latency (`iotpipe_notify_latency_seconds`); none outside one.
     #[serde(default)]
     pub emitted_ms: Option<i64>,
+    /// For a group (see [`Notification::group`]): the ids of the events it stands for, each
+    /// recorded in the ledger once the group is delivered; empty for one event.
+    #[serde(default)]
+    pub members: Vec<String>,
     /// The JSON object sent.
     pub json: String,
 }
@@ -95,10 +100,56 @@ impl Notification {
             silenced: event.silenced_by.is_some(),
             overdue: event.overdue,
             emitted_ms: None,
+            members: Vec::new(),
             json,
         }
     }
+
+    /// What a group is made by: events of one site, cause and kind (`opened`, `resolved`, ...).
+    fn group_key(&self) -> (String, String, String) {
+        let event: serde_json::Value = serde_json::from_str(&self.json).unwrap_or_default();
+        let text = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+        (self.site.clone(), text("cause"), text("event"))
+    }
+
+    /// One notification for `members` (at least one; one is itself): its JSON is
+    /// `{"group": {"site", "cause", "event", "count"}, "events": [...]}`, its id the first
+    /// member's and the count, its severity the highest.
+    pub fn group(mut members: Vec<Notification>) -> Notification {
+        if members.len() == 1 {
+            return members.pop().expect("one");
+        }
+        let (site, cause, event) = members[0].group_key();
+        let events: Vec<serde_json::Value> = members
+            .iter()
+            .map(|m| serde_json::from_str(&m.json).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let json = serde_json::json!({
+            "group": {"site": site, "cause": cause, "event": event, "count": members.len()},
+            "events": events,
+        });
+        Notification {
+            id: format!("{}+{}", members[0].id, members.len() - 1),
+            severity: members.iter().map(|m| m.severity).max().expect("members"),
+            site,
+            silenced: false,
+            overdue: members.iter().any(|m| m.overdue),
+            emitted_ms: members.iter().filter_map(|m| m.emitted_ms).min(),
+            members: members.into_iter().map(|m| m.id).collect(),
+            json: json.to_string(),
+        }
+    }
+
+    /// The events it stands for: its members, or itself.
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        let own = self.members.is_empty().then_some(self.id.as_str());
+        own.into_iter()
+            .chain(self.members.iter().map(String::as_str))
+    }
 }
+
+/// Events one group request carries at most.
+const MAX_GROUP: usize = 500;
 
 /// Where alert events go. Every field is documented; unknown fields are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,6 +255,11 @@ pub trait Channel: Send + 'static {
     fn min_severity(&self) -> Severity;
     /// Whether the channel is an escalation: it sends only events of overdue alerts.
     fn overdue_only(&self) -> bool;
+    /// How long events wait for others of their site, cause and kind to go in one request
+    /// (none: one request per event).
+    fn group_wait(&self) -> Option<Duration> {
+        None
+    }
     /// Whether the channel sends `n` (a silenced event never).
     fn takes(&self, n: &Notification) -> bool {
         !n.silenced && n.severity >= self.min_severity() && (n.overdue || !self.overdue_only())
@@ -645,6 +701,41 @@ impl Notifier {
                     done();
                     continue;
                 }
+                // A grouping channel takes the events of the same site, cause and kind that are
+                // queued or come within its wait; the others keep their order for later.
+                let n = match channel.group_wait() {
+                    Some(wait) if n.members.is_empty() => {
+                        let key = n.group_key();
+                        let mut members = vec![n];
+                        let mut others = VecDeque::new();
+                        let deadline = tokio::time::Instant::now() + wait;
+                        while members.len() < MAX_GROUP {
+                            let next = match pending.pop_front() {
+                                Some(m) => m,
+                                None => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                                    Ok(Some(m)) => m,
+                                    _ => break,
+                                },
+                            };
+                            if !channel.takes(&next) {
+                                done();
+                            } else if ledger.as_ref().is_some_and(|l| l.contains(&next.id)) {
+                                counts.already_delivered.fetch_add(1, Ordering::Relaxed);
+                                done();
+                            } else if next.members.is_empty() && next.group_key() == key {
+                                members.push(next);
+                            } else {
+                                others.push_back(next);
+                            }
+                        }
+                        while let Some(other) = others.pop_back() {
+                            pending.push_front(other);
+                        }
+                        Notification::group(members)
+                    }
+                    _ => n,
+                };
+                let count = n.ids().count() as u64;
                 // How the delivery of `n` ended: delivered or refused for good (`None`), or the
                 // channel stops holding it (`Some`: `true` when it gave up, and then keeps
                 // everything still sent to it until the end).
@@ -660,7 +751,7 @@ impl Notifier {
                     let failure = match outcome {
                         Ok(()) => {
                             strikes.note(None);
-                            counts.delivered.fetch_add(1, Ordering::Relaxed);
+                            counts.delivered.fetch_add(count, Ordering::Relaxed);
                             if let Some(emitted_ms) = n.emitted_ms {
                                 let ms = (now_ms() - emitted_ms).max(0) as u64;
                                 keeping
@@ -668,10 +759,12 @@ impl Notifier {
                                     .notify_latency
                                     .observe(Duration::from_millis(ms));
                             }
-                            if let Some(l) = ledger.as_mut()
-                                && let Err(e) = l.record(&n.id)
-                            {
-                                tracing::error!(channel = %channel.name(), error = %e, "ledger write failed");
+                            if let Some(l) = ledger.as_mut() {
+                                for id in n.ids() {
+                                    if let Err(e) = l.record(id) {
+                                        tracing::error!(channel = %channel.name(), error = %e, "ledger write failed");
+                                    }
+                                }
                             }
                             break None;
                         }
@@ -680,7 +773,7 @@ impl Notifier {
                     keeping.count(failure.class);
                     if failure.class == FailureClass::Record {
                         strikes.note(Some(FailureClass::Record));
-                        counts.rejected.fetch_add(1, Ordering::Relaxed);
+                        counts.rejected.fetch_add(count, Ordering::Relaxed);
                         keeping.reject(channel.name(), &n, &failure.reason);
                         break None;
                     }
@@ -706,7 +799,9 @@ impl Notifier {
                     attempt += 1;
                 };
                 let Some(gave_up) = stopped else {
-                    done();
+                    for _ in 0..count {
+                        done();
+                    }
                     continue;
                 };
                 pending.push_front(n);

@@ -26,6 +26,7 @@ pub enum WebhookFormat {
 pub fn body(format: WebhookFormat, event: &Value, json: &str, routing_key: Option<&str>) -> String {
     match format {
         WebhookFormat::Json => json.to_owned(),
+        WebhookFormat::Slack if event.get("group").is_some() => slack_group(event).to_string(),
         WebhookFormat::Slack => slack(event).to_string(),
         WebhookFormat::Pagerduty => pagerduty(event, routing_key.unwrap_or_default()).to_string(),
     }
@@ -76,6 +77,44 @@ fn slack(event: &Value) -> Value {
             {"type": "context", "elements": [
                 {"type": "mrkdwn", "text": format!("{place} · {when} · alert `{}`", text(event, "alert_id"))}
             ]}
+        ],
+    })
+}
+
+/// Subjects a grouped Slack message names at most.
+const GROUP_NAMED: usize = 20;
+
+/// One message for a group of events (see `Notification::group`): how many, of what, where,
+/// and the first subjects.
+fn slack_group(group: &Value) -> Value {
+    let events = group["events"].as_array().cloned().unwrap_or_default();
+    let head = &group["group"];
+    let severity = events
+        .iter()
+        .filter_map(|e| e["severity"].as_str())
+        .max_by_key(|s| {
+            ["warning", "minor", "major", "critical"]
+                .iter()
+                .position(|k| k == s)
+        })
+        .unwrap_or("-")
+        .to_uppercase();
+    let line = format!(
+        "[{severity}] {} alerts {} at site {} ({})",
+        events.len(),
+        head["event"].as_str().unwrap_or("-"),
+        head["site"].as_str().unwrap_or("-"),
+        head["cause"].as_str().unwrap_or("-"),
+    );
+    let mut named: Vec<String> = events.iter().take(GROUP_NAMED).map(summary).collect();
+    if events.len() > GROUP_NAMED {
+        named.push(format!("… and {} more", events.len() - GROUP_NAMED));
+    }
+    json!({
+        "text": line,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{line}*")}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": named.join("\n")}},
         ],
     })
 }
@@ -137,6 +176,22 @@ mod tests {
             context.starts_with("acme / s1 / B1 · 2024-01-01T00:00:00.000Z"),
             "{context}"
         );
+    }
+
+    #[test]
+    fn slack_gets_one_message_for_a_group() {
+        let events: Vec<Value> = (0..25).map(|_| event("opened")).collect();
+        let group = json!({"group": {"site": "s1", "cause": "threshold", "event": "opened",
+                                      "count": 25}, "events": events});
+        let body: Value =
+            serde_json::from_str(&body(WebhookFormat::Slack, &group, "", None)).unwrap();
+        assert_eq!(
+            body["text"],
+            "[MAJOR] 25 alerts opened at site s1 (threshold)"
+        );
+        let list = body["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert_eq!(list.lines().count(), 21, "{list}");
+        assert!(list.ends_with("… and 5 more"), "{list}");
     }
 
     #[test]

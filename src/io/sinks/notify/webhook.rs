@@ -55,6 +55,12 @@ pub struct WebhookConfig {
     /// key.
     #[serde(default)]
     pub routing_key_env: Option<String>,
+    /// Events of one site, cause and kind that come within this long of the first go in one
+    /// request (`json`: `{"group": {site, cause, event, count}, "events": [...]}`; `slack`: one
+    /// message naming them), so a storm is a few requests; 0: one request per event. Not with
+    /// `pagerduty`, which takes one event per alert and groups incidents itself.
+    #[serde(default)]
+    pub group_wait_ms: u64,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -117,6 +123,13 @@ impl WebhookChannel {
             ),
             _ => None,
         };
+        if config.group_wait_ms > 0 && config.format == WebhookFormat::Pagerduty {
+            return Err(invalid(
+                "group_wait_ms",
+                "must be 0 with format = \"pagerduty\" (PagerDuty takes one event per alert)"
+                    .into(),
+            ));
+        }
         if !(config.max_per_second.is_finite() && config.max_per_second > 0.0) {
             return Err(invalid(
                 "max_per_second",
@@ -144,6 +157,9 @@ impl Channel for WebhookChannel {
     }
     fn overdue_only(&self) -> bool {
         self.config.overdue_only
+    }
+    fn group_wait(&self) -> Option<Duration> {
+        (self.config.group_wait_ms > 0).then(|| Duration::from_millis(self.config.group_wait_ms))
     }
 
     async fn deliver(&mut self, n: &Notification) -> Result<(), Failure> {
@@ -203,6 +219,7 @@ mod tests {
             max_per_second: 1.0,
             min_severity: Severity::Warning,
             overdue_only: false,
+            group_wait_ms: 0,
             backoff: Backoff::default(),
             format: WebhookFormat::Json,
             routing_key_env: None,
