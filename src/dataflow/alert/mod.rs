@@ -10,7 +10,7 @@
 
 pub mod book;
 pub mod control;
-mod policy;
+pub mod policy;
 pub mod rules;
 mod sites;
 
