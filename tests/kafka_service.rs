@@ -1507,3 +1507,60 @@ fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_
     cluster.stop();
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
+
+/// `run` following the store applies the silences the store holds: with one over every cause
+/// from the data's start, every alert event it writes is kept, marked with the silence, so no
+/// channel of the dispatcher sends it.
+#[test]
+fn run_following_the_store_marks_what_a_stored_silence_covers() {
+    use iotpipe::dataflow::alert::Cause;
+    use iotpipe::dataflow::alert::control::SilenceMatch;
+
+    let fixture = fixture(40, 360);
+    let postgres = common::postgres::Postgres::start();
+    let (runtime, store, _) = fixture.store_with_registry(&postgres.url());
+    let everything = SilenceMatch {
+        causes: vec![
+            Cause::Anomaly,
+            Cause::Threshold,
+            Cause::Silence,
+            Cause::Site,
+            Cause::Building,
+            Cause::Clock,
+        ],
+        ..SilenceMatch::default()
+    };
+    let silence = runtime
+        .block_on(store.create_silence(
+            everything,
+            common::START_MS,
+            common::START_MS + 24 * 3_600_000,
+            "ops",
+            "the whole test",
+        ))
+        .unwrap();
+    let expected = fixture.expected_from_store(&runtime, &store, PipelineConfig::default());
+
+    let outputs = Outputs::named("silenced");
+    outputs.create(&fixture.tansu, 2);
+    let mut cluster = Cluster::configure(
+        fixture.data.dir.path(),
+        "silenced",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        &format!("[store]\nurl = \"{}\"\n", postgres.url()),
+    );
+    fixture.produce_telemetry();
+    cluster.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    cluster.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+    let alerts = fixture.tansu.read_all(&outputs.alerts);
+    assert!(!alerts.is_empty(), "the fixture's faults open alerts");
+    for (_, value) in &alerts {
+        let event: Value = serde_json::from_str(value).unwrap();
+        assert_eq!(event["silenced_by"], silence.id.as_str(), "{event}");
+    }
+}
