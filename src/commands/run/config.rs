@@ -90,6 +90,11 @@ pub struct DashboardConfig {
     /// `host:port` of the dashboard, served by process 0; none: not served. Set it in the file
     /// every process reads (not per process): all of them build the dataflow that feeds it.
     pub listen: Option<SocketAddr>,
+    /// The environment variable holding the token the dashboard's acknowledge and silence
+    /// actions need (`Authorization: Bearer`, with a `[store]`); none: the dashboard only
+    /// shows.
+    #[serde(default)]
+    pub action_token_env: Option<String>,
 }
 
 /// A configuration that cannot be used; the message names the field and the fix.

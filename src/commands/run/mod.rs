@@ -68,6 +68,8 @@ pub struct ServiceJob {
     pub metrics_listen: Option<SocketAddr>,
     /// Where process 0 serves the dashboard (none: not served). The same on every process.
     pub dashboard_listen: Option<SocketAddr>,
+    /// The tokens the dashboard's actions need (none: it only shows).
+    pub dashboard_tokens: crate::io::serve::registry_api::auth::Tokens,
     /// How long a stopping worker waits for its records to be acknowledged (ms).
     pub drain_timeout_ms: u64,
     /// Set to stop (SIGTERM).
@@ -149,6 +151,22 @@ pub fn run_service(
     let mut config = config;
     let schemas = config.schemas()?;
     config.resolve(&schemas)?;
+    let dashboard_tokens = match &config.dashboard.action_token_env {
+        Some(name) => {
+            use crate::io::serve::registry_api::auth::{Role, TokenConfig, Tokens};
+            let token = TokenConfig {
+                role: Role::Write,
+                token_env: name.clone(),
+            };
+            Tokens::load(&[token], |n| std::env::var(n).ok()).map_err(|_| {
+                RunConfigError::Invalid {
+                    field: "dashboard.action_token_env",
+                    message: format!("${name} is not set (or empty): export the token there"),
+                }
+            })?
+        }
+        None => Default::default(),
+    };
     let job = ServiceJob {
         kafka: config.kafka.clone(),
         source: config.source.clone(),
@@ -156,6 +174,7 @@ pub fn run_service(
         pipeline: config.pipeline.clone(),
         metrics_listen: config.metrics.listen,
         dashboard_listen: config.dashboard.listen,
+        dashboard_tokens,
         drain_timeout_ms: config.drain_timeout_ms,
         stop,
         influx: config.influx.clone(),
@@ -303,7 +322,8 @@ pub fn run_service_job(
             influx.as_ref(),
             job.pipeline.window.length_ms,
         )
-        .with_store(job.store.as_ref());
+        .with_store(job.store.as_ref())
+        .with_action_tokens(job.dashboard_tokens.clone());
         let local = dashboard
             .serve(addr)
             .map_err(|source| ServiceError::Dashboard { addr, source })?;
@@ -728,4 +748,26 @@ fn observe_propagation(
         }
         !seen
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dashboard_token_variable_that_is_not_set_is_one_error_naming_the_field() {
+        let config = RunConfig::parse(
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\n\
+             action_token_env = \"IOTPIPE_TEST_TOKEN_THAT_IS_NOT_SET\"\n",
+            |_| None,
+        )
+        .unwrap();
+        let error = run_service(config, Arc::new(AtomicBool::new(true))).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("dashboard.action_token_env: $IOTPIPE_TEST_TOKEN_THAT_IS_NOT_SET"),
+            "{error}"
+        );
+    }
 }

@@ -52,7 +52,8 @@ pub async fn act(
     };
     if tokens.is_empty() {
         let message = "the dashboard only shows: give it a write token (demo \
-                       --action-token-env VAR) to acknowledge and silence";
+                       --action-token-env VAR, run [dashboard] action_token_env) to acknowledge \
+                       and silence";
         return (403, json!({"error": "forbidden", "message": message}));
     }
     let answer = async {
