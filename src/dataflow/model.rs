@@ -342,6 +342,12 @@ impl ExactSum {
         self.0 += other.0;
     }
 
+    /// The sum as a float: exact to a part in 10^15, so sums of sums (hours into days, devices
+    /// into sites) stay exact to far better than 10^-9.
+    pub fn value(&self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+
     /// The mean of `count` values summing to this.
     pub fn mean(&self, count: u64) -> f64 {
         (self.0 as f64 / Self::SCALE) / count as f64

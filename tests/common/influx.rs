@@ -191,7 +191,7 @@ impl Influx {
         let answer = self.query(
             "iotpipe",
             &format!(
-                "SELECT \"count\", \"min\", \"max\", \"mean\", \"threshold_breaches\" \
+                "SELECT \"count\", \"min\", \"max\", \"mean\", \"threshold_breaches\", \"sum\" \
                  FROM iotpipe_aggregate WHERE {span} GROUP BY \"device_id\", \"metric\", \"site\""
             ),
         );
@@ -201,6 +201,16 @@ impl Influx {
             let tags = &series["tags"];
             let tag = |k: &str| tags[k].as_str().unwrap().to_owned();
             for row in series["values"].as_array().unwrap() {
+                // The exact sum beside the mean: what rollups over windows add up.
+                let (count, mean, sum) = (
+                    row[1].as_f64().unwrap(),
+                    row[4].as_f64().unwrap(),
+                    row[6].as_f64().expect("every window has its sum"),
+                );
+                assert!(
+                    (sum - mean * count).abs() <= 1e-9 * sum.abs().max(1.0),
+                    "sum {sum} against mean {mean} x count {count}"
+                );
                 windows.insert(
                     (
                         tag("device_id"),

@@ -3,8 +3,12 @@
 //! | measurement | tags | fields | time |
 //! |---|---|---|---|
 //! | `iotpipe_reading` | `device_id`, `org`, `site`, `building`, `device_type` | one per metric read at that instant (`temperature`, `humidity`, ...), in the catalog's unit | the reading's event time |
-//! | `iotpipe_aggregate` | `device_id`, `metric`, `site` | `count` (integer), `min`, `max`, `mean`, `threshold_breaches` (integer) | window start |
-//! | `iotpipe_site_rollup` | `site`, `metric` | `count` (integer), `mean` | window start |
+//! | `iotpipe_aggregate` | `device_id`, `metric`, `site` | `count` (integer), `min`, `max`, `mean`, `sum`, `threshold_breaches` (integer) | window start |
+//! | `iotpipe_site_rollup` | `site`, `metric` | `count` (integer), `mean`, `sum` | window start |
+//!
+//! `sum` is the window's exact sum (kept in fixed point by the dataflow) next to the mean, so a
+//! rollup over windows (hours into days, devices into sites) adds sums and counts rather than
+//! averaging means.
 //! | `iotpipe_anomaly` | `device_id`, `site`, `device_type`, `metric` (absent for silence), `kind` | `score`, `value` (absent for silence) | the reading's event time |
 //! | `iotpipe_alert` | `site`, `device_id` (absent for a site alert), `metric` (where one applies), `rule`, `severity`, `cause`, `event` | `alert_id` (string), `score`, `value` (where known) | the event's time |
 //!
@@ -111,6 +115,7 @@ pub fn aggregate_line(buffer: &mut Vec<u8>, a: &WindowAggregate, catalog: &Metri
         .field("min", a.min)
         .field("max", a.max)
         .field("mean", a.mean())
+        .field("sum", a.sum.value())
         .field("threshold_breaches", a.threshold_breaches as i64)
         .timestamp(a.window_start_ms as i64)
         .close_line();
@@ -124,6 +129,7 @@ pub fn rollup_line(buffer: &mut Vec<u8>, r: &SiteRollup, catalog: &MetricCatalog
         .tag("metric", catalog.name(r.metric))
         .field("count", r.count as i64)
         .field("mean", r.mean())
+        .field("sum", r.sum.value())
         .timestamp(r.window_start_ms as i64)
         .close_line();
     finish(buffer, point);
@@ -198,7 +204,7 @@ mod tests {
             line,
             format!(
                 "iotpipe_aggregate,device_id=dev\\ 1\\,a\\=b,metric={metric},site=site\\=0 \
-                 count=2i,min=1,max=3,mean=2,threshold_breaches=1i 1704067200000\n"
+                 count=2i,min=1,max=3,mean=2,sum=4,threshold_breaches=1i 1704067200000\n"
             )
         );
     }
