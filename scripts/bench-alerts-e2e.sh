@@ -16,7 +16,6 @@ cargo build --release --quiet --bin iotpipe --example kafka_load
 bin=$PWD/target/release/iotpipe
 load=$PWD/target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -24,29 +23,12 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+. scripts/lib.sh
 
 hook_port=$(free_port)
-python3 - "$hook_port" "$work/received.tsv" <<'PY' &
-import http.server, sys, time
-port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
-class Hook(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        out.write(f"{self.headers['x-iotpipe-event-id']}\t{time.time():.6f}\n")
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
-PY
-pids+=($!)
+start_hook_receiver "$hook_port" "$work/received.tsv"
 
-kafka_port=$(free_port)
-(cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
-    "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
-pids+=($!)
-sleep 2
+start_tansu
 topic() { "$tansu" topic create --broker "tcp://127.0.0.1:$kafka_port" --partitions "$2" "$1" >/dev/null; }
 topic telemetry 8
 topic alerts 4

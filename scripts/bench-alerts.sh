@@ -16,7 +16,6 @@ cargo build --release --quiet --bin iotpipe --example kafka_load
 bin=$PWD/target/release/iotpipe
 load=$PWD/target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -24,6 +23,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+. scripts/lib.sh
 
 # Alert events as `run` writes them: `opened` silence alerts of devices of one building.
 events() { # count first-device prefix
@@ -45,33 +45,9 @@ events "$steady_n" steady >"$work/steady.jsonl"
 
 # The receiver: records when each event id was acknowledged.
 hook_port=$(free_port)
-python3 - "$hook_port" "$work/received.tsv" <<'PY' &
-import http.server, sys, time
-port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
-requests = open(sys.argv[2] + ".requests", "a", buffering=1)
-import json
-class Hook(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        now = time.time()
-        # A group request carries its events' ids inside.
-        for event in body.get("events", [body]):
-            out.write(f"{event['id']}\t{now:.6f}\n")
-        requests.write(f"{now:.6f}\n")
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
-PY
-pids+=($!)
+start_hook_receiver "$hook_port" "$work/received.tsv"
 
-kafka_port=$(free_port)
-(cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
-    "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
-pids+=($!)
-sleep 2
+start_tansu
 "$tansu" topic create --broker "tcp://127.0.0.1:$kafka_port" --partitions 4 alerts >/dev/null
 cat >"$work/alerts.toml" <<TOML
 [kafka]

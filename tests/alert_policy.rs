@@ -49,53 +49,53 @@ fn replay(
     data: &common::Dataset,
     out: &Path,
     rules: &Path,
-    workers: &str,
+    workers: usize,
     extra: &[&std::ffi::OsStr],
 ) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_iotpipe"));
-    command
-        .args(["replay", "--events"])
-        .arg(&data.events)
-        .arg("--registry")
-        .arg(&data.registry)
-        .arg("--out")
-        .arg(out)
-        .arg("--alert-rules")
-        .arg(rules)
-        .args(["-w", workers])
-        .args(extra);
-    common::succeed(&mut command);
+    common::succeed(
+        common::replay_command_with_workers(data, out, workers)
+            .arg("--alert-rules")
+            .arg(rules)
+            .args(extra),
+    );
+}
+
+/// The quick rules for `data`, and the alert events of a replay with them and no controls.
+fn quick_baseline(data: &common::Dataset) -> (PathBuf, Vec<Value>) {
+    let rules = quick_policy_rules(data.dir.path());
+    let out = data.dir.path().join("baseline");
+    replay(data, &out, &rules, 2, &[]);
+    (rules, events_of(&out.join("alerts.jsonl")))
+}
+
+/// The events of one alert, in order.
+fn of_alert(events: &[Value], alert: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["alert_id"] == alert)
+        .cloned()
+        .collect()
 }
 
 #[test]
 fn silences_and_acknowledgements_replay_to_the_same_events_for_1_and_2_workers() {
     let data = common::dataset(200, 420);
     let dir = data.dir.path();
-    let rules = quick_policy_rules(dir);
-    let baseline_out = dir.join("baseline");
-    replay(&data, &baseline_out, &rules, "2", &[]);
-    let baseline = events_of(&baseline_out.join("alerts.jsonl"));
-    let of = |events: &[Value], alert: &str| -> Vec<Value> {
-        events
-            .iter()
-            .filter(|e| e["alert_id"] == alert)
-            .cloned()
-            .collect()
-    };
+    let (rules, baseline) = quick_baseline(&data);
     // A device alert reminded at least twice: it is acknowledged right after it opens.
     let reminded = baseline
         .iter()
         .filter(|e| e["event"] == "repeated")
         .map(|e| e["alert_id"].as_str().unwrap().to_owned())
         .find(|id| {
-            of(&baseline, id)
+            of_alert(&baseline, id)
                 .iter()
                 .filter(|e| e["event"] == "repeated")
                 .count()
                 >= 2
         })
         .expect("an alert reminded twice");
-    let acked_opened = of(&baseline, &reminded)[0]["ts_ms"].as_u64().unwrap();
+    let acked_opened = of_alert(&baseline, &reminded)[0]["ts_ms"].as_u64().unwrap();
     let acked_at = acked_opened + 1_000;
     // A device alert of another building opens: its building is silenced around it.
     let target = baseline
@@ -125,7 +125,7 @@ fn silences_and_acknowledgements_replay_to_the_same_events_for_1_and_2_workers()
     .unwrap();
 
     let mut outputs = Vec::new();
-    for workers in ["1", "2"] {
+    for workers in [1, 2] {
         let out = dir.join(format!("out-w{workers}"));
         let notify = dir.join(format!("notify-w{workers}.toml"));
         let channel = dir.join(format!("channel-w{workers}.jsonl"));
@@ -187,7 +187,7 @@ fn silences_and_acknowledgements_replay_to_the_same_events_for_1_and_2_workers()
     }
 
     // The acknowledgement: announced once, and no reminder or escalation after it.
-    let acked = of(&events, &reminded);
+    let acked = of_alert(&events, &reminded);
     let acknowledged: Vec<&Value> = acked
         .iter()
         .filter(|e| e["event"] == "acknowledged")
@@ -204,7 +204,7 @@ fn silences_and_acknowledgements_replay_to_the_same_events_for_1_and_2_workers()
     );
     // Without it, the same alert was reminded after that time.
     assert!(
-        of(&baseline, &reminded)
+        of_alert(&baseline, &reminded)
             .iter()
             .any(|e| e["event"] == "repeated" && e["ts_ms"].as_u64().unwrap() > acked_at)
     );
@@ -250,17 +250,7 @@ fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_
     let start_ms = (now_ms() / 60_000 + 2) * 60_000;
     let data = common::dataset_from(start_ms, 200, 420);
     let dir = data.dir.path();
-    let rules = quick_policy_rules(dir);
-    let baseline_out = dir.join("baseline");
-    replay(&data, &baseline_out, &rules, "2", &[]);
-    let baseline = events_of(&baseline_out.join("alerts.jsonl"));
-    let of = |events: &[Value], alert: &str| -> Vec<Value> {
-        events
-            .iter()
-            .filter(|e| e["alert_id"] == alert)
-            .cloned()
-            .collect()
-    };
+    let (rules, baseline) = quick_baseline(&data);
     let reminded = baseline
         .iter()
         .find(|e| e["event"] == "repeated")
@@ -368,7 +358,7 @@ fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_
     let notify = dir.join("notify.toml");
     std::fs::write(&notify, format!("[store]\nurl = {:?}\n", api.server.url())).unwrap();
     let mut outputs = Vec::new();
-    for workers in ["1", "2"] {
+    for workers in [1, 2] {
         let out = dir.join(format!("out-w{workers}"));
         replay(
             &data,
@@ -390,14 +380,14 @@ fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_
     );
     let events = events_of(&dir.join("out-w2/alerts.jsonl"));
 
-    let target_events = of(&events, target["alert_id"].as_str().unwrap());
+    let target_events = of_alert(&events, target["alert_id"].as_str().unwrap());
     assert_eq!(
         target_events[0]["silenced_by"],
         silence_id.as_str(),
         "{target_events:?}"
     );
     // Acknowledged before it opened: announced at its opening, never reminded.
-    let acked = of(&events, &reminded);
+    let acked = of_alert(&events, &reminded);
     let kinds: Vec<&str> = acked.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(&kinds[..2], ["opened", "acknowledged"], "{acked:?}");
     assert_eq!(acked[1]["ts_ms"], acked[0]["ts_ms"]);
@@ -444,7 +434,7 @@ fn the_api_acknowledges_and_silences_and_a_replay_of_its_log_agrees_for_1_and_2_
     let still_open: std::collections::BTreeSet<&str> = events
         .iter()
         .map(|e| e["alert_id"].as_str().unwrap())
-        .filter(|id| of(&events, id).last().unwrap()["event"] != "resolved")
+        .filter(|id| of_alert(&events, id).last().unwrap()["event"] != "resolved")
         .collect();
     let listed_open: std::collections::BTreeSet<&str> = open["items"]
         .as_array()
@@ -484,10 +474,7 @@ fn parsed_rules(path: &Path) -> iotpipe::dataflow::alert::AlertConfig {
 fn a_rules_change_holds_from_its_effective_time_for_1_and_2_workers() {
     let data = common::dataset(200, 420);
     let dir = data.dir.path();
-    let rules = quick_policy_rules(dir);
-    let baseline_out = dir.join("baseline");
-    replay(&data, &baseline_out, &rules, "2", &[]);
-    let baseline = events_of(&baseline_out.join("alerts.jsonl"));
+    let (rules, baseline) = quick_baseline(&data);
     // The single-window threshold warnings: the change removes their rule halfway through.
     let warned: Vec<u64> = baseline
         .iter()
@@ -509,7 +496,7 @@ fn a_rules_change_holds_from_its_effective_time_for_1_and_2_workers() {
     std::fs::write(&controls, format!("{line}\n")).unwrap();
 
     let mut outputs = Vec::new();
-    for workers in ["1", "2"] {
+    for workers in [1, 2] {
         let out = dir.join(format!("out-w{workers}"));
         replay(
             &data,

@@ -163,6 +163,20 @@ fn hierarchy_links(dom: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// `iotpipe demo` of 40 devices on the store at `database_url`, with 2 s windows, its dashboard
+/// on `port`; more arguments may follow.
+fn demo_on_store(port: u16, database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iotpipe"));
+    command
+        .args(["demo", "--devices", "40", "--rate", "1"])
+        .args(["--window-ms", "2000", "--lateness-ms", "500", "--plain"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "-w", "1"])
+        .args(["--database-url", database_url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 /// `iotpipe demo --database-url`: the fleet's registry goes into a real PostgreSQL 15 store,
 /// and the page, in headless Chromium, drills down the store's hierarchy by its own links
 /// (org, site, building, device) to a device's model, firmware, thresholds and change history,
@@ -174,21 +188,8 @@ fn the_dashboard_drills_down_the_hierarchy_of_the_metadata_store() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let mut demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
-            .args([
-                "demo",
-                "--devices",
-                "40",
-                "--rate",
-                "1",
-                "--duration",
-                "120",
-            ])
-            .args(["--window-ms", "2000", "--lateness-ms", "500", "--plain"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "-w", "1"])
-            .args(["--database-url", &database_url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        demo_on_store(port, &database_url)
+            .args(["--duration", "120"])
             .spawn()
             .unwrap(),
     );
@@ -313,24 +314,17 @@ fn the_dashboard_acknowledges_and_silences_open_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let mut demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        demo_on_store(port, &database_url)
             .args([
-                "demo",
-                "--devices",
-                "40",
-                "--rate",
-                "1",
                 "--duration",
                 "180",
+                "--fault-share",
+                "0.5",
+                "--history-s",
+                "600",
             ])
-            .args(["--fault-share", "0.5", "--history-s", "600"])
-            .args(["--window-ms", "2000", "--lateness-ms", "500", "--plain"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "-w", "1"])
-            .args(["--database-url", &database_url])
             .args(["--action-token-env", "TEST_ACTION_TOKEN"])
             .env("TEST_ACTION_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );

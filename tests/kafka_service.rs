@@ -153,6 +153,34 @@ impl Fixture {
         (runtime, store, entries)
     }
 
+    /// Starts `run` (one process) following the store at `url`, streams the telemetry, waits
+    /// for every window `expected` holds, stops it, and checks its aggregates and dead letters
+    /// against `expected`; the topics it wrote.
+    fn run_following_store(
+        &self,
+        name: &str,
+        url: &str,
+        expected: &common::reference::Expected,
+    ) -> Outputs {
+        let outputs = Outputs::named(name);
+        outputs.create(&self.tansu, 2);
+        let mut cluster = Cluster::configure(
+            self.data.dir.path(),
+            name,
+            &self.tansu.brokers(),
+            &outputs,
+            1,
+            "idle_timeout_ms = 3000",
+            &format!("[store]\nurl = \"{url}\"\n"),
+        );
+        self.produce_telemetry();
+        cluster.start();
+        let aggregates = wait_for_all_aggregates(&self.tansu, &outputs, expected, &cluster);
+        cluster.stop();
+        assert_outputs(&self.tansu, &outputs, &aggregates, expected);
+        outputs
+    }
+
     /// The batch computation over the store's history, exported as registry lines.
     fn expected_from_store(
         &self,
@@ -1241,22 +1269,7 @@ fn run_following_the_store_rethresholds_a_model_and_moves_a_building_from_their_
         "dev-000005 is at its building's new site after the move"
     );
 
-    let outputs = Outputs::named("store");
-    outputs.create(&fixture.tansu, 2);
-    let mut cluster = Cluster::configure(
-        fixture.data.dir.path(),
-        "store",
-        &fixture.tansu.brokers(),
-        &outputs,
-        1,
-        "idle_timeout_ms = 3000",
-        &format!("[store]\nurl = \"{}\"\n", postgres.url()),
-    );
-    fixture.produce_telemetry();
-    cluster.start();
-    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
-    cluster.stop();
-    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+    fixture.run_following_store("store", &postgres.url(), &expected);
 }
 
 /// `run` following the store is SIGKILLed while changes keep coming (devices moved to other
@@ -1541,22 +1554,7 @@ fn run_following_the_store_marks_what_a_stored_silence_covers() {
         .unwrap();
     let expected = fixture.expected_from_store(&runtime, &store, PipelineConfig::default());
 
-    let outputs = Outputs::named("silenced");
-    outputs.create(&fixture.tansu, 2);
-    let mut cluster = Cluster::configure(
-        fixture.data.dir.path(),
-        "silenced",
-        &fixture.tansu.brokers(),
-        &outputs,
-        1,
-        "idle_timeout_ms = 3000",
-        &format!("[store]\nurl = \"{}\"\n", postgres.url()),
-    );
-    fixture.produce_telemetry();
-    cluster.start();
-    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
-    cluster.stop();
-    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+    let outputs = fixture.run_following_store("silenced", &postgres.url(), &expected);
     let alerts = fixture.tansu.read_all(&outputs.alerts);
     assert!(!alerts.is_empty(), "the fixture's faults open alerts");
     for (_, value) in &alerts {

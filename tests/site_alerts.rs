@@ -60,84 +60,6 @@ fn silence(device: &str, site: &str, event: AlertEventKind, ts_ms: u64) -> Alert
     }
 }
 
-#[test]
-fn most_of_a_site_silent_is_one_site_alert() {
-    let captured = timely::execute_directly(|worker| {
-        let mut events: VecInput<u64, AlertEvent> = VecInput::new();
-        let mut activity: VecInput<u64, DeviceActivity> = VecInput::new();
-        let captured = worker.dataflow::<u64, _, _>(|scope| {
-            let activity = activity.to_stream(scope);
-            let no_controls = timely::dataflow::operators::ToStream::to_stream(
-                Vec::<iotpipe::dataflow::alert::AlertControl>::new(),
-                scope,
-            );
-            events
-                .to_stream(scope)
-                .correlate_sites(activity, no_controls, Arc::new(AlertConfig::default()))
-                .capture()
-        });
-        // Site A has 4 devices, site B 4; B loses one device, A three at once.
-        for d in 0..4 {
-            activity.send(heard(&format!("a{d}"), "A", 59_000));
-            activity.send(heard(&format!("b{d}"), "B", 59_000));
-        }
-        events.advance_to(120_000);
-        activity.advance_to(120_000);
-        events.send(silence("b0", "B", AlertEventKind::Opened, 100_000));
-        for d in 0..3 {
-            events.send(silence(
-                &format!("a{d}"),
-                "A",
-                AlertEventKind::Opened,
-                100_000 + d,
-            ));
-        }
-        events.advance_to(240_000);
-        activity.advance_to(240_000);
-        // A's devices come back.
-        for d in 0..3 {
-            events.send(silence(
-                &format!("a{d}"),
-                "A",
-                AlertEventKind::Resolved,
-                200_000,
-            ));
-        }
-        drop(events);
-        drop(activity);
-        captured
-    });
-    let out: Vec<AlertEvent> = captured
-        .try_iter()
-        .flat_map(|e| match e {
-            Event::Messages(_, data) => data,
-            Event::Progress(_) => Vec::new(),
-        })
-        .collect();
-    let summary: Vec<(Option<String>, String, AlertEventKind)> = out
-        .iter()
-        .map(|e| {
-            (
-                e.device_id.as_ref().map(|d| d.to_string()),
-                e.site.clone(),
-                e.event,
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            (Some("b0".into()), "B".into(), AlertEventKind::Opened),
-            (None, "A".into(), AlertEventKind::Opened),
-            (None, "A".into(), AlertEventKind::Resolved),
-        ],
-        "{out:#?}"
-    );
-    assert_eq!(out[1].cause, Cause::Site);
-    assert_eq!(out[1].ts_ms, 100_002);
-    assert_eq!(out[1].value, Some(0.75));
-}
-
 /// Events of the correlation over `steps`: at each time, the activity heard and the silence
 /// events (device, building, kind, ts).
 type Step = (u64, Vec<DeviceActivity>, Vec<AlertEvent>);
@@ -178,6 +100,56 @@ fn correlate(steps: Vec<Step>) -> Vec<AlertEvent> {
             Event::Progress(_) => Vec::new(),
         })
         .collect()
+}
+
+#[test]
+fn most_of_a_site_silent_is_one_site_alert() {
+    // Site A has 4 devices, site B 4; B loses one device, A three at once.
+    let mut heard_all = Vec::new();
+    for d in 0..4 {
+        heard_all.push(heard(&format!("a{d}"), "A", 59_000));
+        heard_all.push(heard(&format!("b{d}"), "B", 59_000));
+    }
+    let mut dark = vec![silence("b0", "B", AlertEventKind::Opened, 100_000)];
+    for d in 0..3 {
+        dark.push(silence(
+            &format!("a{d}"),
+            "A",
+            AlertEventKind::Opened,
+            100_000 + d,
+        ));
+    }
+    // A's devices come back.
+    let back = (0..3)
+        .map(|d| silence(&format!("a{d}"), "A", AlertEventKind::Resolved, 200_000))
+        .collect();
+    let out = correlate(vec![
+        (0, heard_all, Vec::new()),
+        (120_000, Vec::new(), dark),
+        (240_000, Vec::new(), back),
+    ]);
+    let summary: Vec<(Option<String>, String, AlertEventKind)> = out
+        .iter()
+        .map(|e| {
+            (
+                e.device_id.as_ref().map(|d| d.to_string()),
+                e.site.clone(),
+                e.event,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("b0".into()), "B".into(), AlertEventKind::Opened),
+            (None, "A".into(), AlertEventKind::Opened),
+            (None, "A".into(), AlertEventKind::Resolved),
+        ],
+        "{out:#?}"
+    );
+    assert_eq!(out[1].cause, Cause::Site);
+    assert_eq!(out[1].ts_ms, 100_002);
+    assert_eq!(out[1].value, Some(0.75));
 }
 
 #[test]

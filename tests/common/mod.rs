@@ -259,6 +259,15 @@ pub fn http_request(
 
 /// `iotpipe replay` of a dataset into `out`, with 2 workers; more arguments may follow.
 pub fn replay_command(data: &Dataset, out: &Path) -> std::process::Command {
+    replay_command_with_workers(data, out, 2)
+}
+
+/// The same with `workers` workers.
+pub fn replay_command_with_workers(
+    data: &Dataset,
+    out: &Path,
+    workers: usize,
+) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_iotpipe"));
     command
         .args(["replay", "--events"])
@@ -267,7 +276,7 @@ pub fn replay_command(data: &Dataset, out: &Path) -> std::process::Command {
         .arg(&data.registry)
         .arg("--out")
         .arg(out)
-        .args(["-w", "2"]);
+        .args(["-w", &workers.to_string()]);
     command
 }
 

@@ -177,11 +177,7 @@ pub struct SilenceMatch {
 impl SilenceMatch {
     /// Resolves metric names; the first unknown one is the error.
     pub fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), String> {
-        self.metric_ids = self
-            .metrics
-            .iter()
-            .map(|name| catalog.id(name).ok_or_else(|| name.clone()))
-            .collect::<Result<_, _>>()?;
+        self.metric_ids = catalog.ids(&self.metrics)?;
         Ok(())
     }
 

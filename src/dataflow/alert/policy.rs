@@ -517,6 +517,19 @@ mod tests {
         PolicyBook::new(Arc::new(config))
     }
 
+    /// A book with silence `s1` from 5 to 15 minutes, and the events of an alert it covers
+    /// opening at 6 minutes.
+    fn opened_in_a_silence() -> (PolicyBook, Vec<AlertEvent>) {
+        let mut book = book();
+        let mut out = Vec::new();
+        book.control(silence(1, 5 * MINUTE, 15 * MINUTE));
+        book.event(
+            event(AlertEventKind::Opened, Severity::Major, 6 * MINUTE),
+            &mut out,
+        );
+        (book, out)
+    }
+
     /// Ticks every minute from `from` to `to` (inclusive), in minutes.
     fn ticks(book: &mut PolicyBook, from: u64, to: u64, out: &mut Vec<AlertEvent>) {
         for m in from..=to {
@@ -596,13 +609,7 @@ mod tests {
         );
 
         // Opened in the silence: kept, marked; announced when it ends.
-        let mut book = self::book();
-        let mut out = Vec::new();
-        book.control(silence(1, 5 * MINUTE, 15 * MINUTE));
-        book.event(
-            event(AlertEventKind::Opened, Severity::Major, 6 * MINUTE),
-            &mut out,
-        );
+        let (mut book, mut out) = opened_in_a_silence();
         ticks(&mut book, 7, 16, &mut out);
         assert_eq!(
             summary(&out),
@@ -611,13 +618,7 @@ mod tests {
         assert_eq!(out[0].silenced_by.as_deref(), Some("s1"));
 
         // Resolved inside the silence: nobody heard it open, nobody hears it resolve.
-        let mut book = self::book();
-        let mut out = Vec::new();
-        book.control(silence(1, 5 * MINUTE, 15 * MINUTE));
-        book.event(
-            event(AlertEventKind::Opened, Severity::Major, 6 * MINUTE),
-            &mut out,
-        );
+        let (mut book, mut out) = opened_in_a_silence();
         ticks(&mut book, 7, 8, &mut out);
         book.event(
             event(AlertEventKind::Resolved, Severity::Major, 9 * MINUTE),
@@ -632,13 +633,7 @@ mod tests {
 
     #[test]
     fn a_tick_behind_the_event_time_does_not_end_its_silence() {
-        let mut book = book();
-        let mut out = Vec::new();
-        book.control(silence(1, 5 * MINUTE, 15 * MINUTE));
-        book.event(
-            event(AlertEventKind::Opened, Severity::Major, 6 * MINUTE),
-            &mut out,
-        );
+        let (mut book, mut out) = opened_in_a_silence();
         // Events are stamped at the watermark: ticks before the event's own time follow.
         ticks(&mut book, 3, 14, &mut out);
         assert_eq!(summary(&out), [("opened", 6, true, false)]);

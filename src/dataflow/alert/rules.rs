@@ -99,11 +99,7 @@ impl Selector {
 
     /// The metric ids of the names; the first unknown name is the error.
     fn resolve(&mut self, catalog: &MetricCatalog) -> Result<(), String> {
-        self.metric_ids = self
-            .metrics
-            .iter()
-            .map(|name| catalog.id(name).ok_or_else(|| name.clone()))
-            .collect::<Result<_, _>>()?;
+        self.metric_ids = catalog.ids(&self.metrics)?;
         Ok(())
     }
 }

@@ -138,6 +138,14 @@ impl MetricCatalog {
             .map(|i| MetricId(i as u16))
     }
 
+    /// The ids of the metrics `names` calls; the first name the catalog lacks is the error.
+    pub fn ids(&self, names: &[String]) -> Result<Vec<MetricId>, String> {
+        names
+            .iter()
+            .map(|name| self.id(name).ok_or_else(|| name.clone()))
+            .collect()
+    }
+
     /// The metric with this id.
     pub fn get(&self, id: MetricId) -> &Metric {
         &self.metrics[id.0 as usize]

@@ -51,11 +51,7 @@ impl StoreFollower {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, StoreError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        let store = runtime.block_on(Store::open(config, |name| std::env::var(name).ok()))?;
+        let (runtime, store) = open_for_a_follower(config)?;
         let poll = Duration::from_millis(config.poll_interval_ms.max(1));
         let handle = std::thread::Builder::new()
             .name("store-follower".into())
@@ -221,11 +217,7 @@ impl ControlFollower {
         controls: Sender<AlertControl>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, StoreError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        let store = runtime.block_on(Store::open(config, |name| std::env::var(name).ok()))?;
+        let (runtime, store) = open_for_a_follower(config)?;
         let mut last_seq = 0;
         while runtime.block_on(forward_controls(&store, &mut last_seq, &catalog, &controls))? {}
         let poll = Duration::from_millis(config.poll_interval_ms.max(1));
@@ -250,4 +242,17 @@ impl ControlFollower {
     pub fn join(self) {
         let _ = self.handle.join();
     }
+}
+
+/// The runtime a follower's thread drives its connections on, and the store opened on it (an
+/// error names the field if it cannot be reached).
+fn open_for_a_follower(
+    config: &StoreConfig,
+) -> Result<(tokio::runtime::Runtime, Store), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Connect(e.to_string()))?;
+    let store = runtime.block_on(Store::open(config, |name| std::env::var(name).ok()))?;
+    Ok((runtime, store))
 }

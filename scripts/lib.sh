@@ -1,0 +1,39 @@
+# Shared by the bench scripts (sourced): a free port, a tansu broker on its memory engine, and
+# a webhook receiver on loopback. The caller sets `work` (a scratch directory), `tansu` (the
+# binary) and `pids` (an array its cleanup kills).
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# start_tansu: a broker on a free port, `kafka_port`; topics then come from `tansu topic create`.
+start_tansu() {
+    kafka_port=$(free_port)
+    (cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+        "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+        --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+        --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
+    pids+=($!)
+    sleep 2
+}
+
+# start_hook_receiver PORT FILE: answers every POST with 200 and appends, per event id it
+# carried (a group request carries several), "ID<TAB>unix time" to FILE, and one line per
+# request to FILE.requests.
+start_hook_receiver() {
+    python3 - "$1" "$2" <<'PY' &
+import http.server, json, sys, time
+port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+requests = open(sys.argv[2] + ".requests", "a", buffering=1)
+class Hook(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+        now = time.time()
+        for event in body.get("events", [body]):
+            out.write(f"{event['id']}\t{now:.6f}\n")
+        requests.write(f"{now:.6f}\n")
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
+PY
+    pids+=($!)
+}
