@@ -72,6 +72,21 @@ if ! need tansu && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
     cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
 fi
 
+# The warehouse tests read iotpipe's Parquet with independent readers: DuckDB and pyarrow,
+# from PyPI, in a virtual environment under target/ (binary wheels, a few seconds).
+pyenv=target/pyenv
+if ! "$pyenv/bin/python" -c "import duckdb, pyarrow" >/dev/null 2>&1; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" >/dev/null 2>&1; then
+        echo "test.sh: installing python3-venv (the warehouse tests' readers)"
+        install_debian python3-venv
+    fi
+    echo "test.sh: installing duckdb and pyarrow into $pyenv (warehouse tests)"
+    rm -rf "$pyenv"
+    python3 -m venv "$pyenv"
+    "$pyenv/bin/pip" install --quiet --disable-pip-version-check duckdb==2.0.1 pyarrow==26.0.1
+fi
+export IOTPIPE_PYTHON="$PWD/$pyenv/bin/python"
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -29,6 +29,9 @@ fn aggregate(device: usize, window: u64, min: f64) -> WindowAggregate {
         min,
         max: 2.0,
         sum: ExactSum(3_000_000_000),
+        sum_squares: 0.0,
+        first_ts_ms: 0,
+        last_ts_ms: 0,
         threshold_breaches: 0,
     }
 }

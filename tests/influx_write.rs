@@ -59,6 +59,9 @@ fn batches() -> (Vec<Vec<u8>>, u64, u64) {
                     min: 1.0,
                     max: 2.0,
                     sum: ExactSum(count as i128 * 1_500_000_000),
+                    sum_squares: 0.0,
+                    first_ts_ms: 0,
+                    last_ts_ms: 0,
                     threshold_breaches: 0,
                 };
                 if points > 0 && points % 1_000 == 0 {
@@ -272,6 +275,9 @@ fn tag_values_of_any_characters_round_trip_through_influxdb() {
             min: 1.0,
             max: 1.0,
             sum: ExactSum(1_000_000_000),
+            sum_squares: 0.0,
+            first_ts_ms: 0,
+            last_ts_ms: 0,
             threshold_breaches: 0,
         };
         aggregate_line(&mut batch, &aggregate, schemas.catalog());

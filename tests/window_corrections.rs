@@ -214,8 +214,8 @@ fn readings(devices: usize, high: &[bool]) -> Vec<(DeviceId, Reading)> {
 }
 
 type Key = (String, u64, String);
-/// A window's count, minimum, maximum, sum and breaches.
-type Window = WindowState;
+/// A window's count, minimum, maximum, sum, squares, first and last times and breaches.
+type Window = (u64, f64, f64, ExactSum, f64, u64, u64, u64);
 /// A site's count and sum per window start.
 type Sites = BTreeMap<(String, u64), (u64, ExactSum)>;
 
@@ -227,7 +227,7 @@ fn batch(
     after: &MetadataHistory,
     known_at_ms: u64,
 ) -> (BTreeMap<Key, Window>, Sites) {
-    let mut windows: BTreeMap<Key, Window> = BTreeMap::new();
+    let mut windows: BTreeMap<Key, WindowState> = BTreeMap::new();
     let mut sites: Sites = BTreeMap::new();
     for (device_id, r) in readings {
         let start = r.ts_ms - r.ts_ms % WINDOW_MS;
@@ -238,13 +238,22 @@ fn batch(
             .threshold(r.metric)
             .is_some_and(|t| t.is_breached_by(r.value));
         let key = (device_id.to_string(), start, info.site.clone());
-        fold_reading(windows.entry(key).or_insert(EMPTY_WINDOW), r.value, breach);
+        fold_reading(
+            windows.entry(key).or_insert(EMPTY_WINDOW),
+            r.ts_ms,
+            r.value,
+            breach,
+        );
         let s = sites
             .entry((info.site.clone(), start))
             .or_insert((0, ExactSum::default()));
         s.0 += 1;
         s.1.add(r.value);
     }
+    let windows = windows
+        .into_iter()
+        .map(|(key, w)| (key, w.as_comparable()))
+        .collect();
     (windows, sites)
 }
 
@@ -349,8 +358,8 @@ fn check(fleet: &Fleet, corrections: &[RegistryUpdate], high: &[bool], known_at_
         .into_iter()
         .map(|a| {
             (
-                (a.device_id.to_string(), a.window_start_ms, a.site),
-                (a.count, a.min, a.max, a.sum, a.threshold_breaches),
+                (a.device_id.to_string(), a.window_start_ms, a.site.clone()),
+                WindowState::comparable(&a),
             )
         })
         .collect();

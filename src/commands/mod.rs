@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod bridge;
 pub mod demo;
+pub mod etl;
 pub mod loadgen;
 pub mod registry;
 pub mod replay;

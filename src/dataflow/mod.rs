@@ -45,6 +45,7 @@ pub mod rollup;
 pub mod schema;
 pub mod split_late;
 pub mod stamp;
+pub mod warehouse;
 pub mod window;
 
 use differential_dataflow::Hashable;

@@ -373,6 +373,13 @@ pub struct WindowAggregate {
     pub max: f64,
     /// Exact sum of values.
     pub sum: ExactSum,
+    /// Sum of the squares of values, each rounded to 10^-6 (exact below that), so that a
+    /// rollup over windows has a variance.
+    pub sum_squares: f64,
+    /// Event time of the window's first reading.
+    pub first_ts_ms: TimeMs,
+    /// Event time of its last reading.
+    pub last_ts_ms: TimeMs,
     /// Readings outside the registry thresholds.
     pub threshold_breaches: u64,
 }

@@ -40,6 +40,9 @@ pub trait RollupSites<'scope> {
     ///         min: 0.0,
     ///         max: 0.0,
     ///         sum,
+    ///         sum_squares: 0.0,
+    ///         first_ts_ms: 0,
+    ///         last_ts_ms: 0,
     ///         threshold_breaches: 0,
     ///     }
     /// };

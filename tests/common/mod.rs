@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod postgres;
 pub mod prometheus;
 pub mod reference;
+pub mod warehouse;
 
 use std::path::{Path, PathBuf};
 

@@ -21,18 +21,89 @@ use iotpipe::io::sinks::files::jsonl;
 /// (device, metric, window start, site)
 type WindowKey = (DeviceId, MetricId, u64, String);
 /// (count, min, max, sum, breaches)
-pub type WindowState = (u64, f64, f64, ExactSum, u64);
+/// A window's running aggregate, as the batch computation keeps it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowState {
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: ExactSum,
+    /// The squares of values rounded to 10^-6, as the dataflow keeps them.
+    pub sum_squares_micro2: i128,
+    pub first_ts_ms: u64,
+    pub last_ts_ms: u64,
+    pub breaches: u64,
+}
 
 /// A window with no reading yet.
-pub const EMPTY_WINDOW: WindowState = (0, f64::INFINITY, f64::NEG_INFINITY, ExactSum(0), 0);
+pub const EMPTY_WINDOW: WindowState = WindowState {
+    count: 0,
+    min: f64::INFINITY,
+    max: f64::NEG_INFINITY,
+    sum: ExactSum(0),
+    sum_squares_micro2: 0,
+    first_ts_ms: u64::MAX,
+    last_ts_ms: 0,
+    breaches: 0,
+};
 
-/// Folds a reading's `value` into a window's state (`breach`: outside its thresholds).
-pub fn fold_reading(w: &mut WindowState, value: f64, breach: bool) {
-    w.0 += 1;
-    w.1 = w.1.min(value);
-    w.2 = w.2.max(value);
-    w.3.add(value);
-    w.4 += breach as u64;
+/// Folds a reading (`value` at `ts_ms`) into a window's state (`breach`: outside its
+/// thresholds).
+pub fn fold_reading(w: &mut WindowState, ts_ms: u64, value: f64, breach: bool) {
+    w.count += 1;
+    w.min = w.min.min(value);
+    w.max = w.max.max(value);
+    w.sum.add(value);
+    let micro = (value * 1e6).round() as i64 as i128;
+    w.sum_squares_micro2 += micro * micro;
+    w.first_ts_ms = w.first_ts_ms.min(ts_ms);
+    w.last_ts_ms = w.last_ts_ms.max(ts_ms);
+    w.breaches += breach as u64;
+}
+
+impl WindowState {
+    /// The aggregate of this window.
+    pub fn aggregate(
+        &self,
+        device_id: DeviceId,
+        metric: MetricId,
+        start_ms: u64,
+        site: String,
+    ) -> WindowAggregate {
+        WindowAggregate {
+            device_id,
+            metric,
+            window_start_ms: start_ms,
+            site,
+            count: self.count,
+            min: self.min,
+            max: self.max,
+            sum: self.sum,
+            sum_squares: self.sum_squares_micro2 as f64 / 1e12,
+            first_ts_ms: self.first_ts_ms,
+            last_ts_ms: self.last_ts_ms,
+            threshold_breaches: self.breaches,
+        }
+    }
+
+    /// What an aggregate says of its window, comparable with a batch computation's state.
+    pub fn comparable(a: &WindowAggregate) -> (u64, f64, f64, ExactSum, f64, u64, u64, u64) {
+        (
+            a.count,
+            a.min,
+            a.max,
+            a.sum,
+            a.sum_squares,
+            a.first_ts_ms,
+            a.last_ts_ms,
+            a.threshold_breaches,
+        )
+    }
+
+    /// This state as [`Self::comparable`] reads an aggregate.
+    pub fn as_comparable(&self) -> (u64, f64, f64, ExactSum, f64, u64, u64, u64) {
+        Self::comparable(&self.aggregate(DeviceId::from(""), MetricId(0), 0, String::new()))
+    }
 }
 
 /// The reference outputs, as sorted lines and dead-letter pairs.
@@ -138,7 +209,12 @@ pub fn compute_partitions(
                         .threshold(r.metric)
                         .is_some_and(|t| r.value < t.min || r.value > t.max);
                     let key = (m.device_id.clone(), r.metric, start, info.site.clone());
-                    fold_reading(windows.entry(key).or_insert(EMPTY_WINDOW), r.value, breach);
+                    fold_reading(
+                        windows.entry(key).or_insert(EMPTY_WINDOW),
+                        r.ts_ms,
+                        r.value,
+                        breach,
+                    );
                 }
                 *max_valid = Some(max_valid.map_or(r.ts_ms, |max| max.max(r.ts_ms)));
             }
@@ -220,22 +296,12 @@ pub fn compute_partitions(
     }
     let mut rollups: BTreeMap<(String, MetricId, u64), (u64, ExactSum)> = BTreeMap::new();
     let mut aggregates = Vec::new();
-    for ((device_id, metric, start, site), (count, min, max, sum, breaches)) in windows {
+    for ((device_id, metric, start, site), w) in windows {
         let r = rollups.entry((site.clone(), metric, start)).or_default();
-        r.0 += count;
-        r.1.merge(sum);
+        r.0 += w.count;
+        r.1.merge(w.sum);
         aggregates.push(jsonl::aggregate_line(
-            &WindowAggregate {
-                device_id,
-                metric,
-                window_start_ms: start,
-                site,
-                count,
-                min,
-                max,
-                sum,
-                threshold_breaches: breaches,
-            },
+            &w.aggregate(device_id, metric, start, site),
             catalog,
         ));
     }

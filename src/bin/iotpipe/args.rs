@@ -88,6 +88,34 @@ pub enum Command {
     Registry(RegistryCommand),
     /// Deliver the alert events `run` writes to Kafka to the notification channels.
     Alerts(AlertsArgs),
+    /// Roll the time-series store up into the Parquet warehouse (once, or `--every` period).
+    Etl(EtlArgs),
+}
+
+/// `iotpipe etl`.
+#[derive(Debug, Args)]
+pub struct EtlArgs {
+    /// The configuration file, TOML: `warehouse`, `[influx]`, and `[store]` or `registry`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// First day to roll up, YYYY-MM-DD (default: the horizon before today).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The day after the last, YYYY-MM-DD (default: through today; needs --from).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Run as a service: a pass every period (30s, 15m, 1h, 1d) until SIGTERM.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// Roll every day in range up again, whatever the fingerprints say.
+    #[arg(long)]
+    pub force: bool,
+    /// Days rolled up at once (overrides the file's workers).
+    #[arg(short = 'w', long = "workers")]
+    pub workers: Option<usize>,
+    /// Write what the run did as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// `iotpipe alerts`.

@@ -10,6 +10,7 @@ mod alerts;
 mod args;
 mod bridge;
 mod demo;
+mod etl;
 mod loadgen;
 mod registry;
 mod replay;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::FleetPasswords(args) => loadgen::fleet_passwords(args),
         Command::Registry(command) => registry::run(command),
         Command::Alerts(args) => alerts::run(args),
+        Command::Etl(args) => etl::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

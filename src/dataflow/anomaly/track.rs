@@ -247,6 +247,12 @@ pub struct WindowEvidence {
 }
 
 impl WindowEvidence {
+    /// The sum of the squares of the window's values (each rounded to 10^-6 first): exact
+    /// below that rounding, so windows' squares add up in any order to the same figure.
+    pub fn sum_squares(&self) -> f64 {
+        self.sum_squares_micro2 as f64 / 1e12
+    }
+
     /// Adds a reading of the window starting at `window_start_ms`.
     pub fn observe(&mut self, reading: &Reading, window_start_ms: TimeMs, slots: &Slots) {
         let offset = reading.ts_ms - window_start_ms;
@@ -705,7 +711,7 @@ impl Track {
         if count > 0 && count < params.min_window_readings && model.baseline.is_none() {
             let sparse = model.sparse.get_or_insert_with(Box::default);
             let mean = sum.mean(count);
-            let sum_squares = evidence.sum_squares_micro2 as f64 / 1e12;
+            let sum_squares = evidence.sum_squares();
             if let Some(score) = sparse.learn(
                 count,
                 mean,
@@ -725,7 +731,7 @@ impl Track {
         if count >= params.min_window_readings {
             model.sparse = None;
             let mean = sum.mean(count);
-            let sum_squares = evidence.sum_squares_micro2 as f64 / 1e12;
+            let sum_squares = evidence.sum_squares();
             let variance = if count > 1 {
                 ((sum_squares - sum.mean(1) * mean) / (count as f64 - 1.0)).max(0.0)
             } else {

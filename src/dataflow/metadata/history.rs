@@ -8,8 +8,11 @@ use rustc_hash::FxHashMap;
 use super::resolve::{PlacePath, device_info};
 use super::{DeviceRecord, Entity, EntityKey, ModelRecord, PlaceRecord, RegistryUpdate};
 use crate::dataflow::metadata::MAX_PLACE_DEPTH;
-use crate::dataflow::model::{DeviceId, SharedDeviceInfo, TimeMs};
+use crate::dataflow::model::{DeviceId, DeviceInfo, SharedDeviceInfo, TimeMs};
 use crate::dataflow::registry::RegistryChange;
+
+/// `(kind, name)` of the nearest place of each kind on a device's path, nearest first.
+type Levels = Vec<(String, String)>;
 
 /// One entity's changes, sorted by time, one per time.
 type Changes<T> = Vec<(TimeMs, Option<T>)>;
@@ -109,11 +112,44 @@ impl MetadataHistory {
     /// The device's entry at `ts_ms`, resolved through the model and places in force then
     /// (none if any is missing).
     pub fn device_at(&self, device_id: &str, ts_ms: TimeMs) -> Option<SharedDeviceInfo> {
+        let (device, model, levels) = self.resolve(device_id, ts_ms)?;
+        let name_of = |kind: &str| {
+            levels
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map(|(_, name)| name.clone())
+                .unwrap_or_default()
+        };
+        let path = PlacePath {
+            org: name_of("org"),
+            site: name_of("site"),
+            building: name_of("building"),
+        };
+        Some(Arc::new(device_info(device, model, &path)))
+    }
+
+    /// The device's entry at `ts_ms` with every level of its place path (`(kind, name)`, the
+    /// nearest place of each kind, nearest first), not only the org, site and building readings
+    /// carry: what the warehouse's device dimension records.
+    pub fn device_version_at(&self, device_id: &str, ts_ms: TimeMs) -> Option<DeviceVersion> {
+        let (device, model, levels) = self.resolve(device_id, ts_ms)?;
+        Some(DeviceVersion {
+            info: device_info(device, model, &PlacePath::default()),
+            levels,
+        })
+    }
+
+    /// The device's record, model and place levels in force at `ts_ms`.
+    fn resolve(
+        &self,
+        device_id: &str,
+        ts_ms: TimeMs,
+    ) -> Option<(&DeviceRecord, &ModelRecord, Levels)> {
         let device = at(self.devices.get(device_id)?, ts_ms)?;
         let model = at(self.models.get(&device.model_id)?, ts_ms)?;
         // The device's own place must exist, as the join requires.
         at(self.places.get(&device.place_id)?, ts_ms)?;
-        let (mut org, mut site, mut building) = (None, None, None);
+        let mut levels: Levels = Vec::new();
         let mut place_id = Some(device.place_id.as_str());
         for _ in 0..=MAX_PLACE_DEPTH {
             let Some(place) = place_id
@@ -123,21 +159,83 @@ impl MetadataHistory {
                 break;
             };
             // The nearest place of each level names it.
-            let slot = match place.kind.as_str() {
-                "org" => &mut org,
-                "site" => &mut site,
-                "building" => &mut building,
-                _ => &mut None,
-            };
-            slot.get_or_insert_with(|| place.name.clone());
+            if levels.iter().all(|(kind, _)| *kind != place.kind) {
+                levels.push((place.kind.clone(), place.name.clone()));
+            }
             place_id = place.parent_id.as_deref();
         }
-        let path = PlacePath {
-            org: org.unwrap_or_default(),
-            site: site.unwrap_or_default(),
-            building: building.unwrap_or_default(),
+        Some((device, model, levels))
+    }
+
+    /// The device's own record at `ts_ms` (its model and place unresolved).
+    pub fn device_record_at(&self, device_id: &str, ts_ms: TimeMs) -> Option<&DeviceRecord> {
+        at(self.devices.get(device_id)?, ts_ms)
+    }
+
+    /// Every device the history knows, sorted.
+    pub fn device_ids(&self) -> Vec<&DeviceId> {
+        let mut ids: Vec<&DeviceId> = self.devices.keys().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The times at which the device's entry may change: its own changes', its models' and
+    /// those of every place that was ever on its path, sorted, without repeats. Between two of
+    /// them (and after the last) [`Self::device_version_at`] answers the same.
+    pub fn change_times(&self, device_id: &str) -> Vec<TimeMs> {
+        let Some(changes) = self.devices.get(device_id) else {
+            return Vec::new();
         };
-        Some(Arc::new(device_info(device, model, &path)))
+        let mut times: Vec<TimeMs> = changes.iter().map(|(t, _)| *t).collect();
+        let mut places: Vec<&str> = Vec::new();
+        let mut models: Vec<&str> = Vec::new();
+        for device in changes.iter().filter_map(|(_, d)| d.as_ref()) {
+            places.push(&device.place_id);
+            models.push(&device.model_id);
+        }
+        // Every place any version of a place on the path names as its parent, to a fixed point.
+        let mut next = 0;
+        while next < places.len() && places.len() <= 4096 {
+            if let Some(versions) = self.places.get(places[next]) {
+                for parent in versions
+                    .iter()
+                    .filter_map(|(_, p)| p.as_ref()?.parent_id.as_deref())
+                {
+                    if !places.contains(&parent) {
+                        places.push(parent);
+                    }
+                }
+            }
+            next += 1;
+        }
+        for id in &places {
+            times.extend(self.places.get(*id).into_iter().flatten().map(|(t, _)| *t));
+        }
+        for id in &models {
+            times.extend(self.models.get(*id).into_iter().flatten().map(|(t, _)| *t));
+        }
+        times.sort_unstable();
+        times.dedup();
+        times
+    }
+}
+
+/// A device as the registry had it over some span of time, with every level of its place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceVersion {
+    /// Its entry (org, site and building left empty: they are in `levels`).
+    pub info: DeviceInfo,
+    /// `(kind, name)` of the nearest place of each kind on its path, nearest first.
+    pub levels: Vec<(String, String)>,
+}
+
+impl DeviceVersion {
+    /// The name of its place of `kind`, if it has one.
+    pub fn level(&self, kind: &str) -> Option<&str> {
+        self.levels
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, name)| name.as_str())
     }
 }
 

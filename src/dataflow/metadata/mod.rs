@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::model::{DeviceId, MetricId, Threshold, TimeMs};
 use crate::dataflow::registry::RegistryChange;
 
-pub use history::MetadataHistory;
+pub use history::{DeviceVersion, MetadataHistory};
 pub use resolve::{MAX_PLACE_DEPTH, PlacePath, ResolveRegistry};
 
 /// Which entity a change is about.

@@ -45,6 +45,9 @@ impl OpenWindow {
             min: self.min,
             max: self.max,
             sum: self.sum,
+            sum_squares: self.evidence.sum_squares(),
+            first_ts_ms: self.evidence.first_ts_ms,
+            last_ts_ms: self.evidence.last_ts_ms,
             threshold_breaches: self.breaches,
         }
     }

@@ -8,3 +8,4 @@ pub mod influx;
 pub mod kafka;
 pub mod live_view;
 pub mod notify;
+pub mod warehouse;

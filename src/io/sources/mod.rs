@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod fleet;
+pub mod influx_windows;
 pub mod inputs;
 pub mod kafka;
 pub mod live_registry;

@@ -19,6 +19,7 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::dataflow::RegistryUpdate;
 use crate::dataflow::alert::AlertControl;
 use crate::dataflow::metadata::MetadataHistory;
 use crate::dataflow::schema::MetricCatalog;
@@ -140,10 +141,8 @@ impl Follower {
                 );
             }
             self.last_seq = change.seq;
-            let body = (!change.deleted).then_some(&change.body);
-            match to_entity(change.kind, &change.id, body, &self.catalog) {
-                Ok((key, value)) => {
-                    let update = (key, value, change.effective_ms.max(0) as u64);
+            match update_of(&change, &self.catalog) {
+                Ok(update) => {
                     self.history.apply(&update);
                     if let Some(forward) = &self.forward {
                         // The receiver is gone only when the dataflow is shutting down.
@@ -162,6 +161,43 @@ impl Follower {
             }
         }
         changed
+    }
+}
+
+/// What the dataflow makes of a log entry (an error if its body is not one of its kind).
+fn update_of(
+    change: &Change,
+    catalog: &MetricCatalog,
+) -> Result<RegistryUpdate, serde_json::Error> {
+    let body = (!change.deleted).then_some(&change.body);
+    let (key, value) = to_entity(change.kind, &change.id, body, catalog)?;
+    Ok((key, value, change.effective_ms.max(0) as u64))
+}
+
+/// The whole history the store's change log holds, read once (`iotpipe etl`'s view of the
+/// hierarchy over time); entries that are not of their kind are skipped and logged, as the
+/// follower does.
+pub async fn read_history(
+    store: &Store,
+    catalog: &MetricCatalog,
+) -> Result<MetadataHistory, StoreError> {
+    let mut history = MetadataHistory::default();
+    let mut last_seq = 0;
+    loop {
+        let page = store.changes_after(last_seq, PAGE).await?;
+        let more = page.len() as i64 == PAGE;
+        for change in page {
+            last_seq = change.seq;
+            match update_of(&change, catalog) {
+                Ok(update) => history.apply(&update),
+                Err(e) => {
+                    tracing::warn!(seq = change.seq, kind = change.kind.name(), id = change.id, error = %e, "change skipped");
+                }
+            }
+        }
+        if !more {
+            return Ok(history);
+        }
     }
 }
 

@@ -66,21 +66,7 @@ impl InfluxReader {
             utf8_percent_encode(&self.database, NON_ALPHANUMERIC),
             utf8_percent_encode(q, NON_ALPHANUMERIC)
         );
-        let mut request = Request::get(path).header(hyper::header::HOST, self.endpoint.authority());
-        if let Some(authorization) = &self.authorization {
-            request = request.header(hyper::header::AUTHORIZATION, authorization);
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        let mut http = HttpConnection::to(self.endpoint.clone());
-        let (status, body) = http.send(request, self.timeout).await?;
-        if !status.is_success() {
-            return Err(InfluxQueryError::Status {
-                status: status.as_u16(),
-                answer: String::from_utf8_lossy(&body).trim().to_owned(),
-            });
-        }
+        let body = self.get(path).await?;
         let answer: Value = serde_json::from_slice(&body)?;
         let result = &answer["results"][0];
         if let Some(error) = result["error"].as_str() {
@@ -100,6 +86,105 @@ impl InfluxReader {
             .map(|rows| rows.iter().filter_map(|r| r.as_array().cloned()).collect())
             .unwrap_or_default();
         Ok((columns, rows))
+    }
+}
+
+/// One series of a query's answer: its tags (those the query grouped by), its columns and its
+/// rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Series {
+    /// Tag values, by key, of the `GROUP BY` tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Column names; the first is `time` (epoch ms).
+    pub columns: Vec<String>,
+    /// Rows, in time order.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// One answer object of a chunked response: InfluxDB sends a series in parts, each marked
+/// `partial` but the last.
+#[derive(serde::Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    results: Vec<ChunkResult>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkResult {
+    #[serde(default)]
+    series: Vec<ChunkSeries>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkSeries {
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    values: Vec<Vec<Value>>,
+}
+
+impl InfluxReader {
+    /// Every series `q` answers, read as a chunked response (`chunked=true`): a server's
+    /// `max-row-limit` does not cut the answer short, and a series split over chunks comes
+    /// back whole. Times are epoch ms.
+    pub async fn query_series(&self, q: &str) -> Result<Vec<Series>, InfluxQueryError> {
+        let path = format!(
+            "/query?db={}&epoch=ms&chunked=true&chunk_size=10000&q={}",
+            utf8_percent_encode(&self.database, NON_ALPHANUMERIC),
+            utf8_percent_encode(q, NON_ALPHANUMERIC)
+        );
+        let body = self.get(path).await?;
+        let mut series: Vec<Series> = Vec::new();
+        for chunk in serde_json::Deserializer::from_slice(&body).into_iter::<Chunk>() {
+            let chunk = chunk?;
+            if let Some(error) = chunk.error {
+                return Err(InfluxQueryError::Query(error));
+            }
+            for result in chunk.results {
+                if let Some(error) = result.error {
+                    return Err(InfluxQueryError::Query(error));
+                }
+                for part in result.series {
+                    match series.last_mut() {
+                        // The next part of the series the last chunk ended in.
+                        Some(last) if last.tags == part.tags && last.columns == part.columns => {
+                            last.rows.extend(part.values)
+                        }
+                        _ => series.push(Series {
+                            tags: part.tags,
+                            columns: part.columns,
+                            rows: part.values,
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(series)
+    }
+
+    async fn get(&self, path: String) -> Result<Bytes, InfluxQueryError> {
+        let mut request = Request::get(path).header(hyper::header::HOST, self.endpoint.authority());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let mut http = HttpConnection::to(self.endpoint.clone());
+        let (status, body) = http.send(request, self.timeout).await?;
+        if !status.is_success() {
+            return Err(InfluxQueryError::Status {
+                status: status.as_u16(),
+                answer: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
+        }
+        Ok(body)
     }
 }
 

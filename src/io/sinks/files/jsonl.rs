@@ -17,6 +17,10 @@ struct AggregateLine<'a> {
     min: f64,
     max: f64,
     mean: f64,
+    sum: f64,
+    sum_squares: f64,
+    first_ts_ms: u64,
+    last_ts_ms: u64,
     threshold_breaches: u64,
 }
 
@@ -91,7 +95,8 @@ fn line<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("output lines serialise")
 }
 
-/// `aggregates.jsonl`: `device_id, metric, window_start_ms, site, count, min, max, mean, threshold_breaches`.
+/// `aggregates.jsonl`: `device_id, metric, window_start_ms, site, count, min, max, mean, sum,
+/// sum_squares, first_ts_ms, last_ts_ms, threshold_breaches`.
 pub fn aggregate_line(a: &WindowAggregate, catalog: &MetricCatalog) -> String {
     line(&AggregateLine {
         device_id: &a.device_id,
@@ -102,6 +107,10 @@ pub fn aggregate_line(a: &WindowAggregate, catalog: &MetricCatalog) -> String {
         min: a.min,
         max: a.max,
         mean: a.mean(),
+        sum: a.sum.value(),
+        sum_squares: a.sum_squares,
+        first_ts_ms: a.first_ts_ms,
+        last_ts_ms: a.last_ts_ms,
         threshold_breaches: a.threshold_breaches,
     })
 }

@@ -3,14 +3,15 @@
 //! | measurement | tags | fields | time |
 //! |---|---|---|---|
 //! | `iotpipe_reading` | `device_id`, `org`, `site`, `building`, `device_type` | one per metric read at that instant (`temperature`, `humidity`, ...), in the catalog's unit | the reading's event time |
-//! | `iotpipe_aggregate` | `device_id`, `metric`, `site` | `count` (integer), `min`, `max`, `mean`, `sum`, `threshold_breaches` (integer) | window start |
+//! | `iotpipe_aggregate` | `device_id`, `metric`, `site` | `count` (integer), `min`, `max`, `mean`, `sum`, `sum_squares`, `first_ts_ms` and `last_ts_ms` (integers), `threshold_breaches` (integer) | window start |
 //! | `iotpipe_site_rollup` | `site`, `metric` | `count` (integer), `mean`, `sum` | window start |
-//!
-//! `sum` is the window's exact sum (kept in fixed point by the dataflow) next to the mean, so a
-//! rollup over windows (hours into days, devices into sites) adds sums and counts rather than
-//! averaging means.
 //! | `iotpipe_anomaly` | `device_id`, `site`, `device_type`, `metric` (absent for silence), `kind` | `score`, `value` (absent for silence) | the reading's event time |
 //! | `iotpipe_alert` | `site`, `device_id` (absent for a site alert), `metric` (where one applies), `rule`, `severity`, `cause`, `event` | `alert_id` (string), `score`, `value` (where known) | the event's time |
+//!
+//! `sum` is the window's exact sum (kept in fixed point by the dataflow) next to the mean, and
+//! `sum_squares`, `first_ts_ms` and `last_ts_ms` make the window mergeable: a rollup over windows
+//! (hours into days, devices into sites, `iotpipe etl`'s warehouse) adds counts, sums and
+//! squares and takes the extremes, rather than averaging means.
 //!
 //! Tags are bounded sets (devices, sites, metrics, rule names, codes); values and ids are
 //! fields. Empty registry values are left out rather than written as empty tags, which line
@@ -116,6 +117,9 @@ pub fn aggregate_line(buffer: &mut Vec<u8>, a: &WindowAggregate, catalog: &Metri
         .field("max", a.max)
         .field("mean", a.mean())
         .field("sum", a.sum.value())
+        .field("sum_squares", a.sum_squares)
+        .field("first_ts_ms", a.first_ts_ms as i64)
+        .field("last_ts_ms", a.last_ts_ms as i64)
         .field("threshold_breaches", a.threshold_breaches as i64)
         .timestamp(a.window_start_ms as i64)
         .close_line();
@@ -194,6 +198,9 @@ mod tests {
             min: 1.0,
             max: 3.0,
             sum: ExactSum(4_000_000_000),
+            sum_squares: 10.0,
+            first_ts_ms: 1_704_067_201_000,
+            last_ts_ms: 1_704_067_259_000,
             threshold_breaches: 1,
         };
         let mut buffer = Vec::new();
@@ -204,7 +211,7 @@ mod tests {
             line,
             format!(
                 "iotpipe_aggregate,device_id=dev\\ 1\\,a\\=b,metric={metric},site=site\\=0 \
-                 count=2i,min=1,max=3,mean=2,sum=4,threshold_breaches=1i 1704067200000\n"
+                 count=2i,min=1,max=3,mean=2,sum=4,sum_squares=10,first_ts_ms=1704067201000i,last_ts_ms=1704067259000i,threshold_breaches=1i 1704067200000\n"
             )
         );
     }
