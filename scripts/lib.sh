@@ -37,3 +37,28 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
 PY
     pids+=($!)
 }
+
+# start_influxd: influxd 1.6 on a free port with its data in "$work/influxdb", `influx_url`
+# and `influxd_pid` set once it answers /ping.
+start_influxd() {
+    local port rpc
+    port=$(free_port)
+    rpc=$(free_port)
+    cat >"$work/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$rpc"
+[meta]
+dir = "$work/influxdb/meta"
+[data]
+dir = "$work/influxdb/data"
+wal-dir = "$work/influxdb/wal"
+[http]
+bind-address = "127.0.0.1:$port"
+log-enabled = false
+CONF
+    influxd run -config "$work/influxdb.conf" 2>"$work/influxd.log" &
+    influxd_pid=$!
+    pids+=($influxd_pid)
+    influx_url="http://127.0.0.1:$port"
+    until curl -fs "$influx_url/ping" >/dev/null; do sleep 0.2; done
+}

@@ -522,6 +522,85 @@ fn late_data_rewrites_its_day_and_a_past_correction_only_the_hours_it_covers() {
         assert_eq!((g.count, g.min, g.max), (w.count, w.min, w.max), "{key}");
         assert!(close(g.sum, w.sum), "{key}");
     }
+
+    // A new level of the hierarchy: dev-000008 sits in a zone of its building from 2024-01-02.
+    // The second day's device tables gain a nullable `zone` column; the first day's files
+    // stay as they were, and a reader takes both together.
+    let day_2 = (START_MS + DAY_MS) as i64;
+    add_zone(&fixture.store_url, "dev-000008", day_2);
+    let report = fixture.run_etl(&warehouse, &[]);
+    assert_eq!(report["days_written"], 1, "{report}");
+    let after_zone = parquet_hashes(&warehouse);
+    let rewritten = changed(&after_correction, &after_zone);
+    assert!(
+        rewritten
+            .iter()
+            .all(|p| p.contains("date=2024-01-02/") || p.starts_with("device_dim/")),
+        "{rewritten:?}"
+    );
+    assert!(!rewritten.iter().any(|p| p.contains("date=2024-01-01/")));
+    let zones = duckdb(&format!(
+        "SELECT CAST(date AS VARCHAR) AS date, device_id, zone, count(*) AS n FROM read_parquet('{}/device_1h/*/*.parquet', hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY ALL",
+        warehouse.display()
+    ));
+    for row in &zones {
+        let in_zone = row["date"] == "2024-01-02" && row["device_id"] == "dev-000008";
+        assert_eq!(row["zone"].as_str(), in_zone.then_some("Zone A"), "{row:?}");
+    }
+    assert!(zones.iter().any(|r| r["zone"] == "Zone A"), "{zones:?}");
+    let dimension = duckdb(&format!(
+        "SELECT zone, site FROM '{}/device_dim/*.parquet' WHERE device_id = 'dev-000008' ORDER BY valid_from",
+        warehouse.display()
+    ));
+    assert_eq!(dimension.len(), 2, "{dimension:?}");
+    assert!(dimension[0]["zone"].is_null());
+    assert_eq!(dimension[1]["zone"], "Zone A");
+    assert_eq!(dimension[0]["site"], dimension[1]["site"]);
+}
+
+/// Puts a zone inside `device_id`'s building and the device in it, from `effective_ms`.
+fn add_zone(store_url: &str, device_id: &str, effective_ms: i64) {
+    use iotpipe::io::connect::store::entities::Kind;
+    use iotpipe::io::connect::store::write::Precondition;
+    use iotpipe::io::connect::store::{Store, StoreConfig};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&StoreConfig::url(store_url), |_| None)
+            .await
+            .unwrap();
+        let device = store
+            .get(Kind::Device, device_id, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let building = device.body["place_id"].as_str().unwrap().to_owned();
+        let zone = serde_json::json!({"kind": "zone", "parent_id": building, "name": "Zone A"});
+        store
+            .put(
+                Kind::Place,
+                "zone-a",
+                &zone,
+                effective_ms,
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        let mut body = device.body.clone();
+        body["place_id"] = Value::from("zone-a");
+        store
+            .put(
+                Kind::Device,
+                device_id,
+                &body,
+                effective_ms,
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+    });
 }
 
 #[test]
