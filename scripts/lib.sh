@@ -38,20 +38,21 @@ PY
     pids+=($!)
 }
 
-# start_influxd: influxd 1.6 on a free port with its data in "$work/influxdb", `influx_url`
-# and `influxd_pid` set once it answers /ping.
+# start_influxd: influxd 1.6 on a free port with its data in "$influx_dir" (default
+# "$work/influxdb"), `influx_url` and `influxd_pid` set once it answers /ping.
 start_influxd() {
     local port rpc
+    influx_dir=${influx_dir:-$work/influxdb}
     port=$(free_port)
     rpc=$(free_port)
     cat >"$work/influxdb.conf" <<CONF
 reporting-disabled = true
 bind-address = "127.0.0.1:$rpc"
 [meta]
-dir = "$work/influxdb/meta"
+dir = "$influx_dir/meta"
 [data]
-dir = "$work/influxdb/data"
-wal-dir = "$work/influxdb/wal"
+dir = "$influx_dir/data"
+wal-dir = "$influx_dir/wal"
 [http]
 bind-address = "127.0.0.1:$port"
 log-enabled = false

@@ -381,6 +381,26 @@ fn the_warehouse_equals_a_batch_computation_and_reruns_change_nothing() {
     }
     fixture.run_etl(&random, &[]);
     assert_eq!(parquet_hashes(&random), parquet_hashes(&warehouse));
+
+    // As a service: a pass every second until SIGTERM, which ends it cleanly with its report.
+    let report = fixture.data.dir.path().join("service.json");
+    let mut service = fixture
+        .etl(&warehouse, &["--every", "1s", "--report"])
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let term = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(service.wait().unwrap().success());
+    let report: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert!(report["passes"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["days_written"], 0, "{report}");
+    assert_eq!(file_hashes(&warehouse), hashes);
 }
 
 #[test]

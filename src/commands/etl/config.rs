@@ -49,6 +49,14 @@ pub struct EtlConfig {
     /// Days rolled up at once (the command line's `-w` overrides it).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Time limit of one query, ms: a chunk's roll-up scans every window of `chunk_hours`, far
+    /// more than a write (`influx.timeout_ms` is the writers').
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn default_query_timeout_ms() -> u64 {
+    600_000
 }
 
 fn default_horizon_days() -> u32 {
@@ -145,6 +153,12 @@ impl EtlConfig {
                     "{} does not divide a day: use 1, 2, 3, 4, 6, 8, 12 or 24",
                     self.chunk_hours
                 ),
+            ));
+        }
+        if self.query_timeout_ms == 0 {
+            return Err(invalid(
+                "query_timeout_ms",
+                "is 0: use the longest a query may take, in ms",
             ));
         }
         if self.workers == 0 {

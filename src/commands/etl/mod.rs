@@ -151,7 +151,8 @@ pub fn run_etl(
     let api = runtime
         .block_on(config.influx.resolve(&endpoint))
         .map_err(EtlConfigError::from)?;
-    let windows = WindowStore::new(InfluxReader::new(endpoint, &api, config.influx.timeout()));
+    let timeout = Duration::from_millis(config.query_timeout_ms);
+    let windows = WindowStore::new(InfluxReader::new(endpoint, &api, timeout));
     let mut total = EtlReport::default();
     loop {
         let started = Instant::now();

@@ -168,14 +168,19 @@ impl InfluxReader {
         Ok(series)
     }
 
-    async fn get(&self, path: String) -> Result<Bytes, InfluxQueryError> {
+    /// The `GET` of `path` with the API's authorization (1.x basic, 2.x/3.x `Token`).
+    fn request(&self, path: String) -> Request<Full<Bytes>> {
         let mut request = Request::get(path).header(hyper::header::HOST, self.endpoint.authority());
         if let Some(authorization) = &self.authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization);
         }
-        let request = request
+        request
             .body(Full::new(Bytes::new()))
-            .expect("a valid request");
+            .expect("a valid request")
+    }
+
+    async fn get(&self, path: String) -> Result<Bytes, InfluxQueryError> {
+        let request = self.request(path);
         let mut http = HttpConnection::to(self.endpoint.clone());
         let (status, body) = http.send(request, self.timeout).await?;
         if !status.is_success() {
@@ -196,6 +201,35 @@ pub fn string_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// InfluxDB 2.x and 3.x answer InfluxQL at the 1.x compatibility endpoint `/query`, with
+    /// the bucket (2.x: mapped to a database by a DBRP mapping) as `db` and the token as
+    /// `Authorization: Token`, as their documentation gives the request.
+    #[test]
+    fn a_2x_query_names_the_bucket_and_carries_the_token() {
+        let endpoint =
+            crate::io::connect::http::HttpEndpoint::parse("http://127.0.0.1:8086", None).unwrap();
+        let api = InfluxApi::V2 {
+            org: "acme".into(),
+            bucket: "fleet data".into(),
+            token: crate::io::connect::secret::Secret("s3cr3t".into()),
+        };
+        let reader = InfluxReader::new(endpoint, &api, Duration::from_secs(1));
+        let path = format!(
+            "/query?db={}&epoch=ms&chunked=true&chunk_size=10000&q=SELECT",
+            utf8_percent_encode(&reader.database, NON_ALPHANUMERIC)
+        );
+        let request = reader.request(path);
+        assert_eq!(
+            request.uri().to_string(),
+            "/query?db=fleet%20data&epoch=ms&chunked=true&chunk_size=10000&q=SELECT"
+        );
+        assert_eq!(
+            request.headers()[hyper::header::AUTHORIZATION],
+            "Token s3cr3t"
+        );
+        assert_eq!(request.headers()[hyper::header::HOST], "127.0.0.1:8086");
+    }
 
     #[test]
     fn literals_cannot_close_their_quotes() {
