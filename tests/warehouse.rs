@@ -390,7 +390,7 @@ fn the_warehouse_equals_a_batch_computation_and_reruns_change_nothing() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
     let term = Command::new("kill")
         .args(["-TERM", &service.id().to_string()])
         .status()
