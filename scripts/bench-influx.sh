@@ -21,25 +21,13 @@ data=target/bench/w1
 cargo build --release --quiet
 
 dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-rpc=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$dir/influxdb.conf" <<CONF
-reporting-disabled = true
-bind-address = "127.0.0.1:$rpc"
-[meta]
-dir = "$dir/meta"
-[data]
-dir = "$dir/data"
-wal-dir = "$dir/wal"
-[http]
-bind-address = "127.0.0.1:$port"
-log-enabled = false
-CONF
-influxd run -config "$dir/influxdb.conf" 2>"$dir/influxd.log" &
-influxd_pid=$!
-trap 'kill $influxd_pid 2>/dev/null; wait $influxd_pid 2>/dev/null; rm -rf "$dir"' EXIT
-until curl -fs "http://127.0.0.1:$port/ping" >/dev/null; do sleep 0.2; done
-url="http://127.0.0.1:$port"
+work=$dir
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+start_influxd
+url=$influx_url
 printf 'url = "%s"\ngzip = %s\nqueue_batches = %s\n' "$url" "${IOTPIPE_BENCH_GZIP:-true}" "${IOTPIPE_BENCH_QUEUE:-8}" >"$dir/influx.toml"
 echo "influxd 1.6 at $url, gzip=${IOTPIPE_BENCH_GZIP:-true}"
 
