@@ -503,12 +503,7 @@ fn late_data_rewrites_its_day_and_a_past_correction_only_the_hours_it_covers() {
     assert_eq!(report["days_written"], 1, "{report}");
     let after_correction = parquet_hashes(&warehouse);
     let rewritten = changed(&after_late, &after_correction);
-    assert!(
-        rewritten
-            .iter()
-            .all(|p| p.contains("date=2024-01-01/") || p.starts_with("device_dim/")),
-        "{rewritten:?}"
-    );
+    assert_only_day_and_dimension(&rewritten, "2024-01-01");
     let sites_after = read_table(&warehouse, "site_1h");
     let hour_23 = (START_MS + 23 * HOUR_MS).to_string();
     let differing: Vec<&String> = sites_after
@@ -552,12 +547,7 @@ fn late_data_rewrites_its_day_and_a_past_correction_only_the_hours_it_covers() {
     assert_eq!(report["days_written"], 1, "{report}");
     let after_zone = parquet_hashes(&warehouse);
     let rewritten = changed(&after_correction, &after_zone);
-    assert!(
-        rewritten
-            .iter()
-            .all(|p| p.contains("date=2024-01-02/") || p.starts_with("device_dim/")),
-        "{rewritten:?}"
-    );
+    assert_only_day_and_dimension(&rewritten, "2024-01-02");
     assert!(!rewritten.iter().any(|p| p.contains("date=2024-01-01/")));
     let zones = duckdb(&format!(
         "SELECT CAST(date AS VARCHAR) AS date, device_id, zone, count(*) AS n FROM read_parquet('{}/device_1h/*/*.parquet', hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY ALL",
@@ -576,6 +566,17 @@ fn late_data_rewrites_its_day_and_a_past_correction_only_the_hours_it_covers() {
     assert!(dimension[0]["zone"].is_null());
     assert_eq!(dimension[1]["zone"], "Zone A");
     assert_eq!(dimension[0]["site"], dimension[1]["site"]);
+}
+
+/// Every file in `rewritten` is of `date`'s partitions or the device dimension.
+fn assert_only_day_and_dimension(rewritten: &[String], date: &str) {
+    let partition = format!("date={date}/");
+    assert!(
+        rewritten
+            .iter()
+            .all(|p| p.contains(&partition) || p.starts_with("device_dim/")),
+        "{rewritten:?}"
+    );
 }
 
 /// Puts a zone inside `device_id`'s building and the device in it, from `effective_ms`.

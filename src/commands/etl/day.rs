@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use arrow_array::RecordBatch;
+
 use crate::dataflow::warehouse::dimension::Dimension;
 use crate::dataflow::warehouse::rollup::{
-    DAY_MS, DeviceKey, HOUR_MS, LEVELS, PlaceKey, Rows, add, date_of, group_places, places_by_day,
+    DAY_MS, DeviceKey, HOUR_MS, LEVELS, PlaceKey, Rows, add, add_to_day, date_of, group_places,
 };
 use crate::io::connect::influx::query::InfluxQueryError;
 use crate::io::sinks::warehouse::state::DayState;
@@ -92,13 +94,7 @@ pub(super) async fn roll_up_day(
             continue;
         }
         device_hours.write(&device_batch(&hourly_schema, &rows))?;
-        for (key, aggregate) in &rows {
-            let daily = DeviceKey {
-                period_start_ms: day,
-                ..key.clone()
-            };
-            add(&mut device_days, daily, aggregate);
-        }
+        add_to_day(&mut device_days, &rows, day);
         for (hours, (_, depth)) in place_hours.iter_mut().zip(LEVELS) {
             // Chunks hold distinct hours: their rows add without meeting.
             hours.extend(group_places(&rows, depth));
@@ -108,31 +104,24 @@ pub(super) async fn roll_up_day(
     let (rows, bytes) = device_hours.commit()?;
     written.insert(device_hours_table, rows);
     report.bytes_written += bytes;
-    let daily_table = Grain::Day.table("device");
-    let batch = device_batch(&device_schema(Grain::Day, &levels), &device_days);
-    let (rows, bytes) = write_table(
-        &partition_dir(warehouse, &daily_table, &date),
-        PART_FILE,
-        &daily_table,
-        &batch,
-    )?;
-    written.insert(daily_table, rows);
-    report.bytes_written += bytes;
+    // One day table: its partition replaced, its rows and bytes counted.
+    let mut write_day = |table: String, batch: RecordBatch| -> Result<(), WarehouseError> {
+        let dir = partition_dir(warehouse, &table, &date);
+        let (rows, bytes) = write_table(&dir, PART_FILE, &table, &batch)?;
+        written.insert(table, rows);
+        report.bytes_written += bytes;
+        Ok(())
+    };
+    let device_days = device_batch(&device_schema(Grain::Day, &levels), &device_days);
+    write_day(Grain::Day.table("device"), device_days)?;
     for (hours, (level, depth)) in place_hours.iter().zip(LEVELS) {
-        for (grain, rows) in [
-            (Grain::Hour, hours.clone()),
-            (Grain::Day, places_by_day(hours, day)),
-        ] {
-            let table = grain.table(level);
-            let batch = place_batch(&place_schema(grain, depth), &rows);
-            let (rows, bytes) = write_table(
-                &partition_dir(warehouse, &table, &date),
-                PART_FILE,
-                &table,
-                &batch,
+        let mut days = Rows::new();
+        add_to_day(&mut days, hours, day);
+        for (grain, rows) in [(Grain::Hour, hours), (Grain::Day, &days)] {
+            write_day(
+                grain.table(level),
+                place_batch(&place_schema(grain, depth), rows),
             )?;
-            written.insert(table, rows);
-            report.bytes_written += bytes;
         }
     }
     report.rows_written = written.values().sum();

@@ -12,7 +12,7 @@ use crate::dataflow::model::{DeviceId, DeviceInfo, SharedDeviceInfo, TimeMs};
 use crate::dataflow::registry::RegistryChange;
 
 /// `(kind, name)` of the nearest place of each kind on a device's path, nearest first.
-type Levels = Vec<(String, String)>;
+pub type Levels = Vec<(String, String)>;
 
 /// One entity's changes, sorted by time, one per time.
 type Changes<T> = Vec<(TimeMs, Option<T>)>;
@@ -113,13 +113,7 @@ impl MetadataHistory {
     /// (none if any is missing).
     pub fn device_at(&self, device_id: &str, ts_ms: TimeMs) -> Option<SharedDeviceInfo> {
         let (device, model, levels) = self.resolve(device_id, ts_ms)?;
-        let name_of = |kind: &str| {
-            levels
-                .iter()
-                .find(|(k, _)| k == kind)
-                .map(|(_, name)| name.clone())
-                .unwrap_or_default()
-        };
+        let name_of = |kind: &str| level_of(&levels, kind).unwrap_or_default().to_owned();
         let path = PlacePath {
             org: name_of("org"),
             site: name_of("site"),
@@ -226,17 +220,22 @@ pub struct DeviceVersion {
     /// Its entry (org, site and building left empty: they are in `levels`).
     pub info: DeviceInfo,
     /// `(kind, name)` of the nearest place of each kind on its path, nearest first.
-    pub levels: Vec<(String, String)>,
+    pub levels: Levels,
 }
 
 impl DeviceVersion {
     /// The name of its place of `kind`, if it has one.
     pub fn level(&self, kind: &str) -> Option<&str> {
-        self.levels
-            .iter()
-            .find(|(k, _)| k == kind)
-            .map(|(_, name)| name.as_str())
+        level_of(&self.levels, kind)
     }
+}
+
+/// The name of the place of `kind` among `levels`.
+fn level_of<'a>(levels: &'a Levels, kind: &str) -> Option<&'a str> {
+    levels
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, name)| name.as_str())
 }
 
 #[cfg(test)]

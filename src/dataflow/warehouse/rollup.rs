@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::dataflow::model::TimeMs;
+use crate::dataflow::schema::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// One hour in ms.
 pub const HOUR_MS: TimeMs = 3_600_000;
@@ -115,70 +116,51 @@ pub fn group_places(devices: &Rows<DeviceKey>, depth: usize) -> Rows<PlaceKey> {
     rows
 }
 
-/// Hourly device rows merged into the day starting at `day_start_ms`.
-pub fn devices_by_day(hours: &Rows<DeviceKey>, day_start_ms: TimeMs) -> Rows<DeviceKey> {
-    let mut rows = Rows::new();
-    for (key, aggregate) in hours {
-        let day = DeviceKey {
-            period_start_ms: day_start_ms,
-            ..key.clone()
-        };
-        add(&mut rows, day, aggregate);
-    }
-    rows
+/// A row's key with its period: what moving an hour's row into its day changes.
+pub trait Period: Ord + Clone {
+    /// The same key for the period starting at `start_ms`.
+    fn in_period(&self, start_ms: TimeMs) -> Self;
 }
 
-/// Hourly place rows merged into the day starting at `day_start_ms`.
-pub fn places_by_day(hours: &Rows<PlaceKey>, day_start_ms: TimeMs) -> Rows<PlaceKey> {
-    let mut rows = Rows::new();
-    for (key, aggregate) in hours {
-        let day = PlaceKey {
-            period_start_ms: day_start_ms,
-            ..key.clone()
-        };
-        add(&mut rows, day, aggregate);
+impl Period for DeviceKey {
+    fn in_period(&self, start_ms: TimeMs) -> Self {
+        DeviceKey {
+            period_start_ms: start_ms,
+            ..self.clone()
+        }
     }
-    rows
 }
 
-/// `YYYY-MM-DD` of the UTC day holding `ts_ms` (proleptic Gregorian; days from 1970).
+impl Period for PlaceKey {
+    fn in_period(&self, start_ms: TimeMs) -> Self {
+        PlaceKey {
+            period_start_ms: start_ms,
+            ..self.clone()
+        }
+    }
+}
+
+/// Adds hourly rows into the rows of the day starting at `day_start_ms` (a day's hours may
+/// come a chunk at a time).
+pub fn add_to_day<K: Period>(days: &mut Rows<K>, hours: &Rows<K>, day_start_ms: TimeMs) {
+    for (key, aggregate) in hours {
+        add(days, key.in_period(day_start_ms), aggregate);
+    }
+}
+
+/// `YYYY-MM-DD` of the UTC day holding `ts_ms`.
 pub fn date_of(ts_ms: TimeMs) -> String {
-    let days = (ts_ms / DAY_MS) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{year:04}-{month:02}-{day:02}")
+    let mut date = format_rfc3339_ms(ts_ms);
+    date.truncate("YYYY-MM-DD".len());
+    date
 }
 
 /// The start (epoch ms) of the UTC day `YYYY-MM-DD`, if it is one.
 pub fn parse_date(date: &str) -> Option<TimeMs> {
-    let mut parts = date.split('-');
-    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+    if date.len() != "YYYY-MM-DD".len() {
         return None;
     }
-    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let start = u64::try_from(days).ok()? * DAY_MS;
-    // 2024-02-31 is not a day.
-    (date_of(start) == date).then_some(start)
+    parse_rfc3339_ms(&format!("{date}T00:00:00Z"))
 }
 
 #[cfg(test)]
@@ -255,12 +237,15 @@ mod tests {
         }];
         assert_eq!((s1.count, s1.sum, s1.min, s1.max), (3, 8.0, 1.0, 5.0));
         assert_eq!((s1.first_ts_ms, s1.last_ts_ms), (Some(10), Some(20)));
-        let orgs_by_day = places_by_day(&group_places(&hours, 1), 0);
+        let mut orgs_by_day = Rows::new();
+        add_to_day(&mut orgs_by_day, &group_places(&hours, 1), 0);
         assert_eq!(orgs_by_day.len(), 1);
         let org = orgs_by_day.values().next().unwrap();
         assert_eq!((org.count, org.sum, org.max), (6, 14.0, 5.0));
         assert_eq!(org.last_ts_ms, Some(HOUR_MS + 9));
         // The device moved between hours: two rows for the day, one per place.
-        assert_eq!(devices_by_day(&hours, 0).len(), 3);
+        let mut devices_by_day = Rows::new();
+        add_to_day(&mut devices_by_day, &hours, 0);
+        assert_eq!(devices_by_day.len(), 3);
     }
 }
