@@ -5,17 +5,28 @@
 #
 #   scripts/bench-replay.sh [path/to/shared/workload]            (default: ../shared/workload)
 #   scripts/bench-replay.sh --compare OLD_BINARY NEW_BINARY [workload]
+#   scripts/bench-replay.sh --stage decode|window [--compare OLD_STAGES NEW_STAGES] [workload]
 #
 # --compare runs two builds interleaved (old, new, old, new, ...) on the same file, so a change
 # is measured before and after under the same machine load; build the old one from its commit
 # (for example in a git worktree) and pass both release binaries.
+#
+# --stage runs one stage alone on the same file (examples/stages.rs): `decode` is the source's
+# decoding of every line on WORKERS threads, the file already in memory; `window` is
+# AggregateWindows and RollupSites on WORKERS timely workers, fed messages decoded, stamped and
+# enriched before the clock starts. Together with the whole replay they say how far each stage
+# is from its own limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binaries=()
-if [ "${1:-}" = "--compare" ]; then
-    binaries=("$2" "$3")
-    shift 3
-fi
+stage=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --compare) binaries=("$2" "$3"); shift 3 ;;
+    --stage) stage=$2; shift 2 ;;
+    *) break ;;
+    esac
+done
 workload=${1:-../shared/workload}
 data=target/bench/w1
 mkdir -p "$data"
@@ -23,16 +34,23 @@ if [ ! -s "$data/events.jsonl" ]; then
     python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
         --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
 fi
-if [ ${#binaries[@]} -eq 0 ]; then
+if [ -n "$stage" ] && [ ${#binaries[@]} -eq 0 ]; then
+    cargo build --release --quiet --example stages
+    binaries=(./target/release/examples/stages)
+elif [ ${#binaries[@]} -eq 0 ]; then
     cargo build --release --quiet
     binaries=(./target/release/iotpipe)
 fi
 for workers in 1 2; do
     for run in 1 2 3; do
         for binary in "${binaries[@]}"; do
-            out=$(/usr/bin/time -f "rss_kb=%M" "$binary" replay \
-                --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
-                --out "$data/out-w$workers" -w "$workers" 2>&1)
+            if [ -n "$stage" ]; then
+                command=("$binary" "$stage" "$data/events.jsonl" "$data/registry.jsonl" "$workers")
+            else
+                command=("$binary" replay --events "$data/events.jsonl"
+                    --registry "$data/registry.jsonl" --out "$data/out-w$workers" -w "$workers")
+            fi
+            out=$(/usr/bin/time -f "rss_kb=%M" "${command[@]}" 2>&1)
             messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
             readings=$(grep '^readings' <<<"$out" | awk '{print $2}')
             elapsed=$(grep '^elapsed' <<<"$out" | awk '{print $2}')
