@@ -426,6 +426,7 @@ fn feed_chunks(
         };
     let mut k = index as u64;
     let mut spare = DecodedChunk::default();
+    let mut batch = ingestor.start_batch();
     let mut current = if k < chunk_count {
         Some(read_and_decode(k, DecodedChunk::default())?)
     } else {
@@ -459,7 +460,7 @@ fn feed_chunks(
             }
         };
         ingestor.set_watermarker(Watermarker::resume(event_time, prefix));
-        let mut batch = ingestor.start_batch();
+        ingestor.restart_batch(&mut batch);
         for (i, result) in decoded.drain(..).enumerate() {
             ingestor.admit(chunk.line(i), result, Provenance::default(), &mut batch);
         }

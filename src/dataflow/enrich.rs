@@ -141,12 +141,18 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                         // above) that this operator has seen.
                         let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
                         for (cap, messages) in stash.iter_mut() {
-                            if !messages.iter().any(is_ready) {
+                            // Usually the registry is ahead of every message: take the batch
+                            // whole rather than copying it into a new vector.
+                            let ready = if messages.iter().all(is_ready) {
+                                std::mem::take(messages)
+                            } else if messages.iter().any(is_ready) {
+                                let (ready, waiting): (Vec<_>, Vec<_>) =
+                                    std::mem::take(messages).into_iter().partition(is_ready);
+                                *messages = waiting;
+                                ready
+                            } else {
                                 continue;
-                            }
-                            let (ready, waiting): (Vec<_>, Vec<_>) =
-                                std::mem::take(messages).into_iter().partition(is_ready);
-                            *messages = waiting;
+                            };
                             lookup.load(ready.iter().map(|m| &m.device_id));
                             let mut session = output.session(cap);
                             for message in ready {

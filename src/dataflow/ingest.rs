@@ -138,6 +138,16 @@ impl Ingestor {
         }
     }
 
+    /// Empties `batch` to start again at the current watermark, keeping its buffers' memory:
+    /// a source that reuses one batch does not grow a fresh vector of messages per batch.
+    pub fn restart_batch(&self, batch: &mut IngestBatch) {
+        batch.time_ms = self.watermarker.watermark_ms();
+        batch.messages.clear();
+        batch.dead_letters.clear();
+        batch.clock_faults.clear();
+        batch.counts = IngestCounts::default();
+    }
+
     /// Decodes and admits one raw message into `batch`.
     pub fn ingest(&mut self, raw: &[u8], provenance: Provenance, batch: &mut IngestBatch) {
         let decoded = self.decoder.decode(raw);

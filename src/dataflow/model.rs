@@ -33,6 +33,11 @@ pub struct Reading {
     pub value: f64,
 }
 
+/// A message's readings. Most messages carry a handful, which live inline: a message then
+/// moves through the dataflow without a heap block of its own, so no allocation per message on
+/// the decoding worker and no cross-thread free on the windowing one.
+pub type Readings = smallvec::SmallVec<[Reading; 4]>;
+
 /// A message that decoded into readings: one device, one or more readings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceMessage {
@@ -42,7 +47,7 @@ pub struct DeviceMessage {
     /// consulted as of this time.
     pub ts_ms: TimeMs,
     /// The readings that passed the physical-range check, in message order.
-    pub readings: Vec<Reading>,
+    pub readings: Readings,
 }
 
 /// A validated message on its way into the dataflow, stamped with its partition's watermark.
@@ -63,7 +68,7 @@ pub struct TimedMessage {
     /// the allowed lead, less the lateness (see [`crate::dataflow::event_time`]).
     pub watermark_ceiling_ms: TimeMs,
     /// The readings, in message order.
-    pub readings: Vec<Reading>,
+    pub readings: Readings,
 }
 
 impl TimedMessage {
@@ -311,7 +316,7 @@ pub struct EnrichedMessage {
     /// decisions come out the same whatever the batches, workers or restarts.
     pub stamp_ms: TimeMs,
     /// The readings, on time ones only.
-    pub readings: Vec<Reading>,
+    pub readings: Readings,
 }
 
 /// An exact, order-independent sum of values, in units of 10^-9.

@@ -41,6 +41,13 @@ fn insert<T>(changes: &mut Changes<T>, time: TimeMs, value: Option<T>) {
 }
 
 fn at<T>(changes: &Changes<T>, ts_ms: TimeMs) -> Option<&T> {
+    // Nearly every question is about the present, which the latest change answers: checking
+    // it first saves a binary search over records on every message a source admits.
+    if let Some((t, value)) = changes.last()
+        && *t <= ts_ms
+    {
+        return value.as_ref();
+    }
     let after = changes.partition_point(|(t, _)| *t <= ts_ms);
     changes[..after].last().and_then(|(_, v)| v.as_ref())
 }

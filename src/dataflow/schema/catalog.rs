@@ -90,6 +90,9 @@ impl Metric {
 #[derive(Clone, Debug)]
 pub struct MetricCatalog {
     metrics: Vec<Metric>,
+    /// Each name's id: decoding looks up every reading's metric by name, and a hash of a short
+    /// name beats a binary search of string comparisons.
+    ids: rustc_hash::FxHashMap<String, MetricId>,
 }
 
 impl MetricCatalog {
@@ -127,15 +130,17 @@ impl MetricCatalog {
                 conversions,
             });
         }
-        Ok(Self { metrics })
+        let ids = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), MetricId(i as u16)))
+            .collect();
+        Ok(Self { metrics, ids })
     }
 
     /// The id of the metric called `name`.
     pub fn id(&self, name: &str) -> Option<MetricId> {
-        self.metrics
-            .binary_search_by(|m| m.name.as_str().cmp(name))
-            .ok()
-            .map(|i| MetricId(i as u16))
+        self.ids.get(name).copied()
     }
 
     /// The ids of the metrics `names` calls; the first name the catalog lacks is the error.

@@ -3,7 +3,7 @@
 use super::json::{Node, Tape};
 use super::{Layout, SchemaSet, TimeFormat, Variant};
 use crate::dataflow::model::{
-    DeadLetter, DeadLetterReason, DeviceId, DeviceMessage, MetricId, Reading,
+    DeadLetter, DeadLetterReason, DeviceId, DeviceMessage, MetricId, Reading, Readings,
 };
 
 /// A message that decoded, with what the range check dropped.
@@ -236,7 +236,7 @@ struct ReadingSink<'a> {
     schemas: &'a SchemaSet,
     header_ts: u64,
     max_ts: u64,
-    readings: Vec<Reading>,
+    readings: Readings,
     seen: u32,
     out_of_range: u32,
 }
@@ -247,8 +247,7 @@ impl<'a> ReadingSink<'a> {
             schemas,
             header_ts,
             max_ts: header_ts,
-            // Enough for any workload message without growing.
-            readings: Vec::with_capacity(16),
+            readings: Readings::new(),
             seen: 0,
             out_of_range: 0,
         }
