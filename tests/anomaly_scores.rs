@@ -108,7 +108,7 @@ fn run_with(
                     device: Arc::clone(&info),
                     ts_ms: reading.ts_ms,
                     stamp_ms: *input.time(),
-                    readings: vec![reading],
+                    readings: smallvec::smallvec![reading],
                 });
             }
             worker.step();

@@ -47,7 +47,7 @@ fn message(device: &str, ts_ms: u64) -> TimedMessage {
         ts_ms,
         watermark_ms: ts_ms,
         watermark_ceiling_ms: u64::MAX,
-        readings: vec![Reading {
+        readings: smallvec::smallvec![Reading {
             metric: MetricId(0),
             ts_ms,
             value: 1.0,

@@ -309,7 +309,7 @@ fn run(
                 ts_ms: r.ts_ms,
                 watermark_ms: r.ts_ms,
                 watermark_ceiling_ms: u64::MAX,
-                readings: vec![r],
+                readings: smallvec::smallvec![r],
             });
         };
         for reading in before {

@@ -71,7 +71,7 @@ pub trait Enrich<'scope> {
     ///     ts_ms,
     ///     watermark_ms: ts_ms - 30_000,
     ///     watermark_ceiling_ms: u64::MAX,
-    ///     readings: vec![Reading { metric: MetricId(0), ts_ms, value: 1.0 }],
+    ///     readings: smallvec::smallvec![Reading { metric: MetricId(0), ts_ms, value: 1.0 }],
     /// };
     /// let (enriched, unknown) = timely::example(move |scope| {
     ///     let (mut registry, changes) = scope.new_input::<Vec<RegistryUpdate>>();

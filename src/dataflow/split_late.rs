@@ -46,7 +46,7 @@ pub trait SplitLate<'scope> {
     ///     ts_ms: 70_000,
     ///     watermark_ms: 60_000,
     ///     watermark_ceiling_ms: u64::MAX,
-    ///     readings: vec![reading(30_000), reading(70_000)],
+    ///     readings: smallvec::smallvec![reading(30_000), reading(70_000)],
     /// };
     /// let (on_time, late) = timely::example(move |scope| {
     ///     let (on_time, late) = vec![message]

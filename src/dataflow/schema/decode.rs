@@ -96,17 +96,25 @@ impl SchemaSet {
                 format!("{} is not a JSON object", object.type_name()),
             ));
         }
+        // One walk of the top level fills every key any variant reads (the last of a repeated
+        // key wins, as `Node::get` answers).
+        let mut root: Root<'_> = smallvec::smallvec![None; self.root_keys.slots.len()];
+        for (key, value) in object.entries() {
+            if let Some(&slot) = self.root_keys.slots.get(key.key().as_ref()) {
+                root[slot] = Some(value);
+            }
+        }
         let variant = self
             .variants
             .iter()
-            .find(|v| v.match_keys.iter().all(|k| object.get(k).is_some()))
+            .find(|v| v.slots.match_keys.iter().all(|&slot| root[slot].is_some()))
             .ok_or_else(|| {
                 (
                     DeadLetterReason::NoMatchingSchema,
                     "no variant's match_keys are all present".into(),
                 )
             })?;
-        let device_id = match object.get(&variant.device_id).and_then(|n| n.as_str()) {
+        let device_id = match root[variant.slots.device_id].and_then(|n| n.as_str()) {
             Some(id) if !id.is_empty() => DeviceId::from(id.as_ref()),
             _ => {
                 return Err((
@@ -118,22 +126,30 @@ impl SchemaSet {
                 ));
             }
         };
-        let header_ts = read_time(object, &variant.timestamp_field, variant.timestamp_format)
-            .map_err(|detail| {
-                (
-                    DeadLetterReason::BadTimestamp,
-                    format!("{}: {detail}", variant.name),
-                )
-            })?;
+        let header_ts = read_time(
+            root[variant.slots.timestamp],
+            &variant.timestamp_field,
+            variant.timestamp_format,
+        )
+        .map_err(|detail| {
+            (
+                DeadLetterReason::BadTimestamp,
+                format!("{}: {detail}", variant.name),
+            )
+        })?;
         let mut out = ReadingSink::new(self, header_ts);
-        self.read_metrics(variant, object, &mut out)?;
+        let metrics = variant.slots.metrics.and_then(|slot| root[slot]);
+        self.read_metrics(variant, object, metrics, &mut out)?;
         Ok(out.finish(device_id))
     }
 
+    /// Reads the variant's metrics; `metrics` is the top-level value holding them, if its
+    /// layout has one.
     fn read_metrics(
         &self,
         variant: &Variant,
         object: Node<'_>,
+        metrics: Option<Node<'_>>,
         out: &mut ReadingSink<'_>,
     ) -> Result<(), Reject> {
         match &variant.layout {
@@ -148,13 +164,13 @@ impl SchemaSet {
                 Ok(())
             }
             Layout::Nested(nested) => {
-                let metrics = as_object(object.get(&nested.field), &nested.field)?;
+                let metrics = as_object(metrics, &nested.field)?;
                 let ts = out.header_ts;
                 self.read_nested(metrics, &nested.value_key, &nested.unit_key, ts, out)
             }
             Layout::Batch(batch) => {
                 let field = &batch.field;
-                let entries = match object.get(field) {
+                let entries = match metrics {
                     Some(list) if list.is_array() => list,
                     _ => {
                         return Err((
@@ -165,14 +181,17 @@ impl SchemaSet {
                 };
                 for entry in entries.elements() {
                     let entry = as_object(Some(entry), field)?;
-                    let ts = read_time(entry, &batch.time_field, batch.time_format).map_err(
-                        |detail| {
-                            (
-                                DeadLetterReason::BadTimestamp,
-                                format!("{field}[]: {detail}"),
-                            )
-                        },
-                    )?;
+                    let ts = read_time(
+                        entry.get(&batch.time_field),
+                        &batch.time_field,
+                        batch.time_format,
+                    )
+                    .map_err(|detail| {
+                        (
+                            DeadLetterReason::BadTimestamp,
+                            format!("{field}[]: {detail}"),
+                        )
+                    })?;
                     let metrics = as_object(entry.get(&batch.metrics_field), &batch.metrics_field)?;
                     self.read_nested(metrics, &batch.value_key, &batch.unit_key, ts, out)?;
                 }
@@ -280,8 +299,12 @@ impl<'a> ReadingSink<'a> {
     }
 }
 
-fn read_time(object: Node<'_>, field: &str, format: TimeFormat) -> Result<u64, String> {
-    match object.get(field) {
+/// The top level's values by [`RootKeys`](super::RootKeys) slot.
+type Root<'t> = smallvec::SmallVec<[Option<Node<'t>>; 8]>;
+
+/// The time `value` (found under `field`) holds.
+fn read_time(value: Option<Node<'_>>, field: &str, format: TimeFormat) -> Result<u64, String> {
+    match value {
         None => Err(format!("no `{field}`")),
         Some(value) => match format.parse(value) {
             Some(ts_ms) if ts_ms <= MAX_TIMESTAMP_MS => Ok(ts_ms),

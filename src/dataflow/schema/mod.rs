@@ -8,7 +8,8 @@
 //!
 //! Variant matching is by key presence: each variant names top-level keys that identify it
 //! (`match_keys`), and the first variant, most specific first, whose keys are all present wins.
-//! That costs a few map lookups per message, never a trial parse per variant.
+//! Decoding walks a message's top level once, putting every key any variant reads in its slot,
+//! so matching costs a few slot checks per message, never a trial parse per variant.
 
 mod catalog;
 mod decode;
@@ -131,6 +132,33 @@ struct Variant {
     timestamp_field: String,
     timestamp_format: TimeFormat,
     layout: Layout,
+    /// Where each top-level key it reads lands in [`RootKeys`].
+    slots: VariantSlots,
+}
+
+/// A variant's top-level keys as [`RootKeys`] slots.
+#[derive(Debug, Default)]
+struct VariantSlots {
+    match_keys: Vec<usize>,
+    device_id: usize,
+    timestamp: usize,
+    /// The nested metrics object or the batch array (none for a flat layout).
+    metrics: Option<usize>,
+}
+
+/// Every top-level key any variant reads, each with a slot: decoding walks a message's top
+/// level once, putting each wanted value in its slot, instead of scanning the object again
+/// for every key of every variant it tries.
+#[derive(Debug, Default)]
+struct RootKeys {
+    slots: rustc_hash::FxHashMap<String, usize>,
+}
+
+impl RootKeys {
+    fn slot(&mut self, key: &str) -> usize {
+        let next = self.slots.len();
+        *self.slots.entry(key.to_owned()).or_insert(next)
+    }
 }
 
 /// Every message variant, compiled against one catalog.
@@ -138,6 +166,7 @@ struct Variant {
 pub struct SchemaSet {
     catalog: Arc<MetricCatalog>,
     variants: Arc<Vec<Variant>>,
+    root_keys: Arc<RootKeys>,
 }
 
 /// The schemas shipped in `datasets/schemas/`, built into the binary.
@@ -193,9 +222,27 @@ impl SchemaSet {
                 .cmp(&a.match_keys.len())
                 .then_with(|| a.name.cmp(&b.name))
         });
+        let mut root_keys = RootKeys::default();
+        for variant in &mut compiled {
+            variant.slots = VariantSlots {
+                match_keys: variant
+                    .match_keys
+                    .iter()
+                    .map(|k| root_keys.slot(k))
+                    .collect(),
+                device_id: root_keys.slot(&variant.device_id),
+                timestamp: root_keys.slot(&variant.timestamp_field),
+                metrics: match &variant.layout {
+                    Layout::Flat { .. } => None,
+                    Layout::Nested(nested) => Some(root_keys.slot(&nested.field)),
+                    Layout::Batch(batch) => Some(root_keys.slot(&batch.field)),
+                },
+            };
+        }
         Ok(Self {
             catalog: Arc::new(catalog),
             variants: Arc::new(compiled),
+            root_keys: Arc::new(root_keys),
         })
     }
 
@@ -248,6 +295,7 @@ fn compile_variant(
         timestamp_field: def.timestamp.field,
         timestamp_format: def.timestamp.format,
         layout,
+        slots: VariantSlots::default(),
     })
 }
 

@@ -122,7 +122,7 @@ pub trait AggregateWindows<'scope> {
     ///     device: Arc::new(DeviceInfo::default()),
     ///     ts_ms,
     ///     stamp_ms: 0,
-    ///     readings: vec![Reading { metric: MetricId(0), ts_ms, value }],
+    ///     readings: smallvec::smallvec![Reading { metric: MetricId(0), ts_ms, value }],
     /// };
     /// let messages = vec![message(10_000, 1.0), message(20_000, 3.0), message(70_000, 5.0)];
     /// let captured = timely::example(move |scope| {

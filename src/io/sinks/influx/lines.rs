@@ -236,7 +236,7 @@ mod tests {
             }),
             ts_ms: 0,
             stamp_ms: 0,
-            readings: vec![
+            readings: smallvec::smallvec![
                 reading(a, 10, 1.5),
                 reading(b, 10, 2.0),
                 reading(a, 10, 9.0),
