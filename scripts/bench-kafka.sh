@@ -5,13 +5,17 @@
 # iotpipe consumes, with the consumer lag sampled every second.
 #
 #   scripts/bench-kafka.sh [steady rate, messages/s (default 100000)]
+#
+# Environment: WORKERS="1 2" (the throughput phase's worker counts), STEADY=0 skips the steady
+# phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
+# iotpipe under a profiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
 data=target/bench/w1
 [ -s "$data/events.jsonl" ] || scripts/bench-replay.sh >/dev/null
 cargo build --release --quiet --bin iotpipe --example kafka_load
-bin=target/release/iotpipe
+bin=${BIN:-target/release/iotpipe}
 load=target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
 end_ms=$(python3 -c "import json;print(json.load(open('$data/events.jsonl.manifest.json'))['end_ms'])")
@@ -53,16 +57,28 @@ idle_advance_ms_per_s = 600000
 [metrics]
 listen = "127.0.0.1:$metrics_port"
 TOML
-    "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.log" &
+    ${WRAP:-} "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.log" &
     pid=$!
+    wrapper=$pid
     until curl -s "127.0.0.1:$metrics_port/metrics" >/dev/null; do sleep 0.1; done
+    # Under a wrapper, measure and stop iotpipe itself (the newest process of this command).
+    if [ -n "${WRAP:-}" ]; then pid=$(pgrep -n -f -- "run --config $work/$1.toml"); fi
+}
+stop_run() {
+    kill -TERM $pid
+    if [ "$pid" = "$wrapper" ]; then
+        wait $pid
+    else
+        while kill -0 $pid 2>/dev/null; do sleep 0.2; done
+        wait $wrapper || true
+    fi
 }
 
 echo "machine: $(nproc) cores, $(uname -r); broker: tansu memory engine on 127.0.0.1"
 "$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
 echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
 
-for workers in 1 2; do
+for workers in ${WORKERS:-1 2}; do
     start_run "bench-w$workers" telemetry "$workers"
     t0=$(date +%s.%N)
     until [ "$(metric iotpipe_messages_in_total)" -ge "$messages" ]; do sleep 0.1; done
@@ -73,12 +89,13 @@ for workers in 1 2; do
     t_done=$(date +%s.%N)
     cpu=$(cpu_s $pid)
     rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-    kill -TERM $pid; wait $pid
+    stop_run
     awk -v w="$workers" -v n="$messages" -v t0="$t0" -v tr="$t_read" -v td="$t_done" -v c="$cpu" -v k="$rss" 'BEGIN {
         printf "workers=%d read_s=%.2f messages_per_s=%.0f through_dataflow_s=%.2f cpu_s_per_million=%.1f peak_rss_mib=%.0f\n",
             w, tr - t0, n / (tr - t0), td - t0, c / (n / 1e6), k / 1024 }'
 done
 
+[ "${STEADY:-1}" = 0 ] && exit 0
 # Steady produce at $rate messages/s while 2 workers consume; lag = sent so far - read so far.
 start_run bench-steady steady 2
 "$load" --brokers "127.0.0.1:$port" --topic steady --events "$data/events.jsonl" --rate "$rate" >"$work/steady-load.log" &
@@ -97,4 +114,4 @@ while kill -0 $loader 2>/dev/null; do
 done
 cat "$work/steady-load.log"
 echo "steady rate=$rate/s samples=$samples mean_lag=$((sum_lag / (samples > 0 ? samples : 1))) max_lag=$max_lag messages"
-kill -TERM $pid; wait $pid || true
+stop_run

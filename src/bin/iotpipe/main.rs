@@ -2,7 +2,9 @@
 //! `dataflow`; no pipeline logic lives here.
 
 /// glibc malloc spends a quarter of the pipeline's time on its arenas and consolidation;
-/// mimalloc's thread-local free lists do not (docs/benchmarks.md).
+/// mimalloc's thread-local free lists do not (docs/benchmarks.md). Without the `mimalloc` feature
+/// the system allocator serves, for heap profilers that see only malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
