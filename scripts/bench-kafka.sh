@@ -8,7 +8,8 @@
 #
 # Environment: WORKERS="1 2" (the throughput phase's worker counts), STEADY=0 skips the steady
 # phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
-# iotpipe under a profiler.
+# iotpipe under a profiler, KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka
+# properties to the run's configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
@@ -24,7 +25,7 @@ messages=$(wc -l <"$data/events.jsonl")
 work=$(mktemp -d)
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 metrics_port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-(cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+(cd "$work" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
     "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
 broker=$!
@@ -56,6 +57,8 @@ idle_timeout_ms = 1000
 idle_advance_ms_per_s = 600000
 [metrics]
 listen = "127.0.0.1:$metrics_port"
+[kafka.properties]
+${KAFKA_PROPERTIES:-}
 TOML
     ${WRAP:-} "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.log" &
     pid=$!

@@ -919,6 +919,91 @@ fn a_broker_down_mid_stream_delays_the_outputs_and_loses_nothing() {
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
 
+/// The value of an unlabelled metric in a `/metrics` page.
+fn metric_value(metrics: &str, family: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(family)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn partitions_that_run_ahead_wait_for_the_slowest_and_nothing_is_lost() {
+    let fixture = fixture(60, 480);
+    let expected = fixture.expected();
+    fixture.produce_registry(&fixture.registry_lines);
+    // Seven partitions are in Kafka whole; the last streams in over 20 s, so the frontier
+    // creeps through the 480 s of event time and the other seven may run only
+    // `max_lead_ms` (60 s) ahead of it.
+    let slow_partition = PARTITIONS - 1;
+    let (slow, fast): (Vec<_>, Vec<_>) = fixture
+        .lines
+        .iter()
+        .cloned()
+        .partition(|(p, _)| *p == slow_partition);
+    fixture.tansu.produce(
+        TELEMETRY,
+        fast.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())),
+    );
+    let outputs = Outputs::named("aligned");
+    outputs.create(&fixture.tansu, 2);
+    let mut cluster = Cluster::configure(
+        fixture.data.dir.path(),
+        "aligned",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        "",
+    );
+    cluster.start();
+    let held_back = std::thread::scope(|scope| {
+        let streaming = scope
+            .spawn(|| stream_telemetry(&fixture.tansu, TELEMETRY, &slow, Duration::from_secs(20)));
+        // While the slow partition streams, the others are held back: the gauge says so, and
+        // seconds into the stream fewer messages have been read than they hold (unaligned,
+        // they are read whole within a second or two).
+        let started = Instant::now();
+        let mut held_back = None;
+        while !streaming.is_finished() {
+            // Not served yet while the process starts.
+            let Some(metrics) = common::try_scrape_metrics(cluster.metrics_port) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let ahead = metric_value(&metrics, "iotpipe_partitions_ahead").unwrap_or(0.0);
+            let read = metric_value(&metrics, "iotpipe_messages_in_total").unwrap_or(0.0);
+            if started.elapsed() >= Duration::from_secs(6) && ahead > 0.0 && held_back.is_none() {
+                held_back = Some((ahead, read));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        streaming.join().unwrap();
+        held_back
+    });
+    let (ahead, read) = held_back.expect("no partition was held back 6 s into the stream");
+    eprintln!(
+        "6 s into the stream: {ahead} partitions held back, {read} of the other partitions' {} \
+         messages read",
+        fast.len()
+    );
+    assert!(
+        read < fast.len() as f64,
+        "the fast partitions were read whole while the slow one was still streaming"
+    );
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    assert_eq!(
+        metric_value(&cluster.metrics(), "iotpipe_partitions_ahead"),
+        Some(0.0),
+        "a partition is still held back once the frontier caught up"
+    );
+    cluster.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+}
+
 #[test]
 fn a_registry_change_published_while_running_moves_a_device_from_its_time_on() {
     let fixture = fixture(40, 480);

@@ -610,7 +610,8 @@ fn run_worker(
             0
         } else {
             let floor = floor.borrow().floor(now);
-            source.poll(&mut sources.source, floor)
+            let frontier = source_probe.with_frontier(|f| f.first().copied());
+            source.poll(&mut sources.source, floor, frontier)
         };
         if read > 0 {
             unwritten.first_arrival(sources.source.time(), now);

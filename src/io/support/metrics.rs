@@ -201,6 +201,8 @@ pub struct Metrics {
     records_out: Family<SinkLabel, Counter>,
     sink_failures: Family<FailureLabels, Counter>,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    /// Partitions not read for running too far ahead of the frontier (`source.max_lead_ms`).
+    pub partitions_ahead: Gauge,
     registry: Registry,
 }
 
@@ -228,6 +230,7 @@ impl Default for Metrics {
             records_out: Family::default(),
             sink_failures: Family::default(),
             consumer_lag: Family::default(),
+            partitions_ahead: Gauge::default(),
             registry: Registry::default(),
         };
         // Every reason and direction is a series from the start, at 0: a rate over a series
@@ -300,6 +303,12 @@ impl Default for Metrics {
             "Messages between a partition's read position and its end",
             Unit::Other("messages".into()),
             metrics.consumer_lag.clone(),
+        );
+        r.register(
+            "partitions_ahead",
+            "Partitions not read because their watermark runs more than source.max_lead_ms \
+             ahead of the frontier",
+            metrics.partitions_ahead.clone(),
         );
         r.register_with_unit(
             "watermark_lag",

@@ -20,13 +20,22 @@
 //! - a partition that speaks again resumes at the input time if its own watermark fell behind
 //!   it: its messages are stamped no earlier than what the dataflow has already passed, so
 //!   readings for closed windows are late, never lost.
+//!
+//! Alignment. Each partition is read from its own librdkafka queue, and one whose watermark
+//! runs more than `max_lead_ms` ahead of the dataflow's frontier is not read until the
+//! frontier catches up (Flink's watermark alignment). Without it, the messages of partitions
+//! fetched early wait inside the dataflow for the slowest partition (enrichment cannot answer
+//! before the frontier says the registry is complete): at the start of a catch-up that was
+//! most of a topic. Not reading is not pausing: librdkafka goes on fetching the partition from
+//! where it was, up to its queue limits, and never fetches from inside a stored batch again.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
@@ -65,6 +74,13 @@ pub struct SourceConfig {
     pub rewind_ms: u64,
     /// How often each worker commits its partitions' resume points (ms).
     pub commit_interval_ms: u64,
+    /// Watermark alignment: a partition whose watermark is more than this (event-time ms)
+    /// ahead of the dataflow's frontier is not read until the frontier catches up, so the
+    /// messages of a partition that runs ahead (or of every partition, while the slowest has
+    /// not delivered its first batch) wait in the broker instead of in memory. librdkafka
+    /// keeps prefetching it only up to its per-partition queue limits. 0 reads every
+    /// partition as fast as it comes.
+    pub max_lead_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -75,6 +91,7 @@ impl Default for SourceConfig {
             max_batch_messages: 10_000,
             rewind_ms: 3_600_000,
             commit_interval_ms: 1_000,
+            max_lead_ms: 60_000,
         }
     }
 }
@@ -125,11 +142,16 @@ struct PartitionReader {
     /// Idle, as last decided; and when the broker was last asked where the partition ends.
     idle: bool,
     end_checked: Option<Instant>,
+    /// Not read in the last poll: too far ahead of the frontier (see `max_lead_ms`).
+    ahead: bool,
 }
 
 /// A worker's share of the telemetry topic.
 pub struct KafkaSource {
-    consumer: BaseConsumer<SourceContext>,
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    /// Each reader's partition queue, in the readers' order: reading partition by partition
+    /// is what lets one that runs ahead wait.
+    queues: Vec<PartitionQueue<SourceContext>>,
     /// A client of its own for end offsets: on the consumer's connection the request would
     /// wait behind a long-polling fetch.
     ends: BaseConsumer,
@@ -213,6 +235,50 @@ impl IdleFloor {
     }
 }
 
+/// Admits one message of `reader`'s partition into its open batch.
+fn take_message(
+    reader: &mut PartitionReader,
+    message: &BorrowedMessage<'_>,
+    inputs: &SourceInputs,
+    now: Instant,
+) {
+    let input_time = inputs.time();
+    let batch = reader.batch.get_or_insert_with(|| {
+        // Back from idle behind the frontier: stamped no earlier than the input time.
+        let mut watermarker = reader.ingestor.watermarker().clone();
+        watermarker.raise_to(input_time);
+        reader.ingestor.set_watermarker(watermarker);
+        reader.ingestor.start_batch()
+    });
+    // A message still held cannot be resumed after: its clock is not yet decided.
+    if !reader.ingestor.is_holding() {
+        let watermarker = reader.ingestor.watermarker();
+        reader.trail.record(ResumePoint {
+            time_ms: watermarker.watermark_ms(),
+            offset: message.offset(),
+            clock: watermarker.clock(),
+            floor_ms: watermarker.floor_ms(),
+        });
+    }
+    let provenance = Provenance {
+        // The bridge sets it to the MQTT arrival; a negative one is no time.
+        arrival_ms: message
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok()),
+        offset: Some(message.offset()),
+    };
+    reader
+        .ingestor
+        .ingest(message.payload().unwrap_or_default(), provenance, batch);
+    if reader.ingestor.is_holding() {
+        reader.holding_since.get_or_insert(now);
+    }
+    reader.next_offset = message.offset() + 1;
+    reader.last_message = now;
+    reader.idle = false;
+}
+
 impl KafkaSource {
     /// Opens this worker's partitions (`p % peers == index`) at their committed resume points.
     #[allow(clippy::too_many_arguments)]
@@ -232,7 +298,7 @@ impl KafkaSource {
             topic: topic.clone(),
             ..SourceContext::default()
         };
-        let consumer: BaseConsumer<SourceContext> = kafka
+        let consumer: Arc<BaseConsumer<SourceContext>> = kafka
             .client()
             .set("statistics.interval.ms", "1000")
             .set("group.id", &kafka.group_id)
@@ -241,6 +307,7 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .create_with_context(context)
+            .map(Arc::new)
             .map_err(client_error("telemetry consumer"))?;
         let ends: BaseConsumer = kafka
             .client()
@@ -248,7 +315,7 @@ impl KafkaSource {
             .create()
             .map_err(client_error("end offset client"))?;
         let timeout = Duration::from_secs(10);
-        let partitions = partition_count(&consumer, &topic, &kafka.brokers, timeout)?;
+        let partitions = partition_count(consumer.as_ref(), &topic, &kafka.brokers, timeout)?;
         let resume = read_checkpoints(kafka, &topic)?;
         let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
         let initial = registry.snapshot();
@@ -295,11 +362,25 @@ impl KafkaSource {
                 holding_since: None,
                 idle: false,
                 end_checked: None,
+                ahead: false,
             });
         }
         consumer
             .assign(&assignment)
             .map_err(client_error("assignment"))?;
+        // Split after assigning (an assignment deactivates earlier queues) and before the first
+        // poll, so that every message comes through its partition's queue.
+        let queues = readers
+            .iter()
+            .map(|r| {
+                consumer
+                    .split_partition_queue(&topic, r.partition)
+                    .ok_or_else(|| KafkaSetupError::NoTopic {
+                        topic: topic.clone(),
+                        brokers: kafka.brokers.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(
             topic,
             worker = index,
@@ -315,6 +396,7 @@ impl KafkaSource {
             .collect();
         Ok(Self {
             consumer,
+            queues,
             ends,
             topic,
             readers,
@@ -347,10 +429,17 @@ impl KafkaSource {
             .unwrap_or(0)
     }
 
-    /// Reads what is there (at most `max_batch_messages`), sends it into the dataflow, and
-    /// advances the input to the least watermark of the active partitions (or to `floor` when
-    /// all are idle). Returns how many messages were read.
-    pub fn poll(&mut self, inputs: &mut SourceInputs, floor: Option<TimeMs>) -> usize {
+    /// Reads what is there (at most `max_batch_messages`, a share from each partition in
+    /// turn), sends it into the dataflow, and advances the input to the least watermark of the
+    /// active partitions (or to `floor` when all are idle). A partition more than
+    /// `max_lead_ms` ahead of `frontier` (the dataflow's, when known) is not read. Returns how
+    /// many messages were read.
+    pub fn poll(
+        &mut self,
+        inputs: &mut SourceInputs,
+        floor: Option<TimeMs>,
+        frontier: Option<TimeMs>,
+    ) -> usize {
         if self.registry.version() != self.registry_version {
             let (version, history) = self.registry.snapshot();
             for reader in &mut self.readers {
@@ -360,55 +449,60 @@ impl KafkaSource {
         }
         let now = Instant::now();
         let mut read = 0;
-        while read < self.config.max_batch_messages {
-            let message = match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
+        // The consumer's own queue serves callbacks (statistics, errors); a message there was
+        // fetched before its partition's queue was split off.
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            match result {
+                Ok(message) => {
+                    if let Some(&at) = self.by_partition.get(&message.partition()) {
+                        take_message(&mut self.readers[at], &message, inputs, now);
+                        read += 1;
+                    }
+                }
+                Err(error) => {
                     tracing::warn!(topic = %self.topic, %error, "telemetry read failed; retrying");
                     break;
                 }
-            };
-            read += 1;
-            let Some(&at) = self.by_partition.get(&message.partition()) else {
-                continue;
-            };
-            let reader = &mut self.readers[at];
-            let input_time = inputs.time();
-            let batch = reader.batch.get_or_insert_with(|| {
-                // Back from idle behind the frontier: stamped no earlier than the input time.
-                let mut watermarker = reader.ingestor.watermarker().clone();
-                watermarker.raise_to(input_time);
-                reader.ingestor.set_watermarker(watermarker);
-                reader.ingestor.start_batch()
-            });
-            // A message still held cannot be resumed after: its clock is not yet decided.
-            if !reader.ingestor.is_holding() {
-                let watermarker = reader.ingestor.watermarker();
-                reader.trail.record(ResumePoint {
-                    time_ms: watermarker.watermark_ms(),
-                    offset: message.offset(),
-                    clock: watermarker.clock(),
-                    floor_ms: watermarker.floor_ms(),
-                });
             }
-            let provenance = Provenance {
-                // The bridge sets it to the MQTT arrival; a negative one is no time.
-                arrival_ms: message
-                    .timestamp()
-                    .to_millis()
-                    .and_then(|ms| u64::try_from(ms).ok()),
-                offset: Some(message.offset()),
-            };
-            reader
-                .ingestor
-                .ingest(message.payload().unwrap_or_default(), provenance, batch);
-            if reader.ingestor.is_holding() {
-                reader.holding_since.get_or_insert(now);
+        }
+        let limit = (self.config.max_lead_ms > 0)
+            .then(|| frontier.map(|f| f.saturating_add(self.config.max_lead_ms)))
+            .flatten();
+        let max = self.config.max_batch_messages;
+        let share = (max / self.readers.len().max(1)).max(1);
+        let mut progressed = true;
+        while progressed && read < max {
+            progressed = false;
+            for (reader, queue) in self.readers.iter_mut().zip(&self.queues) {
+                let mut taken = 0;
+                while taken < share && read < max {
+                    let ahead = limit
+                        .is_some_and(|limit| reader.ingestor.watermarker().watermark_ms() > limit);
+                    if ahead != reader.ahead {
+                        reader.ahead = ahead;
+                        if ahead {
+                            self.metrics.partitions_ahead.inc();
+                        } else {
+                            self.metrics.partitions_ahead.dec();
+                        }
+                    }
+                    if ahead {
+                        break;
+                    }
+                    let message = match queue.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => {
+                            tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "telemetry read failed; retrying");
+                            break;
+                        }
+                    };
+                    take_message(reader, &message, inputs, now);
+                    taken += 1;
+                    read += 1;
+                }
+                progressed |= taken > 0;
             }
-            reader.next_offset = message.offset() + 1;
-            reader.last_message = now;
-            reader.idle = false;
         }
         self.metrics.messages_in.inc_by(read as u64);
         self.update_idle(now);
@@ -476,11 +570,12 @@ impl KafkaSource {
             .iter()
             .map(|r| {
                 format!(
-                    "{}@{}:{}{}",
+                    "{}@{}:{}{}{}",
                     r.partition,
                     r.next_offset,
                     r.ingestor.watermarker().watermark_ms(),
-                    if r.idle { " idle" } else { "" }
+                    if r.idle { " idle" } else { "" },
+                    if r.ahead { " ahead" } else { "" }
                 )
             })
             .collect::<Vec<_>>()
