@@ -235,6 +235,17 @@ impl IdleFloor {
     }
 }
 
+/// librdkafka's bound on each partition queue's prefetched messages.
+const PREFETCH_PROPERTY: &str = "queued.max.messages.kbytes";
+
+/// A worker's prefetch, split over its partitions: what librdkafka's single consumer queue
+/// holds by default (64 MiB), so that reading partition by partition (each its own queue,
+/// each with its own limit) does not multiply it by the partition count. At least 4 MiB a
+/// partition, so a fetch of one still fits. `[kafka.properties]` may set it instead.
+fn prefetch_kbytes(partitions: usize) -> usize {
+    (65_536 / partitions.max(1)).max(4_096)
+}
+
 /// Admits one message of `reader`'s partition into its open batch.
 fn take_message(
     reader: &mut PartitionReader,
@@ -298,24 +309,31 @@ impl KafkaSource {
             topic: topic.clone(),
             ..SourceContext::default()
         };
-        let consumer: Arc<BaseConsumer<SourceContext>> = kafka
-            .client()
-            .set("statistics.interval.ms", "1000")
-            .set("group.id", &kafka.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .create_with_context(context)
-            .map(Arc::new)
-            .map_err(client_error("telemetry consumer"))?;
         let ends: BaseConsumer = kafka
             .client()
             .set("group.id", &kafka.group_id)
             .create()
             .map_err(client_error("end offset client"))?;
         let timeout = Duration::from_secs(10);
-        let partitions = partition_count(consumer.as_ref(), &topic, &kafka.brokers, timeout)?;
+        let partitions = partition_count(&ends, &topic, &kafka.brokers, timeout)?;
+        let mine = (0..partitions)
+            .filter(|p| *p as usize % peers == index)
+            .count();
+        let mut client = kafka.client();
+        client
+            .set("statistics.interval.ms", "1000")
+            .set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        if !kafka.properties.contains_key(PREFETCH_PROPERTY) {
+            client.set(PREFETCH_PROPERTY, prefetch_kbytes(mine).to_string());
+        }
+        let consumer: Arc<BaseConsumer<SourceContext>> = client
+            .create_with_context(context)
+            .map(Arc::new)
+            .map_err(client_error("telemetry consumer"))?;
         let resume = read_checkpoints(kafka, &topic)?;
         let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
         let initial = registry.snapshot();
