@@ -54,7 +54,7 @@ pub trait SplitLate<'scope> {
     ///         .split_late(WindowConfig::default(), EventTimeConfig::default());
     ///     (on_time.capture(), late.capture())
     /// });
-    /// assert_eq!(records(on_time)[0].readings, vec![reading(70_000)]);
+    /// assert_eq!(records(on_time)[0].readings.to_vec(), vec![reading(70_000)]);
     /// assert_eq!(records(late)[0].ts_ms, 30_000);
     /// ```
     fn split_late(self, window: WindowConfig, event_time: EventTimeConfig)
