@@ -1,5 +1,9 @@
 //! Decode cost on a recorded file, without the dataflow: `cargo run --release --example
-//! decode_probe -- FILE` (used for the profile in docs/benchmarks.md).
+//! decode_probe -- FILE` (used for the profiles in docs/benchmarks.md).
+//!
+//! Parsing alone is compared with the SIMD JSON crates the field trusts, each the way a source
+//! would use it on a message it does not own: `simd-json` parses in place, so each line is first
+//! copied into a reused buffer; `sonic-rs` builds its arena-backed `Value`.
 use iotpipe::dataflow::schema::SchemaSet;
 use iotpipe::dataflow::schema::json::Tape;
 use std::time::Instant;
@@ -12,29 +16,53 @@ fn main() {
     let report = |what: &str, started: Instant, ok: usize| {
         let e = started.elapsed();
         println!(
-            "{what:<8}{:>6.0} ns/message {:>6.0} MB/s ({ok} ok)",
+            "{what:<10}{:>6.0} ns/message {:>6.0} MB/s ({ok} ok)",
             e.as_nanos() as f64 / lines.len() as f64,
             bytes as f64 / e.as_secs_f64() / 1e6
         );
     };
-    let mut tape = Tape::default();
-    let started = Instant::now();
-    let ok = lines
-        .iter()
-        .filter(|l| tape.parse(l.as_bytes()).is_ok())
-        .count();
-    report("tape", started, ok);
-    let mut decoder = SchemaSet::embedded().decoder();
-    let started = Instant::now();
-    let ok = lines
-        .iter()
-        .filter(|l| decoder.decode(l.as_bytes()).is_ok())
-        .count();
-    report("decode", started, ok);
-    let started = Instant::now();
-    let ok = lines
-        .iter()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
-        .count();
-    report("serde", started, ok);
+    for _round in 0..3 {
+        let mut tape = Tape::default();
+        let started = Instant::now();
+        let ok = lines
+            .iter()
+            .filter(|l| tape.parse(l.as_bytes()).is_ok())
+            .count();
+        report("tape", started, ok);
+
+        let mut buffer = Vec::new();
+        let mut buffers = simd_json::Buffers::default();
+        let started = Instant::now();
+        let ok = lines
+            .iter()
+            .filter(|l| {
+                buffer.clear();
+                buffer.extend_from_slice(l.as_bytes());
+                simd_json::to_tape_with_buffers(&mut buffer, &mut buffers).is_ok()
+            })
+            .count();
+        report("simd-json", started, ok);
+
+        let started = Instant::now();
+        let ok = lines
+            .iter()
+            .filter(|l| sonic_rs::from_slice::<sonic_rs::Value>(l.as_bytes()).is_ok())
+            .count();
+        report("sonic-rs", started, ok);
+
+        let started = Instant::now();
+        let ok = lines
+            .iter()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            .count();
+        report("serde", started, ok);
+
+        let mut decoder = SchemaSet::embedded().decoder();
+        let started = Instant::now();
+        let ok = lines
+            .iter()
+            .filter(|l| decoder.decode(l.as_bytes()).is_ok())
+            .count();
+        report("decode", started, ok);
+    }
 }
