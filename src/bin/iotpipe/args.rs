@@ -268,6 +268,10 @@ pub struct PipelineArgs {
     /// Window length in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub window_ms: u64,
+    /// Devices closed per step of a worker when a window closes: between two slices the
+    /// worker goes on reading, so readings do not wait behind one burst (0: all at once).
+    #[arg(long, default_value_t = 1_000)]
+    pub close_slice_devices: usize,
     /// Allowed lateness behind the largest valid event time, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub lateness_ms: u64,
@@ -323,6 +327,7 @@ impl PipelineArgs {
             event_time,
             window: WindowConfig {
                 length_ms: self.window_ms,
+                close_slice_devices: self.close_slice_devices,
             },
             anomaly: match &self.anomaly_config {
                 None => AnomalyConfig::default(),

@@ -1,6 +1,7 @@
 //! Tumbling event-time windows per device and metric, closed by the frontier, with anomaly
 //! scoring folded into the same pass (see [`anomaly`](crate::dataflow::anomaly) for why).
 
+mod close;
 mod open;
 mod reattribute;
 
@@ -24,6 +25,7 @@ use crate::dataflow::metadata::lookup::RegistryLookup;
 use crate::dataflow::model::{
     DeviceId, EnrichedMessage, Reading, SharedDeviceInfo, ThresholdBreach, TimeMs, WindowAggregate,
 };
+use close::{CloseCaps, CloseContext, Closing, close_slice};
 use open::{CloseBuffers, DeviceState, OpenWindows};
 
 /// Window geometry.
@@ -32,11 +34,24 @@ use open::{CloseBuffers, DeviceState, OpenWindows};
 pub struct WindowConfig {
     /// Window length; windows are `[k * length_ms, (k + 1) * length_ms)`.
     pub length_ms: u64,
+    /// Devices closed per step of the worker when a window closes: a close of many devices
+    /// goes in slices, and between two slices the worker runs the rest of the dataflow (and
+    /// the source reads on), so readings do not wait behind one burst of closing (0: every
+    /// device at once). Outputs and their times do not depend on it.
+    #[serde(default = "default_close_slice_devices")]
+    pub close_slice_devices: usize,
+}
+
+fn default_close_slice_devices() -> usize {
+    1_000
 }
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self { length_ms: 60_000 }
+        Self {
+            length_ms: 60_000,
+            close_slice_devices: default_close_slice_devices(),
+        }
     }
 }
 
@@ -61,14 +76,6 @@ impl WindowConfig {
     pub fn close_time(&self, start_ms: TimeMs) -> TimeMs {
         start_ms.saturating_add(self.length_ms - 1)
     }
-}
-
-/// Capabilities to emit at one close time, one per output.
-struct CloseCaps {
-    aggregates: Capability<TimeMs>,
-    findings: Capability<TimeMs>,
-    activity: Capability<TimeMs>,
-    breaches: Capability<TimeMs>,
 }
 
 /// Readings whose score waits for the window two before theirs to close, with a capability at
@@ -186,6 +193,8 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
         anomaly: &AnomalyConfig,
     ) -> Windowed<'scope> {
         let mut builder = OperatorBuilder::new("AggregateWindows".to_owned(), self.scope());
+        // A close in slices schedules the operator again for its next slice.
+        let activator = self.scope().activator_for(builder.operator_info().address);
         let mut input = builder.new_input(self, Pipeline);
         // The registry is partitioned by device like the readings, so its batches are local.
         let mut registry_batches = builder.new_input(registry.stream.clone(), Pipeline);
@@ -209,6 +218,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
         builder.build(move |_caps| {
             let mut devices: FxHashMap<DeviceId, DeviceState> = FxHashMap::default();
             let mut closes: BTreeMap<TimeMs, CloseCaps> = BTreeMap::new();
+            let mut closing_now: Option<Closing> = None;
             let mut held: BTreeMap<TimeMs, Held> = BTreeMap::new();
             // Every window closing at or before this has been closed.
             let mut closed_through: Option<TimeMs> = None;
@@ -241,54 +251,54 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                     .min()
                     .unwrap_or(TimeMs::MAX);
                 loop {
+                    // A close under way closes its next slice; what comes after it (a later
+                    // close, readings waiting for it) waits for its end.
+                    if let Some(closing) = closing_now.as_mut() {
+                        let start = closing.close_ms + 1 - len;
+                        let slice = closing.take_slice();
+                        let context = CloseContext {
+                            changed: &changed,
+                            table: &table,
+                        };
+                        close_slice(
+                            &mut devices,
+                            &slice,
+                            start,
+                            &mut lookup,
+                            context,
+                            &mut buffers,
+                        );
+                        aggregates_out
+                            .session(&closing.caps.aggregates)
+                            .give_container(&mut buffers.aggregates);
+                        scores_out
+                            .session(&closing.caps.findings)
+                            .give_container(&mut buffers.findings);
+                        activity_out
+                            .session(&closing.caps.activity)
+                            .give_container(&mut buffers.activity);
+                        breaches_out
+                            .session(&closing.caps.breaches)
+                            .give_container(&mut buffers.breaches);
+                        if !closing.is_done() {
+                            activator.activate();
+                            break;
+                        }
+                        // A change no open window started before has been applied.
+                        changed.retain(|device_id, known_ms| {
+                            *known_ms > start + len && devices.contains_key(device_id)
+                        });
+                        closed_through = Some(closing.close_ms);
+                        closing_now = None;
+                    }
                     let next_close = closes.keys().next().copied().filter(|c| *c <= reached);
                     let next_held = held.keys().next().copied().filter(|h| *h <= reached);
                     match (next_close, next_held) {
                         (Some(c), h) if h.is_none_or(|h| c <= h) => {
                             let caps = closes.remove(&c).expect("listed");
-                            let start = c + 1 - len;
-                            // The changed devices with a closing window from before the change.
-                            let stale = |device_id: &DeviceId, known_ms: TimeMs| {
-                                devices.get(device_id).is_some_and(|state| {
-                                    state
-                                        .windows
-                                        .windows
-                                        .iter()
-                                        .any(|w| w.start_ms <= start && w.start_ms < known_ms)
-                                })
-                            };
                             lookup.keep_only(|device_id| changed.contains_key(device_id));
-                            lookup.load(
-                                changed
-                                    .iter()
-                                    .filter(|(id, known_ms)| stale(id, **known_ms))
-                                    .map(|(id, _)| id),
-                            );
-                            devices.retain(|device_id, state| {
-                                let changed = changed.get(device_id).and_then(|known_ms| {
-                                    Some((lookup.history(device_id)?, *known_ms))
-                                });
-                                state.close(device_id, start, changed, &table, &mut buffers);
-                                let no_model = state.scorer.evict(start + 1, &table);
-                                !(state.windows.is_empty() && no_model)
-                            });
-                            // A change no open window started before has been applied.
-                            changed.retain(|device_id, known_ms| {
-                                *known_ms > start + len && devices.contains_key(device_id)
-                            });
-                            aggregates_out
-                                .session(&caps.aggregates)
-                                .give_container(&mut buffers.aggregates);
-                            scores_out
-                                .session(&caps.findings)
-                                .give_container(&mut buffers.findings);
-                            activity_out
-                                .session(&caps.activity)
-                                .give_container(&mut buffers.activity);
-                            breaches_out
-                                .session(&caps.breaches)
-                                .give_container(&mut buffers.breaches);
-                            closed_through = Some(c);
+                            let all = devices.keys().cloned().collect();
+                            closing_now = Some(Closing::new(c, caps, all, &config));
                         }
                         (_, Some(h)) => {
                             for (cap, readings) in held.remove(&h).expect("listed") {
@@ -324,12 +334,14 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                         _ => break,
                     }
                 }
-                if reached > closed_through.unwrap_or(0) {
-                    closed_through = Some(reached);
+                // Every window closing before a close under way has closed.
+                let through = closing_now.as_ref().map_or(reached, |c| c.close_ms - 1);
+                if through > closed_through.unwrap_or(0) {
+                    closed_through = Some(through);
                 }
-                // Open windows start after `reached - len`: versions replaced before then are
+                // Open windows start after `through - len`: versions replaced before then are
                 // in force for none of their readings.
-                lookup.compact_to((reached < TimeMs::MAX).then(|| reached.saturating_sub(len)));
+                lookup.compact_to((through < TimeMs::MAX).then(|| through.saturating_sub(len)));
 
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };
