@@ -7,6 +7,7 @@
 #
 #   scripts/bench-influx.sh [seconds] [devices...]   (default: 120 10000 100000)
 #   IOTPIPE_BENCH_SKIP_REPLAY=1 skips 1; IOTPIPE_BENCH_GZIP=false sends plain bodies;
+#   IOTPIPE_BENCH_DEMO_FLAGS adds flags to each demo run (e.g. "--close-slice-devices 0");
 #   IOTPIPE_BENCH_WARM=1 first runs each fleet for 60 s into the same database, so the measured
 #   run finds its series in InfluxDB's index (steady state, not a fleet's first minutes); the
 #   workload is ../shared/workload (IOTPIPE_WORKLOAD).
@@ -55,13 +56,15 @@ fi
 
 for devices in "${fleets[@]}"; do
     if [ -n "${IOTPIPE_BENCH_WARM:-}" ]; then
-        ./target/release/iotpipe demo --devices "$devices" --duration 60 --plain --no-dashboard \
+        ./target/release/iotpipe demo --devices "$devices" --duration 60 --plain --history-s 0 --no-dashboard \
             -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" \
             >/dev/null 2>&1
     fi
     before=$(influxd_cpu)
+    # No head start of history: latency is measured from real time on.
     out=$(./target/release/iotpipe demo --devices "$devices" --duration "$seconds" --plain \
-        --no-dashboard -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" 2>&1)
+        --history-s 0 --no-dashboard -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" \
+        ${IOTPIPE_BENCH_DEMO_FLAGS:-} 2>&1)
     rate=$(grep '^t=' <<<"$out" | tail -n 10 | grep -o 'rate=[0-9]*' | cut -d= -f2 |
         awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n }')
     echo "demo devices=$devices offered=${devices}/s achieved_last_10s=${rate}/s influxd_cpu_s=$(( $(influxd_cpu) - before ))"
