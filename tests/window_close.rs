@@ -1,6 +1,6 @@
-//! A window's close in slices (`WindowConfig::close_slice_devices`): the same windows, scores
-//! and activity as one close at once, handed on over many steps of the worker instead of one,
-//! and done without more input.
+//! A window's close spread over event time (`WindowConfig::close_spread_ms`): the same windows,
+//! scores and activity as one close at once, handed on as the input advances over the spread
+//! instead of in one step, and complete once the input has passed the close plus the spread.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,20 +16,21 @@ use timely::dataflow::operators::{Concat, Inspect, Probe, ToStream};
 const START: u64 = 1_704_067_200_000;
 const DEVICES: u64 = 2_000;
 
-/// What came out of the windows, sorted, and at which worker step each close's aggregates did.
+/// What came out of the windows, sorted, and at which advance of the input the first close's
+/// aggregates did.
 struct Outcome {
     /// Aggregates, scores and activity, each rendered with the exact bits of its numbers.
     records: Vec<String>,
-    /// The steps at which aggregates of the first window came out.
+    /// The advances of the input at which aggregates of the first window came out.
     first_window_steps: Vec<usize>,
 }
 
 /// `DEVICES` devices, two metrics, one message a second each for 150 s, sent in 50 ms steps of
 /// event time with the input's time 5 s behind; after each, the worker steps until the output
-/// has caught up with the input (a close that waited for more input would never end).
-fn run(close_slice_devices: usize) -> Outcome {
+/// has caught up with the input less the spread (a close that waited for more would hang).
+fn run(close_spread_ms: u64) -> Outcome {
     let config = WindowConfig {
-        close_slice_devices,
+        close_spread_ms,
         ..WindowConfig::default()
     };
     let info = Arc::new(DeviceInfo {
@@ -131,14 +132,19 @@ fn run(close_slice_devices: usize) -> Outcome {
                 });
             }
             ts += 50;
-            let waited_from = *step.borrow();
+            *step.borrow_mut() += 1;
+            let caught_up = input
+                .time()
+                .saturating_sub(config.applied_close_spread_ms());
+            let mut steps = 0;
+            worker.step();
             worker.step_while(|| {
-                *step.borrow_mut() += 1;
+                steps += 1;
                 assert!(
-                    *step.borrow() - waited_from < 10_000,
-                    "the output does not catch up with the input: a close waits for more input"
+                    steps < 10_000,
+                    "the output does not catch up with the input less the spread"
                 );
-                probe.less_than(input.time())
+                probe.less_than(&caught_up)
             });
         }
         input.close();
@@ -155,9 +161,9 @@ fn run(close_slice_devices: usize) -> Outcome {
 }
 
 #[test]
-fn a_close_in_slices_emits_what_one_close_does_over_many_steps() {
+fn a_close_spread_over_event_time_emits_what_one_close_does_as_the_input_advances() {
     let at_once = run(0);
-    let spread = run(100);
+    let spread = run(2_000);
     let windows = |o: &Outcome| {
         o.records
             .iter()
@@ -172,8 +178,8 @@ fn a_close_in_slices_emits_what_one_close_does_over_many_steps() {
         at_once.records == spread.records,
         "a spread close changed what came out"
     );
-    // At once: the first window's aggregates come out in one step. In slices: 100 devices a
-    // step, 20 steps.
+    // At once: the first window's aggregates come out at one advance of the input. Spread over
+    // 2 s: 20 slices of 100 ms, one each second advance of 50 ms.
     let distinct = |steps: &[usize]| {
         let mut steps = steps.to_vec();
         steps.dedup();
@@ -181,8 +187,8 @@ fn a_close_in_slices_emits_what_one_close_does_over_many_steps() {
     };
     assert_eq!(distinct(&at_once.first_window_steps), 1);
     assert!(
-        distinct(&spread.first_window_steps) >= 20,
-        "the close came out in {:?} steps",
+        distinct(&spread.first_window_steps) >= 19,
+        "the close came out at advances {:?}",
         spread.first_window_steps
     );
 }

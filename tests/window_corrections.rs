@@ -316,7 +316,15 @@ fn run(
             send(&mut messages, reading);
         }
         messages.advance_to(known_at_ms);
-        while probe.less_than(&known_at_ms) {
+        // Every window closing before `known_at_ms` has begun to close (a close spread over
+        // event time takes the corrections known as it begins, and completes once the input
+        // has passed its spread): its outputs are out up to the spread, and a few more steps
+        // let the window operator see the frontier.
+        let spread_ms = PipelineConfig::default().window.applied_close_spread_ms();
+        while probe.less_than(&known_at_ms.saturating_sub(spread_ms)) {
+            worker.step();
+        }
+        for _ in 0..10 {
             worker.step();
         }
         for update in corrections {

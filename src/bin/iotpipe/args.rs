@@ -268,10 +268,11 @@ pub struct PipelineArgs {
     /// Window length in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub window_ms: u64,
-    /// Devices closed per step of a worker when a window closes: between two slices the
-    /// worker goes on reading, so readings do not wait behind one burst (0: all at once).
-    #[arg(long, default_value_t = 1_000)]
-    pub close_slice_devices: usize,
+    /// Event time over which a window's close is spread, its devices closed in slices of
+    /// 100 ms, so that readings do not wait behind one burst of closing (0: all at once; cut
+    /// to a quarter of the window).
+    #[arg(long, default_value_t = 10_000)]
+    pub close_spread_ms: u64,
     /// Allowed lateness behind the largest valid event time, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub lateness_ms: u64,
@@ -327,7 +328,7 @@ impl PipelineArgs {
             event_time,
             window: WindowConfig {
                 length_ms: self.window_ms,
-                close_slice_devices: self.close_slice_devices,
+                close_spread_ms: self.close_spread_ms,
             },
             anomaly: match &self.anomaly_config {
                 None => AnomalyConfig::default(),

@@ -254,7 +254,7 @@ mod poison {
             field in prop::sample::select(vec![
                 "[source]\nrewind_ms", "[source]\nidle_timeout_ms", "[source]\nmax_batch_messages",
                 "[source]\nmax_lead_ms",
-                "[pipeline.window]\nlength_ms", "[pipeline.window]\nclose_slice_devices",
+                "[pipeline.window]\nlength_ms", "[pipeline.window]\nclose_spread_ms",
                 "[pipeline.event_time]\nallowed_lateness_ms = 1\nmax_clock_skew_ms",
                 "[pipeline.event_time]\nallowed_lateness_ms = 1\nmax_clock_skew_ms = 1\nclock_quorum",
                 "[pipeline.ingest]\nmax_message_bytes", "[cluster]\nworkers", "drain_timeout_ms",

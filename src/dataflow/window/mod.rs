@@ -25,7 +25,7 @@ use crate::dataflow::metadata::lookup::RegistryLookup;
 use crate::dataflow::model::{
     DeviceId, EnrichedMessage, Reading, SharedDeviceInfo, ThresholdBreach, TimeMs, WindowAggregate,
 };
-use close::{CloseCaps, CloseContext, Closing, close_slice};
+use close::{CloseCaps, Closing, close_due, corrections};
 use open::{CloseBuffers, DeviceState, OpenWindows};
 
 /// Window geometry.
@@ -34,23 +34,28 @@ use open::{CloseBuffers, DeviceState, OpenWindows};
 pub struct WindowConfig {
     /// Window length; windows are `[k * length_ms, (k + 1) * length_ms)`.
     pub length_ms: u64,
-    /// Devices closed per step of the worker when a window closes: a close of many devices
-    /// goes in slices, and between two slices the worker runs the rest of the dataflow (and
-    /// the source reads on), so readings do not wait behind one burst of closing (0: every
-    /// device at once). Outputs and their times do not depend on it.
-    #[serde(default = "default_close_slice_devices")]
-    pub close_slice_devices: usize,
+    /// Event time over which a window's close is spread: its devices close in slices, one
+    /// more each [`CLOSE_SLICE_MS`] the frontier passes the window's end, so that the work of
+    /// closing (scoring, rolling up, writing) does not land on the cores in one burst that
+    /// readings wait behind (0: all at once). The window's outputs keep their time, its close
+    /// time, and are complete once the frontier has passed the close time plus the spread; every
+    /// slice sees the registry as it was at the close time. Cut to a quarter of `length_ms`.
+    #[serde(default = "default_close_spread_ms")]
+    pub close_spread_ms: u64,
 }
 
-fn default_close_slice_devices() -> usize {
-    1_000
+/// The event time between two slices of a close (see [`WindowConfig::close_spread_ms`]).
+pub const CLOSE_SLICE_MS: u64 = 100;
+
+fn default_close_spread_ms() -> u64 {
+    10_000
 }
 
 impl Default for WindowConfig {
     fn default() -> Self {
         Self {
             length_ms: 60_000,
-            close_slice_devices: default_close_slice_devices(),
+            close_spread_ms: default_close_spread_ms(),
         }
     }
 }
@@ -75,6 +80,18 @@ impl WindowConfig {
     /// to the start of time (decoding refuses stamps after the year 9999 anyway).
     pub fn close_time(&self, start_ms: TimeMs) -> TimeMs {
         start_ms.saturating_add(self.length_ms - 1)
+    }
+
+    /// How many slices a close is spread over: at least one, over at most a quarter of a
+    /// window, so that a close ends long before the next one is due.
+    pub fn close_slices(&self) -> u64 {
+        let spread_ms = self.close_spread_ms.min(self.length_ms / 4);
+        (spread_ms / CLOSE_SLICE_MS).max(1)
+    }
+
+    /// The event time over which a close is spread, as cut to a quarter of the window.
+    pub fn applied_close_spread_ms(&self) -> u64 {
+        (self.close_slices() - 1) * CLOSE_SLICE_MS
     }
 }
 
@@ -193,8 +210,6 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
         anomaly: &AnomalyConfig,
     ) -> Windowed<'scope> {
         let mut builder = OperatorBuilder::new("AggregateWindows".to_owned(), self.scope());
-        // A close in slices schedules the operator again for its next slice.
-        let activator = self.scope().activator_for(builder.operator_info().address);
         let mut input = builder.new_input(self, Pipeline);
         // The registry is partitioned by device like the readings, so its batches are local.
         let mut registry_batches = builder.new_input(registry.stream.clone(), Pipeline);
@@ -251,40 +266,42 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                     .min()
                     .unwrap_or(TimeMs::MAX);
                 loop {
-                    // A close under way closes its next slice; what comes after it (a later
-                    // close, readings waiting for it) waits for its end.
+                    // A close under way closes the slices the frontier has reached; what comes
+                    // after it (a later close, readings waiting for it) waits for its end.
                     if let Some(closing) = closing_now.as_mut() {
-                        let start = closing.close_ms + 1 - len;
-                        let slice = closing.take_slice();
-                        let context = CloseContext {
-                            changed: &changed,
-                            table: &table,
-                        };
-                        close_slice(
+                        close_due(
                             &mut devices,
-                            &slice,
-                            start,
-                            &mut lookup,
-                            context,
+                            closing,
+                            reached,
+                            &config,
+                            &table,
                             &mut buffers,
                         );
-                        aggregates_out
-                            .session(&closing.caps.aggregates)
-                            .give_container(&mut buffers.aggregates);
-                        scores_out
-                            .session(&closing.caps.findings)
-                            .give_container(&mut buffers.findings);
-                        activity_out
-                            .session(&closing.caps.activity)
-                            .give_container(&mut buffers.activity);
-                        breaches_out
-                            .session(&closing.caps.breaches)
-                            .give_container(&mut buffers.breaches);
+                        if !buffers.aggregates.is_empty() {
+                            aggregates_out
+                                .session(&closing.caps.aggregates)
+                                .give_container(&mut buffers.aggregates);
+                        }
+                        if !buffers.findings.is_empty() {
+                            scores_out
+                                .session(&closing.caps.findings)
+                                .give_container(&mut buffers.findings);
+                        }
+                        if !buffers.activity.is_empty() {
+                            activity_out
+                                .session(&closing.caps.activity)
+                                .give_container(&mut buffers.activity);
+                        }
+                        if !buffers.breaches.is_empty() {
+                            breaches_out
+                                .session(&closing.caps.breaches)
+                                .give_container(&mut buffers.breaches);
+                        }
                         if !closing.is_done() {
-                            activator.activate();
                             break;
                         }
                         // A change no open window started before has been applied.
+                        let start = closing.close_ms + 1 - len;
                         changed.retain(|device_id, known_ms| {
                             *known_ms > start + len && devices.contains_key(device_id)
                         });
@@ -296,9 +313,11 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                     match (next_close, next_held) {
                         (Some(c), h) if h.is_none_or(|h| c <= h) => {
                             let caps = closes.remove(&c).expect("listed");
-                            lookup.keep_only(|device_id| changed.contains_key(device_id));
+                            // The corrections are those known as the close begins.
+                            let corrections =
+                                corrections(&devices, &changed, c + 1 - len, &mut lookup);
                             let all = devices.keys().cloned().collect();
-                            closing_now = Some(Closing::new(c, caps, all, &config));
+                            closing_now = Some(Closing::new(c, caps, all, corrections, &config));
                         }
                         (_, Some(h)) => {
                             for (cap, readings) in held.remove(&h).expect("listed") {
