@@ -7,7 +7,7 @@
 #
 #   scripts/bench-influx.sh [seconds] [devices...]   (default: 120 10000 100000)
 #   IOTPIPE_BENCH_SKIP_REPLAY=1 skips 1; IOTPIPE_BENCH_GZIP=false sends plain bodies;
-#   IOTPIPE_BENCH_DEMO_FLAGS adds flags to each demo run (e.g. "--close-slice-devices 0");
+#   BIN=path runs another build; IOTPIPE_BENCH_DEMO_FLAGS adds flags to each demo run (e.g. "--close-slice-devices 0");
 #   IOTPIPE_BENCH_WARM=1 first runs each fleet for 60 s into the same database, so the measured
 #   run finds its series in InfluxDB's index (steady state, not a fleet's first minutes); the
 #   workload is ../shared/workload (IOTPIPE_WORKLOAD).
@@ -20,6 +20,7 @@ fleets=("$@")
 workload=${IOTPIPE_WORKLOAD:-../shared/workload}
 data=target/bench/w1
 cargo build --release --quiet
+bin=${BIN:-./target/release/iotpipe}
 
 dir=$(mktemp -d)
 work=$dir
@@ -42,7 +43,7 @@ if [ -z "${IOTPIPE_BENCH_SKIP_REPLAY:-}" ]; then
         python3 "$workload/gen_workload.py" --devices 10000 --seconds 200 --seed 42 \
             --out "$data/events.jsonl" --registry-out "$data/registry.jsonl"
     fi
-    out=$(/usr/bin/time -f "rss_kb=%M cpu_s=%U+%S" ./target/release/iotpipe replay \
+    out=$(/usr/bin/time -f "rss_kb=%M cpu_s=%U+%S" "$bin" replay \
         --events "$data/events.jsonl" --registry "$data/registry.jsonl" \
         --out "$data/out-influx" -w 2 --influx-config "$dir/influx.toml" --influx-database bench_replay 2>&1)
     messages=$(grep '^messages' <<<"$out" | awk '{print $2}')
@@ -56,13 +57,13 @@ fi
 
 for devices in "${fleets[@]}"; do
     if [ -n "${IOTPIPE_BENCH_WARM:-}" ]; then
-        ./target/release/iotpipe demo --devices "$devices" --duration 60 --plain --history-s 0 --no-dashboard \
+        "$bin" demo --devices "$devices" --duration 60 --plain --history-s 0 --no-dashboard \
             -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" \
             >/dev/null 2>&1
     fi
     before=$(influxd_cpu)
     # No head start of history: latency is measured from real time on.
-    out=$(./target/release/iotpipe demo --devices "$devices" --duration "$seconds" --plain \
+    out=$("$bin" demo --devices "$devices" --duration "$seconds" --plain \
         --history-s 0 --no-dashboard -w 2 --influx-config "$dir/influx.toml" --influx-database "bench_demo_$devices" \
         ${IOTPIPE_BENCH_DEMO_FLAGS:-} 2>&1)
     rate=$(grep '^t=' <<<"$out" | tail -n 10 | grep -o 'rate=[0-9]*' | cut -d= -f2 |
