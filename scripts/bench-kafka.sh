@@ -9,7 +9,9 @@
 # Environment: WORKERS="1 2" (the throughput phase's worker counts), STEADY=0 skips the steady
 # phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
 # iotpipe under a profiler, KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka
-# properties to the run's configuration.
+# properties to the run's configuration, PROCESSES="1 2 4" runs the throughput phase as clusters
+# of that many processes of one worker each (timely's cluster mode over loopback) instead of
+# WORKERS; the figures are the cluster's (messages, CPU and peak RSS summed over processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
@@ -23,20 +25,29 @@ end_ms=$(python3 -c "import json;print(json.load(open('$data/events.jsonl.manife
 messages=$(wc -l <"$data/events.jsonl")
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-metrics_port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
 (cd "$work" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
     "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
 broker=$!
-trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
+pids=()
+trap 'kill "${pids[@]}" $broker 2>/dev/null; rm -rf "$work"' EXIT
 sleep 2
 topic() { "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions "$2" "$1" >/dev/null; }
 for t in telemetry steady; do topic $t 8; done
 topic registry 1
 
 metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-lag_sum() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '/^iotpipe_consumer_lag_messages/ {s += $2} END {print s + 0}'; }
+# A metric summed (or the least, for a frontier) over a cluster's processes.
+cluster_metric() { # family sum|min
+    local p
+    for p in "${metrics_ports[@]}"; do
+        curl -s "127.0.0.1:$p/metrics" | awk -v m="$1" '$1 == m {print $2}'
+    done | awk -v how="$2" '{ if (how == "sum") v += $1; else if (NR == 1 || $1 < v) v = $1 } END { print v + 0 }'
+}
+
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
 start_run() { # name telemetry-topic workers
@@ -60,14 +71,36 @@ listen = "127.0.0.1:$metrics_port"
 [kafka.properties]
 ${KAFKA_PROPERTIES:-}
 TOML
-    ${WRAP:-} "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.log" &
-    pid=$!
+    local processes=${4:-1}
+    pids=()
+    metrics_ports=()
+    if [ "$processes" -gt 1 ]; then
+        printf '[cluster]\nprocesses = %d\nhostfile = "%s"\n' "$processes" "$work/$1.hosts" >>"$work/$1.toml"
+        : >"$work/$1.hosts"
+        for _ in $(seq "$processes"); do echo "127.0.0.1:$(free_port)" >>"$work/$1.hosts"; done
+    fi
+    for p in $(seq 0 $((processes - 1))); do
+        local listen=$metrics_port
+        [ "$p" -eq 0 ] || listen=$(free_port)
+        metrics_ports+=("$listen")
+        IOTPIPE_CLUSTER_PROCESS=$p IOTPIPE_METRICS_LISTEN="127.0.0.1:$listen" \
+            ${WRAP:-} "$bin" run --config "$work/$1.toml" -w "$3" 2>"$work/$1.$p.log" &
+        pids+=($!)
+    done
+    pid=${pids[0]}
     wrapper=$pid
-    until curl -s "127.0.0.1:$metrics_port/metrics" >/dev/null; do sleep 0.1; done
+    for p in "${metrics_ports[@]}"; do
+        until curl -s "127.0.0.1:$p/metrics" >/dev/null; do sleep 0.1; done
+    done
     # Under a wrapper, measure and stop iotpipe itself (the newest process of this command).
     if [ -n "${WRAP:-}" ]; then pid=$(pgrep -n -f -- "run --config $work/$1.toml"); fi
 }
 stop_run() {
+    if [ ${#pids[@]} -gt 1 ]; then
+        kill -TERM "${pids[@]}"
+        wait "${pids[@]}"
+        return
+    fi
     kill -TERM $pid
     if [ "$pid" = "$wrapper" ]; then
         wait $pid
@@ -81,21 +114,33 @@ echo "machine: $(nproc) cores, $(uname -r); broker: tansu memory engine on 127.0
 "$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
 echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
 
-for workers in ${WORKERS:-1 2}; do
-    start_run "bench-w$workers" telemetry "$workers"
+# Each shape: "workers processes".
+shapes=()
+if [ -n "${PROCESSES:-}" ]; then
+    for p in $PROCESSES; do shapes+=("1 $p"); done
+else
+    for w in ${WORKERS:-1 2}; do shapes+=("$w 1"); done
+fi
+for shape in "${shapes[@]}"; do
+    read -r workers processes <<<"$shape"
+    start_run "bench-w$workers-p$processes" telemetry "$workers" "$processes"
     t0=$(date +%s.%N)
-    until [ "$(metric iotpipe_messages_in_total)" -ge "$messages" ]; do sleep 0.1; done
+    until [ "$(cluster_metric iotpipe_messages_in_total sum)" -ge "$messages" ]; do sleep 0.1; done
     t_read=$(date +%s.%N)
     # Everything read has gone through the dataflow once the written frontier reaches the
     # last watermark (the end of the data less the allowed lateness).
-    until awk -v w="$(metric iotpipe_written_frontier_seconds)" -v e="$end_ms" 'BEGIN {exit !(w * 1000 >= e - 31000)}'; do sleep 0.1; done
+    until awk -v w="$(cluster_metric iotpipe_written_frontier_seconds min)" -v e="$end_ms" 'BEGIN {exit !(w * 1000 >= e - 31000)}'; do sleep 0.1; done
     t_done=$(date +%s.%N)
-    cpu=$(cpu_s $pid)
-    rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+    cpu=0; rss=0
+    for p in "${pids[@]}"; do
+        [ ${#pids[@]} -gt 1 ] || p=$pid
+        cpu=$(awk -v a="$cpu" -v b="$(cpu_s "$p")" 'BEGIN {print a + b}')
+        rss=$((rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+    done
     stop_run
-    awk -v w="$workers" -v n="$messages" -v t0="$t0" -v tr="$t_read" -v td="$t_done" -v c="$cpu" -v k="$rss" 'BEGIN {
-        printf "workers=%d read_s=%.2f messages_per_s=%.0f through_dataflow_s=%.2f cpu_s_per_million=%.1f peak_rss_mib=%.0f\n",
-            w, tr - t0, n / (tr - t0), td - t0, c / (n / 1e6), k / 1024 }'
+    awk -v w="$workers" -v p="$processes" -v n="$messages" -v t0="$t0" -v tr="$t_read" -v td="$t_done" -v c="$cpu" -v k="$rss" 'BEGIN {
+        printf "processes=%d workers=%d read_s=%.2f messages_per_s=%.0f through_dataflow_s=%.2f cpu_s_per_million=%.1f peak_rss_mib=%.0f\n",
+            p, w, tr - t0, n / (tr - t0), td - t0, c / (n / 1e6), k / 1024 }'
 done
 
 [ "${STEADY:-1}" = 0 ] && exit 0
