@@ -124,7 +124,7 @@ pub(super) fn close_due(
     table: &ParamsTable,
     out: &mut CloseBuffers,
 ) {
-    let start_ms = closing.close_ms + 1 - config.length_ms;
+    let start_ms = config.start_of(closing.close_ms);
     for device_id in closing.take_due(reached_ms) {
         let Some(state) = devices.get_mut(&device_id) else {
             continue;

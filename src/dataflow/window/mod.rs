@@ -301,7 +301,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                             break;
                         }
                         // A change no open window started before has been applied.
-                        let start = closing.close_ms + 1 - len;
+                        let start = config.start_of(closing.close_ms);
                         changed.retain(|device_id, known_ms| {
                             *known_ms > start + len && devices.contains_key(device_id)
                         });
@@ -315,7 +315,7 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                             let caps = closes.remove(&c).expect("listed");
                             // The corrections are those known as the close begins.
                             let corrections =
-                                corrections(&devices, &changed, c + 1 - len, &mut lookup);
+                                corrections(&devices, &changed, config.start_of(c), &mut lookup);
                             let all = devices.keys().cloned().collect();
                             closing_now = Some(Closing::new(c, caps, all, corrections, &config));
                         }
