@@ -311,3 +311,84 @@ fn the_demo_runs_in_process_and_closes_its_windows() {
     let error = toml::from_str::<DemoConfig>("devices = 5\nrate = 2.0\n").unwrap_err();
     assert!(error.to_string().contains("rate"), "{error}");
 }
+
+/// The demo writes to InfluxDB until it goes away; at its end the demo waits
+/// `drain_timeout_ms` for InfluxDB to take the rest, then stops with one error saying how many
+/// points were not written, instead of waiting forever.
+#[test]
+fn a_demo_whose_influxdb_is_gone_ends_after_the_drain_timeout_saying_what_is_unwritten() {
+    let mut influx = common::influx::Influx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("influx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntimeout_ms = 500\ndrain_timeout_ms = 2000\n\
+             backoff = {{ initial_ms = 50, max_ms = 200 }}\n",
+            influx.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+        .args([
+            "demo",
+            "--devices",
+            "200",
+            "--duration",
+            "6",
+            "--history-s",
+            "0",
+        ])
+        .args(["--plain", "--no-dashboard", "--influx-config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readings arrive, then InfluxDB goes while the demo runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = influx.query("iotpipe", "SELECT count(*) FROM iotpipe_reading");
+        if answer["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the demo ended early");
+        assert!(std::time::Instant::now() < deadline, "no readings arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    influx.kill();
+    // Read as it comes, so a demo that never ends is killed and reported, not waited for.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).unwrap();
+        text
+    });
+    // The rest of its 6 s, then 2 s of waiting, and not much more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the demo did not end\n{}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("iotpipe: "))
+        .unwrap_or_else(|| panic!("no error line in\n{stderr}"));
+    assert!(
+        error.contains("points were not written") && error.contains("influx.drain_timeout_ms"),
+        "{error}"
+    );
+}

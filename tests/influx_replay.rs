@@ -1,7 +1,8 @@
 //! `iotpipe replay --influx-url` against a real InfluxDB 1.6 (Debian `influxdb`): what InfluxDB
 //! holds afterwards, read back with InfluxQL, is what the output files say; a second replay
-//! leaves the same points; InfluxDB stopped for 30 s mid-replay loses nothing; and the Grafana
-//! dashboard's queries answer over the same measurements.
+//! leaves the same points; InfluxDB stopped for 30 s mid-replay loses nothing; a replay stopped
+//! while InfluxDB is gone ends after `drain_timeout_ms`, saying what it did not write; and the
+//! Grafana dashboard's queries answer over the same measurements.
 
 mod common;
 
@@ -213,6 +214,59 @@ fn influxdb_stopped_for_30_s_mid_replay_loses_nothing() {
             .unwrap()
             .contains("store_rejected"),
         "an outage is not a refusal"
+    );
+}
+
+#[test]
+fn a_replay_stopped_while_influxdb_is_gone_ends_after_the_drain_timeout_saying_what_is_unwritten() {
+    let data = common::dataset(DEVICES, SECONDS);
+    let mut influx = Influx::start();
+    let out = data.dir.path().join("out");
+    let config = data.dir.path().join("influx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\nbatch_points = 200\nmax_in_flight = 1\nqueue_batches = 2\n\
+             timeout_ms = 500\ndrain_timeout_ms = 2000\n\
+             backoff = {{ initial_ms = 50, max_ms = 200 }}\n",
+            influx.url()
+        ),
+    )
+    .unwrap();
+    let mut child = replay_command(&data, &out, &["--influx-config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_points(&influx, 100, &mut child);
+    influx.kill();
+    // Longer than the drain timeout: running, an outage is waited out.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replay ended while InfluxDB was down"
+    );
+    // Stopped (SIGTERM), it waits 2 s more for InfluxDB, then says what it did not write.
+    let stopped = Instant::now();
+    assert!(common::send_signal(child.id(), "TERM"));
+    let deadline = stopped + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the replay did not end");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("iotpipe: "))
+        .unwrap_or_else(|| panic!("no error line in\n{stderr}"));
+    assert!(
+        error.contains("points were not written") && error.contains("influx.drain_timeout_ms"),
+        "{error}"
     );
 }
 

@@ -1,9 +1,11 @@
 //! The InfluxDB sink operator against a real InfluxDB 1.6: a point InfluxDB refuses comes out
-//! as a dead letter with its reason, and the rest of its batch lands.
+//! as a dead letter with its reason, and the rest of its batch lands; an InfluxDB gone when the
+//! writers finish is given up on after `drain_timeout_ms`, with the points it did not take.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::influx::Influx;
 use iotpipe::dataflow::model::{DeadLetter, DeadLetterReason, ExactSum, MetricId, WindowAggregate};
@@ -12,6 +14,7 @@ use iotpipe::io::connect::influx::config::InfluxConfig;
 use iotpipe::io::sinks::influx::lines::aggregate_line;
 use iotpipe::io::sinks::influx::pool::{InfluxPool, Lane};
 use iotpipe::io::sinks::influx::sink::{HeldBack, InfluxTarget, WriteToInflux};
+use iotpipe::io::support::backoff::Backoff;
 use iotpipe::io::support::metrics::Metrics;
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::Input;
@@ -88,7 +91,7 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
             worker.step_or_park(Some(std::time::Duration::from_millis(5)));
         }
     });
-    pool.finish();
+    pool.finish().expect("every point answered");
     let dead = dead.lock().unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
     for d in dead.iter() {
@@ -106,4 +109,72 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
     );
     assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 998);
     assert_eq!(metrics.influx_points.get(), 998);
+}
+
+/// Writes `records` through a sink into `pool` and closes its input; steps until every time is
+/// written or the pool has stalled, then drops the dataflow (as the commands' drains do).
+fn write_and_drain(pool: &InfluxPool, records: Vec<WindowAggregate>) {
+    let catalog = Arc::clone(SchemaSet::embedded().catalog());
+    let worker_pool = pool.clone();
+    timely::execute_directly(move |worker| {
+        let mut input = InputHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let target = InfluxTarget {
+                pool: worker_pool.clone(),
+                skip_before_ms: 0,
+                full: HeldBack::default(),
+                lane: Lane::Readings,
+            };
+            scope
+                .input_from(&mut input)
+                .container::<Vec<WindowAggregate>>()
+                .write_to_influx("Aggregates", target, move |a, buffer| {
+                    aggregate_line(buffer, a, &catalog)
+                });
+        });
+        for record in records {
+            input.send(record);
+        }
+        drop(input);
+        while worker.has_dataflows() && !worker_pool.stalled() {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+        for dataflow in worker.installed_dataflows() {
+            worker.drop_dataflow(dataflow);
+        }
+    });
+}
+
+#[test]
+fn writers_whose_influxdb_is_gone_give_up_after_the_drain_timeout_and_count_what_is_unwritten() {
+    let mut influx = Influx::start();
+    let config = InfluxConfig {
+        batch_points: 100,
+        timeout_ms: 500,
+        drain_timeout_ms: 2_000,
+        backoff: Backoff {
+            initial_ms: 50,
+            max_ms: 200,
+        },
+        ..InfluxConfig::for_url(&influx.url())
+    };
+    let pool = InfluxPool::start(&config, Arc::new(Metrics::default())).unwrap();
+    // While InfluxDB answers, finishing waits for everything and owes nothing.
+    write_and_drain(&pool, (0..300).map(|d| aggregate(d, 0, 1.0)).collect());
+    assert!(!pool.stalled());
+    influx.kill();
+    let started = Instant::now();
+    write_and_drain(&pool, (0..250).map(|d| aggregate(d, 1, 1.0)).collect());
+    let unwritten = pool.finish().expect_err("InfluxDB is gone");
+    let waited = started.elapsed();
+    // Every point of the second lot, and only those: one point per window.
+    assert_eq!(unwritten.points, 250, "{unwritten}");
+    let message = unwritten.to_string();
+    assert!(message.contains("influx.drain_timeout_ms"), "{message}");
+    assert!(message.contains(&influx.url()[7..]), "{message}");
+    // Given up after the drain timeout, not before, and not much after.
+    assert!(
+        waited >= Duration::from_millis(2_000) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
 }

@@ -349,15 +349,13 @@ listen = "127.0.0.1:{metrics_port}"
     }
 
     fn signal(&self, process: usize, signal: &str) {
-        let pid = self.children[process].id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(status.success());
+        assert!(common::send_signal(self.children[process].id(), signal));
     }
 
     /// SIGTERM to all; each must exit 0 within 30 s.
     fn stop(&mut self) {
         for process in 0..self.children.len() {
-            self.signal(process, "-TERM");
+            self.signal(process, "TERM");
         }
         let children: Vec<Child> = self.children.drain(..).collect();
         for (process, mut child) in children.into_iter().enumerate() {
@@ -632,7 +630,7 @@ fn run_killed_at(fixture: &Fixture, run: &str, kill_at: usize, total: usize) -> 
             Duration::from_secs(120),
             &cluster,
         );
-        cluster.signal(1, "-KILL");
+        cluster.signal(1, "KILL");
         // The survivor loses its peer: it must stop on its own, with one clear error.
         let status = wait_with_timeout(&mut cluster.children[0], Duration::from_secs(30));
         let log = cluster.log(0);
@@ -1161,6 +1159,61 @@ fn run_into_an_influxdb_that_refuses_its_credentials_stops_with_one_error_and_lo
     assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
 
+/// InfluxDB is down from the start: `run` holds its outputs back (an outage, not a refusal);
+/// SIGTERM ends it within `influx.drain_timeout_ms`, exit 0, saying points are unwritten and
+/// committing none of them; with InfluxDB back, the next run writes every window to both.
+#[test]
+fn run_stopped_while_influxdb_is_down_exits_after_the_drain_timeout_and_loses_nothing() {
+    let fixture = fixture(30, 240);
+    let expected = fixture.expected();
+    let mut influx = common::influx::Influx::start();
+    influx.kill();
+    // `api` set: nothing to ask of an InfluxDB that is not there.
+    let influx_toml = format!(
+        "[influx]\nurl = \"{}\"\napi = \"v1\"\nlinger_ms = 20\ntimeout_ms = 500\n\
+         drain_timeout_ms = 2000\nbackoff = {{ initial_ms = 50, max_ms = 200 }}\n",
+        influx.url()
+    );
+    let (outputs, mut cluster) = fixture.start_run("influx-down", 1, &influx_toml);
+    let log = cluster.config.with_extension("process-0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("influxdb write failed; retrying")
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = Instant::now();
+    cluster.stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        cluster.log(0).contains("points were not written"),
+        "{}",
+        cluster.log(0)
+    );
+    influx.run();
+    let mut again = Cluster::configure(
+        fixture.data.dir.path(),
+        "influx-down",
+        &fixture.tansu.brokers(),
+        &outputs,
+        1,
+        "idle_timeout_ms = 3000",
+        &influx_toml,
+    );
+    again.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &again);
+    let want = common::influx::windows_of_lines(&expected.aggregates);
+    assert_eq!(influx.wait_for_windows(want.len()), want);
+    again.stop();
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
+}
+
 #[test]
 fn run_writes_to_influxdb_what_it_writes_to_kafka_exports_the_latency_and_serves_the_dashboard() {
     let fixture = fixture(60, 480);
@@ -1523,7 +1576,7 @@ fn run_following_the_store_killed_while_changes_keep_coming_applies_each_change_
             apply(change);
         }
         if slice == kill_after {
-            cluster.signal(0, "-KILL");
+            cluster.signal(0, "KILL");
             cluster.kill_all();
             // A change made while the service is down.
             if let Some(change) = pending.next() {

@@ -232,10 +232,7 @@ impl Bridge {
 
     /// SIGTERM, and the final report line.
     fn stop(mut self) -> String {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        assert!(common::send_signal(self.child.id(), "TERM"));
         let status = self.child.wait().unwrap();
         let log = std::fs::read_to_string(&self.log).unwrap();
         assert!(status.success(), "bridge exited with {status}:\n{log}");

@@ -888,11 +888,7 @@ fn the_dispatcher_killed_and_restarted_delivers_every_alert_event_once_in_order(
     let mut dispatcher = start_dispatcher(&config, &log);
     wait_for(lines.len().min(at_kill + 5), &mut dispatcher);
     // Stopped cleanly mid-stream, and started once more.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &dispatcher.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(common::send_signal(dispatcher.id(), "TERM"));
     let status = dispatcher.wait().unwrap();
     assert!(
         status.success(),

@@ -391,11 +391,7 @@ fn the_warehouse_equals_a_batch_computation_and_reruns_change_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(3_500));
-    let term = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    assert!(common::send_signal(service.id(), "TERM"));
     assert!(service.wait().unwrap().success());
     let report: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     assert!(report["passes"].as_u64().unwrap() >= 2, "{report}");

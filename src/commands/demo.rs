@@ -27,7 +27,7 @@ use crate::io::connect::store::registry::RegistryEntry;
 use crate::io::connect::store::{Store, StoreConfig, StoreError};
 use crate::io::serve::dashboard::Dashboard;
 use crate::io::serve::registry_api::auth::{Role, TokenConfig, Tokens};
-use crate::io::sinks::influx::pool::InfluxPool;
+use crate::io::sinks::influx::pool::{InfluxPool, InfluxUnwritten};
 use crate::io::sinks::influx::sink::HeldBack;
 use crate::io::sinks::influx::write_outputs;
 use crate::io::sinks::live_view::{LiveStats, ViewedStreams, deliver_to_view};
@@ -375,6 +375,9 @@ pub enum DemoError {
     /// InfluxDB says it cannot be written to.
     #[error(transparent)]
     Influx(#[from] InfluxSinkFailure),
+    /// InfluxDB took nothing for `influx.drain_timeout_ms` as the demo finished.
+    #[error(transparent)]
+    InfluxUnwritten(#[from] InfluxUnwritten),
 }
 
 /// Writes the fleet's registry into the metadata store and reads the registry back from it, as
@@ -600,8 +603,10 @@ pub fn run_demo_job(
         drop(source);
         drop(controls_input);
         while worker.has_dataflows() {
-            if influx_failed() {
-                // The InfluxDB sinks hold what they could not write: nothing more completes.
+            // Failed, or taking nothing for `drain_timeout_ms`: the sinks hold what InfluxDB
+            // did not take, so nothing more completes (finishing the pool says how much).
+            let influx_stalled = worker_influx.as_ref().is_some_and(InfluxPool::stalled);
+            if influx_failed() || influx_stalled {
                 for dataflow in worker.installed_dataflows() {
                     worker.drop_dataflow(dataflow);
                 }

@@ -208,6 +208,9 @@ pub enum ReplayError {
     /// InfluxDB says it cannot be written to: the replay stopped.
     #[error(transparent)]
     Influx(#[from] crate::io::connect::influx::write::InfluxSinkFailure),
+    /// InfluxDB took nothing for `influx.drain_timeout_ms` as the replay finished.
+    #[error(transparent)]
+    InfluxUnwritten(#[from] crate::io::sinks::influx::pool::InfluxUnwritten),
 }
 
 /// Runs a replay; returns the summary on process 0, `None` on the others.
@@ -369,10 +372,14 @@ fn run_worker(
     );
     drop(sources);
     drop(ledger);
-    let influx_failed = || job.influx.as_ref().and_then(InfluxPool::failure).is_some();
+    // Failed, or stopped and taking nothing for `drain_timeout_ms`: the sinks hold what
+    // InfluxDB did not take, so nothing more can complete (finishing the pool says how much).
+    // Not stopped, the end of the file waits out an outage as the rest of it does.
+    let influx_gone = |pool: &InfluxPool| {
+        pool.failure().is_some() || (job.stop.load(Ordering::Relaxed) && pool.stalled())
+    };
     while worker.has_dataflows() {
-        if influx_failed() {
-            // The InfluxDB sinks hold what they could not write: nothing more can complete.
+        if job.influx.as_ref().is_some_and(influx_gone) {
             for dataflow in worker.installed_dataflows() {
                 worker.drop_dataflow(dataflow);
             }
@@ -486,7 +493,10 @@ fn feed_chunks(
         // InfluxDB is behind: wait for it rather than queue the file in memory; stop if it
         // says it cannot be written to.
         while influx_full.is_held() {
-            if job.influx.as_ref().and_then(InfluxPool::failure).is_some() {
+            // Stopped while waiting: finish (the drain gives up on an InfluxDB that is gone).
+            if job.influx.as_ref().and_then(InfluxPool::failure).is_some()
+                || job.stop.load(Ordering::Relaxed)
+            {
                 return Ok(());
             }
             worker.step_or_park(Some(Duration::from_millis(1)));

@@ -9,7 +9,7 @@ use crate::dataflow::PipelineConfig;
 use crate::dataflow::alert::AlertConfigError;
 use crate::dataflow::schema::SchemaSet;
 use crate::io::connect::influx::config::{InfluxConfig, InfluxConfigError};
-use crate::io::sinks::influx::pool::InfluxPool;
+use crate::io::sinks::influx::pool::{InfluxPool, InfluxUnwritten};
 use crate::io::sinks::notify::{
     ChannelFailure, ChannelReport, Notifier, NotifyConfig, NotifyError,
 };
@@ -93,17 +93,16 @@ impl SideOutputs {
     }
 
     /// Finishes the writers and the channels after the dataflow ended with `result`, whatever
-    /// it was; the summary gets InfluxDB's points. The dataflow's error comes first, then a
-    /// channel that gave up, with what every channel did.
-    pub fn finish<E: From<ChannelStop>>(
+    /// it was; the summary gets InfluxDB's points. The dataflow's error comes first, then
+    /// points InfluxDB did not take, then a channel that gave up, with what every channel did.
+    pub fn finish<E: From<ChannelStop> + From<InfluxUnwritten>>(
         self,
         result: Result<Option<RunSummary>, E>,
     ) -> Result<(Option<RunSummary>, Vec<ChannelReport>), E> {
-        if let Some(influx) = self.influx {
-            influx.finish();
-        }
+        let unwritten = self.influx.map(InfluxPool::finish).transpose();
         let channels = self.notifier.map(Notifier::finish).unwrap_or_default();
         let mut summary = result?;
+        unwritten?;
         if let Some(failure) = channels.iter().find_map(|c| c.failure.clone()) {
             return Err(ChannelStop { failure, channels }.into());
         }

@@ -131,6 +131,15 @@ pub fn write_hostfile(path: &Path, processes: usize) {
     std::fs::write(path, hosts).unwrap();
 }
 
+/// Sends `signal` (`TERM`, `INT`, `KILL`) to process `pid` as a service manager would; whether
+/// it was delivered (the process may have ended).
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -124,9 +124,7 @@ impl Mosquitto {
     /// Stops the broker the way a service manager does (SIGTERM: it saves its sessions and
     /// queues), waits `down`, and starts it again on the same ports and data.
     pub fn restart_after(&mut self, down: Duration) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        super::send_signal(self.child.id(), "TERM");
         let _ = self.child.wait();
         std::thread::sleep(down);
         self.child = spawn(&self.config, self.dir.path(), self.port);

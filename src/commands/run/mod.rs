@@ -393,8 +393,9 @@ pub fn run_service_job(
     if let Some(sink) = influx.as_ref().and_then(InfluxPool::failure) {
         failure = Some(ServiceError::InfluxSink(sink));
     }
-    if let Some(influx) = influx {
-        influx.finish();
+    if let Some(Err(unwritten)) = influx.map(InfluxPool::finish) {
+        // Not lost: their offsets are not committed, so the next run writes them.
+        tracing::warn!(%unwritten, "stopped with points unwritten; the next run writes them");
     }
     tracing::info!("workers stopped");
     job.stop.store(true, Ordering::Release);

@@ -81,6 +81,12 @@ pub struct InfluxConfig {
     /// Waits between retries.
     #[serde(default)]
     pub backoff: Backoff,
+    /// How long a stopping command (`demo` at its end, `replay`, `demo` or `run` on SIGTERM or
+    /// Ctrl-C) waits while InfluxDB takes nothing before it gives up on what is still
+    /// unwritten and says how many points that is, ms (until then outages are waited out). At
+    /// least `timeout_ms`: one slow request is not an outage.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 fn default_database() -> String {
@@ -103,6 +109,9 @@ fn default_gzip() -> bool {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    20_000
 }
 
 /// An `[influx]` section that cannot work; the message names the field and the fix.
@@ -135,6 +144,7 @@ impl InfluxConfig {
             gzip: default_gzip(),
             timeout_ms: default_timeout_ms(),
             backoff: Backoff::default(),
+            drain_timeout_ms: default_drain_timeout_ms(),
         }
     }
 
@@ -174,6 +184,16 @@ impl InfluxConfig {
         }
         if self.timeout_ms == 0 {
             return invalid("timeout_ms", "must be at least 1 (default 10000)");
+        }
+        if self.drain_timeout_ms < self.timeout_ms {
+            return Err(InfluxConfigError {
+                field: "drain_timeout_ms".into(),
+                message: format!(
+                    "is {} but must be at least timeout_ms ({}): one slow request would count as \
+                     InfluxDB gone (default 20000)",
+                    self.drain_timeout_ms, self.timeout_ms
+                ),
+            });
         }
         Ok(endpoint)
     }
@@ -341,6 +361,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("influx.batch_points:")
+        );
+        // Shorter than one request: one slow request would count as InfluxDB gone.
+        let config = InfluxConfig {
+            timeout_ms: 30_000,
+            ..InfluxConfig::for_url("http://h:1")
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("influx.drain_timeout_ms: is 20000 but must be at least timeout_ms"),
+            "{error}"
         );
     }
 

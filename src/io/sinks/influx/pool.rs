@@ -10,9 +10,11 @@
 //! for. Every writer takes a readings batch when one waits, the others' batches otherwise.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc::error::TrySendError;
@@ -29,6 +31,8 @@ use crate::io::support::metrics::Metrics;
 pub struct InfluxBatch {
     /// The line protocol of every record, one or more points each.
     pub lines: Vec<u8>,
+    /// Points in `lines` (counted as it is sealed, see [`InfluxPool::sealed`]).
+    points: u64,
     /// Where each record's points end in `lines`.
     pub ends: Vec<usize>,
     /// Each record's timely time.
@@ -42,6 +46,7 @@ impl InfluxBatch {
     pub fn new(reply: BatchReply, lines: Vec<u8>) -> Self {
         Self {
             lines,
+            points: 0,
             ends: Vec::new(),
             times: Vec::new(),
             reply,
@@ -111,6 +116,55 @@ pub struct InfluxPool {
     /// Set once InfluxDB says writing cannot work; the writers then stop, their batches
     /// unacknowledged, and the command stops with it.
     failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
+    /// What is unwritten and whether the writers are getting anywhere with it.
+    progress: Arc<Progress>,
+}
+
+/// What a finishing command needs to know to stop waiting for an InfluxDB that is gone.
+struct Progress {
+    /// Where the `busy_since_ms` count from.
+    epoch: Instant,
+    /// Per writer: when (ms after `epoch`, plus one) it took the batch it is writing; 0: idle.
+    busy_since_ms: Vec<AtomicU64>,
+    /// Points sealed into batches and not yet answered (written or refused).
+    pending_points: AtomicU64,
+    /// Notified to stop the writers, whatever they are writing.
+    abandon: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long InfluxDB has taken nothing while the writers had something to write: the
+    /// age of the youngest unanswered request (a writer that got an answer took its next
+    /// batch since). Zero when no writer is busy.
+    fn stalled_for(&self) -> Duration {
+        let now = self.now_ms();
+        let youngest = self
+            .busy_since_ms
+            .iter()
+            .map(|since| since.load(Ordering::Acquire))
+            .filter(|&since| since > 0)
+            .max();
+        Duration::from_millis(youngest.map_or(0, |since| now.saturating_sub(since)))
+    }
+}
+
+/// What a finishing command gave up on: InfluxDB took nothing for `influx.drain_timeout_ms`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "influxdb at {authority} took nothing for {waited_s} s as the command finished: {points} \
+     points were not written (influx.drain_timeout_ms; is InfluxDB running?)"
+)]
+pub struct InfluxUnwritten {
+    /// InfluxDB's host and port.
+    pub authority: String,
+    /// How long it was waited for, seconds.
+    pub waited_s: f64,
+    /// Points sealed into batches that it did not take.
+    pub points: u64,
 }
 
 impl InfluxPool {
@@ -146,23 +200,42 @@ impl InfluxPool {
         );
         let failure: Arc<Mutex<Option<InfluxSinkFailure>>> = Arc::default();
         let failed = Arc::clone(&failure);
+        let progress = Arc::new(Progress {
+            epoch: Instant::now(),
+            busy_since_ms: (0..writers.len()).map(|_| AtomicU64::new(0)).collect(),
+            pending_points: AtomicU64::new(0),
+            abandon: tokio::sync::Notify::new(),
+        });
+        let shared = Arc::clone(&progress);
         let thread = std::thread::Builder::new()
             .name("influx-writer".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let tasks: Vec<_> = writers
                         .into_iter()
-                        .map(|writer| {
+                        .enumerate()
+                        .map(|(slot, writer)| {
                             tokio::spawn(write_batches(
-                                writer,
+                                Writer {
+                                    writer,
+                                    slot,
+                                    progress: Arc::clone(&shared),
+                                },
                                 (Arc::clone(&queues.0), Arc::clone(&queues.1)),
                                 Arc::clone(&metrics),
                                 Arc::clone(&failed),
                             ))
                         })
                         .collect();
-                    for task in tasks {
-                        let _ = task.await;
+                    let all_written = async {
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    };
+                    // Abandoned: the runtime, dropped as the thread ends, cancels the writes.
+                    tokio::select! {
+                        () = all_written => {}
+                        () = shared.abandon.notified() => {}
                     }
                 })
             })
@@ -179,7 +252,24 @@ impl InfluxPool {
             api,
             thread: Arc::new(Mutex::new(Some(thread))),
             failure,
+            progress,
         })
+    }
+
+    /// Counts a batch's points as it is sealed, before it waits for the queue: from then on
+    /// they are pending until InfluxDB answers for them.
+    pub fn sealed(&self, batch: &mut InfluxBatch) {
+        batch.points = batch.lines.iter().filter(|b| **b == b'\n').count() as u64;
+        self.progress
+            .pending_points
+            .fetch_add(batch.points, Ordering::Relaxed);
+    }
+
+    /// Whether InfluxDB has taken nothing for `drain_timeout_ms` while there was something to
+    /// write: a finishing command gives up on it then (while running, an outage is waited
+    /// out, however long).
+    pub fn stalled(&self) -> bool {
+        self.progress.stalled_for() >= Duration::from_millis(self.config.drain_timeout_ms)
     }
 
     /// Why InfluxDB cannot be written to, once it has said so (see [`crate::io::support::failure`]).
@@ -205,19 +295,52 @@ impl InfluxPool {
         }
     }
 
-    /// Waits for the writers to finish what is queued; the sinks' clones must be gone.
-    pub fn finish(self) {
+    /// Waits for the writers to finish what is queued, the sinks' clones gone; gives up once
+    /// InfluxDB has taken nothing for `drain_timeout_ms`, saying how many points it did not
+    /// take.
+    pub fn finish(self) -> Result<(), InfluxUnwritten> {
         let thread = self.thread.lock().expect("not poisoned").take();
         drop(self.readings);
         drop(self.derived);
-        if let Some(thread) = thread {
-            let _ = thread.join();
+        let Some(thread) = thread else {
+            return Ok(());
+        };
+        let mut abandoned = false;
+        while !thread.is_finished() {
+            if self.progress.stalled_for() >= Duration::from_millis(self.config.drain_timeout_ms) {
+                self.progress.abandon.notify_one();
+                abandoned = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = thread.join();
+        let points = self.progress.pending_points.load(Ordering::Relaxed);
+        if abandoned && points > 0 {
+            return Err(InfluxUnwritten {
+                authority: self.endpoint.authority().to_owned(),
+                waited_s: self.config.drain_timeout_ms as f64 / 1000.0,
+                points,
+            });
+        }
+        Ok(())
     }
 }
 
+/// One of the writers, and where it says what it is doing.
+struct Writer {
+    writer: InfluxWriter,
+    /// Its entry in `progress.busy_since_ms`.
+    slot: usize,
+    progress: Arc<Progress>,
+}
+
 async fn write_batches(
-    mut writer: InfluxWriter,
+    Writer {
+        mut writer,
+        slot,
+        progress,
+    }: Writer,
     (readings, derived): (Queue, Queue),
     metrics: Arc<Metrics>,
     failure: Arc<Mutex<Option<InfluxSinkFailure>>>,
@@ -233,6 +356,8 @@ async fn write_batches(
         let Some(batch) = next else {
             return;
         };
+        let busy_since = &progress.busy_since_ms[slot];
+        busy_since.store(progress.now_ms(), Ordering::Release);
         let retries_before = writer.retries();
         let started = std::time::Instant::now();
         let rejected = match write_halving(&mut writer, &batch).await {
@@ -250,7 +375,11 @@ async fn write_batches(
         metrics
             .influx_retries
             .inc_by(writer.retries() - retries_before);
-        let points = batch.lines.iter().filter(|b| **b == b'\n').count();
+        busy_since.store(0, Ordering::Release);
+        progress
+            .pending_points
+            .fetch_sub(batch.points, Ordering::Relaxed);
+        let points = batch.points as usize;
         let refused: usize = rejected
             .iter()
             .map(|(i, _)| {

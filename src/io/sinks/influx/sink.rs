@@ -124,7 +124,9 @@ impl<'scope, D: Clone + 'static> WriteToInflux<'scope, D> for EventStream<'scope
                     }
                     let mut seal = |open: &mut InfluxBatch| {
                         let lines = spare.pop().unwrap_or_default();
-                        let batch = std::mem::replace(open, InfluxBatch::new(reply.clone(), lines));
+                        let mut batch =
+                            std::mem::replace(open, InfluxBatch::new(reply.clone(), lines));
+                        target.pool.sealed(&mut batch);
                         waiting.push_back(batch);
                     };
                     input.for_each(|cap, records| {
