@@ -25,31 +25,21 @@ end_ms=$(python3 -c "import json;print(json.load(open('$data/events.jsonl.manife
 messages=$(wc -l <"$data/events.jsonl")
 
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-port=$(free_port)
+. scripts/lib.sh
+pids=()
+start_tansu
+broker=$broker_pid
+port=$kafka_port
 metrics_port=$(free_port)
-(cd "$work" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
-    "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
-broker=$!
 pids=()
 trap 'kill "${pids[@]}" $broker 2>/dev/null; rm -rf "$work"' EXIT
-sleep 2
 topic() { "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions "$2" "$1" >/dev/null; }
 for t in telemetry steady; do topic $t 8; done
 topic registry 1
 
 metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-# A metric summed (or the least, for a frontier) over a cluster's processes.
-cluster_metric() { # family sum|min
-    local p
-    for p in "${metrics_ports[@]}"; do
-        curl -s "127.0.0.1:$p/metrics" | awk -v m="$1" '$1 == m {print $2}'
-    done | awk -v how="$2" '{ if (how == "sum") v += $1; else if (NR == 1 || $1 < v) v = $1 } END { print v + 0 }'
-}
-
-cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
-
+# The consumer lag the broker reports, summed over partitions.
+lag_sum() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '$1 ~ /^iotpipe_consumer_lag_messages[{]/ {s += $2} END {printf "%d\n", s}'; }
 start_run() { # name telemetry-topic workers
     for t in dead alerts aggregates checkpoints; do topic "$1.$t" 1; done
     cat >"$work/$1.toml" <<TOML

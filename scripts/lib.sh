@@ -1,18 +1,35 @@
-# Shared by the bench scripts (sourced): a free port, a tansu broker on its memory engine, and
-# a webhook receiver on loopback. The caller sets `work` (a scratch directory), `tansu` (the
-# binary) and `pids` (an array its cleanup kills).
+# Shared by the bench scripts (sourced): a free port, a tansu broker, a webhook receiver and
+# influxd on loopback, and readings of processes and their metrics. The caller sets `work` (a
+# scratch directory), `tansu` (the binary) and `pids` (an array its cleanup kills).
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-# start_tansu: a broker on a free port, `kafka_port`; topics then come from `tansu topic create`.
+# start_tansu [ENGINE]: a broker on a free port, `kafka_port`, `broker_pid`, its data in
+# "$work"; ENGINE is memory://tansu/ (the default: fast, fit only for reading from the
+# beginning) or sqlite://tansu.db (durable: offsets and data survive restarts). Topics then
+# come from `tansu topic create`.
 start_tansu() {
     kafka_port=$(free_port)
-    (cd "$work" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
+    (cd "$work" && exec env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u CLUSTER_ID \
         "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
         --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-        --storage-engine memory://tansu/ --cluster-id bench >tansu.log 2>&1) &
-    pids+=($!)
+        --storage-engine "${1:-memory://tansu/}" --cluster-id bench >tansu.log 2>&1) &
+    broker_pid=$!
+    pids+=($broker_pid)
     sleep 2
+}
+
+# cpu_s PID: the user + system CPU seconds process PID has used.
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+# cluster_metric FAMILY sum|min: a metric summed (counts, as an integer) or the least (a
+# frontier, in seconds to the millisecond) over the processes serving "${metrics_ports[@]}".
+cluster_metric() {
+    local p
+    for p in "${metrics_ports[@]}"; do
+        curl -s "127.0.0.1:$p/metrics" | awk -v m="$1" '$1 == m {print $2}'
+    done | awk -v how="$2" '{ if (how == "sum") v += $1; else if (NR == 1 || $1 < v) v = $1 }
+        END { if (how == "sum") printf "%d\n", v; else printf "%.3f\n", v }'
 }
 
 # start_hook_receiver PORT FILE: answers every POST with 200 and appends, per event id it
