@@ -205,6 +205,9 @@ impl DeviceScorer {
         let track = match self.tracks.iter().position(|(m, _)| *m == metric) {
             Some(i) => &mut self.tracks[i].1,
             None => {
+                // Room for exactly one more: a device has a handful of metrics, and doubling
+                // would leave a track's worth of bytes unused in most devices.
+                self.tracks.reserve_exact(1);
                 self.tracks.push((metric, Track::default()));
                 &mut self.tracks.last_mut().expect("just pushed").1
             }
@@ -271,5 +274,34 @@ impl DeviceScorer {
             self.joint = DeviceModel::default();
         }
         self.tracks.is_empty() && self.joint.last_ts_ms().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_keeps_a_track_per_metric_it_has_and_no_room_for_more() {
+        let table = AnomalyConfig::default().table(60_000);
+        let mut scorer = DeviceScorer::new("thermostat", &table);
+        let device = SharedDeviceInfo::default();
+        let mut findings = Vec::new();
+        for metric in [MetricId(0), MetricId(3), MetricId(5)] {
+            scorer.close_window(
+                &"dev-1".into(),
+                &device,
+                metric,
+                0,
+                0,
+                ExactSum::default(),
+                &WindowEvidence::default(),
+                &table,
+                &mut findings,
+            );
+        }
+        assert_eq!(scorer.tracks.len(), 3);
+        // Tracks are kept per device and metric: doubling would leave one unused here.
+        assert_eq!(scorer.tracks.capacity(), 3);
     }
 }

@@ -637,12 +637,40 @@ impl Model {
 /// A reading of window `k` is scored against the model after window `k - 2` closed. Window
 /// `k - 1` may close before the reading arrives (it arrives within the lateness bound after
 /// `k - 1` ended) or after, so the model as it was before the last close is kept too: either
-/// way the reading meets the same model, whatever the order of arrival and closing.
+/// way the reading meets the same model, whatever the order of arrival and closing. Of that
+/// model only its judges for the window after the last close are kept (a fifth of a model's
+/// bytes, and the state is per device and metric): no other window can ask for it.
 #[derive(Clone, Debug, Default)]
 pub struct Track {
     model: Model,
-    /// The model before the last close, and that close's window start.
-    before_last_close: Option<(TimeMs, Model)>,
+    /// The model before the last close, as its judges for the window after it.
+    before_last_close: Option<BeforeLastClose>,
+}
+
+/// What the model before a close says about the window after the closed one.
+#[derive(Clone, Copy, Debug)]
+struct BeforeLastClose {
+    /// The closed window's start.
+    closed_start_ms: TimeMs,
+    /// The judge for readings of the next window (see [`Model::judge`]).
+    judge: Judge,
+    /// The same without the warm-up, for the next window's calibration (see
+    /// [`Model::unwarmed_judge`]).
+    unwarmed: Judge,
+}
+
+impl BeforeLastClose {
+    /// Its judges, if they are the ones for the window starting at `window_start_ms`: the
+    /// window after the closed one. A window before that has closed, so no reading of it is
+    /// judged (it is late); a later one meets the current model.
+    fn for_window(&self, window_start_ms: TimeMs, window_ms: TimeMs) -> Option<&Self> {
+        let next_ms = self.closed_start_ms + window_ms;
+        debug_assert!(
+            window_start_ms >= next_ms,
+            "a closed window's readings are late, never judged"
+        );
+        (window_start_ms <= next_ms).then_some(self)
+    }
 }
 
 impl Track {
@@ -655,11 +683,14 @@ impl Track {
         window_ms: TimeMs,
         params: &ScorerParams,
     ) -> Judge {
-        let model = match &self.before_last_close {
-            Some((closed_start, before)) if closed_start + window_ms >= window_start_ms => before,
-            _ => &self.model,
-        };
-        model.judge(window_start_ms, window_ms, params)
+        match self
+            .before_last_close
+            .as_ref()
+            .and_then(|b| b.for_window(window_start_ms, window_ms))
+        {
+            Some(before) => before.judge,
+            None => self.model.judge(window_start_ms, window_ms, params),
+        }
     }
 
     /// Closes a window (`count` readings, `sum`, and its evidence): finds stuck runs and
@@ -683,17 +714,23 @@ impl Track {
         // from it, so scoring starts calibrated.
         let calibration_judge = match evidence.judge {
             Some(judge) if judge.baseline.is_some() => judge,
-            _ => {
-                let model = match &self.before_last_close {
-                    Some((closed_start, before)) if closed_start + window_ms >= window_start_ms => {
-                        before
-                    }
-                    _ => &self.model,
-                };
-                model.unwarmed_judge(window_start_ms, window_ms, params)
-            }
+            _ => match self
+                .before_last_close
+                .as_ref()
+                .and_then(|b| b.for_window(window_start_ms, window_ms))
+            {
+                Some(before) => before.unwarmed,
+                None => self
+                    .model
+                    .unwarmed_judge(window_start_ms, window_ms, params),
+            },
         };
-        self.before_last_close = Some((window_start_ms, self.model.clone()));
+        let next_ms = window_start_ms + window_ms;
+        self.before_last_close = Some(BeforeLastClose {
+            closed_start_ms: window_start_ms,
+            judge: self.model.judge(next_ms, window_ms, params),
+            unwarmed: self.model.unwarmed_judge(next_ms, window_ms, params),
+        });
         let model = &mut self.model;
         model.last_ts_ms = Some(
             model
@@ -1140,6 +1177,18 @@ mod tests {
             [(3 * MINUTE + 39_999, 20.01, AnomalyKind::Stuck)]
         );
         assert!(stuck[0].score >= 0.999_999_999, "{stuck:?}");
+    }
+
+    #[test]
+    fn a_track_keeps_the_judges_of_the_model_before_its_last_close_not_the_model() {
+        // A track is kept per device and metric (docs/benchmarks.md, state per device-metric):
+        // the model and two judges, not two models.
+        assert!(std::mem::size_of::<BeforeLastClose>() < std::mem::size_of::<Model>());
+        assert!(
+            std::mem::size_of::<Track>() <= 440,
+            "{}",
+            std::mem::size_of::<Track>()
+        );
     }
 
     #[test]
