@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The Kafka benchmark of docs/benchmarks.md: the W1 throughput file (2,000,000 messages) through
 # `iotpipe run` from a tansu broker on its memory engine (reading from the beginning, the only
-# use that engine is fit for), sinks to Kafka; 1 and 2 workers; then a steady produce while
-# iotpipe consumes, with the consumer lag sampled every second.
+# use that engine is fit for; ENGINE=sqlite://tansu.db for the durable one), sinks to Kafka; 1
+# and 2 workers; then a steady produce while iotpipe consumes, with the consumer lag sampled
+# every second.
 #
 #   scripts/bench-kafka.sh [steady rate, messages/s (default 100000)]
 #
 # Environment: WORKERS="1 2" (the throughput phase's worker counts), STEADY=0 skips the steady
 # phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
 # iotpipe under a profiler, KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka
-# properties to the run's configuration, PROCESSES="1 2 4" runs the throughput phase as clusters
+# properties to the run's configuration, SOURCE='max_lead_ms = 0' adds `[source]` settings,
+# PROCESSES="1 2 4" runs the throughput phase as clusters
 # of that many processes of one worker each (timely's cluster mode over loopback) instead of
 # WORKERS; the figures are the cluster's (messages, CPU and peak RSS summed over processes).
 set -euo pipefail
@@ -27,7 +29,7 @@ messages=$(wc -l <"$data/events.jsonl")
 work=$(mktemp -d)
 . scripts/lib.sh
 pids=()
-start_tansu
+start_tansu "${ENGINE:-memory://tansu/}"
 broker=$broker_pid
 port=$kafka_port
 metrics_port=$(free_port)
@@ -56,6 +58,7 @@ checkpoints = "$1.checkpoints"
 [source]
 idle_timeout_ms = 1000
 idle_advance_ms_per_s = 600000
+${SOURCE:-}
 [metrics]
 listen = "127.0.0.1:$metrics_port"
 [kafka.properties]
@@ -100,7 +103,7 @@ stop_run() {
     fi
 }
 
-echo "machine: $(nproc) cores, $(uname -r); broker: tansu memory engine on 127.0.0.1"
+echo "machine: $(nproc) cores, $(uname -r); broker: tansu ${ENGINE:-memory://tansu/} on 127.0.0.1"
 "$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
 echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
 

@@ -82,6 +82,11 @@ impl OpenWindows {
         let (index, opened) = match found {
             Some(i) => (i, false),
             None => {
+                // Room for exactly one more: a device's windows are kept per metric and minute
+                // (hundreds of bytes each), and doubling would leave most devices a window's
+                // worth of unused room or more. A window opens once a minute per metric.
+                self.keys.reserve_exact(1);
+                self.windows.reserve_exact(1);
                 self.keys.push((reading.metric, start_ms, address));
                 self.windows.push(OpenWindow {
                     metric: reading.metric,
@@ -113,9 +118,21 @@ impl OpenWindows {
 
     /// Removes and returns the windows starting at or before `start_ms`.
     fn take_through(&mut self, start_ms: TimeMs) -> Vec<OpenWindow> {
-        let (closing, open): (Vec<OpenWindow>, Vec<OpenWindow>) = std::mem::take(&mut self.windows)
-            .into_iter()
-            .partition(|w| w.start_ms <= start_ms);
+        let staying = self
+            .windows
+            .iter()
+            .filter(|w| w.start_ms > start_ms)
+            .count();
+        // The windows that stay take exactly their room (see `fold`).
+        let mut open = Vec::with_capacity(staying);
+        let mut closing = Vec::with_capacity(self.windows.len() - staying);
+        for window in std::mem::take(&mut self.windows) {
+            if window.start_ms <= start_ms {
+                closing.push(window);
+            } else {
+                open.push(window);
+            }
+        }
         self.keys = open
             .iter()
             .map(|w| (w.metric, w.start_ms, Arc::as_ptr(&w.device) as usize))
@@ -276,4 +293,34 @@ fn merge_same_site(mut closing: Vec<OpenWindow>) -> Vec<OpenWindow> {
         }
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_s_open_windows_take_exactly_their_room() {
+        let device = SharedDeviceInfo::default();
+        let mut windows = OpenWindows::default();
+        let fold_minute = |windows: &mut OpenWindows, minute: u64| {
+            for metric in [MetricId(0), MetricId(1), MetricId(4)] {
+                let ts_ms = minute * 60_000 + 5;
+                let reading = Reading {
+                    metric,
+                    ts_ms,
+                    value: 1.0,
+                };
+                windows.fold(&reading, minute * 60_000, &device, ts_ms);
+            }
+        };
+        fold_minute(&mut windows, 0);
+        fold_minute(&mut windows, 1);
+        assert_eq!((windows.windows.len(), windows.windows.capacity()), (6, 6));
+        let closed = windows.take_through(0);
+        assert_eq!(closed.len(), 3);
+        // Windows are hundreds of bytes, kept per device and metric: no room left unused.
+        assert_eq!((windows.windows.len(), windows.windows.capacity()), (3, 3));
+        assert_eq!(windows.keys.capacity(), 3);
+    }
 }
