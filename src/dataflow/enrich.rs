@@ -12,9 +12,9 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Capability, OkErr};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::metadata::Version;
@@ -108,90 +108,92 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
         window: WindowConfig,
     ) -> EnrichedAndUnknown<'scope> {
         let trace = registry.trace.clone();
-        let (enriched, unknown) = {
-            // The arrangement is partitioned by the same hash, so each lookup is local.
-            let by_device = Exchange::new(|m: &TimedMessage| m.device_id.hashed());
-            // Unknown devices' dead letters carry their message's stamp (see `stamp`).
-            // Boxed: unknown devices are rare, and the `Ok` path stays small.
-            type Joined = Result<EnrichedMessage, Box<(TimeMs, DeadLetter)>>;
-            self.binary_frontier::<_, CapacityContainerBuilder<Vec<Joined>>, _, _, _, _>(
-                registry.stream.clone(),
-                by_device,
-                Pipeline,
-                "Enrich",
-                move |_cap, _info| {
-                    let mut stash: Vec<(Capability<TimeMs>, Vec<TimedMessage>)> = Vec::new();
-                    let mut lookup = RegistryLookup::new(trace);
-                    move |(input, frontier), (registry_batches, registry_frontier), output| {
-                        input.for_each(|cap, data| {
-                            if let Some(cap) = cap.retain_least(0) {
-                                stash.push((cap, std::mem::take(data)));
-                            }
-                        });
-                        // A registry batch makes the cached histories of its devices stale.
-                        registry_batches.for_each(|_, spans| {
-                            for batch in spans.iter().filter_map(|span| span.inner.as_ref()) {
-                                lookup.forget_changed(batch, |_, _| {});
-                            }
-                        });
-
-                        // A message is answered once every registry batch with updates at or before
-                        // its time has reached this operator: the batch stream's frontier, not the
-                        // trace's upper, which can run ahead of the batches (and of the invalidations
-                        // above) that this operator has seen.
-                        let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
-                        for (cap, messages) in stash.iter_mut() {
-                            // Usually the registry is ahead of every message: take the batch
-                            // whole rather than copying it into a new vector.
-                            let ready = if messages.iter().all(is_ready) {
-                                std::mem::take(messages)
-                            } else if messages.iter().any(is_ready) {
-                                let (ready, waiting): (Vec<_>, Vec<_>) =
-                                    std::mem::take(messages).into_iter().partition(is_ready);
-                                *messages = waiting;
-                                ready
-                            } else {
-                                continue;
-                            };
-                            lookup.load(ready.iter().map(|m| &m.device_id));
-                            let mut session = output.session(cap);
-                            for message in ready {
-                                let found =
-                                    lookup.history(&message.device_id).and_then(|history| {
-                                        let at = in_force(history, message.ts_ms)?;
-                                        history[at].1.clone()
-                                    });
-                                session.give(match found {
-                                    Some(device) => Ok(EnrichedMessage {
-                                        device_id: message.device_id,
-                                        device,
-                                        ts_ms: message.ts_ms,
-                                        stamp_ms: message.watermark_ms,
-                                        readings: message.readings,
-                                    }),
-                                    None => Err(Box::new((
-                                        message.watermark_ms,
-                                        unknown_device(&message),
-                                    ))),
-                                });
-                            }
-                        }
-                        stash.retain(|(_, messages)| !messages.is_empty());
-
-                        // Keep the registry readable as far back as any message may still look.
-                        let oldest = frontier
-                            .frontier()
-                            .iter()
-                            .chain(stash.iter().map(|(cap, _)| cap.time()))
-                            .min()
-                            .copied();
-                        lookup.compact_to(oldest.map(|t| t.saturating_sub(window.length_ms)));
+        let mut builder = OperatorBuilder::new("Enrich".to_owned(), self.scope());
+        // The arrangement is partitioned by the same hash, so each lookup is local.
+        let mut messages_in =
+            builder.new_input(self, Exchange::new(|m: &TimedMessage| m.device_id.hashed()));
+        let mut registry_in = builder.new_input(registry.stream.clone(), Pipeline);
+        // Two outputs rather than one of `Result`s split afterwards: every message would be
+        // moved once more, and enrichment sees every message.
+        let (enriched_out, enriched) = builder.new_output();
+        let (unknown_out, unknown) = builder.new_output();
+        let mut enriched_out: OutputBuilder<_, CapacityContainerBuilder<Vec<EnrichedMessage>>> =
+            OutputBuilder::from(enriched_out);
+        // Unknown devices' dead letters carry their message's stamp (see `stamp`).
+        let mut unknown_out: OutputBuilder<_, CapacityContainerBuilder<Vec<(TimeMs, DeadLetter)>>> =
+            OutputBuilder::from(unknown_out);
+        builder.build(move |_caps| {
+            // Messages waiting for the registry, with capabilities for both outputs.
+            let mut stash: Vec<(Capability<TimeMs>, Capability<TimeMs>, Vec<TimedMessage>)> =
+                Vec::new();
+            let mut lookup = RegistryLookup::new(trace);
+            move |frontiers| {
+                let mut enriched_out = enriched_out.activate();
+                let mut unknown_out = unknown_out.activate();
+                messages_in.for_each(|cap, data| {
+                    if let Some(&time) = cap.least() {
+                        let caps = (cap.delayed(&time, 0), cap.delayed(&time, 1));
+                        stash.push((caps.0, caps.1, std::mem::take(data)));
                     }
-                },
-            )
-            .ok_err(|joined: Joined| joined)
-        };
-        let unknown = unknown.map(|unknown| *unknown);
+                });
+                // A registry batch makes the cached histories of its devices stale.
+                registry_in.for_each(|_, spans| {
+                    for batch in spans.iter().filter_map(|span| span.inner.as_ref()) {
+                        lookup.forget_changed(batch, |_, _| {});
+                    }
+                });
+
+                // A message is answered once every registry batch with updates at or before
+                // its time has reached this operator: the batch stream's frontier, not the
+                // trace's upper, which can run ahead of the batches (and of the invalidations
+                // above) that this operator has seen.
+                let registry_frontier = frontiers[1].frontier();
+                let is_ready = |m: &TimedMessage| !registry_frontier.less_equal(&m.ts_ms);
+                for (enriched_cap, unknown_cap, messages) in stash.iter_mut() {
+                    // Usually the registry is ahead of every message: take the batch whole
+                    // rather than copying it into a new vector.
+                    let ready = if messages.iter().all(is_ready) {
+                        std::mem::take(messages)
+                    } else if messages.iter().any(is_ready) {
+                        let (ready, waiting): (Vec<_>, Vec<_>) =
+                            std::mem::take(messages).into_iter().partition(is_ready);
+                        *messages = waiting;
+                        ready
+                    } else {
+                        continue;
+                    };
+                    lookup.load(ready.iter().map(|m| &m.device_id));
+                    let mut enriched = enriched_out.session(enriched_cap);
+                    let mut unknown = unknown_out.session(unknown_cap);
+                    for message in ready {
+                        let found = lookup.history(&message.device_id).and_then(|history| {
+                            let at = in_force(history, message.ts_ms)?;
+                            history[at].1.clone()
+                        });
+                        match found {
+                            Some(device) => enriched.give(EnrichedMessage {
+                                device_id: message.device_id,
+                                device,
+                                ts_ms: message.ts_ms,
+                                stamp_ms: message.watermark_ms,
+                                readings: message.readings,
+                            }),
+                            None => unknown.give((message.watermark_ms, unknown_device(&message))),
+                        }
+                    }
+                }
+                stash.retain(|(_, _, messages)| !messages.is_empty());
+
+                // Keep the registry readable as far back as any message may still look.
+                let oldest = frontiers[0]
+                    .frontier()
+                    .iter()
+                    .chain(stash.iter().map(|(cap, _, _)| cap.time()))
+                    .min()
+                    .copied();
+                lookup.compact_to(oldest.map(|t| t.saturating_sub(window.length_ms)));
+            }
+        });
         (enriched, unknown.at_stamps("StampUnknownDevices"))
     }
 }
