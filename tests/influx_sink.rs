@@ -165,7 +165,13 @@ fn writers_whose_influxdb_is_gone_give_up_after_the_drain_timeout_and_count_what
     influx.kill();
     let started = Instant::now();
     write_and_drain(&pool, (0..250).map(|d| aggregate(d, 1, 1.0)).collect());
-    let unwritten = pool.finish().expect_err("InfluxDB is gone");
+    // On a thread of its own, so that writers that never give up fail the test, not hang it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(pool.finish()).unwrap());
+    let unwritten = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writers gave up within 30 s")
+        .expect_err("InfluxDB is gone");
     let waited = started.elapsed();
     // Every point of the second lot, and only those: one point per window.
     assert_eq!(unwritten.points, 250, "{unwritten}");
