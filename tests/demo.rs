@@ -361,32 +361,10 @@ fn a_demo_whose_influxdb_is_gone_ends_after_the_drain_timeout_saying_what_is_unw
         std::thread::sleep(Duration::from_millis(100));
     }
     influx.kill();
-    // Read as it comes, so a demo that never ends is killed and reported, not waited for.
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).unwrap();
-        text
-    });
     // The rest of its 6 s, then 2 s of waiting, and not much more.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("the demo did not end\n{}", reader.join().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = reader.join().unwrap();
+    let (status, stderr) = common::wait_for_end(&mut child, Duration::from_secs(30));
     assert!(!status.success(), "{stderr}");
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("iotpipe: "))
-        .unwrap_or_else(|| panic!("no error line in\n{stderr}"));
+    let error = common::error_line(&stderr);
     assert!(
         error.contains("points were not written") && error.contains("influx.drain_timeout_ms"),
         "{error}"

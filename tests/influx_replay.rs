@@ -154,6 +154,18 @@ fn grafana_queries_answer(influx: &Influx, out: &Path) {
     assert!(queries >= 6, "only {queries} queries");
 }
 
+/// An `--influx-config` file for `influx` with small batches, one request at a time and a short
+/// queue, so a replay of `data` is mid-way when InfluxDB stops; `settings` adds fields.
+fn small_batches_config(data: &Dataset, influx: &Influx, settings: &str) -> std::path::PathBuf {
+    let config = data.dir.path().join("influx.toml");
+    let text = format!(
+        "url = \"{}\"\nbatch_points = 200\nmax_in_flight = 1\nqueue_batches = 2\n{settings}\n",
+        influx.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn wait_for_points(influx: &Influx, at_least: u64, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -175,18 +187,12 @@ fn influxdb_stopped_for_30_s_mid_replay_loses_nothing() {
     let data = common::dataset(DEVICES, SECONDS);
     let mut influx = Influx::start();
     let out = data.dir.path().join("out");
-    // Small batches and a short backoff: the replay is mid-way when InfluxDB stops, and it
-    // notices InfluxDB is back within a second.
-    let config = data.dir.path().join("influx.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "url = \"{}\"\nbatch_points = 200\nmax_in_flight = 1\nqueue_batches = 2\n\
-             timeout_ms = 2000\nbackoff = {{ initial_ms = 100, max_ms = 1000 }}\n",
-            influx.url()
-        ),
-    )
-    .unwrap();
+    // A short backoff: it notices InfluxDB is back within a second.
+    let config = small_batches_config(
+        &data,
+        &influx,
+        "timeout_ms = 2000\nbackoff = { initial_ms = 100, max_ms = 1000 }",
+    );
     let mut child = replay_command(&data, &out, &["--influx-config", config.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -222,17 +228,11 @@ fn a_replay_stopped_while_influxdb_is_gone_ends_after_the_drain_timeout_saying_w
     let data = common::dataset(DEVICES, SECONDS);
     let mut influx = Influx::start();
     let out = data.dir.path().join("out");
-    let config = data.dir.path().join("influx.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "url = \"{}\"\nbatch_points = 200\nmax_in_flight = 1\nqueue_batches = 2\n\
-             timeout_ms = 500\ndrain_timeout_ms = 2000\n\
-             backoff = {{ initial_ms = 50, max_ms = 200 }}\n",
-            influx.url()
-        ),
-    )
-    .unwrap();
+    let config = small_batches_config(
+        &data,
+        &influx,
+        "timeout_ms = 500\ndrain_timeout_ms = 2000\nbackoff = { initial_ms = 50, max_ms = 200 }",
+    );
     let mut child = replay_command(&data, &out, &["--influx-config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -247,23 +247,10 @@ fn a_replay_stopped_while_influxdb_is_gone_ends_after_the_drain_timeout_saying_w
         "the replay ended while InfluxDB was down"
     );
     // Stopped (SIGTERM), it waits 2 s more for InfluxDB, then says what it did not write.
-    let stopped = Instant::now();
     assert!(common::send_signal(child.id(), "TERM"));
-    let deadline = stopped + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the replay did not end");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("iotpipe: "))
-        .unwrap_or_else(|| panic!("no error line in\n{stderr}"));
+    let (status, stderr) = common::wait_for_end(&mut child, Duration::from_secs(30));
+    assert!(!status.success(), "{stderr}");
+    let error = common::error_line(&stderr);
     assert!(
         error.contains("points were not written") && error.contains("influx.drain_timeout_ms"),
         "{error}"

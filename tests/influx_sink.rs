@@ -49,7 +49,6 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
         ..InfluxConfig::for_url(&influx.url())
     };
     let pool = InfluxPool::start(&config, Arc::clone(&metrics)).unwrap();
-    let catalog = Arc::clone(SchemaSet::embedded().catalog());
     // 1,000 windows in one batch; two of them hold a value InfluxDB cannot store.
     let bad = [(17, 3), (64, 9)];
     let records: Vec<WindowAggregate> = (0..100)
@@ -63,6 +62,31 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
             aggregate(device, window, min)
         })
         .collect();
+    let dead = write_and_drain(&pool, records);
+    pool.finish().expect("every point answered");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in dead.iter() {
+        assert_eq!(d.reason, DeadLetterReason::StoreRejected);
+        assert!(d.raw.contains("min=NaN"), "{}", d.raw);
+        assert!(d.detail.contains("HTTP 400"), "{}", d.detail);
+    }
+    let answer = influx.query(
+        "iotpipe",
+        &format!(
+            "SELECT count(\"count\") FROM iotpipe_aggregate WHERE time >= {START_MS}ms AND \
+             time < {}ms",
+            START_MS + 3_600_000
+        ),
+    );
+    assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 998);
+    assert_eq!(metrics.influx_points.get(), 998);
+}
+
+/// Writes `records` through a sink into `pool` and closes its input; steps until every time is
+/// written or the pool has stalled, then drops the dataflow (as the commands' drains do).
+/// Returns the records InfluxDB refused, as dead letters.
+fn write_and_drain(pool: &InfluxPool, records: Vec<WindowAggregate>) -> Vec<DeadLetter> {
+    let catalog = Arc::clone(SchemaSet::embedded().catalog());
     let dead: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
     let seen = Arc::clone(&dead);
     let worker_pool = pool.clone();
@@ -87,55 +111,6 @@ fn a_refused_point_is_a_dead_letter_and_the_rest_of_its_batch_lands() {
             input.send(record);
         }
         drop(input);
-        while worker.has_dataflows() {
-            worker.step_or_park(Some(std::time::Duration::from_millis(5)));
-        }
-    });
-    pool.finish().expect("every point answered");
-    let dead = dead.lock().unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    for d in dead.iter() {
-        assert_eq!(d.reason, DeadLetterReason::StoreRejected);
-        assert!(d.raw.contains("min=NaN"), "{}", d.raw);
-        assert!(d.detail.contains("HTTP 400"), "{}", d.detail);
-    }
-    let answer = influx.query(
-        "iotpipe",
-        &format!(
-            "SELECT count(\"count\") FROM iotpipe_aggregate WHERE time >= {START_MS}ms AND \
-             time < {}ms",
-            START_MS + 3_600_000
-        ),
-    );
-    assert_eq!(answer["results"][0]["series"][0]["values"][0][1], 998);
-    assert_eq!(metrics.influx_points.get(), 998);
-}
-
-/// Writes `records` through a sink into `pool` and closes its input; steps until every time is
-/// written or the pool has stalled, then drops the dataflow (as the commands' drains do).
-fn write_and_drain(pool: &InfluxPool, records: Vec<WindowAggregate>) {
-    let catalog = Arc::clone(SchemaSet::embedded().catalog());
-    let worker_pool = pool.clone();
-    timely::execute_directly(move |worker| {
-        let mut input = InputHandle::new();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let target = InfluxTarget {
-                pool: worker_pool.clone(),
-                skip_before_ms: 0,
-                full: HeldBack::default(),
-                lane: Lane::Readings,
-            };
-            scope
-                .input_from(&mut input)
-                .container::<Vec<WindowAggregate>>()
-                .write_to_influx("Aggregates", target, move |a, buffer| {
-                    aggregate_line(buffer, a, &catalog)
-                });
-        });
-        for record in records {
-            input.send(record);
-        }
-        drop(input);
         while worker.has_dataflows() && !worker_pool.stalled() {
             worker.step_or_park(Some(Duration::from_millis(5)));
         }
@@ -143,6 +118,7 @@ fn write_and_drain(pool: &InfluxPool, records: Vec<WindowAggregate>) {
             worker.drop_dataflow(dataflow);
         }
     });
+    std::mem::take(&mut *dead.lock().unwrap())
 }
 
 #[test]

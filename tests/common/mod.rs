@@ -140,6 +140,41 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// Waits up to `timeout` for `child` (its stderr piped) to end, reading its stderr meanwhile
+/// so a chatty child never blocks on a full pipe; returns how it ended and what it printed
+/// there. One that does not end is killed, and the test fails with its stderr.
+pub fn wait_for_end(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+        text
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, reader.join().unwrap());
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the command did not end\n{}", reader.join().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The one error line (`iotpipe: ...`) a failed command printed on stderr.
+pub fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("iotpipe: "))
+        .unwrap_or_else(|| panic!("no error line in\n{stderr}"))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

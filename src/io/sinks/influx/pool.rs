@@ -137,18 +137,17 @@ impl Progress {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// How long InfluxDB has taken nothing while the writers had something to write: the
-    /// age of the youngest unanswered request (a writer that got an answer took its next
-    /// batch since). Zero when no writer is busy.
-    fn stalled_for(&self) -> Duration {
+    /// Whether InfluxDB has taken nothing for `timeout_ms` while the writers had something to
+    /// write: the youngest unanswered request is that old (a writer that got an answer took
+    /// its next batch since). Never while no writer is busy.
+    fn stalled_for(&self, timeout_ms: u64) -> bool {
         let now = self.now_ms();
-        let youngest = self
-            .busy_since_ms
+        self.busy_since_ms
             .iter()
             .map(|since| since.load(Ordering::Acquire))
             .filter(|&since| since > 0)
-            .max();
-        Duration::from_millis(youngest.map_or(0, |since| now.saturating_sub(since)))
+            .max()
+            .is_some_and(|youngest| now.saturating_sub(youngest) >= timeout_ms)
     }
 }
 
@@ -269,7 +268,7 @@ impl InfluxPool {
     /// write: a finishing command gives up on it then (while running, an outage is waited
     /// out, however long).
     pub fn stalled(&self) -> bool {
-        self.progress.stalled_for() >= Duration::from_millis(self.config.drain_timeout_ms)
+        self.progress.stalled_for(self.config.drain_timeout_ms)
     }
 
     /// Why InfluxDB cannot be written to, once it has said so (see [`crate::io::support::failure`]).
@@ -307,7 +306,7 @@ impl InfluxPool {
         };
         let mut abandoned = false;
         while !thread.is_finished() {
-            if self.progress.stalled_for() >= Duration::from_millis(self.config.drain_timeout_ms) {
+            if self.progress.stalled_for(self.config.drain_timeout_ms) {
                 self.progress.abandon.notify_one();
                 abandoned = true;
                 break;
