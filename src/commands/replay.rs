@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concat, Input, Inspect};
+use timely::dataflow::operators::{Concat, Input, Inspect, Probe};
 
 use crate::commands::setup::{ChannelStop, SetupError, SideOutputs, schemas_and_pipeline};
 use crate::dataflow::PipelineConfig;
@@ -314,8 +314,9 @@ fn run_worker(
 
     let mut sources = PipelineSources::new();
     let influx_full = HeldBack::default();
-    worker.dataflow::<TimeMs, _, _>(|scope| {
+    let registry_probe = worker.dataflow::<TimeMs, _, _>(|scope| {
         let (outputs, counts) = sources.build(scope, &job.pipeline);
+        let (registry_probe, _) = outputs.registry.stream.clone().probe();
         let mut dead_letters = outputs.dead_letters.clone();
         if let Some(pool) = &job.influx {
             let written = write_outputs(&outputs, pool, 0, &influx_full, job.schemas.catalog());
@@ -353,12 +354,19 @@ fn run_worker(
                 }
             });
         counts.deliver_in_order("CountIngest", to_shared(&files, ReplayFiles::counts));
+        registry_probe
     });
     // The registry is known up front: worker 0 loads it whole, every worker closes its input.
     let changes: &[RegistryChange] = if index == 0 { &job.registry } else { &[] };
     sources.load_registry_and_close(changes);
     let controls: &[AlertControl] = if index == 0 { &job.alert_controls } else { &[] };
     sources.load_controls_and_close(controls);
+    // Resolve the registry before the first message: messages wait in `Enrich` until it is
+    // complete, and released all at once they would reach the windows ahead of the frontier
+    // that lets them be scored, so each would be held and looked up a second time.
+    while !registry_probe.done() {
+        worker.step();
+    }
 
     let result = feed_chunks(
         worker,

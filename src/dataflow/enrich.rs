@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dataflow::EventStream;
 use crate::dataflow::metadata::Version;
-use crate::dataflow::metadata::lookup::{RegistryLookup, in_force};
+use crate::dataflow::metadata::lookup::{History, RegistryLookup, in_force};
 use crate::dataflow::model::{
     DeadLetter, DeadLetterReason, DeviceId, EnrichedMessage, SharedDeviceInfo, TimeMs, TimedMessage,
 };
@@ -162,11 +162,10 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                     } else {
                         continue;
                     };
-                    lookup.load(ready.iter().map(|m| &m.device_id));
                     let mut enriched = enriched_out.session(enriched_cap);
                     let mut unknown = unknown_out.session(unknown_cap);
-                    for message in ready {
-                        let found = lookup.history(&message.device_id).and_then(|history| {
+                    let mut answer = |message: TimedMessage, history: Option<&History>| {
+                        let found = history.and_then(|history| {
                             let at = in_force(history, message.ts_ms)?;
                             history[at].1.clone()
                         });
@@ -179,6 +178,22 @@ impl<'scope> Enrich<'scope> for EventStream<'scope, TimedMessage> {
                                 readings: message.readings,
                             }),
                             None => unknown.give((message.watermark_ms, unknown_device(&message))),
+                        }
+                    };
+                    // One probe of the cache per message; the few whose device it does not
+                    // hold yet are loaded together (one pass over the trace) and answered last.
+                    let mut missing = Vec::new();
+                    for message in ready {
+                        match lookup.history(&message.device_id) {
+                            Some(history) => answer(message, Some(history)),
+                            None => missing.push(message),
+                        }
+                    }
+                    if !missing.is_empty() {
+                        lookup.load(missing.iter().map(|m| &m.device_id));
+                        for message in missing {
+                            let history = lookup.history(&message.device_id);
+                            answer(message, history);
                         }
                     }
                 }
