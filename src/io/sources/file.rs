@@ -65,7 +65,7 @@ impl ChunkedFile {
             if n == 0 {
                 break;
             }
-            match more[..n].iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &more[..n]) {
                 Some(i) => {
                     bytes.extend_from_slice(&more[..=i]);
                     break;
@@ -77,7 +77,7 @@ impl ChunkedFile {
         let first = if k == 0 {
             0
         } else {
-            match bytes.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', bytes) {
                 Some(i) => i + 1,
                 None => bytes.len(),
             }
@@ -88,10 +88,8 @@ impl ChunkedFile {
         lines.clear();
         let mut line_start = first;
         while line_start < bytes.len() && line_start < limit {
-            let line_end = bytes[line_start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(bytes.len(), |i| line_start + i);
+            let line_end =
+                memchr::memchr(b'\n', &bytes[line_start..]).map_or(bytes.len(), |i| line_start + i);
             let mut trimmed = line_end;
             if trimmed > line_start && bytes[trimmed - 1] == b'\r' {
                 trimmed -= 1;
