@@ -15,8 +15,9 @@ use crate::dataflow::model::{DeviceId, SharedDeviceInfo, TimeMs};
 pub type RegistryBatch = <RegistryTrace as TraceReader>::Batch;
 
 /// A device's versions in the order they became known: each version's effective time and
-/// entry (none: not registered from then on).
-pub type History = Vec<(TimeMs, Option<SharedDeviceInfo>)>;
+/// entry (none: not registered from then on). Most devices have one version, held inline in
+/// the cache's map so that enriching a message does not read a second block of memory.
+pub type History = smallvec::SmallVec<[(TimeMs, Option<SharedDeviceInfo>); 1]>;
 
 /// The version of `history` in force at `ts_ms`: the one with the latest effective time at or
 /// before it, and of several with that time the one known last (a correction), as the store's
@@ -125,7 +126,7 @@ impl RegistryLookup {
 /// replacing version's effective time (compaction drops it once no lookup can be that old).
 fn history_of(mut changes: Vec<(TimeMs, isize, Version<SharedDeviceInfo>)>) -> History {
     changes.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
-    let mut history: History = Vec::new();
+    let mut history = History::new();
     let mut i = 0;
     while i < changes.len() {
         let (known_ms, _, version) = &changes[i];

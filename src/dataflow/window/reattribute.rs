@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn a_window_moves_to_the_one_version_in_force_over_its_readings() {
         let (old, new) = (info("north", 50.0), info("east", 15.0));
-        let history: History = vec![(0, Some(Arc::clone(&old))), (70_000, Some(new))];
+        let history: History =
+            smallvec::smallvec![(0, Some(Arc::clone(&old))), (70_000, Some(new))];
         let mut before = window(&old, 61_000, 69_000);
         reattribute(&"d".into(), &mut before, &history);
         assert_eq!(before.device.site, "north");
@@ -141,7 +142,7 @@ mod tests {
     #[test]
     fn a_correction_inside_a_windows_readings_leaves_it_where_it_was_counted() {
         let old = info("north", 50.0);
-        let history: History = vec![
+        let history: History = smallvec::smallvec![
             (0, Some(Arc::clone(&old))),
             (65_000, Some(info("east", 50.0))),
         ];
@@ -154,7 +155,7 @@ mod tests {
     fn breaches_are_recounted_when_the_minimum_and_maximum_decide_them() {
         let old = info("north", 50.0);
         for (max, breaches) in [(5.0, 4), (25.0, 0), (15.0, 7)] {
-            let history: History = vec![(0, Some(info("north", max)))];
+            let history: History = smallvec::smallvec![(0, Some(info("north", max)))];
             let mut w = window(&old, 61_000, 69_000);
             w.breaches = 7;
             reattribute(&"d".into(), &mut w, &history);
