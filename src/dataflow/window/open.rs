@@ -26,14 +26,15 @@ pub(super) struct OpenWindow {
     pub(super) min: f64,
     pub(super) max: f64,
     pub(super) breaches: u64,
+    /// The earliest and latest time the device was looked up at for these readings (their
+    /// messages' times, which enrichment and [`reattribute`] go by). Every reading updates it:
+    /// it sits in the first 64 bytes with the aggregate.
+    pub(super) looked_up_ms: (TimeMs, TimeMs),
     pub(super) evidence: WindowEvidence,
     pub(super) metric: MetricId,
     pub(super) start_ms: TimeMs,
     /// The registry entry the readings were enriched with (its site keys the aggregate).
     pub(super) device: SharedDeviceInfo,
-    /// The earliest and latest time the device was looked up at for these readings (their
-    /// messages' times, which enrichment and [`reattribute`] go by).
-    pub(super) looked_up_ms: (TimeMs, TimeMs),
 }
 
 impl OpenWindow {
