@@ -7,7 +7,9 @@
 #
 #   scripts/bench-kafka.sh [steady rate, messages/s (default 100000)]
 #
-# Environment: WORKERS="1 2" (the throughput phase's worker counts), STEADY=0 skips the steady
+# Environment: DATA=dir reads another gen_workload.py output (events.jsonl, its manifest,
+# registry.jsonl) instead of the W1 file, WORKERS="1 2" (the throughput phase's worker
+# counts), STEADY=0 skips the steady
 # phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
 # iotpipe under a profiler, KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka
 # properties to the run's configuration, SOURCE='max_lead_ms = 0' adds `[source]` settings,
@@ -17,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
-data=target/bench/w1
+data=${DATA:-target/bench/w1}
 [ -s "$data/events.jsonl" ] || scripts/bench-replay.sh >/dev/null
 cargo build --release --quiet --bin iotpipe --example kafka_load
 bin=${BIN:-target/release/iotpipe}

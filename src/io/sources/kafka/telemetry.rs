@@ -53,6 +53,7 @@ use crate::io::sources::inputs::SourceInputs;
 use crate::io::sources::kafka::checkpoint::{
     Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
 };
+use crate::io::sources::kafka::prefetch::prefetch_properties;
 use crate::io::sources::live_registry::LiveRegistry;
 use crate::io::support::metrics::{Counter, Metrics};
 
@@ -235,17 +236,6 @@ impl IdleFloor {
     }
 }
 
-/// librdkafka's bound on each partition queue's prefetched messages.
-const PREFETCH_PROPERTY: &str = "queued.max.messages.kbytes";
-
-/// A worker's prefetch, split over its partitions: what librdkafka's single consumer queue
-/// holds by default (64 MiB), so that reading partition by partition (each its own queue,
-/// each with its own limit) does not multiply it by the partition count. At least 4 MiB a
-/// partition, so a fetch of one still fits. `[kafka.properties]` may set it instead.
-fn prefetch_kbytes(partitions: usize) -> usize {
-    (65_536 / partitions.max(1)).max(4_096)
-}
-
 /// Admits one message of `reader`'s partition into its open batch.
 fn take_message(
     reader: &mut PartitionReader,
@@ -327,8 +317,8 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        if !kafka.properties.contains_key(PREFETCH_PROPERTY) {
-            client.set(PREFETCH_PROPERTY, prefetch_kbytes(mine).to_string());
+        for (key, value) in prefetch_properties(mine, &kafka.properties) {
+            client.set(key, value);
         }
         let consumer: Arc<BaseConsumer<SourceContext>> = client
             .create_with_context(context)
