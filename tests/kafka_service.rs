@@ -860,10 +860,21 @@ fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact(
     let dir = fixture.data.dir.path();
     let brokers = fixture.tansu.brokers();
     let source = "idle_timeout_ms = 3000";
-    let mut cluster = Cluster::configure(dir, "poisoned", &brokers, &outputs, 2, source, "");
+    // Responses smaller than the 2 MB message, whatever the default: tansu never returns a
+    // record larger than a response, so the source must fetch it apart.
+    let properties = "[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"";
+    let mut cluster =
+        Cluster::configure(dir, "poisoned", &brokers, &outputs, 2, source, properties);
     cluster.start();
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    // Partition 0's reader (process 0, whose metrics the test serves) got past the message.
+    let fetched_apart =
+        metric_value(&cluster.metrics(), "iotpipe_messages_fetched_apart_total").unwrap_or(0.0);
     cluster.stop();
+    assert!(
+        fetched_apart >= 1.0,
+        "{fetched_apart} messages fetched apart"
+    );
     assert_same_lines(
         "aggregates",
         &latest_per_key(&aggregates),

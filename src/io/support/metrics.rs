@@ -203,6 +203,9 @@ pub struct Metrics {
     consumer_lag: Family<PartitionLabel, Gauge>,
     /// Partitions not read for running too far ahead of the frontier (`source.max_lead_ms`).
     pub partitions_ahead: Gauge,
+    /// Messages read by a fetch of their own, past a partition stuck behind a record larger
+    /// than the consumer's responses (`source.stuck_after_ms`).
+    pub messages_fetched_apart: Counter,
     registry: Registry,
 }
 
@@ -231,6 +234,7 @@ impl Default for Metrics {
             sink_failures: Family::default(),
             consumer_lag: Family::default(),
             partitions_ahead: Gauge::default(),
+            messages_fetched_apart: Counter::default(),
             registry: Registry::default(),
         };
         // Every reason and direction is a series from the start, at 0: a rate over a series
@@ -309,6 +313,12 @@ impl Default for Metrics {
             "Partitions not read because their watermark runs more than source.max_lead_ms \
              ahead of the frontier",
             metrics.partitions_ahead.clone(),
+        );
+        r.register(
+            "messages_fetched_apart",
+            "Messages read by a fetch of their own with larger responses, because their \
+             partition delivered nothing for source.stuck_after_ms with data in the broker",
+            metrics.messages_fetched_apart.clone(),
         );
         r.register_with_unit(
             "watermark_lag",

@@ -28,15 +28,21 @@
 //! before the frontier says the registry is complete): at the start of a catch-up that was
 //! most of a topic. Not reading is not pausing: librdkafka goes on fetching the partition from
 //! where it was, up to its queue limits, and never fetches from inside a stored batch again.
+//!
+//! Oversized records. A partition with data in the broker that gets nothing from the broker's
+//! answers for `stuck_after_ms` has its next record fetched apart, with larger responses
+//! ([`super::oversized`]): tansu does not return a record larger than a fetch response, and the
+//! consumer's responses are kept small because each one stays in memory until its last message
+//! is read.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -53,6 +59,7 @@ use crate::io::sources::inputs::SourceInputs;
 use crate::io::sources::kafka::checkpoint::{
     Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
 };
+use crate::io::sources::kafka::oversized::{FETCH_MAX_BYTES_DEFAULT, Fetched, OversizedFetch};
 use crate::io::sources::kafka::prefetch::prefetch_properties;
 use crate::io::sources::live_registry::LiveRegistry;
 use crate::io::support::metrics::{Counter, Metrics};
@@ -82,6 +89,11 @@ pub struct SourceConfig {
     /// keeps prefetching it only up to its per-partition queue limits. 0 reads every
     /// partition as fast as it comes.
     pub max_lead_ms: u64,
+    /// A partition with data in the broker that gets nothing from the broker's answers for this
+    /// long (wall clock, ms) has its next record fetched by a client of its own with larger
+    /// responses, doubled until it comes (tansu 0.6.0 never returns a record larger than a
+    /// fetch response, so such a record would stop the partition for good). 0 never does.
+    pub stuck_after_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -93,26 +105,50 @@ impl Default for SourceConfig {
             rewind_ms: 3_600_000,
             commit_interval_ms: 1_000,
             max_lead_ms: 60_000,
+            stuck_after_ms: 2_000,
         }
     }
 }
 
-/// Keeps the partitions' end offsets from librdkafka's statistics (once a second), for the
-/// consumer lag metric.
+/// Keeps what librdkafka's statistics (once a second) say of each partition: where it ends,
+/// for the consumer lag metric, and how many fetches its leader has been sent, for telling a
+/// partition stuck behind an oversized record from a slow one.
 #[derive(Default)]
 struct SourceContext {
     topic: String,
-    ends: Mutex<FxHashMap<i32, i64>>,
+    partitions: Mutex<FxHashMap<i32, PartitionStats>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct PartitionStats {
+    /// The partition's end offset (high watermark), once known.
+    end: Option<i64>,
+    /// Fetch requests sent to the partition's leader. librdkafka has one fetch in flight per
+    /// broker, so all but the last have been answered.
+    fetches: i64,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            let mut ends = self.ends.lock().expect("not poisoned");
-            for (p, partition) in &topic.partitions {
-                if *p >= 0 && partition.hi_offset >= 0 {
-                    ends.insert(*p, partition.hi_offset);
-                }
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut partitions = self.partitions.lock().expect("not poisoned");
+        for (p, partition) in &topic.partitions {
+            if *p < 0 {
+                continue;
+            }
+            let stats = partitions.entry(*p).or_default();
+            if partition.hi_offset >= 0 {
+                stats.end = Some(partition.hi_offset);
+            }
+            if let Some(fetches) = statistics
+                .brokers
+                .values()
+                .find(|broker| broker.nodeid == partition.leader)
+                .and_then(|broker| broker.req.get("Fetch"))
+            {
+                stats.fetches = *fetches;
             }
         }
     }
@@ -121,12 +157,17 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {}
 
 impl SourceContext {
-    fn end(&self, partition: i32) -> Option<i64> {
-        self.ends
+    fn stats_of(&self, partition: i32) -> PartitionStats {
+        self.partitions
             .lock()
             .expect("not poisoned")
             .get(&partition)
             .copied()
+            .unwrap_or_default()
+    }
+
+    fn end(&self, partition: i32) -> Option<i64> {
+        self.stats_of(partition).end
     }
 }
 
@@ -145,6 +186,12 @@ struct PartitionReader {
     end_checked: Option<Instant>,
     /// Not read in the last poll: too far ahead of the frontier (see `max_lead_ms`).
     ahead: bool,
+    /// The fetch of a record the consumer's responses are too small for, while it runs; and
+    /// when the last one ended without the record, so that the next waits `stuck_after_ms`.
+    oversized: Option<OversizedFetch>,
+    oversized_failed: Option<Instant>,
+    /// The position and the leader's fetch count when the position last moved.
+    progress: (i64, i64),
 }
 
 /// A worker's share of the telemetry topic.
@@ -157,6 +204,10 @@ pub struct KafkaSource {
     /// wait behind a long-polling fetch.
     ends: BaseConsumer,
     topic: String,
+    /// The shared client settings, for [`OversizedFetch`]es.
+    client: ClientConfig,
+    /// The consumer's `fetch.max.bytes`: an oversized fetch starts at twice it.
+    fetch_max_bytes: u64,
     readers: Vec<PartitionReader>,
     by_partition: FxHashMap<i32, usize>,
     config: SourceConfig,
@@ -320,6 +371,10 @@ impl KafkaSource {
         for (key, value) in prefetch_properties(mine, &kafka.properties) {
             client.set(key, value);
         }
+        let fetch_max_bytes = client
+            .get("fetch.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(FETCH_MAX_BYTES_DEFAULT);
         let consumer: Arc<BaseConsumer<SourceContext>> = client
             .create_with_context(context)
             .map(Arc::new)
@@ -371,6 +426,9 @@ impl KafkaSource {
                 idle: false,
                 end_checked: None,
                 ahead: false,
+                oversized: None,
+                oversized_failed: None,
+                progress: (checkpoint.offset, 0),
             });
         }
         consumer
@@ -407,6 +465,8 @@ impl KafkaSource {
             queues,
             ends,
             topic,
+            client: kafka.client().set("group.id", &kafka.group_id).clone(),
+            fetch_max_bytes,
             readers,
             by_partition,
             config,
@@ -462,7 +522,9 @@ impl KafkaSource {
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
             match result {
                 Ok(message) => {
-                    if let Some(&at) = self.by_partition.get(&message.partition()) {
+                    if let Some(&at) = self.by_partition.get(&message.partition())
+                        && message.offset() >= self.readers[at].next_offset
+                    {
                         take_message(&mut self.readers[at], &message, inputs, now);
                         read += 1;
                     }
@@ -505,6 +567,10 @@ impl KafkaSource {
                             break;
                         }
                     };
+                    // Already read by an oversized fetch.
+                    if message.offset() < reader.next_offset {
+                        continue;
+                    }
                     take_message(reader, &message, inputs, now);
                     taken += 1;
                     read += 1;
@@ -512,6 +578,7 @@ impl KafkaSource {
                 progressed |= taken > 0;
             }
         }
+        read += self.fetch_oversized(inputs, now);
         self.metrics.messages_in.inc_by(read as u64);
         self.update_idle(now);
         let hold_limit = Duration::from_millis(self.config.idle_timeout_ms);
@@ -537,6 +604,109 @@ impl KafkaSource {
             .min();
         if let Some(target) = active_min.or(floor) {
             inputs.advance_to(target);
+        }
+        read
+    }
+
+    /// Starts, polls and finishes the fetches of records too large for the consumer's
+    /// responses (see `stuck_after_ms`); returns how many messages they read.
+    fn fetch_oversized(&mut self, inputs: &SourceInputs, now: Instant) -> usize {
+        if self.config.stuck_after_ms == 0 {
+            return 0;
+        }
+        let stuck_after = Duration::from_millis(self.config.stuck_after_ms);
+        let mut read = 0;
+        // A partition that was in this many answered fetches and got nothing was not starved by
+        // the others (librdkafka starts each fetch at the next partition) but stopped.
+        let empty_fetches = 2 * self.readers.len() as i64 + 3;
+        for reader in &mut self.readers {
+            let stats = self.consumer.context().stats_of(reader.partition);
+            if reader.progress.0 != reader.next_offset {
+                reader.progress = (reader.next_offset, stats.fetches);
+            }
+            let Some(fetch) = reader.oversized.take() else {
+                let behind = stats.end.is_some_and(|end| end > reader.next_offset);
+                let answered = stats.fetches - reader.progress.1 > empty_fetches;
+                let waited = |since: Instant| now.duration_since(since) >= stuck_after;
+                if behind
+                    && answered
+                    && !reader.ahead
+                    && waited(reader.last_message)
+                    && reader.oversized_failed.is_none_or(waited)
+                {
+                    match OversizedFetch::start(
+                        &self.client,
+                        &self.topic,
+                        reader.partition,
+                        reader.next_offset,
+                        self.fetch_max_bytes.saturating_mul(2),
+                    ) {
+                        Ok(fetch) => {
+                            tracing::debug!(topic = %self.topic, partition = reader.partition, offset = reader.next_offset, fetch_max_bytes = fetch.fetch_max_bytes(), "partition stuck; fetching its next record apart");
+                            reader.oversized = Some(fetch);
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "oversized fetch client");
+                            reader.oversized_failed = Some(now);
+                        }
+                    }
+                }
+                continue;
+            };
+            // The consumer got past it by itself: the partition was slow, not stuck.
+            if reader.next_offset > fetch.offset() {
+                continue;
+            }
+            let larger = match fetch.poll() {
+                Ok(Fetched::Record(message)) => {
+                    if message.offset() >= reader.next_offset {
+                        tracing::warn!(
+                            topic = %self.topic,
+                            partition = reader.partition,
+                            offset = message.offset(),
+                            bytes = message.payload().map_or(0, <[u8]>::len),
+                            fetch_max_bytes = fetch.fetch_max_bytes(),
+                            "record fetched apart: larger than the consumer's fetch.max.bytes, or the partition was slow"
+                        );
+                        take_message(reader, &message, inputs, now);
+                        read += 1;
+                        self.metrics.messages_fetched_apart.inc();
+                        // Stale copies the consumer still delivers are skipped by offset.
+                        if let Err(error) = self.consumer.seek(
+                            &self.topic,
+                            reader.partition,
+                            Offset::Offset(reader.next_offset),
+                            Duration::ZERO,
+                        ) {
+                            tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "seek past a record fetched apart");
+                        }
+                    }
+                    false
+                }
+                Ok(Fetched::TooSmall) => true,
+                Ok(Fetched::Waiting) => {
+                    reader.oversized = Some(fetch);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "oversized fetch failed; retrying");
+                    reader.oversized_failed = Some(now);
+                    false
+                }
+            };
+            if larger {
+                match fetch.larger() {
+                    Some(Ok(next)) => reader.oversized = Some(next),
+                    Some(Err(error)) => {
+                        tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "oversized fetch client");
+                        reader.oversized_failed = Some(now);
+                    }
+                    None => {
+                        tracing::error!(topic = %self.topic, partition = reader.partition, offset = reader.next_offset, fetch_max_bytes = fetch.fetch_max_bytes(), "partition stuck: the broker returns nothing at this offset even with the largest response; retrying");
+                        reader.oversized_failed = Some(now);
+                    }
+                }
+            }
         }
         read
     }
@@ -578,12 +748,17 @@ impl KafkaSource {
             .iter()
             .map(|r| {
                 format!(
-                    "{}@{}:{}{}{}",
+                    "{}@{}:{}{}{}{}",
                     r.partition,
                     r.next_offset,
                     r.ingestor.watermarker().watermark_ms(),
                     if r.idle { " idle" } else { "" },
-                    if r.ahead { " ahead" } else { "" }
+                    if r.ahead { " ahead" } else { "" },
+                    if r.oversized.is_some() {
+                        " oversized"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect::<Vec<_>>()
