@@ -11,10 +11,10 @@
 //! pause after a full queue (`fetch.queue.backoff.ms`, 1 s) would let them run dry, so it is
 //! short.
 //!
-//! Measured (docs/benchmarks.md, "Bounded prefetch"): W1 through `iotpipe run` at 2 workers,
-//! 8 partitions on tansu's memory engine, peak RSS 514-543 MiB at 317,000-342,000 messages/s
-//! with librdkafka's defaults, 456-511 MiB at 472,000-563,000 with these (`fetch.wait.max.ms`
-//! at 20 then; 100, shipped, gave the same 493,000 messages/s at 2 workers).
+//! Measured (docs/benchmarks.md, "Records larger than a response"): W1 through `iotpipe run`
+//! from 8 partitions on tansu's memory engine, peak RSS 283-290 MiB at 1 worker and 388-419 MiB
+//! at 2 (1.7x and 1.6x replay's), against 400-463 and 426-464 MiB with the previous 4 MiB
+//! responses, at the same or better throughput.
 
 use std::collections::BTreeMap;
 
@@ -33,27 +33,39 @@ const WORKER_KBYTES: usize = 65_536;
 /// Fewest kilobytes a partition's queue is kept at, so that a fetch of one still fits.
 const PARTITION_KBYTES_MIN: usize = 4_096;
 
-/// Largest fetch response, in bytes. A response's buffers stay alive until its last message is
-/// read, and a partition held back by alignment keeps each response it came in alive: each MiB
-/// here cost ~60 MB of peak RSS on W1, at 1 or 2 workers. It is also the largest message tansu
-/// can deliver: tansu 0.6.0 never returns a record larger than the request's `max_bytes`
-/// (Kafka does, to make progress), so a larger one stops its partition for good; 4 MiB passes
-/// the poison test's 2 MB message. And tansu's sqlite engine reads a partition's whole backlog
-/// for every fetch, so catching up there is faster with larger responses: W1 at 5,700
-/// messages/s with 1 MiB, 10,000 with 2 MiB, 16,700 with 4 MiB, 19,200 with librdkafka's own
-/// 16 MiB (docs/benchmarks.md).
-const FETCH_MAX_BYTES: u64 = 4_194_304;
+/// Fetch responses a worker's partitions may hold, together, in bytes: `fetch.max.bytes` is
+/// this split over the worker's partitions, between the two bounds below. A response arrives
+/// whole before a queue limit is checked again and its buffers live until its last message is
+/// read; tansu 0.6.0 fills a response from one partition first (it ignores
+/// `max.partition.fetch.bytes`), so each partition can hold about one response beyond its
+/// queue. Each MiB of response cost ~60 MB of peak RSS on W1 (8 partitions, 1 or 2 workers).
+/// Larger responses are faster on tansu's sqlite engine, which reads a partition's whole
+/// backlog for every fetch (docs/benchmarks.md, "Records larger than a response").
+const WORKER_FETCH_BYTES: u64 = 12 << 20;
+
+/// Smallest fetch response, in bytes, however many partitions a worker reads: twice Kafka's
+/// default largest message, and enough that a catch-up on tansu's sqlite engine, whose fetches
+/// cost in proportion to the backlog and not to the response, keeps half its speed (W1 at
+/// 1 worker: 6,900 messages/s with 1.5 MiB responses, 17,300 with librdkafka's 8 MiB).
+const FETCH_MAX_BYTES_MIN: u64 = 2 << 20;
+
+/// Largest fetch response, in bytes, however few partitions a worker reads.
+///
+/// A record larger than a response is still read: tansu 0.6.0 never returns one (Kafka does,
+/// to make progress), so the source fetches it apart with larger responses
+/// ([`super::oversized`]).
+const FETCH_MAX_BYTES_MAX: u64 = 4 << 20;
 
 /// How long a partition whose queue is full waits before it is fetched again; short, because
 /// a queue of a few thousand messages drains in tens of milliseconds.
 const FETCH_QUEUE_BACKOFF_MS: u64 = 10;
 
 /// How long the broker may hold a fetch for data to arrive. Kafka answers as soon as there is
-/// data, so this only sets how often an idle consumer asks (10 times a second here); tansu
-/// 0.6.0 sleeps it out on every fetch (half of it from 250 ms up), so it caps the throughput
-/// there: with 4 MiB responses, 500 ms (librdkafka's default) gave 313,000 messages/s at
-/// 2 workers, 100 ms 493,000, and 20 ms no more; each ask of an idle tansu costs a query.
-const FETCH_WAIT_MAX_MS: u64 = 100;
+/// data, so this only sets how often an idle consumer asks (20 times a second here); tansu
+/// 0.6.0 sleeps it out on every fetch (half of it from 250 ms up), so with the response size it
+/// caps the throughput there: W1 at 2 workers with 3 MiB responses every 50 ms 536,000-595,000
+/// messages/s, with 4 MiB every 500 ms (librdkafka's default wait) 313,000.
+const FETCH_WAIT_MAX_MS: u64 = 50;
 
 /// librdkafka's default for `message.max.bytes`, which `fetch.max.bytes` may not be below.
 const MESSAGE_MAX_BYTES_DEFAULT: u64 = 1_000_000;
@@ -92,7 +104,10 @@ pub fn prefetch_properties(
         ),
         (
             "fetch.max.bytes",
-            FETCH_MAX_BYTES.max(message_max_bytes).to_string(),
+            (WORKER_FETCH_BYTES / partitions as u64)
+                .clamp(FETCH_MAX_BYTES_MIN, FETCH_MAX_BYTES_MAX)
+                .max(message_max_bytes)
+                .to_string(),
         ),
         ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string()),
         ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string()),
@@ -133,9 +148,11 @@ mod tests {
             value(&prefetch_properties(0, &none), "queued.min.messages"),
             Some(20_000)
         );
-        assert_eq!(value(&four, "fetch.max.bytes"), Some(4_194_304));
+        assert_eq!(value(&one, "fetch.max.bytes"), Some(4 << 20));
+        assert_eq!(value(&four, "fetch.max.bytes"), Some(3 << 20));
+        assert_eq!(value(&many, "fetch.max.bytes"), Some(2 << 20));
         assert_eq!(value(&four, "fetch.queue.backoff.ms"), Some(10));
-        assert_eq!(value(&four, "fetch.wait.max.ms"), Some(100));
+        assert_eq!(value(&four, "fetch.wait.max.ms"), Some(50));
     }
 
     #[test]
