@@ -287,13 +287,18 @@ impl IdleFloor {
     }
 }
 
-/// Admits one message of `reader`'s partition into its open batch.
+/// Admits one message of `reader`'s partition into its open batch, unless the partition is
+/// already past it (read by an oversized fetch, and fetched again by the consumer before its
+/// seek); returns whether it was admitted.
 fn take_message(
     reader: &mut PartitionReader,
     message: &BorrowedMessage<'_>,
     inputs: &SourceInputs,
     now: Instant,
-) {
+) -> bool {
+    if message.offset() < reader.next_offset {
+        return false;
+    }
     let input_time = inputs.time();
     let batch = reader.batch.get_or_insert_with(|| {
         // Back from idle behind the frontier: stamped no earlier than the input time.
@@ -329,6 +334,7 @@ fn take_message(
     reader.next_offset = message.offset() + 1;
     reader.last_message = now;
     reader.idle = false;
+    true
 }
 
 impl KafkaSource {
@@ -523,9 +529,8 @@ impl KafkaSource {
             match result {
                 Ok(message) => {
                     if let Some(&at) = self.by_partition.get(&message.partition())
-                        && message.offset() >= self.readers[at].next_offset
+                        && take_message(&mut self.readers[at], &message, inputs, now)
                     {
-                        take_message(&mut self.readers[at], &message, inputs, now);
                         read += 1;
                     }
                 }
@@ -567,11 +572,9 @@ impl KafkaSource {
                             break;
                         }
                     };
-                    // Already read by an oversized fetch.
-                    if message.offset() < reader.next_offset {
+                    if !take_message(reader, &message, inputs, now) {
                         continue;
                     }
-                    take_message(reader, &message, inputs, now);
                     taken += 1;
                     read += 1;
                 }
@@ -659,7 +662,7 @@ impl KafkaSource {
             }
             let larger = match fetch.poll() {
                 Ok(Fetched::Record(message)) => {
-                    if message.offset() >= reader.next_offset {
+                    if take_message(reader, &message, inputs, now) {
                         tracing::warn!(
                             topic = %self.topic,
                             partition = reader.partition,
@@ -668,7 +671,6 @@ impl KafkaSource {
                             fetch_max_bytes = fetch.fetch_max_bytes(),
                             "record fetched apart: larger than the consumer's fetch.max.bytes, or the partition was slow"
                         );
-                        take_message(reader, &message, inputs, now);
                         read += 1;
                         self.metrics.messages_fetched_apart.inc();
                         // Stale copies the consumer still delivers are skipped by offset.
