@@ -8,14 +8,15 @@
 #   scripts/bench-kafka.sh [steady rate, messages/s (default 100000)]
 #
 # Environment: DATA=dir reads another gen_workload.py output (events.jsonl, its manifest,
-# registry.jsonl) instead of the W1 file, WORKERS="1 2" (the throughput phase's worker
-# counts), STEADY=0 skips the steady
-# phase, BIN=path runs another build (e.g. one without mimalloc), WRAP="heaptrack -o FILE" runs
-# iotpipe under a profiler, KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka
-# properties to the run's configuration, SOURCE='max_lead_ms = 0' adds `[source]` settings,
-# PROCESSES="1 2 4" runs the throughput phase as clusters
-# of that many processes of one worker each (timely's cluster mode over loopback) instead of
-# WORKERS; the figures are the cluster's (messages, CPU and peak RSS summed over processes).
+# registry.jsonl) instead of the W1 file; WORKERS="1 2" (the throughput phase's worker
+# counts); PROCESSES="1 2 4" runs the throughput phase as clusters of that many processes of
+# one worker each (timely's cluster mode over loopback) instead of WORKERS, the figures being
+# the cluster's (messages, CPU and peak RSS summed over processes); THROUGHPUT=0 skips the
+# throughput phase, STEADY=0 the steady one, STEADY_WORKERS=2 sets its workers;
+# ENGINE=sqlite://tansu.db uses tansu's durable engine; BIN=path runs another build (e.g. one
+# without mimalloc); WRAP="heaptrack -o FILE" runs iotpipe under a profiler;
+# KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka properties to the run's
+# configuration; SOURCE='max_lead_ms = 0' adds `[source]` settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
@@ -107,16 +108,19 @@ stop_run() {
 
 echo "machine: $(nproc) cores, $(uname -r); broker: tansu ${ENGINE:-memory://tansu/} on 127.0.0.1"
 "$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
-echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
+[ "${THROUGHPUT:-1}" = 0 ] ||
+    echo "produce W1 into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
 
 # Each shape: "workers processes".
 shapes=()
-if [ -n "${PROCESSES:-}" ]; then
+if [ "${THROUGHPUT:-1}" = 0 ]; then
+    :
+elif [ -n "${PROCESSES:-}" ]; then
     for p in $PROCESSES; do shapes+=("1 $p"); done
 else
     for w in ${WORKERS:-1 2}; do shapes+=("$w 1"); done
 fi
-for shape in "${shapes[@]}"; do
+for shape in ${shapes[@]+"${shapes[@]}"}; do
     read -r workers processes <<<"$shape"
     start_run "bench-w$workers-p$processes" telemetry "$workers" "$processes"
     t0=$(date +%s.%N)
@@ -139,8 +143,9 @@ for shape in "${shapes[@]}"; do
 done
 
 [ "${STEADY:-1}" = 0 ] && exit 0
-# Steady produce at $rate messages/s while 2 workers consume; lag = sent so far - read so far.
-start_run bench-steady steady 2
+# Steady produce at $rate messages/s while STEADY_WORKERS (2) consume; lag = sent so far - read
+# so far.
+start_run bench-steady steady "${STEADY_WORKERS:-2}"
 "$load" --brokers "127.0.0.1:$port" --topic steady --events "$data/events.jsonl" --rate "$rate" >"$work/steady-load.log" &
 loader=$!
 t0=$(date +%s.%N)
