@@ -817,7 +817,7 @@ fn two_processes_over_eight_partitions_equal_the_batch_computation_and_survive_a
 }
 
 #[test]
-fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact() {
+fn poison_at_every_partitions_start_and_two_2_mb_messages_leave_every_window_exact() {
     let fixture = fixture(60, 240);
     let expected = fixture.expected();
     fixture.produce_registry(&fixture.registry_lines);
@@ -838,11 +838,19 @@ fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact(
         })
         .collect();
     assert_eq!(poisoned.len(), PARTITIONS as usize);
-    let huge = format!(
-        r#"{{"device_id":"{}","ts":1704067300000,"blob":"{}","t":21.5}}"#,
-        first_device[&0],
-        "x".repeat(2 << 20)
-    );
+    // Two 2 MB messages at the same point of partitions 0 and 2, both read by process 0's
+    // worker: both partitions get stuck at once.
+    let huge: Vec<(i32, String)> = [0, 2]
+        .into_iter()
+        .map(|p| {
+            let line = format!(
+                r#"{{"device_id":"{}","ts":1704067300000,"blob":"{}","t":21.5}}"#,
+                first_device[&p],
+                "x".repeat(2 << 20)
+            );
+            (p, line)
+        })
+        .collect();
     let middle = fixture.lines.len() / 2;
     let mut records: Vec<(Option<i32>, &str, &[u8])> = poisoned
         .iter()
@@ -850,7 +858,7 @@ fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact(
         .collect();
     for (i, (p, line)) in fixture.lines.iter().enumerate() {
         if i == middle {
-            records.push((Some(0), "", huge.as_bytes()));
+            records.extend(huge.iter().map(|(p, l)| (Some(*p), "", l.as_bytes())));
         }
         records.push((Some(*p), "", line.as_bytes()));
     }
@@ -867,13 +875,31 @@ fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact(
         Cluster::configure(dir, "poisoned", &brokers, &outputs, 2, source, properties);
     cluster.start();
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
-    // Partition 0's reader (process 0, whose metrics the test serves) got past the message.
+    // Partitions 0 and 2 (process 0, whose metrics the test serves) got past their messages,
+    // fetched apart one after the other, never two at once.
     let fetched_apart =
         metric_value(&cluster.metrics(), "iotpipe_messages_fetched_apart_total").unwrap_or(0.0);
     cluster.stop();
     assert!(
-        fetched_apart >= 1.0,
+        fetched_apart >= 2.0,
         "{fetched_apart} messages fetched apart"
+    );
+    let log = cluster.log(0);
+    let turns: Vec<&str> = log
+        .lines()
+        .filter_map(|line| {
+            if line.contains("fetching its next record apart") {
+                Some("start")
+            } else if line.contains("record fetched apart:") {
+                Some("done")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        turns.len() >= 4 && turns.chunks(2).all(|pair| pair == ["start", "done"]),
+        "fetches apart overlapped or did not end: {turns:?}"
     );
     assert_same_lines(
         "aggregates",
@@ -888,15 +914,19 @@ fn poison_at_every_partitions_start_and_a_2_mb_message_leave_every_window_exact(
             .iter()
             .map(|(_, l)| ("future_timestamp".to_owned(), l.clone())),
     );
-    want.push(("too_large".to_owned(), huge[..4096].to_owned()));
+    want.extend(
+        huge.iter()
+            .map(|(_, l)| ("too_large".to_owned(), l[..4096].to_owned())),
+    );
     want.sort();
     assert_eq!(dead_letter_pairs(&dead), want);
-    let (_, too_large) = dead
-        .iter()
-        .find(|(_, v)| v.contains("\"too_large\""))
-        .expect("the 2 MB message is a dead letter");
-    assert!(too_large.len() < 16 * 1024, "{} bytes", too_large.len());
-    assert!(too_large.contains(&format!("\"raw_len\":{}", huge.len())));
+    for (_, too_large) in dead.iter().filter(|(_, v)| v.contains("\"too_large\"")) {
+        assert!(too_large.len() < 16 * 1024, "{} bytes", too_large.len());
+        assert!(
+            huge.iter()
+                .any(|(_, l)| too_large.contains(&format!("\"raw_len\":{}", l.len())))
+        );
+    }
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //! [`OversizedFetch`] reads that offset with a client of its own, assigned that partition
 //! alone, at twice the consumer's response size, doubling each time the broker has answered and
 //! given nothing, up to [`FETCH_MAX_BYTES_CAP`]. A slow broker answers no fetches and a
-//! broker that is down none at all, so neither looks stuck.
+//! broker that is down none at all, so neither looks stuck. A worker runs one such fetch at a
+//! time (a response of the cap costs librdkafka several times its size); partitions stuck
+//! together take turns.
 //!
 //! On a broker that follows KIP-74 a partition is never stuck so; if one is starved by the
 //! others for that many fetches, its next record is read one fetch early: the source takes it,

@@ -622,6 +622,9 @@ impl KafkaSource {
         // A partition that was in this many answered fetches and got nothing was not starved by
         // the others (librdkafka starts each fetch at the next partition) but stopped.
         let empty_fetches = 2 * self.readers.len() as i64 + 3;
+        // One fetch apart at a time: each may grow to FETCH_MAX_BYTES_CAP, and a response that
+        // large costs librdkafka several times its size; stuck partitions take their turns.
+        let mut fetching = self.readers.iter().any(|r| r.oversized.is_some());
         for reader in &mut self.readers {
             let stats = self.consumer.context().stats_of(reader.partition);
             if reader.progress.0 != reader.next_offset {
@@ -631,7 +634,8 @@ impl KafkaSource {
                 let behind = stats.end.is_some_and(|end| end > reader.next_offset);
                 let answered = stats.fetches - reader.progress.1 > empty_fetches;
                 let waited = |since: Instant| now.duration_since(since) >= stuck_after;
-                if behind
+                if !fetching
+                    && behind
                     && answered
                     && !reader.ahead
                     && waited(reader.last_message)
@@ -645,8 +649,9 @@ impl KafkaSource {
                         self.fetch_max_bytes.saturating_mul(2),
                     ) {
                         Ok(fetch) => {
-                            tracing::debug!(topic = %self.topic, partition = reader.partition, offset = reader.next_offset, fetch_max_bytes = fetch.fetch_max_bytes(), "partition stuck; fetching its next record apart");
+                            tracing::info!(topic = %self.topic, partition = reader.partition, offset = reader.next_offset, fetch_max_bytes = fetch.fetch_max_bytes(), "partition stuck; fetching its next record apart");
                             reader.oversized = Some(fetch);
+                            fetching = true;
                         }
                         Err(error) => {
                             tracing::warn!(topic = %self.topic, partition = reader.partition, %error, "oversized fetch client");
