@@ -13,15 +13,17 @@
 # Environment: DEVICES (1000) and DATA_SECONDS (2400) shape the generated file (seed 7; made
 # once under target/bench/rescale), REWIND_MS (690000: the least `run` accepts, a window, the
 # allowed lateness and the clock skew of event time read again; the shipped default is an hour,
-# for the anomaly models), BIN=path runs another build.
+# for the anomaly models), BIN=path runs another build, DATA=dir runs another file instead
+# (events.jsonl, registry.jsonl and a manifest with base_ms and end_ms, as gen_workload.py
+# writes them; `cargo run --release --example skab -- --write-inputs DIR` writes SKAB so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${DEVICES:-1000}
 seconds=${DATA_SECONDS:-2400}
 rewind_ms=${REWIND_MS:-690000}
 workload=${IOTPIPE_WORKLOAD:-../shared/workload}
-data=target/bench/rescale/d$devices-s$seconds
-if [ ! -s "$data/events.jsonl" ]; then
+data=${DATA:-target/bench/rescale/d$devices-s$seconds}
+if [ -z "${DATA:-}" ] && [ ! -s "$data/events.jsonl" ]; then
     mkdir -p "$data"
     python3 "$workload/gen_workload.py" --devices "$devices" --seconds "$seconds" --seed 7 \
         --out "$data/events.jsonl" --registry-out "$data/registry.jsonl" >/dev/null 2>&1
@@ -30,7 +32,9 @@ cargo build --release --quiet --bin iotpipe --example kafka_load --example kafka
 bin=${BIN:-target/release/iotpipe}
 load=target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
-end_ms=$(python3 -c "import json;print(json.load(open('$data/events.jsonl.manifest.json'))['end_ms'])")
+manifest() { python3 -c "import json;print(json.load(open('$data/events.jsonl.manifest.json'))['$1'])"; }
+end_ms=$(manifest end_ms)
+seconds=$(( (end_ms - $(manifest base_ms)) / 1000 ))
 messages=$(wc -l <"$data/events.jsonl")
 
 work=$(mktemp -d)
@@ -114,7 +118,7 @@ PY
 
 echo "machine: $(nproc) cores, $(uname -r); broker: tansu sqlite engine on 127.0.0.1"
 "$load" --brokers "127.0.0.1:$port" --topic registry --events "$data/registry.jsonl" >/dev/null
-echo "produce $messages messages ($devices devices, $seconds s) into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
+echo "produce $messages messages (${DATA:-$devices devices}, $seconds s) into 8 partitions: $("$load" --brokers "127.0.0.1:$port" --topic telemetry --events "$data/events.jsonl")"
 
 # The expected aggregates: a replay of the same file.
 "$bin" replay --events "$data/events.jsonl" --registry "$data/registry.jsonl" --out "$work/replay" -w 2 >/dev/null
