@@ -16,7 +16,8 @@
 # ENGINE=sqlite://tansu.db uses tansu's durable engine; BIN=path runs another build (e.g. one
 # without mimalloc); WRAP="heaptrack -o FILE" runs iotpipe under a profiler;
 # KAFKA_PROPERTIES='"queued.min.messages" = "10000"' adds librdkafka properties to the run's
-# configuration; SOURCE='max_lead_ms = 0' adds `[source]` settings.
+# configuration; SOURCE='max_lead_ms = 0' adds `[source]` settings; LOGS=dir keeps each run's
+# log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-100000}
@@ -37,7 +38,7 @@ broker=$broker_pid
 port=$kafka_port
 metrics_port=$(free_port)
 pids=()
-trap 'kill "${pids[@]}" $broker 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "${pids[@]}" $broker 2>/dev/null; [ -z "${LOGS:-}" ] || cp "$work"/*.log "$LOGS"/; rm -rf "$work"' EXIT
 topic() { "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions "$2" "$1" >/dev/null; }
 for t in telemetry steady; do topic $t 8; done
 topic registry 1

@@ -867,9 +867,9 @@ fn poison_at_every_partitions_start_and_two_2_mb_messages_leave_every_window_exa
     outputs.create(&fixture.tansu, 2);
     let dir = fixture.data.dir.path();
     let brokers = fixture.tansu.brokers();
-    let source = "idle_timeout_ms = 3000";
-    // Responses smaller than the 2 MB message, whatever the default: tansu never returns a
-    // record larger than a response, so the source must fetch it apart.
+    // Responses smaller than the 2 MB message, whatever the default, and never grown: tansu
+    // never returns a record larger than a response, so the source must fetch it apart.
+    let source = "idle_timeout_ms = 3000\ngrow_responses_after_ms = 0";
     let properties = "[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"";
     let mut cluster =
         Cluster::configure(dir, "poisoned", &brokers, &outputs, 2, source, properties);
@@ -927,6 +927,80 @@ fn poison_at_every_partitions_start_and_two_2_mb_messages_leave_every_window_exa
                 .any(|(_, l)| too_large.contains(&format!("\"raw_len\":{}", l.len())))
         );
     }
+}
+
+/// The `fetch_max_bytes` of each "consumer re-created" line of a process's log, in order.
+fn response_sizes(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|line| line.contains("consumer re-created with another response size"))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("fetch_max_bytes=")?;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn workers_the_broker_holds_back_grow_their_responses_go_back_once_caught_up_and_lose_nothing() {
+    let fixture = fixture(100, 600);
+    let expected = fixture.expected();
+    fixture.produce_registry(&fixture.registry_lines);
+    fixture.produce_telemetry();
+    let outputs = Outputs::named("catching-up");
+    outputs.create(&fixture.tansu, 2);
+    // Responses of 128 KiB (librdkafka wants message.max.bytes below them) and 250 messages
+    // fetched ahead a partition: the sqlite engine answers a fetch in tens of milliseconds, so
+    // the 60,000 messages hold each worker back for seconds, its polls mostly finding nothing.
+    let share: u64 = 128 << 10;
+    let properties = format!(
+        "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n\"fetch.max.bytes\" = \"{share}\"\n\"queued.min.messages\" = \"250\""
+    );
+    let source = "idle_timeout_ms = 3000\ngrow_responses_after_ms = 300";
+    let dir = fixture.data.dir.path();
+    let brokers = fixture.tansu.brokers();
+    let mut cluster = Cluster::configure(
+        dir,
+        "catching-up",
+        &brokers,
+        &outputs,
+        2,
+        source,
+        &properties,
+    );
+    cluster.start();
+    let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
+    // Caught up, each worker goes back to its share after twice the step.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sizes = loop {
+        let sizes: Vec<Vec<u64>> = (0..2).map(|p| response_sizes(&cluster.log(p))).collect();
+        if sizes.iter().all(|s| s.last() == Some(&share)) || Instant::now() > deadline {
+            break sizes;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let catching_up = metric_value(&cluster.metrics(), "iotpipe_workers_catching_up");
+    cluster.stop();
+    eprintln!("response sizes by process: {sizes:?}");
+    for (process, sizes) in sizes.iter().enumerate() {
+        // Doubled at least once from the share while behind, then back to it, and nothing else.
+        let (back, grown) = sizes.split_last().unwrap_or((&0, &[]));
+        assert!(
+            !grown.is_empty()
+                && *back == share
+                && grown
+                    .iter()
+                    .enumerate()
+                    .all(|(i, bytes)| *bytes == share << (i + 1)),
+            "process {process} did not grow its responses and go back: {sizes:?}\n{}",
+            cluster.log(process)
+        );
+    }
+    assert_eq!(
+        catching_up,
+        Some(0.0),
+        "a worker still counts as catching up"
+    );
+    assert_outputs(&fixture.tansu, &outputs, &aggregates, &expected);
 }
 
 #[test]

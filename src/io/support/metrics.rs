@@ -206,6 +206,9 @@ pub struct Metrics {
     /// Messages read by a fetch of their own, past a partition stuck behind a record larger
     /// than the consumer's responses (`source.stuck_after_ms`).
     pub messages_fetched_apart: Counter,
+    /// Workers fetching with responses larger than their share, to catch up with a broker
+    /// that holds them back (`source.grow_responses_after_ms`).
+    pub workers_catching_up: Gauge,
     registry: Registry,
 }
 
@@ -235,6 +238,7 @@ impl Default for Metrics {
             consumer_lag: Family::default(),
             partitions_ahead: Gauge::default(),
             messages_fetched_apart: Counter::default(),
+            workers_catching_up: Gauge::default(),
             registry: Registry::default(),
         };
         // Every reason and direction is a series from the start, at 0: a rate over a series
@@ -319,6 +323,12 @@ impl Default for Metrics {
             "Messages read by a fetch of their own with larger responses, because their \
              partition delivered nothing for source.stuck_after_ms with data in the broker",
             metrics.messages_fetched_apart.clone(),
+        );
+        r.register(
+            "workers_catching_up",
+            "Workers fetching with responses larger than their share, because their partitions \
+             lag the broker while their queues run dry (source.grow_responses_after_ms)",
+            metrics.workers_catching_up.clone(),
         );
         r.register_with_unit(
             "watermark_lag",

@@ -67,6 +67,9 @@ const FETCH_QUEUE_BACKOFF_MS: u64 = 10;
 /// messages/s, with 4 MiB every 500 ms (librdkafka's default wait) 313,000.
 const FETCH_WAIT_MAX_MS: u64 = 50;
 
+/// librdkafka's default for `queued.min.messages`, for a user who sets it to nothing else.
+pub const QUEUED_MIN_MESSAGES_DEFAULT: u64 = 100_000;
+
 /// librdkafka's default for `message.max.bytes`, which `fetch.max.bytes` may not be below.
 const MESSAGE_MAX_BYTES_DEFAULT: u64 = 1_000_000;
 

@@ -34,6 +34,9 @@
 //! ([`super::oversized`]): tansu does not return a record larger than a fetch response, and the
 //! consumer's responses are kept small because each one stays in memory until its last message
 //! is read.
+//!
+//! Catching up. A worker whose partitions lag the broker while its queues run dry re-creates
+//! its consumer with larger responses, and goes back once caught up ([`super::catch_up`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,11 +59,12 @@ use crate::io::connect::kafka::{
     DetachedProducer, KafkaConfig, KafkaSetupError, client_error, partition_count,
 };
 use crate::io::sources::inputs::SourceInputs;
+use crate::io::sources::kafka::catch_up::{PollSeen, ResponseSizer};
 use crate::io::sources::kafka::checkpoint::{
     Checkpoint, ResumePoint, ResumeTrail, read_checkpoints,
 };
 use crate::io::sources::kafka::oversized::{FETCH_MAX_BYTES_DEFAULT, Fetched, OversizedFetch};
-use crate::io::sources::kafka::prefetch::prefetch_properties;
+use crate::io::sources::kafka::prefetch::{QUEUED_MIN_MESSAGES_DEFAULT, prefetch_properties};
 use crate::io::sources::live_registry::LiveRegistry;
 use crate::io::support::metrics::{Counter, Metrics};
 
@@ -94,6 +98,14 @@ pub struct SourceConfig {
     /// responses, doubled until it comes (tansu 0.6.0 never returns a record larger than a
     /// fetch response, so such a record would stop the partition for good). 0 never does.
     pub stuck_after_ms: u64,
+    /// A worker whose partitions lag the broker by more than it prefetches, while its queues
+    /// run dry, for this long (wall clock, ms) doubles its fetch responses (up to 8 MiB), and
+    /// again after each further such wait; back to its share once its lag has stayed within
+    /// the prefetch for twice as long. On a broker whose fetches cost the backlog they scan
+    /// (tansu's sqlite engine), larger responses are what lets a consumer that fell behind
+    /// catch up. The share is `fetch.max.bytes` under `[kafka.properties]` if set there. 0
+    /// keeps the responses fixed.
+    pub grow_responses_after_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -106,6 +118,7 @@ impl Default for SourceConfig {
             commit_interval_ms: 1_000,
             max_lead_ms: 60_000,
             stuck_after_ms: 2_000,
+            grow_responses_after_ms: 5_000,
         }
     }
 }
@@ -206,8 +219,12 @@ pub struct KafkaSource {
     topic: String,
     /// The shared client settings, for [`OversizedFetch`]es.
     client: ClientConfig,
+    /// The consumer's settings, for re-creating it with another response size.
+    consumer_config: ClientConfig,
     /// The consumer's `fetch.max.bytes`: an oversized fetch starts at twice it.
     fetch_max_bytes: u64,
+    /// Grows the responses while the broker holds the worker back; `None` keeps them fixed.
+    sizer: Option<ResponseSizer>,
     readers: Vec<PartitionReader>,
     by_partition: FxHashMap<i32, usize>,
     config: SourceConfig,
@@ -287,6 +304,67 @@ impl IdleFloor {
     }
 }
 
+/// Why [`open_consumer`] failed.
+enum OpenError {
+    /// librdkafka refused a step, named.
+    Client(&'static str, rdkafka::error::KafkaError),
+    /// The topic has no such partition.
+    NoPartition,
+}
+
+/// The consumer with `config`, assigned each of `topic`'s partitions at its start offset, and
+/// each partition's queue split off, in `starts`' order; its statistics start from `ends`, end
+/// offsets an earlier client knew.
+#[allow(clippy::type_complexity)]
+fn open_consumer(
+    config: &ClientConfig,
+    topic: &str,
+    starts: &[(i32, Offset)],
+    ends: FxHashMap<i32, i64>,
+) -> Result<
+    (
+        Arc<BaseConsumer<SourceContext>>,
+        Vec<PartitionQueue<SourceContext>>,
+    ),
+    OpenError,
+> {
+    let partitions = ends
+        .into_iter()
+        .map(|(partition, end)| {
+            let stats = PartitionStats {
+                end: Some(end),
+                fetches: 0,
+            };
+            (partition, stats)
+        })
+        .collect();
+    let context = SourceContext {
+        topic: topic.to_string(),
+        partitions: Mutex::new(partitions),
+    };
+    let consumer: Arc<BaseConsumer<SourceContext>> = config
+        .create_with_context(context)
+        .map(Arc::new)
+        .map_err(|e| OpenError::Client("telemetry consumer", e))?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, start) in starts {
+        assignment
+            .add_partition_offset(topic, *partition, *start)
+            .map_err(|e| OpenError::Client("assignment", e))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| OpenError::Client("assignment", e))?;
+    // Split after assigning (an assignment deactivates earlier queues) and before the first
+    // poll, so that every message comes through its partition's queue.
+    let queues = starts
+        .iter()
+        .map(|(partition, _)| consumer.split_partition_queue(topic, *partition))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(OpenError::NoPartition)?;
+    Ok((consumer, queues))
+}
+
 /// Admits one message of `reader`'s partition into its open batch, unless the partition is
 /// already past it (read by an oversized fetch, and fetched again by the consumer before its
 /// seek); returns whether it was admitted.
@@ -352,10 +430,6 @@ impl KafkaSource {
         peers: usize,
     ) -> Result<Self, KafkaSetupError> {
         let topic = kafka.topics.telemetry.clone();
-        let context = SourceContext {
-            topic: topic.clone(),
-            ..SourceContext::default()
-        };
         let ends: BaseConsumer = kafka
             .client()
             .set("group.id", &kafka.group_id)
@@ -381,14 +455,21 @@ impl KafkaSource {
             .get("fetch.max.bytes")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(FETCH_MAX_BYTES_DEFAULT);
-        let consumer: Arc<BaseConsumer<SourceContext>> = client
-            .create_with_context(context)
-            .map(Arc::new)
-            .map_err(client_error("telemetry consumer"))?;
+        let partition_messages: u64 = client
+            .get("queued.min.messages")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(QUEUED_MIN_MESSAGES_DEFAULT);
+        let sizer = (config.grow_responses_after_ms > 0).then(|| {
+            ResponseSizer::new(
+                fetch_max_bytes,
+                partition_messages * mine as u64,
+                Duration::from_millis(config.grow_responses_after_ms),
+            )
+        });
         let resume = read_checkpoints(kafka, &topic)?;
         let skip_before_ms = resume.values().map(|c| c.written_ms).max().unwrap_or(0);
         let initial = registry.snapshot();
-        let mut assignment = TopicPartitionList::new();
+        let mut assignment = Vec::new();
         let mut readers = Vec::new();
         for p in (0..partitions).filter(|p| *p as usize % peers == index) {
             let checkpoint = resume.get(&p).copied();
@@ -397,9 +478,7 @@ impl KafkaSource {
                 None => Offset::Beginning,
             };
             let checkpoint = checkpoint.unwrap_or_default();
-            assignment
-                .add_partition_offset(&topic, p, start)
-                .map_err(client_error("assignment"))?;
+            assignment.push((p, start));
             let mut ingestor =
                 Ingestor::new(schemas.clone(), Arc::clone(&initial.1), pipeline.event_time)
                     .with_max_message_bytes(pipeline.ingest.max_message_bytes);
@@ -437,22 +516,14 @@ impl KafkaSource {
                 progress: (checkpoint.offset, 0),
             });
         }
-        consumer
-            .assign(&assignment)
-            .map_err(client_error("assignment"))?;
-        // Split after assigning (an assignment deactivates earlier queues) and before the first
-        // poll, so that every message comes through its partition's queue.
-        let queues = readers
-            .iter()
-            .map(|r| {
-                consumer
-                    .split_partition_queue(&topic, r.partition)
-                    .ok_or_else(|| KafkaSetupError::NoTopic {
-                        topic: topic.clone(),
-                        brokers: kafka.brokers.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (consumer, queues) = open_consumer(&client, &topic, &assignment, FxHashMap::default())
+            .map_err(|error| match error {
+                OpenError::Client(what, error) => client_error(what)(error),
+                OpenError::NoPartition => KafkaSetupError::NoTopic {
+                    topic: topic.clone(),
+                    brokers: kafka.brokers.clone(),
+                },
+            })?;
         tracing::info!(
             topic,
             worker = index,
@@ -472,7 +543,9 @@ impl KafkaSource {
             ends,
             topic,
             client: kafka.client().set("group.id", &kafka.group_id).clone(),
+            consumer_config: client,
             fetch_max_bytes,
+            sizer,
             readers,
             by_partition,
             config,
@@ -582,6 +655,7 @@ impl KafkaSource {
             }
         }
         read += self.fetch_oversized(inputs, now);
+        self.size_responses(now, read == 0);
         self.metrics.messages_in.inc_by(read as u64);
         self.update_idle(now);
         let hold_limit = Duration::from_millis(self.config.idle_timeout_ms);
@@ -716,6 +790,89 @@ impl KafkaSource {
             }
         }
         read
+    }
+
+    /// Grows or shrinks the consumer's responses by what this poll saw (see
+    /// `grow_responses_after_ms`): re-creates the consumer at the partitions' positions when
+    /// the size changes, keeping the old one if that fails.
+    fn size_responses(&mut self, now: Instant, dry: bool) {
+        let Some(sizer) = &mut self.sizer else {
+            return;
+        };
+        let context = self.consumer.context();
+        // A partition held back for running ahead waits by choice, not for the broker. One the
+        // broker has not reported yet (on tansu, not fetched yet) counts nothing until it does.
+        let lags: Vec<Option<u64>> = self
+            .readers
+            .iter()
+            .filter(|r| !r.ahead)
+            .map(|r| {
+                context
+                    .end(r.partition)
+                    .map(|end| (end - r.next_offset).max(0) as u64)
+            })
+            .collect();
+        let lag_messages = lags.iter().flatten().copied().reduce(|a, b| a + b);
+        let lag_complete = lags.iter().all(Option::is_some);
+        let was_grown = sizer.grown();
+        let Some(bytes) = sizer.observe(
+            now,
+            PollSeen {
+                dry,
+                lag_messages,
+                lag_complete,
+            },
+        ) else {
+            return;
+        };
+        let mut config = self.consumer_config.clone();
+        config.set("fetch.max.bytes", bytes.to_string());
+        let starts: Vec<_> = self
+            .readers
+            .iter()
+            .map(|r| (r.partition, Offset::Offset(r.next_offset)))
+            .collect();
+        let opened = Instant::now();
+        // Ends only grow, so the old client's stand until the new one's statistics; its fetch
+        // counts do not (see `progress` below).
+        let ends = self
+            .readers
+            .iter()
+            .filter_map(|r| Some((r.partition, context.end(r.partition)?)))
+            .collect();
+        match open_consumer(&config, &self.topic, &starts, ends) {
+            Ok((consumer, queues)) => {
+                // The old queues hold the old consumer; both go, and what they fetched ahead
+                // is fetched again from the partitions' positions.
+                self.queues = queues;
+                self.consumer = consumer;
+                self.fetch_max_bytes = bytes;
+                for reader in &mut self.readers {
+                    // The new client counts its fetches from 0.
+                    reader.progress = (reader.next_offset, 0);
+                }
+                if sizer.grown() != was_grown {
+                    if sizer.grown() {
+                        self.metrics.workers_catching_up.inc();
+                    } else {
+                        self.metrics.workers_catching_up.dec();
+                    }
+                }
+                tracing::info!(
+                    topic = %self.topic,
+                    fetch_max_bytes = bytes,
+                    lag_messages,
+                    reopen_ms = opened.elapsed().as_millis() as u64,
+                    "consumer re-created with another response size: larger while the broker holds the worker back, its share once caught up"
+                );
+            }
+            Err(OpenError::Client(what, error)) => {
+                tracing::warn!(topic = %self.topic, what, %error, "consumer with another response size; keeping the current one");
+            }
+            Err(OpenError::NoPartition) => {
+                tracing::warn!(topic = %self.topic, "consumer with another response size lost a partition; keeping the current one");
+            }
+        }
     }
 
     /// A partition quiet for `idle_timeout_ms` is idle if the broker says it has been read to
