@@ -40,7 +40,8 @@ const PARTITION_KBYTES_MIN: usize = 4_096;
 /// `max.partition.fetch.bytes`), so each partition can hold about one response beyond its
 /// queue. Each MiB of response cost ~60 MB of peak RSS on W1 (8 partitions, 1 or 2 workers).
 /// Larger responses are faster on tansu's sqlite engine, which reads a partition's whole
-/// backlog for every fetch (docs/benchmarks.md, "Records larger than a response").
+/// backlog for every fetch (docs/benchmarks.md, "Records larger than a response"), so a worker
+/// the broker holds back grows them for a while ([`super::catch_up`]).
 const WORKER_FETCH_BYTES: u64 = 12 << 20;
 
 /// Smallest fetch response, in bytes, however many partitions a worker reads: twice Kafka's

@@ -842,10 +842,19 @@ impl KafkaSource {
             .collect();
         match open_consumer(&config, &self.topic, &starts, ends) {
             Ok((consumer, queues)) => {
-                // The old queues hold the old consumer; both go, and what they fetched ahead
-                // is fetched again from the partitions' positions.
-                self.queues = queues;
-                self.consumer = consumer;
+                // What the old client fetched ahead is fetched again from the positions. It
+                // closes on a thread of its own: closing waits for its fetch in flight, which
+                // on a slow broker takes seconds the worker would stand still.
+                let old = (
+                    std::mem::replace(&mut self.queues, queues),
+                    std::mem::replace(&mut self.consumer, consumer),
+                );
+                let closing = std::thread::Builder::new()
+                    .name("close-consumer".into())
+                    .spawn(move || drop(old));
+                if let Err(error) = closing {
+                    tracing::warn!(%error, "no thread to close the old consumer on; closing it here");
+                }
                 self.fetch_max_bytes = bytes;
                 for reader in &mut self.readers {
                     // The new client counts its fetches from 0.
