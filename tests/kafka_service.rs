@@ -100,6 +100,17 @@ impl Fixture {
     /// Publishes the registry and the telemetry, and starts `processes` processes of one
     /// worker that write to the topics of `run` (partitions idle after 3 s).
     fn start_run(&self, run: &str, processes: usize, extra_toml: &str) -> (Outputs, Cluster) {
+        self.start_run_with_source(run, processes, "idle_timeout_ms = 3000", extra_toml)
+    }
+
+    /// [`Self::start_run`] with `source_toml` as the `[source]` settings.
+    fn start_run_with_source(
+        &self,
+        run: &str,
+        processes: usize,
+        source_toml: &str,
+        extra_toml: &str,
+    ) -> (Outputs, Cluster) {
         self.produce_registry(&self.registry_lines);
         self.produce_telemetry();
         let outputs = Outputs::named(run);
@@ -110,7 +121,7 @@ impl Fixture {
             &self.tansu.brokers(),
             &outputs,
             processes,
-            "idle_timeout_ms = 3000",
+            source_toml,
             extra_toml,
         );
         cluster.start();
@@ -944,10 +955,6 @@ fn response_sizes(log: &str) -> Vec<u64> {
 fn workers_the_broker_holds_back_grow_their_responses_go_back_once_caught_up_and_lose_nothing() {
     let fixture = fixture(100, 600);
     let expected = fixture.expected();
-    fixture.produce_registry(&fixture.registry_lines);
-    fixture.produce_telemetry();
-    let outputs = Outputs::named("catching-up");
-    outputs.create(&fixture.tansu, 2);
     // Responses of 128 KiB (librdkafka wants message.max.bytes below them) and 250 messages
     // fetched ahead a partition: the sqlite engine answers a fetch in tens of milliseconds, so
     // the 60,000 messages hold each worker back for seconds, its polls mostly finding nothing.
@@ -956,18 +963,8 @@ fn workers_the_broker_holds_back_grow_their_responses_go_back_once_caught_up_and
         "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n\"fetch.max.bytes\" = \"{share}\"\n\"queued.min.messages\" = \"250\""
     );
     let source = "idle_timeout_ms = 3000\ngrow_responses_after_ms = 300";
-    let dir = fixture.data.dir.path();
-    let brokers = fixture.tansu.brokers();
-    let mut cluster = Cluster::configure(
-        dir,
-        "catching-up",
-        &brokers,
-        &outputs,
-        2,
-        source,
-        &properties,
-    );
-    cluster.start();
+    let (outputs, mut cluster) =
+        fixture.start_run_with_source("catching-up", 2, source, &properties);
     let aggregates = wait_for_all_aggregates(&fixture.tansu, &outputs, &expected, &cluster);
     // Caught up, each worker goes back to its share after twice the step.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -3,10 +3,9 @@
 //! The consumer's responses are kept small ([`super::prefetch`]) because each stays in memory
 //! until its last message is read. That costs nothing where a fetch is cheap, but tansu's
 //! sqlite engine scans a partition's whole backlog for every fetch, whatever it returns: there
-//! a consumer that falls behind reads less per second of the broker's time the further behind
-//! it is, and at one worker over 8 partitions a steady 20,000 messages/s fell behind for good
-//! in half the runs with 2 MiB responses and in none with 5 MiB (docs/benchmarks.md, "Why
-//! `-w 1` on the sqlite engine sits at half").
+//! a consumer that is behind reads less per second of the broker's time the further behind it
+//! is: one worker over 8 partitions caught up with W1 at half the speed of 5 MiB responses
+//! with 2 MiB ones (docs/benchmarks.md, "Why `-w 1` on the sqlite engine sits at half").
 //!
 //! So a worker watches two things: whether its partitions lag the broker by more than its
 //! queues may prefetch (so it should be fetching all the time), and whether its polls find
@@ -15,11 +14,11 @@
 //! worker doubles its responses, up to [`FETCH_MAX_BYTES_CATCH_UP`], and again after each
 //! further `grow_after` that stays so. Most, not any: a response arrives whole, so even a
 //! worker that waits for its broker finds a batch after each one, and even one that the
-//! dataflow holds back finds its queues empty now and then. Once its lag has stayed under the prefetch for twice
-//! `grow_after`, it goes back to its split. librdkafka cannot change `fetch.max.bytes` on a
-//! live client, so the source re-creates its consumer at the partitions' positions for each
-//! change ([`super::telemetry`]); the memory spent is bounded by the largest response, and
-//! spent only while catching up.
+//! dataflow holds back finds its queues empty now and then. Once its lag has stayed under the
+//! prefetch for twice `grow_after`, it goes back to its split. librdkafka cannot change
+//! `fetch.max.bytes` on a live client, so the source re-creates its consumer at the
+//! partitions' positions for each change ([`super::telemetry`]); the memory spent is bounded by
+//! the largest response, and spent only while catching up.
 
 use std::time::{Duration, Instant};
 
@@ -93,7 +92,15 @@ impl ResponseSizer {
         self.current_bytes > self.split_bytes
     }
 
-    /// Takes one poll's view at `now`; returns the new response size when it changes.
+    /// The consumer now fetches with `bytes`: what [`Self::observe`] proposed, once the
+    /// consumer was re-created with it.
+    pub fn resized(&mut self, bytes: u64) {
+        self.current_bytes = bytes;
+    }
+
+    /// Takes one poll's view at `now`; returns a new response size to re-create the consumer
+    /// with, which counts once [`Self::resized`] says so (until then, a proposal that could
+    /// not be carried out is made again after another wait).
     pub fn observe(&mut self, now: Instant, seen: PollSeen) -> Option<u64> {
         let lag = seen.lag_messages?;
         if lag <= self.prefetch_messages {
@@ -103,8 +110,8 @@ impl ResponseSizer {
             self.lagging_since = None;
             let since = *self.caught_up_since.get_or_insert(now);
             if self.grown() && now.duration_since(since) >= 2 * self.grow_after {
-                self.current_bytes = self.split_bytes;
-                return Some(self.current_bytes);
+                self.caught_up_since = Some(now);
+                return Some(self.split_bytes);
             }
             return None;
         }
@@ -132,11 +139,11 @@ impl ResponseSizer {
         if !starved || self.current_bytes >= FETCH_MAX_BYTES_CATCH_UP {
             return None;
         }
-        self.current_bytes = self
-            .current_bytes
-            .saturating_mul(2)
-            .min(FETCH_MAX_BYTES_CATCH_UP);
-        Some(self.current_bytes)
+        Some(
+            self.current_bytes
+                .saturating_mul(2)
+                .min(FETCH_MAX_BYTES_CATCH_UP),
+        )
     }
 }
 
@@ -152,6 +159,13 @@ mod tests {
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
+    }
+
+    /// Observes, and re-creates the consumer with what is proposed, as the source does.
+    fn applied(sizer: &mut ResponseSizer, now: Instant, seen: PollSeen) -> Option<u64> {
+        let proposed = sizer.observe(now, seen)?;
+        sizer.resized(proposed);
+        Some(proposed)
     }
 
     fn seen(dry: bool, lag: u64) -> PollSeen {
@@ -176,9 +190,7 @@ mod tests {
             .enumerate()
             .filter_map(|(i, ms)| {
                 let dry = !(i as u64).is_multiple_of(found_every);
-                sizer
-                    .observe(at(start, ms), seen(dry, lag))
-                    .map(|b| (ms, b))
+                applied(sizer, at(start, ms), seen(dry, lag)).map(|b| (ms, b))
             })
             .collect()
     }
@@ -192,14 +204,23 @@ mod tests {
         assert_eq!(grown, vec![(5_000, 4 << 20), (10_001, 8 << 20)]);
         assert_eq!(sizer.current_bytes(), FETCH_MAX_BYTES_CATCH_UP);
         // Caught up: back to the split after twice the step, not before.
-        assert_eq!(sizer.observe(at(start, 31_000), seen(true, 3_000)), None);
-        assert_eq!(sizer.observe(at(start, 40_999), seen(false, 3_000)), None);
         assert_eq!(
-            sizer.observe(at(start, 41_000), seen(true, 3_000)),
+            applied(&mut sizer, at(start, 31_000), seen(true, 3_000)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 40_999), seen(false, 3_000)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 41_000), seen(true, 3_000)),
             Some(2 << 20)
         );
         assert!(!sizer.grown());
-        assert_eq!(sizer.observe(at(start, 60_000), seen(true, 3_000)), None);
+        assert_eq!(
+            applied(&mut sizer, at(start, 60_000), seen(true, 3_000)),
+            None
+        );
     }
 
     #[test]
@@ -211,16 +232,31 @@ mod tests {
             vec![]
         );
         // Lag within the prefetch: the step starts again.
-        assert_eq!(sizer.observe(at(start, 4_000), seen(true, 20_000)), None);
+        assert_eq!(
+            applied(&mut sizer, at(start, 4_000), seen(true, 20_000)),
+            None
+        );
         let grown = polls(&mut sizer, start, (4_001, 12_000, 1), 100, 500_000);
         assert_eq!(grown, vec![(9_001, 6 << 20)]);
         // Caught up, then one lagging poll: the wait for going back starts again.
-        assert_eq!(sizer.observe(at(start, 20_000), seen(true, 100)), None);
-        assert_eq!(sizer.observe(at(start, 25_000), seen(true, 500_000)), None);
-        assert_eq!(sizer.observe(at(start, 26_000), seen(true, 100)), None);
-        assert_eq!(sizer.observe(at(start, 35_999), seen(true, 100)), None);
         assert_eq!(
-            sizer.observe(at(start, 36_000), seen(true, 100)),
+            applied(&mut sizer, at(start, 20_000), seen(true, 100)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 25_000), seen(true, 500_000)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 26_000), seen(true, 100)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 35_999), seen(true, 100)),
+            None
+        );
+        assert_eq!(
+            applied(&mut sizer, at(start, 36_000), seen(true, 100)),
             Some(3 << 20)
         );
     }
@@ -234,14 +270,14 @@ mod tests {
             lag_messages: Some(lag),
             lag_complete: false,
         };
-        assert_eq!(sizer.observe(start, partial(500_000)), None);
+        assert_eq!(applied(&mut sizer, start, partial(500_000)), None);
         assert_eq!(
-            sizer.observe(at(start, 5_000), partial(500_000)),
+            applied(&mut sizer, at(start, 5_000), partial(500_000)),
             Some(4 << 20)
         );
         // The partitions reported so far are caught up, the others unknown: no judgement.
         for ms in (5_001..30_000).step_by(100) {
-            assert_eq!(sizer.observe(at(start, ms), partial(10)), None);
+            assert_eq!(applied(&mut sizer, at(start, ms), partial(10)), None);
         }
         assert!(sizer.grown());
     }
@@ -262,8 +298,30 @@ mod tests {
             lag_complete: false,
         };
         for ms in (0..120_000).step_by(50) {
-            assert_eq!(sizer.observe(at(start, ms), unknown), None);
+            assert_eq!(applied(&mut sizer, at(start, ms), unknown), None);
         }
         assert_eq!(sizer.current_bytes(), 2 << 20);
+    }
+
+    #[test]
+    fn a_size_the_consumer_could_not_take_is_proposed_again_after_another_wait() {
+        let start = Instant::now();
+        let mut sizer = ResponseSizer::new(2 << 20, 20_000, STEP);
+        let dry = seen(true, 500_000);
+        assert_eq!(sizer.observe(start, dry), None);
+        assert_eq!(sizer.observe(at(start, 5_000), dry), Some(4 << 20));
+        // Not carried out: the size stays, and the next step proposes the same again.
+        assert_eq!(sizer.current_bytes(), 2 << 20);
+        assert_eq!(sizer.observe(at(start, 5_001), dry), None);
+        assert_eq!(sizer.observe(at(start, 10_000), dry), None);
+        assert_eq!(sizer.observe(at(start, 10_001), dry), Some(4 << 20));
+        sizer.resized(4 << 20);
+        // Going back, not carried out either: proposed again after another two steps.
+        let caught_up = seen(true, 100);
+        assert_eq!(sizer.observe(at(start, 11_000), caught_up), None);
+        assert_eq!(sizer.observe(at(start, 21_000), caught_up), Some(2 << 20));
+        assert_eq!(sizer.observe(at(start, 21_001), caught_up), None);
+        assert_eq!(sizer.observe(at(start, 31_000), caught_up), Some(2 << 20));
+        assert!(sizer.grown());
     }
 }

@@ -802,18 +802,16 @@ impl KafkaSource {
         let context = self.consumer.context();
         // A partition held back for running ahead waits by choice, not for the broker. One the
         // broker has not reported yet (on tansu, not fetched yet) counts nothing until it does.
-        let lags: Vec<Option<u64>> = self
-            .readers
-            .iter()
-            .filter(|r| !r.ahead)
-            .map(|r| {
-                context
-                    .end(r.partition)
-                    .map(|end| (end - r.next_offset).max(0) as u64)
-            })
-            .collect();
-        let lag_messages = lags.iter().flatten().copied().reduce(|a, b| a + b);
-        let lag_complete = lags.iter().all(Option::is_some);
+        let (mut lag_messages, mut lag_complete) = (None, true);
+        for reader in self.readers.iter().filter(|r| !r.ahead) {
+            match context.end(reader.partition) {
+                Some(end) => {
+                    let lag = (end - reader.next_offset).max(0) as u64;
+                    *lag_messages.get_or_insert(0) += lag;
+                }
+                None => lag_complete = false,
+            }
+        }
         let was_grown = sizer.grown();
         let Some(bytes) = sizer.observe(
             now,
@@ -856,6 +854,7 @@ impl KafkaSource {
                     tracing::warn!(%error, "no thread to close the old consumer on; closing it here");
                 }
                 self.fetch_max_bytes = bytes;
+                sizer.resized(bytes);
                 for reader in &mut self.readers {
                     // The new client counts its fetches from 0.
                     reader.progress = (reader.next_offset, 0);
