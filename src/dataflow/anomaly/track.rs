@@ -283,6 +283,22 @@ impl WindowEvidence {
         bucket.sum_micro += micro;
     }
 
+    /// How many readings the window holds (its buckets' counts).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| u64::from(b.count)).sum()
+    }
+
+    /// The window's smallest and largest reading, from its buckets' (infinities of the wrong
+    /// sign while it holds none).
+    pub fn min_max(&self) -> (f64, f64) {
+        self.buckets
+            .iter()
+            .filter(|b| b.count > 0)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), b| {
+                (min.min(b.min), max.max(b.max))
+            })
+    }
+
     /// Buckets the window has room for so far (some may be empty).
     pub fn bucket_count(&self) -> usize {
         self.buckets.len()

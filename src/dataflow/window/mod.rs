@@ -398,7 +398,9 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                         for r in &message.readings {
                             let start = config.start_of(r.ts_ms);
                             let (index, opened) =
-                                state.windows.fold(r, start, &message.device, message.ts_ms);
+                                state
+                                    .windows
+                                    .fold(r, start, &message.device, message.ts_ms, slots);
                             if opened {
                                 let close = config.close_time(start);
                                 if last_close != Some(close) {
@@ -412,7 +414,6 @@ impl<'scope> AggregateWindows<'scope> for EventStream<'scope, EnrichedMessage> {
                                 }
                             }
                             let window = &mut state.windows.windows[index];
-                            window.evidence.observe(r, start, slots);
                             // The window two before this one closes at `start - len - 1`.
                             let ready = start.saturating_sub(len + 1);
                             if window.evidence.judge.is_none()

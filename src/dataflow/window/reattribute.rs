@@ -82,10 +82,11 @@ fn breaches_under(threshold: Option<&Threshold>, window: &OpenWindow) -> Option<
     let Some(threshold) = threshold else {
         return Some(0);
     };
-    if !threshold.is_breached_by(window.min) && !threshold.is_breached_by(window.max) {
+    let (min, max) = window.min_max();
+    if !threshold.is_breached_by(min) && !threshold.is_breached_by(max) {
         Some(0)
-    } else if window.max < threshold.min || window.min > threshold.max {
-        Some(window.count)
+    } else if max < threshold.min || min > threshold.max {
+        Some(window.count())
     } else {
         None
     }
@@ -96,8 +97,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::dataflow::anomaly::WindowEvidence;
-    use crate::dataflow::model::{DeviceInfo, ExactSum, MetricId, SharedDeviceInfo};
+    use crate::dataflow::anomaly::{Slots, WindowEvidence};
+    use crate::dataflow::model::{DeviceInfo, ExactSum, MetricId, Reading, SharedDeviceInfo};
 
     fn info(site: &str, max: f64) -> SharedDeviceInfo {
         Arc::new(DeviceInfo {
@@ -107,16 +108,28 @@ mod tests {
         })
     }
 
-    /// A window of 60 s from 60 s, with readings between 10 and 20 of messages from `first_ms` to
-    /// `last_ms`.
+    /// A window of 60 s from 60 s, with 4 readings between 10 and 20 of messages from
+    /// `first_ms` to `last_ms`.
     fn window(device: &SharedDeviceInfo, first_ms: u64, last_ms: u64) -> OpenWindow {
+        let mut evidence = WindowEvidence::default();
+        let slots = Slots::new(60_000, 10_000);
+        for (ts_ms, value) in [
+            (61_000, 10.0),
+            (75_000, 20.0),
+            (90_000, 12.0),
+            (110_000, 15.0),
+        ] {
+            let reading = Reading {
+                metric: MetricId(0),
+                ts_ms,
+                value,
+            };
+            evidence.observe(&reading, 60_000, &slots);
+        }
         OpenWindow {
             sum: ExactSum::default(),
-            count: 4,
-            min: 10.0,
-            max: 20.0,
             breaches: 0,
-            evidence: WindowEvidence::default(),
+            evidence,
             looked_up_ms: (first_ms, last_ms),
             metric: MetricId(0),
             start_ms: 60_000,
