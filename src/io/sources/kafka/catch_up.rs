@@ -32,11 +32,12 @@ pub const FETCH_MAX_BYTES_CATCH_UP: u64 = 8 << 20;
 pub struct PollSeen {
     /// The poll found no message waiting.
     pub dry: bool,
-    /// Messages between the partitions' positions and their ends, summed over those the broker
-    /// has reported (librdkafka's statistics); `None` until it has reported one.
+    /// Messages between the partitions' positions and their ends, summed over those whose end
+    /// is known (asked when the consumer opens, then librdkafka's statistics); `None` while
+    /// none is.
     pub lag_messages: Option<u64>,
-    /// Whether the broker has reported every partition: a lag summed over some is only a
-    /// lower bound, enough to say the worker lags but not that it caught up.
+    /// Whether every partition's end is known: a lag summed over some is only a lower bound,
+    /// enough to say the worker lags but not that it caught up.
     pub lag_complete: bool,
 }
 

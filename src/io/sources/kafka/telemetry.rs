@@ -314,7 +314,7 @@ enum OpenError {
 
 /// The consumer with `config`, assigned each of `topic`'s partitions at its start offset, and
 /// each partition's queue split off, in `starts`' order; its statistics start from `ends`, end
-/// offsets an earlier client knew.
+/// offsets known before it (asked at the start, or what an earlier client knew).
 #[allow(clippy::type_complexity)]
 fn open_consumer(
     config: &ClientConfig,
@@ -516,14 +516,31 @@ impl KafkaSource {
                 progress: (checkpoint.offset, 0),
             });
         }
-        let (consumer, queues) = open_consumer(&client, &topic, &assignment, FxHashMap::default())
-            .map_err(|error| match error {
+        // Where each partition ends, asked now: librdkafka's statistics report an end only
+        // once the broker has answered the partition's first fetch, which on a slow broker
+        // comes seconds in, and until then a worker behind cannot tell it is (see
+        // `ResponseSizer`). An end that cannot be had now is left to the statistics.
+        let known_ends = assignment
+            .iter()
+            .filter_map(|&(partition, _)| {
+                match ends.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
+                    Ok((_, end)) => Some((partition, end)),
+                    Err(error) => {
+                        tracing::debug!(topic, partition, %error, "end offset not known at start");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let (consumer, queues) = open_consumer(&client, &topic, &assignment, known_ends).map_err(
+            |error| match error {
                 OpenError::Client(what, error) => client_error(what)(error),
                 OpenError::NoPartition => KafkaSetupError::NoTopic {
                     topic: topic.clone(),
                     brokers: kafka.brokers.clone(),
                 },
-            })?;
+            },
+        )?;
         tracing::info!(
             topic,
             worker = index,
@@ -800,8 +817,9 @@ impl KafkaSource {
             return;
         };
         let context = self.consumer.context();
-        // A partition held back for running ahead waits by choice, not for the broker. One the
-        // broker has not reported yet (on tansu, not fetched yet) counts nothing until it does.
+        // A partition held back for running ahead waits by choice, not for the broker. One whose
+        // end could not be asked at the start, and that the statistics have not reported yet,
+        // counts nothing until they do.
         let (mut lag_messages, mut lag_complete) = (None, true);
         for reader in self.readers.iter().filter(|r| !r.ahead) {
             match context.end(reader.partition) {
@@ -888,14 +906,23 @@ impl KafkaSource {
     /// partition the fetcher has not reached yet must not be mistaken for an idle one). If the
     /// broker cannot say, the partition keeps holding the frontier: waiting is safe, guessing
     /// is not.
+    ///
+    /// A quiet partition behind an end already known (asked at the start, or in the
+    /// statistics) is not idle, and the broker is not asked: ends only grow. A worker catching
+    /// up on a slow broker has every partition quiet for seconds at a time, and asking each
+    /// one's end on every poll stood its poll loop still for ~10 s on tansu's sqlite engine.
     fn update_idle(&mut self, now: Instant) {
         let timeout = Duration::from_millis(self.config.idle_timeout_ms);
+        let context = self.consumer.context();
         for reader in &mut self.readers {
             let quiet = now.duration_since(reader.last_message) >= timeout;
             let asked_recently = reader
                 .end_checked
                 .is_some_and(|at| now.duration_since(at) < timeout.min(Duration::from_secs(1)));
-            if !quiet {
+            let behind_known_end = context
+                .end(reader.partition)
+                .is_some_and(|end| end > reader.next_offset);
+            if !quiet || behind_known_end {
                 reader.idle = false;
             } else if !asked_recently {
                 reader.end_checked = Some(now);
