@@ -20,7 +20,8 @@ use super::reattribute::reattribute;
 /// with what every reading updates first, so a reading touches two or three cache lines.
 ///
 /// The count, minimum and maximum are not kept here: the evidence's buckets hold them per
-/// tenth of the window, and the aggregate takes them from there at close. Copies would cost 24
+/// bucket (10 s of a minute's window by default), and the aggregate takes them from there at
+/// close. Copies would cost 24
 /// bytes, and with the 16-byte alignment of the exact sums 32, of each of the ~250,000 windows
 /// open at 100,000 devices (see "State per device-metric" in `docs/benchmarks.md`).
 #[derive(Clone, Debug)]

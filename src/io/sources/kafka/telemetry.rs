@@ -919,10 +919,12 @@ impl KafkaSource {
             let asked_recently = reader
                 .end_checked
                 .is_some_and(|at| now.duration_since(at) < timeout.min(Duration::from_secs(1)));
-            let behind_known_end = context
-                .end(reader.partition)
-                .is_some_and(|end| end > reader.next_offset);
-            if !quiet || behind_known_end {
+            // Only a quiet partition looks at its known end: this runs at every poll.
+            if !quiet
+                || context
+                    .end(reader.partition)
+                    .is_some_and(|end| end > reader.next_offset)
+            {
                 reader.idle = false;
             } else if !asked_recently {
                 reader.end_checked = Some(now);
